@@ -1,0 +1,157 @@
+"""The bus interface: how rooms, users and presence span workers and nodes.
+
+A worker's :class:`~rtserver.node.Node` talks to exactly one :class:`Bus`.
+The bus is the sequence authority for rooms: ``publish`` assigns the room's
+next ``seq`` and hands the publication to every interested worker in one
+atomic step, so every subscriber sees a room's messages in ``seq`` order.
+
+Publications come back through one handler (:class:`BusHandler`), also in the
+worker that published: the node never delivers a publication locally by
+itself, so local and remote subscribers see the same order.
+
+Payload conventions (bytes, never re-encoded per hop):
+
+* A room publication ``body`` is the UTF-8 JSON object of the server message
+  *without* its ``seq`` member, for example
+  ``{"type":"message","room":"quote:1","from":"u","data":{...}}``. The
+  receiving node adds ``seq`` with :func:`with_seq` and frames it once.
+* A user payload and a room event payload are complete server messages.
+
+Implementations: :mod:`rtserver.bus.local` (one process, in memory),
+:mod:`rtserver.bus.embedded` (workers of one machine through the supervisor),
+:mod:`rtserver.bus.redis` (several machines through Redis).
+"""
+
+from __future__ import annotations
+
+import abc
+from typing import Protocol
+
+import msgspec
+
+__all__ = [
+    "Bus",
+    "BusHandler",
+    "BusHealth",
+    "BusUnavailable",
+    "PresenceMember",
+    "PresenceSnapshot",
+    "with_seq",
+]
+
+
+class BusUnavailable(Exception):
+    """A bus operation could not be carried out (backend down or restarting).
+
+    The message says what happened; callers answer the client with an error
+    whose action tells it to retry, and count it.
+    """
+
+
+class PresenceMember(msgspec.Struct, frozen=True):
+    """One connection present in a room."""
+
+    user: str
+    connection_id: str
+
+
+class PresenceSnapshot(msgspec.Struct, frozen=True):
+    """Presence of a room across every worker and node."""
+
+    count: int
+    members: list[PresenceMember]
+
+
+class BusHealth(msgspec.Struct, frozen=True):
+    """State of the bus as shown on ``/healthz`` and in metrics."""
+
+    kind: str
+    ok: bool
+    reason: str | None
+
+
+class BusHandler(Protocol):
+    """What a bus calls back into (implemented by the node)."""
+
+    def on_publication(self, room: str, seq: int, body: bytes) -> None:
+        """A room publication with its assigned ``seq`` for local members."""
+
+    def on_room_event(self, room: str, payload: bytes) -> None:
+        """A room event (join/leave) without ``seq`` for local members."""
+
+    def on_user_message(self, user: str, payload: bytes) -> None:
+        """A complete server message for every local connection of ``user``."""
+
+    def on_bus_state(self, health: BusHealth) -> None:
+        """The bus became degraded or recovered (log, alert, health)."""
+
+
+def with_seq(body: bytes, seq: int) -> bytes:
+    """Return the publication ``body`` (a JSON object) with ``"seq": seq`` added."""
+    return body[:-1] + b',"seq":%d}' % seq
+
+
+class Bus(abc.ABC):
+    """One interface for the local, embedded and Redis buses."""
+
+    kind: str
+
+    @abc.abstractmethod
+    async def start(self, handler: BusHandler) -> None:
+        """Connect and start delivering to ``handler``."""
+
+    @abc.abstractmethod
+    async def close(self) -> None:
+        """Stop delivering and release every resource."""
+
+    @abc.abstractmethod
+    async def add_interest(self, room: str) -> None:
+        """This worker has its first local member in ``room``: deliver its publications here."""
+
+    @abc.abstractmethod
+    async def remove_interest(self, room: str) -> None:
+        """This worker's last local member left ``room``: stop delivering it here."""
+
+    @abc.abstractmethod
+    async def add_user_interest(self, user: str) -> None:
+        """This worker has its first local connection of ``user``."""
+
+    @abc.abstractmethod
+    async def remove_user_interest(self, user: str) -> None:
+        """This worker's last local connection of ``user`` closed."""
+
+    @abc.abstractmethod
+    async def publish(self, room: str, body: bytes) -> int:
+        """Assign the room's next seq and deliver ``body`` to every interested worker.
+
+        Returns the assigned seq. Raises :class:`BusUnavailable` when the
+        publication cannot reach every node.
+        """
+
+    @abc.abstractmethod
+    async def last_seq(self, room: str) -> int:
+        """The room's last assigned seq (0 when nothing was ever published)."""
+
+    @abc.abstractmethod
+    async def emit_room_event(self, room: str, payload: bytes) -> None:
+        """Deliver a room event (no seq) to every interested worker."""
+
+    @abc.abstractmethod
+    async def send_to_user(self, user: str, payload: bytes) -> None:
+        """Deliver ``payload`` to every connection of ``user`` on every worker."""
+
+    @abc.abstractmethod
+    async def presence_join(self, room: str, member: PresenceMember) -> None:
+        """Record ``member`` as present in ``room``."""
+
+    @abc.abstractmethod
+    async def presence_leave(self, room: str, member: PresenceMember) -> None:
+        """Remove ``member`` from ``room``'s presence."""
+
+    @abc.abstractmethod
+    async def presence(self, room: str, limit: int) -> PresenceSnapshot:
+        """Count and up to ``limit`` members of ``room`` over every worker."""
+
+    @abc.abstractmethod
+    def health(self) -> BusHealth:
+        """Current state, cheap to call (no I/O)."""

@@ -1,0 +1,104 @@
+"""Structured JSON logging: one JSON object per line on stderr.
+
+Usage::
+
+    from rtserver.jsonlog import get_logger
+    log = get_logger("rtserver.hub")
+    log.info("connection_state", connection_id=cid, state="open")
+
+Every line carries ``ts`` (ISO-8601 UTC), ``level``, ``logger``, ``event``,
+``worker`` and the given fields. Field formatting happens only when the level
+is enabled, so a disabled debug line costs one comparison.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from datetime import UTC, datetime
+from typing import Any, TextIO
+
+import orjson
+
+__all__ = ["JsonLogger", "configure", "get_logger", "set_worker"]
+
+_worker_id = 0
+_stream: TextIO = sys.stderr
+_level = logging.INFO
+
+
+def configure(level: str = "info", stream: TextIO | None = None) -> None:
+    """Set the minimum level (debug, info, warning, error) and the output stream."""
+    global _level, _stream
+    value = logging.getLevelName(level.upper())
+    if not isinstance(value, int):
+        raise ValueError(
+            f"unknown log level {level!r}. Required action: use one of debug, info, warning, error"
+        )
+    _level = value
+    if stream is not None:
+        _stream = stream
+
+
+def set_worker(worker: int) -> None:
+    """Stamp ``worker`` on every following line of this process."""
+    global _worker_id
+    _worker_id = worker
+
+
+def _default(obj: Any) -> Any:
+    return repr(obj)
+
+
+class JsonLogger:
+    """A named logger writing one JSON object per event."""
+
+    __slots__ = ("name",)
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def enabled(self, level: int) -> bool:
+        """Whether a line at ``level`` would be written."""
+        return level >= _level
+
+    def _write(self, level: int, levelname: str, event: str, fields: dict[str, Any]) -> None:
+        if level < _level:
+            return
+        record: dict[str, Any] = {
+            "ts": datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+            "level": levelname,
+            "logger": self.name,
+            "event": event,
+            "worker": _worker_id,
+        }
+        record.update(fields)
+        line = orjson.dumps(record, default=_default, option=orjson.OPT_NON_STR_KEYS)
+        try:
+            _stream.write(line.decode() + "\n")
+            _stream.flush()
+        except (OSError, ValueError) as exc:
+            # The log stream itself is gone (closed pipe): say so on the
+            # process's last resort, stderr's file descriptor.
+            sys.__stderr__.write(f"rtserver: log stream unavailable ({exc}): {line!r}\n")
+
+    def debug(self, event: str, **fields: Any) -> None:
+        """Write a debug line."""
+        self._write(logging.DEBUG, "debug", event, fields)
+
+    def info(self, event: str, **fields: Any) -> None:
+        """Write an info line."""
+        self._write(logging.INFO, "info", event, fields)
+
+    def warning(self, event: str, **fields: Any) -> None:
+        """Write a warning line."""
+        self._write(logging.WARNING, "warning", event, fields)
+
+    def error(self, event: str, **fields: Any) -> None:
+        """Write an error line."""
+        self._write(logging.ERROR, "error", event, fields)
+
+
+def get_logger(name: str) -> JsonLogger:
+    """Return the JSON logger called ``name``."""
+    return JsonLogger(name)

@@ -1,0 +1,194 @@
+"""Message schemas of the rtserver protocol (JSON text frames).
+
+Client messages form one tagged union on ``type`` (see :mod:`rtserver.protocol.codec`,
+which builds the one decoder). Unknown fields are rejected (``unknown_field``):
+a typo in a field name must not be silently ignored.
+
+Every client message may carry ``id`` (string or integer), echoed in the reply
+that answers it so the client can correlate.
+
+Server messages are Structs tagged the same way and encoded with one reused
+encoder; room publications (``message``) are built from bytes by the node so
+that their ``data`` is never decoded and re-encoded.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import msgspec
+
+__all__ = [
+    "CLIENT_MESSAGES",
+    "Ack",
+    "Auth",
+    "Authenticated",
+    "ClientMessage",
+    "ConnectionWelcome",
+    "Error",
+    "Heartbeat",
+    "Ping",
+    "Pong",
+    "Presence",
+    "PresenceMemberOut",
+    "PresenceReply",
+    "Publish",
+    "RoomEvent",
+    "ServerMessage",
+    "Subscribe",
+    "Subscribed",
+    "Unsubscribe",
+    "Unsubscribed",
+]
+
+MessageId = str | int | None
+
+
+class ClientMessage(msgspec.Struct, tag_field="type", forbid_unknown_fields=True, frozen=True):
+    """Base of every client message; subclasses set ``tag``."""
+
+
+# ---------------------------------------------------------------- client -> server
+
+
+class Auth(ClientMessage, tag="auth", frozen=True):
+    """Authenticate with a JWT when no ``token`` query parameter was given."""
+
+    token: str
+    id: MessageId = None
+
+
+class Ping(ClientMessage, tag="ping", frozen=True):
+    """Application-level ping, answered with ``pong``."""
+
+    id: MessageId = None
+
+
+class Subscribe(ClientMessage, tag="subscribe", frozen=True):
+    """Join a room (``namespace:key``)."""
+
+    room: str
+    id: MessageId = None
+
+
+class Unsubscribe(ClientMessage, tag="unsubscribe", frozen=True):
+    """Leave a room."""
+
+    room: str
+    id: MessageId = None
+
+
+class Publish(ClientMessage, tag="publish", frozen=True):
+    """Publish ``data`` (any JSON value, passed through untouched) to a room."""
+
+    room: str
+    data: msgspec.Raw
+    id: MessageId = None
+
+
+class Presence(ClientMessage, tag="presence", frozen=True):
+    """Ask who is in a room (the asker must be subscribed to it)."""
+
+    room: str
+    id: MessageId = None
+
+
+CLIENT_MESSAGES: tuple[type[ClientMessage], ...] = (
+    Auth, Ping, Subscribe, Unsubscribe, Publish, Presence,
+)
+
+
+# ---------------------------------------------------------------- server -> client
+
+
+class ServerMessage(msgspec.Struct, tag_field="type", frozen=True):
+    """Base of every server message; subclasses set ``tag``."""
+
+
+class ConnectionWelcome(ServerMessage, tag="connection", frozen=True):
+    """First frame on every accepted connection."""
+
+    status: Literal["connected"]
+    connection_id: str
+    worker: int
+    server_time: str
+
+
+class Authenticated(ServerMessage, tag="authenticated", frozen=True):
+    """The connection is authenticated (after a token in the URL or an ``auth`` frame)."""
+
+    user: str | None
+    permissions: list[str]
+    anonymous: bool
+    id: MessageId = None
+
+
+class Pong(ServerMessage, tag="pong", frozen=True):
+    """Reply to ``ping``."""
+
+    server_time: str
+    id: MessageId = None
+
+
+class Subscribed(ServerMessage, tag="subscribed", frozen=True):
+    """The subscription is made; ``seq`` is the room's last seq at that moment."""
+
+    room: str
+    seq: int
+    id: MessageId = None
+
+
+class Unsubscribed(ServerMessage, tag="unsubscribed", frozen=True):
+    """The subscription is removed."""
+
+    room: str
+    id: MessageId = None
+
+
+class Ack(ServerMessage, tag="ack", frozen=True):
+    """The publication was accepted and got ``seq``."""
+
+    room: str
+    seq: int
+    id: MessageId = None
+
+
+class PresenceMemberOut(msgspec.Struct, frozen=True):
+    """One present connection."""
+
+    user: str | None
+    connection_id: str
+
+
+class PresenceReply(ServerMessage, tag="presence", frozen=True):
+    """Who is in a room: total ``count`` and up to the configured limit of ``members``."""
+
+    room: str
+    count: int
+    members: list[PresenceMemberOut]
+    truncated: bool
+    id: MessageId = None
+
+
+class RoomEvent(ServerMessage, tag="room_event", frozen=True):
+    """A member joined or left a room (per-namespace switch ``room_events``)."""
+
+    event: Literal["member_joined", "member_left"]
+    room: str
+    user: str | None
+    connection_id: str
+
+
+class Heartbeat(ServerMessage, tag="heartbeat", frozen=True):
+    """Sent every ``heartbeat.interval`` seconds."""
+
+    server_time: str
+
+
+class Error(ServerMessage, tag="error", frozen=True):
+    """Something the client sent, or asked for, failed: ``action`` says what to do."""
+
+    code: str
+    message: str
+    action: str
+    id: MessageId = None

@@ -1,0 +1,37 @@
+"""Build script for the compiled parts of rtserver.
+
+The hot path ``rtserver/_fanout.pyx`` is compiled with Cython. Compiler
+directives are set per function in the ``.pyx`` (never globally here); only
+``language_level`` is fixed for the module.
+
+Set ``RTSERVER_ANNOTATE=1`` to also write ``rtserver/_fanout.html``, Cython's
+annotated view that shows every line of the hot loop that still talks to the
+Python C-API::
+
+    RTSERVER_ANNOTATE=1 python setup.py build_ext --inplace
+"""
+
+from __future__ import annotations
+
+import os
+
+from Cython.Build import cythonize
+from setuptools import Extension, setup
+
+ANNOTATE = os.environ.get("RTSERVER_ANNOTATE", "0") == "1"
+
+extensions = [
+    Extension(
+        "rtserver._fanout",
+        sources=["rtserver/_fanout.pyx"],
+        extra_compile_args=["-O2"],
+    ),
+]
+
+setup(
+    ext_modules=cythonize(
+        extensions,
+        compiler_directives={"language_level": "3"},
+        annotate=ANNOTATE,
+    ),
+)
