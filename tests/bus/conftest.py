@@ -1,0 +1,98 @@
+"""Fixtures of the bus tests: a recording handler, a hub on a private socket, settings."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import tempfile
+from collections.abc import AsyncIterator, Iterator
+
+import pytest
+
+from rtserver.bus.base import BusHealth
+from rtserver.bus.embedded import (
+    BusHub,
+    EmbeddedBus,
+    EmbeddedBusSettings,
+    HubSettings,
+    ReconnectPolicy,
+)
+
+RECONNECT = ReconnectPolicy(initial_delay=0.05, max_delay=0.2, jitter=0.2)
+
+
+class Recorder:
+    """A BusHandler that records everything it is given."""
+
+    def __init__(self) -> None:
+        self.publications: list[tuple[str, int, bytes]] = []
+        self.events: list[tuple[str, bytes]] = []
+        self.user_messages: list[tuple[str, bytes]] = []
+        self.states: list[BusHealth] = []
+        self.changed = asyncio.Event()
+
+    def on_publication(self, room: str, seq: int, body: bytes) -> None:
+        self.publications.append((room, seq, body))
+        self.changed.set()
+
+    def on_room_event(self, room: str, payload: bytes) -> None:
+        self.events.append((room, payload))
+        self.changed.set()
+
+    def on_user_message(self, user: str, payload: bytes) -> None:
+        self.user_messages.append((user, payload))
+        self.changed.set()
+
+    def on_bus_state(self, health: BusHealth) -> None:
+        self.states.append(health)
+        self.changed.set()
+
+    def seqs(self, room: str) -> list[int]:
+        return [seq for r, seq, _ in self.publications if r == room]
+
+    async def wait_for(self, predicate: object, timeout: float = 10.0) -> None:
+        """Wait until ``predicate()`` is true (bounded by ``timeout``)."""
+        assert callable(predicate)
+        async with asyncio.timeout(timeout):
+            while not predicate():
+                self.changed.clear()
+                await self.changed.wait()
+
+
+@pytest.fixture
+def runtime_dir() -> Iterator[str]:
+    path = tempfile.mkdtemp(prefix="rtbus")
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def hub_settings(runtime_dir: str, workers: int = 2) -> HubSettings:
+    return HubSettings(socket_path=f"{runtime_dir}/bus.sock", expected_workers=workers,
+                       max_worker_buffer=64 * 1024 * 1024, collect_timeout=2.0)
+
+
+def bus_settings(runtime_dir: str, worker: int) -> EmbeddedBusSettings:
+    return EmbeddedBusSettings(socket_path=f"{runtime_dir}/bus.sock", worker_id=worker,
+                               request_timeout=5.0, connect_timeout=2.0, reconnect=RECONNECT)
+
+
+@pytest.fixture
+async def hub(runtime_dir: str) -> AsyncIterator[BusHub]:
+    h = BusHub(hub_settings(runtime_dir))
+    await h.start()
+    yield h
+    await h.close()
+
+
+@pytest.fixture
+async def pair(hub: BusHub, runtime_dir: str) -> AsyncIterator[
+        tuple[tuple[EmbeddedBus, Recorder], tuple[EmbeddedBus, Recorder]]]:
+    out = []
+    for worker in (0, 1):
+        rec = Recorder()
+        bus = EmbeddedBus(bus_settings(runtime_dir, worker))
+        await bus.start(rec)
+        out.append((bus, rec))
+    yield out[0], out[1]
+    for bus, _ in out:
+        await bus.close()
