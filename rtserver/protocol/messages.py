@@ -101,7 +101,7 @@ CLIENT_MESSAGES: tuple[type[ClientMessage], ...] = (
 # ---------------------------------------------------------------- server -> client
 
 
-class ServerMessage(msgspec.Struct, tag_field="type", frozen=True):
+class ServerMessage(msgspec.Struct, tag_field="type", frozen=True, omit_defaults=True):
     """Base of every server message; subclasses set ``tag``."""
 
 

@@ -1,0 +1,124 @@
+"""Command line: ``rtserver serve | token | migrate | publish | notify | bench``.
+
+Parsing and calling only. Every ``serve`` flag is also settable as
+``RTSERVER_<NAME>`` in the environment and as its key in the config file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+
+__all__ = ["main"]
+
+
+def _add_config_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", default=os.environ.get("RTSERVER_CONFIG"),
+                   help="TOML config file (RTSERVER_CONFIG; default: the shipped rtserver.toml)")
+
+
+def _serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("serve", help="run the server")
+    _add_config_flags(p)
+    p.add_argument("--host", help="listen address (RTSERVER_HOST, server.host)")
+    p.add_argument("--port", type=int, help="listen port, 0 = any free (RTSERVER_PORT)")
+    p.add_argument("--workers", help="worker processes, a number or auto (RTSERVER_WORKERS)")
+    p.add_argument("--redis", help="Redis URL for a multi-machine bus (RTSERVER_REDIS)")
+    p.add_argument("--database", help="PostgreSQL DSN (RTSERVER_DATABASE)")
+    p.add_argument("--fanout", choices=["compiled", "python"],
+                   help="fan-out core (RTSERVER_FANOUT); python = the reference, for tests")
+    p.add_argument("--log-level", choices=["debug", "info", "warning", "error"],
+                   help="log level (RTSERVER_LOG_LEVEL)")
+    p.add_argument("--dev", action="store_const", const=True, default=None,
+                   help="development mode: generate a throw-away JWT secret if none is set")
+
+
+def _token_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("token", help="print a signed token for development and tests")
+    _add_config_flags(p)
+    p.add_argument("--user", required=True, help="user UUID (the sub claim)")
+    p.add_argument("--perm", action="append", default=[], help="permission (repeatable)")
+    p.add_argument("--room", action="append", default=[], help="room grant glob (repeatable)")
+    p.add_argument("--ttl", type=float, required=True, help="seconds until the token expires")
+
+
+def _load(args: argparse.Namespace, flags: dict[str, object]) -> object:
+    from rtserver.config import ConfigError, load_config
+
+    try:
+        return load_config(args.config, flags=flags)
+    except ConfigError as exc:
+        print(f"rtserver: configuration error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from exc
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from rtserver.config import Config
+    from rtserver.fanout import FanoutUnavailable, load_fanout
+
+    config = _load(args, {
+        "host": args.host, "port": args.port, "workers": args.workers, "redis": args.redis,
+        "database": args.database, "fanout": args.fanout, "log_level": args.log_level,
+        "dev": args.dev,
+    })
+    assert isinstance(config, Config)
+    try:
+        load_fanout(config.fanout.implementation)
+    except FanoutUnavailable as exc:
+        print(f"rtserver: refusing to start: {exc}", file=sys.stderr)
+        return 2
+    from rtserver.server import run_server
+
+    return run_server(config)
+
+
+def _cmd_token(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from rtserver.auth import mint_token
+    from rtserver.config import Config
+
+    config = _load(args, {"dev": True})
+    assert isinstance(config, Config)
+    if config.auth.jwt_algorithm == "HS256":
+        key = config.auth.jwt_secret
+        if not key:
+            print("rtserver: no JWT secret. Required action: set RTSERVER_JWT_SECRET to the "
+                  "server's secret", file=sys.stderr)
+            return 2
+    else:
+        if not config.auth.jwt_private_key_file:
+            print("rtserver: RS256 needs auth.jwt_private_key_file to sign tokens",
+                  file=sys.stderr)
+            return 2
+        key = Path(config.auth.jwt_private_key_file).read_text()
+    try:
+        token = mint_token(key, args.user, args.perm, args.room, args.ttl,
+                           config.auth.jwt_algorithm)
+    except ValueError as exc:
+        print(f"rtserver: invalid --user: {exc}. Required action: give a UUID", file=sys.stderr)
+        return 2
+    print(token)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``rtserver`` command."""
+    parser = argparse.ArgumentParser(prog="rtserver", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    _serve_parser(sub)
+    _token_parser(sub)
+    args = parser.parse_args(argv)
+    match args.command:
+        case "serve":
+            return _cmd_serve(args)
+        case "token":
+            return _cmd_token(args)
+    parser.error(f"unknown command {args.command}")
+    return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

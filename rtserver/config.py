@@ -1,0 +1,357 @@
+"""The one frozen configuration object of rtserver.
+
+Sources, later ones win: the TOML file (``--config``, default the shipped
+``rtserver.toml``), ``RTSERVER_*`` environment variables, command-line flags.
+Every key must be present in the file: a missing key is an error naming the
+key, never a hidden default. The effective configuration is logged at start
+(with secrets masked) and an invalid or contradictory one refuses to start
+with a message naming the key and the fix.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import msgspec
+
+__all__ = [
+    "DEFAULT_CONFIG_PATH",
+    "ENV_FLAGS",
+    "AccessRule",
+    "AuthConfig",
+    "BusConfig",
+    "Config",
+    "ConfigError",
+    "DatabaseConfig",
+    "FanoutConfig",
+    "HeartbeatConfig",
+    "LimitsConfig",
+    "NamespaceConfig",
+    "ServerConfig",
+    "WorkersConfig",
+    "load_config",
+    "masked",
+]
+
+DEFAULT_CONFIG_PATH = Path(__file__).with_name("rtserver.toml")
+
+
+class ConfigError(Exception):
+    """The configuration is invalid; the message names the key and the fix."""
+
+
+class _Section(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    pass
+
+
+class ServerConfig(_Section, frozen=True):
+    """``[server]``: listening socket, frames, shutdown."""
+
+    host: str
+    port: int
+    ws_path: str
+    log_level: Literal["debug", "info", "warning", "error"]
+    max_message_bytes: int
+    compression: bool
+    open_timeout: float
+    close_timeout: float
+    max_incoming_queue: int
+    shutdown_grace: float
+    dev: bool
+
+
+class AuthConfig(_Section, frozen=True):
+    """``[auth]``: JWT verification and anonymous access."""
+
+    jwt_secret: str
+    jwt_algorithm: Literal["HS256", "RS256"]
+    jwt_public_key_file: str
+    jwt_private_key_file: str
+    auth_timeout: float
+    allow_anonymous: bool
+
+
+class LimitsConfig(_Section, frozen=True):
+    """``[limits]``: per-connection limits."""
+
+    max_room_name_length: int
+    max_subscriptions: int
+    rate_limit_per_second: float
+    rate_limit_burst: int
+    max_errors_per_minute: int
+    presence_member_limit: int
+    outbound_buffer_limit: int
+
+
+class HeartbeatConfig(_Section, frozen=True):
+    """``[heartbeat]``: liveness in both directions."""
+
+    interval: float
+    idle_timeout: float
+    ws_ping_interval: float
+    ws_ping_timeout: float
+
+
+class FanoutConfig(_Section, frozen=True):
+    """``[fanout]``: which fan-out core delivers messages."""
+
+    implementation: Literal["compiled", "python"]
+
+
+class WorkersConfig(_Section, frozen=True):
+    """``[workers]``: worker processes on this machine."""
+
+    count: int
+    max_restarts: int
+    restart_window: float
+    runtime_dir: str
+
+
+class BusConfig(_Section, frozen=True):
+    """``[bus]``: how rooms span workers (embedded) and machines (Redis)."""
+
+    redis_url: str
+    reconnect_backoff_base: float
+    reconnect_backoff_max: float
+    request_timeout: float
+    history_size: int
+    presence_ttl: float
+
+
+class DatabaseConfig(_Section, frozen=True):
+    """``[database]``: PostgreSQL (empty dsn = no database features)."""
+
+    dsn: str
+    pool_min_size: int
+    pool_max_size: int
+    statement_timeout: float
+    command_timeout: float
+    record_flush_interval: float
+    record_max_queued: int
+    retry_backoff_base: float
+    retry_backoff_max: float
+    ingress_channel: str
+
+
+class AccessRule(_Section, frozen=True):
+    """Who may do one action in a namespace.
+
+    ``access``: ``grant`` (a token room grant must match the room), ``owner``
+    (the room key must equal the token's ``sub``), ``permission`` (the listed
+    permissions alone suffice), ``deny`` (nobody, from a client). The listed
+    ``permissions`` are required in every case but ``deny``.
+    """
+
+    permissions: list[str]
+    access: Literal["grant", "owner", "permission", "deny"]
+
+
+class NamespaceConfig(_Section, frozen=True):
+    """``[namespaces.NAME]``: rules for rooms ``NAME:key``."""
+
+    subscribe: AccessRule
+    publish: AccessRule
+    room_events: bool
+    presence: bool
+
+
+class Config(_Section, frozen=True):
+    """The whole configuration."""
+
+    server: ServerConfig
+    auth: AuthConfig
+    limits: LimitsConfig
+    heartbeat: HeartbeatConfig
+    fanout: FanoutConfig
+    workers: WorkersConfig
+    bus: BusConfig
+    database: DatabaseConfig
+    namespaces: dict[str, NamespaceConfig]
+
+
+# flag / environment name -> (section, key). `RTSERVER_<NAME>` in the
+# environment and `--<name>` on the command line set the same key.
+ENV_FLAGS: dict[str, tuple[str, str]] = {
+    "host": ("server", "host"),
+    "port": ("server", "port"),
+    "log_level": ("server", "log_level"),
+    "dev": ("server", "dev"),
+    "jwt_secret": ("auth", "jwt_secret"),
+    "fanout": ("fanout", "implementation"),
+    "workers": ("workers", "count"),
+    "redis": ("bus", "redis_url"),
+    "database": ("database", "dsn"),
+}
+
+_SECRET_KEYS = {("auth", "jwt_secret")}
+
+
+def _coerce_env(section: str, key: str, raw: str) -> Any:
+    field_type = {
+        f.name: f.type for f in msgspec.structs.fields(_SECTION_TYPES[section])
+    }[key]
+    if field_type is bool:
+        lowered = raw.strip().lower()
+        if lowered in ("1", "true", "yes", "on"):
+            return True
+        if lowered in ("0", "false", "no", "off"):
+            return False
+        raise ConfigError(
+            f"RTSERVER_{key.upper()}={raw!r} is not a boolean. Required action: use true or false"
+        )
+    if field_type is int:
+        if section == "workers" and key == "count" and raw.strip() == "auto":
+            return os.cpu_count() or 1
+        try:
+            return int(raw)
+        except ValueError as exc:
+            raise ConfigError(
+                f"{section}.{key}={raw!r} is not an integer. Required action: give a whole number"
+            ) from exc
+    return raw
+
+
+_SECTION_TYPES: dict[str, type[_Section]] = {
+    "server": ServerConfig,
+    "auth": AuthConfig,
+    "limits": LimitsConfig,
+    "heartbeat": HeartbeatConfig,
+    "fanout": FanoutConfig,
+    "workers": WorkersConfig,
+    "bus": BusConfig,
+    "database": DatabaseConfig,
+}
+
+
+def load_config(
+    path: str | Path | None = None,
+    env: Mapping[str, str] | None = None,
+    flags: Mapping[str, Any] | None = None,
+) -> Config:
+    """Read the TOML file, apply ``RTSERVER_*`` variables then flags, validate.
+
+    ``flags`` maps flag names (keys of :data:`ENV_FLAGS`) to values; ``None``
+    values mean "not given". Raises :class:`ConfigError`.
+    """
+    file_path = Path(path) if path is not None else DEFAULT_CONFIG_PATH
+    try:
+        raw: dict[str, Any] = tomllib.loads(file_path.read_text())
+    except FileNotFoundError as exc:
+        raise ConfigError(
+            f"config file {file_path} does not exist. Required action: pass --config with the "
+            "path of an rtserver.toml (the shipped one is rtserver/rtserver.toml)"
+        ) from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {file_path} is not valid TOML: {exc}") from exc
+
+    environ = os.environ if env is None else env
+    for name, (section, key) in ENV_FLAGS.items():
+        value = environ.get(f"RTSERVER_{name.upper()}")
+        if value is not None:
+            raw.setdefault(section, {})[key] = _coerce_env(section, key, value)
+    for name, value in (flags or {}).items():
+        if value is None:
+            continue
+        if name not in ENV_FLAGS:
+            raise ConfigError(f"unknown flag {name!r}")
+        section, key = ENV_FLAGS[name]
+        if isinstance(value, str) and section == "workers" and key == "count":
+            value = _coerce_env(section, key, value)
+        raw.setdefault(section, {})[key] = value
+
+    try:
+        config = msgspec.convert(raw, Config, strict=False)
+    except msgspec.ValidationError as exc:
+        raise ConfigError(
+            f"invalid configuration in {file_path}: {exc}. Required action: fix that key "
+            "(every key of the shipped rtserver.toml must be present, with its documented type)"
+        ) from exc
+    _validate(config)
+    return config
+
+
+def _require(cond: bool, key: str, problem: str, fix: str) -> None:
+    if not cond:
+        raise ConfigError(f"{key}: {problem}. Required action: {fix}")
+
+
+def _validate(c: Config) -> None:
+    s, a, lim, hb = c.server, c.auth, c.limits, c.heartbeat
+    _require(0 <= s.port <= 65535, "server.port", f"{s.port} is not a TCP port", "use 0..65535")
+    _require(s.ws_path.startswith("/"), "server.ws_path", "must start with /", 'e.g. "/ws"')
+    _require(s.max_message_bytes >= 256, "server.max_message_bytes", "below 256 bytes",
+             "allow at least 256 bytes")
+    for key in ("open_timeout", "close_timeout", "shutdown_grace"):
+        _require(getattr(s, key) > 0, f"server.{key}", "must be > 0", "set a positive number")
+    _require(s.max_incoming_queue >= 1, "server.max_incoming_queue", "must be >= 1",
+             "set a positive number")
+    if a.jwt_algorithm == "HS256":
+        _require(bool(a.jwt_secret) or s.dev, "auth.jwt_secret",
+                 "no JWT signing secret is configured",
+                 "set RTSERVER_JWT_SECRET (or auth.jwt_secret in the config file), or start "
+                 "with --dev to generate a throw-away secret")
+        if a.jwt_secret:
+            _require(len(a.jwt_secret) >= 16, "auth.jwt_secret", "shorter than 16 characters",
+                     "use a random secret of at least 32 characters")
+    else:
+        _require(bool(a.jwt_public_key_file), "auth.jwt_public_key_file",
+                 "RS256 needs a public key", "set the path of a PEM public key")
+    _require(a.auth_timeout > 0, "auth.auth_timeout", "must be > 0", "set a positive number")
+    _require(lim.max_room_name_length >= 3, "limits.max_room_name_length", "too small",
+             "allow at least 3 characters")
+    _require(lim.max_subscriptions >= 1, "limits.max_subscriptions", "must be >= 1",
+             "set a positive number")
+    _require(lim.rate_limit_per_second > 0, "limits.rate_limit_per_second", "must be > 0",
+             "set a positive rate")
+    _require(lim.rate_limit_burst >= 1, "limits.rate_limit_burst", "must be >= 1",
+             "set a positive burst")
+    _require(lim.max_errors_per_minute >= 1, "limits.max_errors_per_minute", "must be >= 1",
+             "set a positive number")
+    _require(lim.presence_member_limit >= 0, "limits.presence_member_limit", "must be >= 0",
+             "set 0 or more")
+    _require(lim.outbound_buffer_limit >= s.max_message_bytes, "limits.outbound_buffer_limit",
+             "smaller than server.max_message_bytes",
+             "allow at least one full message in the outbound buffer")
+    _require(hb.interval > 0, "heartbeat.interval", "must be > 0", "set a positive number")
+    _require(hb.idle_timeout > hb.interval, "heartbeat.idle_timeout",
+             "must be longer than heartbeat.interval",
+             "set idle_timeout to several heartbeat intervals")
+    _require(hb.ws_ping_interval >= 0 and hb.ws_ping_timeout >= 0, "heartbeat.ws_ping_*",
+             "must be >= 0", "set 0 to disable or a positive number")
+    _require(c.workers.count >= 1, "workers.count", "must be >= 1",
+             "give a positive number or auto")
+    _require(c.workers.max_restarts >= 0 and c.workers.restart_window > 0,
+             "workers.max_restarts/restart_window", "must be >= 0 / > 0",
+             "set valid restart limits")
+    if c.database.dsn:
+        _require(c.database.dsn.startswith(("postgresql://", "postgres://")), "database.dsn",
+                 "not a PostgreSQL URL", "use postgresql://user@host:port/dbname")
+        _require(1 <= c.database.pool_min_size <= c.database.pool_max_size,
+                 "database.pool_min_size/pool_max_size", "need 1 <= min <= max",
+                 "fix the pool sizes")
+    if c.bus.redis_url:
+        _require(c.bus.redis_url.startswith(("redis://", "rediss://", "unix://")), "bus.redis_url",
+                 "not a Redis URL", "use redis://host:port/db")
+    _require(bool(c.namespaces), "namespaces", "no namespace is declared",
+             "declare at least one [namespaces.NAME] table")
+    for name in c.namespaces:
+        _require(name.isidentifier() and name.islower(), f"namespaces.{name}",
+                 "namespace names are lower-case identifiers", "rename the namespace")
+
+
+def masked(config: Config) -> dict[str, Any]:
+    """The configuration as a dict with secrets replaced, for the startup log."""
+    data: dict[str, Any] = msgspec.to_builtins(config)
+    for section, key in _SECRET_KEYS:
+        if data[section][key]:
+            data[section][key] = "***"
+    dsn = data["database"]["dsn"]
+    if "@" in dsn and ":" in dsn.split("@", 1)[0].split("//", 1)[-1]:
+        scheme, rest = dsn.split("//", 1)
+        creds, host = rest.split("@", 1)
+        data["database"]["dsn"] = f"{scheme}//{creds.split(':', 1)[0]}:***@{host}"
+    return data

@@ -1,0 +1,276 @@
+"""Per-connection protocol logic, sans I/O.
+
+A :class:`Session` takes one client frame (and the current monotonic time)
+and returns the actions the node must carry out: replies, subscriptions,
+publications, closes. It never touches sockets, the bus or the database,
+so it is tested with bytes and Structs only.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from datetime import UTC, datetime
+
+import msgspec
+
+from rtserver.auth import AccessDenied, AccessPolicy, Principal, TokenError, TokenVerifier
+from rtserver.config import LimitsConfig, NamespaceConfig
+from rtserver.protocol.codec import Codec, DecodeFailure, ErrorCode
+from rtserver.protocol.messages import (
+    Auth,
+    ClientMessage,
+    MessageId,
+    Ping,
+    Pong,
+    Presence,
+    Publish,
+    ServerMessage,
+    Subscribe,
+    Unsubscribe,
+)
+
+__all__ = [
+    "Action",
+    "Authenticate",
+    "CloseConnection",
+    "Dispatch",
+    "DoPresence",
+    "DoPublish",
+    "DoSubscribe",
+    "DoUnsubscribe",
+    "Fail",
+    "Reply",
+    "Session",
+    "utc_now",
+]
+
+CLOSE_AUTH_FAILED = 4001
+CLOSE_POLICY = 1008
+
+
+def utc_now() -> str:
+    """ISO-8601 UTC timestamp with milliseconds and a Z suffix."""
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+class Reply(msgspec.Struct, frozen=True):
+    """Send ``message`` to this connection."""
+
+    message: ServerMessage
+
+
+class Fail(msgspec.Struct, frozen=True):
+    """Send an ``error`` frame to this connection (and count it by code)."""
+
+    code: str
+    message: str
+    action: str
+    id: MessageId
+
+
+class CloseConnection(msgspec.Struct, frozen=True):
+    """Close this connection with ``code``."""
+
+    code: int
+    reason: str
+
+
+class Authenticate(msgspec.Struct, frozen=True):
+    """The connection proved who it is."""
+
+    principal: Principal
+    id: MessageId
+
+
+class DoSubscribe(msgspec.Struct, frozen=True):
+    """Subscribe the connection to ``room`` (access already checked)."""
+
+    room: str
+    rules: NamespaceConfig
+    id: MessageId
+
+
+class DoUnsubscribe(msgspec.Struct, frozen=True):
+    """Remove the connection from ``room``."""
+
+    room: str
+    id: MessageId
+
+
+class DoPublish(msgspec.Struct, frozen=True):
+    """Publish ``data`` (raw JSON bytes) to ``room`` (access already checked)."""
+
+    room: str
+    data: bytes
+    id: MessageId
+
+
+class DoPresence(msgspec.Struct, frozen=True):
+    """Answer a presence request for ``room``."""
+
+    room: str
+    id: MessageId
+
+
+class Dispatch(msgspec.Struct, frozen=True):
+    """Hand a domain message to the handler registered for its type."""
+
+    message: ClientMessage
+
+
+Action = (Reply | Fail | CloseConnection | Authenticate | DoSubscribe | DoUnsubscribe
+          | DoPublish | DoPresence | Dispatch)
+
+
+class Session:
+    """Protocol state of one connection: identity, rooms, rate and error budgets."""
+
+    __slots__ = ("_errors", "_tokens", "_updated", "codec", "connection_id", "last_activity",
+                 "limits", "policy", "principal", "rooms", "verifier")
+
+    def __init__(
+        self,
+        connection_id: str,
+        codec: Codec,
+        verifier: TokenVerifier,
+        policy: AccessPolicy,
+        limits: LimitsConfig,
+        now: float,
+    ) -> None:
+        self.connection_id = connection_id
+        self.codec = codec
+        self.verifier = verifier
+        self.policy = policy
+        self.limits = limits
+        self.principal: Principal | None = None
+        self.rooms: set[str] = set()
+        self.last_activity = now
+        self._tokens = float(limits.rate_limit_burst)
+        self._updated = now
+        self._errors: deque[float] = deque()
+
+    # ------------------------------------------------------------ helpers
+
+    def error(self, code: str, message: str, action: str, msg_id: MessageId,
+              now: float) -> list[Action]:
+        """An error reply, plus a 1008 close when the error budget is spent."""
+        out: list[Action] = [Fail(code, message, action, msg_id)]
+        window = self._errors
+        window.append(now)
+        while window and now - window[0] > 60.0:
+            window.popleft()
+        if len(window) > self.limits.max_errors_per_minute:
+            out.append(Fail(
+                ErrorCode.TOO_MANY_ERRORS,
+                f"more than {self.limits.max_errors_per_minute} errors within a minute",
+                "Required action: fix the client's messages before reconnecting",
+                None,
+            ))
+            out.append(CloseConnection(CLOSE_POLICY, "too many errors"))
+        return out
+
+    def _take_token(self, now: float) -> bool:
+        rate = self.limits.rate_limit_per_second
+        self._tokens = min(float(self.limits.rate_limit_burst),
+                           self._tokens + (now - self._updated) * rate)
+        self._updated = now
+        if self._tokens >= 1.0:
+            self._tokens -= 1.0
+            return True
+        return False
+
+    def authenticate_with(self, token: str, msg_id: MessageId, now: float) -> list[Action]:
+        """Verify ``token`` (from the URL or an ``auth`` frame)."""
+        try:
+            principal = self.verifier.verify(token)
+        except TokenError as exc:
+            return [Fail(exc.code, exc.message, exc.action, msg_id),
+                    CloseConnection(CLOSE_AUTH_FAILED, exc.code)]
+        return [Authenticate(principal, msg_id)]
+
+    # ------------------------------------------------------------ entry point
+
+    def on_frame(self, frame: str | bytes, now: float) -> list[Action]:
+        """Turn one client frame into actions."""
+        self.last_activity = now
+        if not self._take_token(now):
+            retry = 1.0 / self.limits.rate_limit_per_second
+            return self.error(
+                ErrorCode.RATE_LIMITED,
+                f"more than {self.limits.rate_limit_per_second:g} messages per second "
+                f"(burst {self.limits.rate_limit_burst})",
+                f"Required action: slow down; retry after {retry:.3f} s", None, now)
+        if isinstance(frame, bytes):
+            return self.error(
+                ErrorCode.BINARY_NOT_SUPPORTED, "binary frames are not part of the protocol",
+                "Required action: send JSON in text frames", None, now)
+        try:
+            message = self.codec.decode(frame)
+        except DecodeFailure as exc:
+            return self.error(exc.code, exc.message, exc.action, exc.msg_id, now)
+        return self.on_message(message, now)
+
+    def on_message(self, message: ClientMessage, now: float) -> list[Action]:
+        """Turn one decoded client message into actions."""
+        principal = self.principal
+        match message:
+            case Ping(id=msg_id):
+                return [Reply(Pong(server_time=utc_now(), id=msg_id))]
+            case Auth(token=token, id=msg_id):
+                if principal is not None and not principal.anonymous:
+                    return self.error(
+                        ErrorCode.ALREADY_AUTHENTICATED, "this connection is already authenticated",
+                        "Required action: open a new connection to change identity", msg_id, now)
+                return self.authenticate_with(token, msg_id, now)
+        if principal is None:
+            msg_id = getattr(message, "id", None)
+            return self.error(
+                ErrorCode.AUTH_REQUIRED, "the connection is not authenticated yet",
+                'Required action: send {"type":"auth","token":JWT} first', msg_id, now)
+        match message:
+            case Subscribe(room=room, id=msg_id):
+                try:
+                    rules = self.policy.check(principal, "subscribe", room)
+                except AccessDenied as exc:
+                    return self.error(exc.code, exc.message, exc.action, msg_id, now)
+                if room in self.rooms:
+                    return self.error(
+                        ErrorCode.ALREADY_SUBSCRIBED, f"already subscribed to {room!r}",
+                        "Required action: none; do not subscribe twice", msg_id, now)
+                if len(self.rooms) >= self.limits.max_subscriptions:
+                    return self.error(
+                        ErrorCode.TOO_MANY_SUBSCRIPTIONS,
+                        f"the limit of {self.limits.max_subscriptions} subscriptions is reached",
+                        "Required action: unsubscribe from rooms you no longer need", msg_id, now)
+                return [DoSubscribe(room, rules, msg_id)]
+            case Unsubscribe(room=room, id=msg_id):
+                if room not in self.rooms:
+                    return self.error(
+                        ErrorCode.NOT_SUBSCRIBED, f"not subscribed to {room!r}",
+                        "Required action: unsubscribe only from rooms you subscribed to",
+                        msg_id, now)
+                return [DoUnsubscribe(room, msg_id)]
+            case Publish(room=room, data=data, id=msg_id):
+                try:
+                    self.policy.check(principal, "publish", room)
+                except AccessDenied as exc:
+                    return self.error(exc.code, exc.message, exc.action, msg_id, now)
+                return [DoPublish(room, bytes(data), msg_id)]
+            case Presence(room=room, id=msg_id):
+                try:
+                    _, _, rules = self.policy.namespace(room)
+                except AccessDenied as exc:
+                    return self.error(exc.code, exc.message, exc.action, msg_id, now)
+                if not rules.presence:
+                    return self.error(
+                        ErrorCode.PRESENCE_DISABLED,
+                        f"presence is not kept for room {room!r}'s namespace",
+                        "Required action: do not ask for presence in this namespace", msg_id, now)
+                if room not in self.rooms:
+                    return self.error(
+                        ErrorCode.NOT_SUBSCRIBED, f"not subscribed to {room!r}",
+                        "Required action: subscribe to the room before asking who is in it",
+                        msg_id, now)
+                return [DoPresence(room, msg_id)]
+            case _:
+                return [Dispatch(message)]

@@ -1,0 +1,251 @@
+"""The asyncio/websockets layer: listening socket, HTTP endpoints, connection loop, drain.
+
+Holds no business rules: bytes in go to :meth:`Node.handle_frame`, bytes out
+leave through the node's fan-out core.
+
+HTTP on the WebSocket port (``process_request``): ``GET /healthz`` (JSON,
+503 when degraded) and ``GET /metrics`` (Prometheus text). Any other path is
+404; the WebSocket endpoint is ``server.ws_path``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import http
+import secrets
+import signal
+import socket
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import orjson
+from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.datastructures import Headers
+from websockets.exceptions import ConnectionClosed
+from websockets.http11 import Request, Response
+
+from rtserver import jsonlog
+from rtserver.bus.base import Bus
+from rtserver.bus.local import LocalBus
+from rtserver.config import Config, masked
+from rtserver.fanout import load_fanout
+from rtserver.hub import ConnState
+from rtserver.metrics import REGISTRY
+from rtserver.node import CLOSE_AUTH, Node
+from rtserver.protocol.codec import ErrorCode
+from rtserver.router import Router
+
+__all__ = ["RtServer", "resolve_secret", "run_server"]
+
+log = jsonlog.get_logger("rtserver.server")
+
+
+def resolve_secret(config: Config) -> str:
+    """The JWT secret, or a throw-away one in ``--dev`` mode (announced)."""
+    if config.auth.jwt_secret:
+        return config.auth.jwt_secret
+    if config.server.dev:
+        secret = secrets.token_urlsafe(32)
+        log.warning("dev_secret_generated", secret=secret,
+                    note="--dev generated a throw-away JWT secret; tokens die with this process. "
+                    "Use it with: RTSERVER_JWT_SECRET=<secret> rtserver token ...")
+        return secret
+    raise RuntimeError("no JWT secret (validated config should have refused to start)")
+
+
+def _response(status: http.HTTPStatus, body: bytes, content_type: str) -> Response:
+    headers = Headers([("Content-Type", content_type), ("Content-Length", str(len(body))),
+                       ("Cache-Control", "no-store")])
+    return Response(status.value, status.phrase, headers, body)
+
+
+class RtServer:
+    """One worker: the node plus its websockets server."""
+
+    def __init__(self, config: Config, *, worker_id: int = 0, bus: Bus | None = None,
+                 router: Router | None = None, jwt_secret: str | None = None,
+                 sock: socket.socket | None = None,
+                 http_routes: dict[str, Callable[[], Awaitable[Response]]] | None = None) -> None:
+        self.config = config
+        self.worker_id = worker_id
+        self.sock = sock
+        fanout_module = load_fanout(config.fanout.implementation)
+        secret = jwt_secret if jwt_secret is not None else resolve_secret(config)
+        self.node = Node(config, bus if bus is not None else LocalBus(), fanout_module,
+                         router if router is not None else Router(), worker_id, secret)
+        self.http_routes = dict(http_routes or {})
+        self.server: Server | None = None
+        self.port: int | None = None
+        self._stopping: asyncio.Event | None = None
+
+    # ------------------------------------------------------------ HTTP
+
+    async def _process_request(self, connection: ServerConnection,
+                               request: Request) -> Response | None:
+        path = urlsplit(request.path).path
+        if path == self.config.server.ws_path:
+            return None
+        if path == "/healthz":
+            doc = self.node.health()
+            status = http.HTTPStatus.OK if doc["status"] == "ok" else (
+                http.HTTPStatus.SERVICE_UNAVAILABLE)
+            return _response(status, orjson.dumps(doc), "application/json")
+        if path == "/metrics":
+            text = REGISTRY.render({"worker": str(self.worker_id)})
+            return _response(http.HTTPStatus.OK, text.encode(), "text/plain; version=0.0.4")
+        route = self.http_routes.get(path)
+        if route is not None:
+            return await route()
+        body = orjson.dumps({"error": "not_found", "message": f"no endpoint at {path}",
+                             "action": f"Required action: connect WebSockets to "
+                             f"{self.config.server.ws_path}; HTTP serves /healthz and /metrics"})
+        return _response(http.HTTPStatus.NOT_FOUND, body, "application/json")
+
+    # ------------------------------------------------------------ connections
+
+    async def _handler(self, ws: ServerConnection) -> None:
+        node = self.node
+        request = ws.request
+        assert request is not None
+        remote = ws.remote_address
+        remote_text = f"{remote[0]}:{remote[1]}" if remote else "unknown"
+        conn = node.open_connection(ws, str(uuid.uuid4()), remote_text,
+                                    request.headers.get("User-Agent", ""))
+        code: int | None = None
+        reason = "closed"
+        try:
+            query = parse_qs(urlsplit(request.path).query)
+            tokens = query.get("token")
+            if tokens:
+                await node.authenticate_token(conn, tokens[0])
+            elif self.config.auth.allow_anonymous:
+                await node.authenticate_anonymous(conn)
+            else:
+                await self._await_auth(ws, conn)
+            async for frame in ws:
+                await node.handle_frame(conn, frame)
+        except ConnectionClosed as exc:
+            # Abnormal closes end the loop here; the close code and reason are
+            # logged by connection_closed() below, for every way of closing.
+            log.debug("connection_closed_error", connection_id=conn.id, error=str(exc))
+        finally:
+            code, reason = self._close_info(ws)
+            if code == 1009:
+                node.count_error(ErrorCode.MESSAGE_TOO_LARGE, conn)
+            await node.connection_closed(conn, code, reason)
+
+    async def _await_auth(self, ws: ServerConnection, conn: Any) -> None:
+        timeout = self.config.auth.auth_timeout
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while conn.state is ConnState.CONNECTING:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                self.node.error(conn, ErrorCode.AUTH_TIMEOUT,
+                                f"no auth message within {timeout:g} s",
+                                'Required action: send {"type":"auth","token":JWT} right after '
+                                "connecting, or pass ?token=JWT")
+                self.node.close_connection(conn, CLOSE_AUTH, "auth timeout")
+                return
+            try:
+                frame = await asyncio.wait_for(ws.recv(), remaining)
+            except TimeoutError:
+                continue
+            await self.node.handle_frame(conn, frame)
+
+    @staticmethod
+    def _close_info(ws: ServerConnection) -> tuple[int | None, str]:
+        sent = ws.protocol.close_sent
+        rcvd = ws.protocol.close_rcvd
+        if sent is not None:
+            return int(sent.code), sent.reason or "server closed"
+        if rcvd is not None:
+            return int(rcvd.code), rcvd.reason or "client closed"
+        return 1006, "connection lost without a close frame"
+
+    # ------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        """Start the node and listen."""
+        cfg = self.config
+        await self.node.start()
+        hb = cfg.heartbeat
+        kwargs: dict[str, Any] = dict(
+            process_request=self._process_request,
+            compression="deflate" if cfg.server.compression else None,
+            open_timeout=cfg.server.open_timeout,
+            close_timeout=cfg.server.close_timeout,
+            ping_interval=hb.ws_ping_interval or None,
+            ping_timeout=hb.ws_ping_timeout or None,
+            max_size=cfg.server.max_message_bytes,
+            max_queue=cfg.server.max_incoming_queue,
+            server_header="rtserver",
+        )
+        if self.sock is not None:
+            self.server = await serve(self._handler, sock=self.sock, **kwargs)
+        else:
+            self.server = await serve(self._handler, cfg.server.host, cfg.server.port, **kwargs)
+        sockets = list(self.server.sockets)
+        self.port = sockets[0].getsockname()[1]
+        log.info("listening", host=cfg.server.host, port=self.port,
+                 ws_path=cfg.server.ws_path, worker=self.worker_id,
+                 fanout=self.node.fanout_module.__name__, bus=self.node.bus.kind)
+
+    async def stop(self, code: int = 1012, reason: str = "service restart") -> None:
+        """Stop accepting, close every connection with ``code``, wait for the drain."""
+        if self.server is None:
+            return
+        log.info("draining", connections=len(self.node.hub.connections), close_code=code,
+                 grace=self.config.server.shutdown_grace)
+        self.node.fanout.flush()
+        for conn in list(self.node.hub.connections.values()):
+            if conn.state not in (ConnState.CLOSING, ConnState.CLOSED):
+                self.node.hub.set_state(conn, ConnState.CLOSING, reason, code)
+        self.server.close(close_connections=True, code=code, reason=reason)
+        try:
+            await asyncio.wait_for(self.server.wait_closed(), self.config.server.shutdown_grace)
+        except TimeoutError:
+            left = len(self.node.hub.connections)
+            log.error("drain_timeout", connections_left=left,
+                      grace=self.config.server.shutdown_grace,
+                      action="Required action: raise server.shutdown_grace if clients need "
+                      "longer to close")
+            for conn in list(self.node.hub.connections.values()):
+                conn.ws.transport.abort()
+        await self.node.close()
+        self.server = None
+        log.info("stopped")
+
+    async def serve_until_signal(self) -> None:
+        """Run until SIGTERM or SIGINT, then drain with 1012."""
+        loop = asyncio.get_running_loop()
+        stopping = asyncio.Event()
+        self._stopping = stopping
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._on_signal, sig)
+        await self.start()
+        await stopping.wait()
+        await self.stop()
+
+    def _on_signal(self, sig: signal.Signals) -> None:
+        log.info("signal", signal=sig.name)
+        if self._stopping is not None:
+            self._stopping.set()
+
+
+def run_server(config: Config, worker_id: int = 0, sock: socket.socket | None = None) -> int:
+    """Run one worker on uvloop until a signal; returns the exit status."""
+    import uvloop
+
+    jsonlog.configure(config.server.log_level)
+    jsonlog.set_worker(worker_id)
+    log.info("config", effective=masked(config))
+    if config.fanout.implementation == "python":
+        log.warning("fanout_python_reference",
+                    note="the pure-Python fan-out reference was selected explicitly; it is "
+                    "slower than the compiled core")
+    server = RtServer(config, worker_id=worker_id, sock=sock)
+    uvloop.run(server.serve_until_signal())
+    return 0

@@ -1,0 +1,339 @@
+"""Supervisor: run N SO_REUSEPORT worker processes plus the embedded bus hub.
+
+``rtserver serve --workers N`` (N > 1) calls :func:`run_supervisor`. The
+supervisor process
+
+1. reserves the listening port: it binds one placeholder socket with
+   ``SO_REUSEPORT`` and never calls ``listen()`` on it. With ``port = 0`` the
+   kernel picks a free port here, once, and every worker binds that same port
+   (a non-listening socket receives no connections, so the kernel spreads
+   connections over the workers' listening sockets only). Holding the
+   placeholder also keeps the port reserved while a worker restarts.
+2. runs the :class:`~rtserver.bus.embedded.BusHub` on a Unix socket in the
+   runtime dir (``rtserver-<supervisor pid>.sock``, so several servers may
+   share one runtime dir),
+3. starts the workers with ``multiprocessing`` in *spawn* mode (a fresh
+   interpreter: no inherited event loop, sockets or threads of the
+   supervisor; the worker gets the validated config object pickled instead of
+   re-parsing flags and environment), with worker ids ``0..N-1`` (in
+   :class:`WorkerContext` and in the ``RTSERVER_WORKER_ID`` environment
+   variable),
+4. restarts a worker that exits (its exit status is logged), unless more than
+   ``max_restarts`` restarts happened within ``restart_window`` seconds: then
+   it stops every worker and returns exit code 2 with a clear message,
+5. on SIGTERM or SIGINT passes SIGTERM to every worker (each drains: closes
+   its connections with 1012 and exits), waits up to ``shutdown_grace``
+   seconds, SIGKILLs the workers still running (logged as an error, exit code
+   1), else returns 0. A second signal during the drain kills at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import multiprocessing
+import os
+import signal
+import socket
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from multiprocessing.process import BaseProcess
+from typing import Any
+
+from rtserver import jsonlog
+from rtserver.bus.embedded import BusHub, HubSettings
+from rtserver.jsonlog import get_logger
+from rtserver.metrics import REGISTRY
+
+__all__ = [
+    "EXIT_CRASH_LOOP",
+    "EXIT_DRAIN_INCOMPLETE",
+    "EXIT_OK",
+    "SupervisorSettings",
+    "WorkerContext",
+    "make_reuseport_socket",
+    "resolve_workers",
+    "run_supervisor",
+]
+
+EXIT_OK = 0
+#: Some worker did not exit within ``shutdown_grace`` and was killed.
+EXIT_DRAIN_INCOMPLETE = 1
+#: Workers kept dying: more than ``max_restarts`` restarts in ``restart_window``.
+EXIT_CRASH_LOOP = 2
+
+_log = get_logger("rtserver.supervisor")
+_M_EXITS = REGISTRY.counter(
+    "rtserver_supervisor_worker_exits_total", "Worker process exits", ("worker_id", "status"))
+_M_RESTARTS = REGISTRY.counter(
+    "rtserver_supervisor_worker_restarts_total", "Worker processes restarted", ("worker_id",))
+
+
+@dataclass(frozen=True, slots=True)
+class SupervisorSettings:
+    """What the supervisor needs (from config ``[server]``, ``[workers]``, ``[bus]``)."""
+
+    host: str
+    #: 0 = the supervisor picks one free port for all workers.
+    port: int
+    workers: int
+    #: Directory of the hub's Unix socket (created 0700 if missing).
+    runtime_dir: str
+    #: Seconds to wait for the workers to drain after SIGTERM before SIGKILL.
+    shutdown_grace: float
+    #: Restarts allowed within ``restart_window`` seconds before giving up (exit 2).
+    max_restarts: int
+    restart_window: float
+    #: Seconds between a worker's exit and its restart.
+    restart_delay: float
+    #: Hub: bytes queued to one worker before the hub drops its connection.
+    hub_max_worker_buffer: int
+    #: Hub: seconds to wait for the workers' metrics/health on a cluster request.
+    collect_timeout: float
+    #: Listen backlog of every worker's socket (passed on in WorkerContext).
+    backlog: int
+
+    def __post_init__(self) -> None:
+        if self.workers < 1:
+            raise ValueError(f"workers = {self.workers}. Required action: set workers >= 1")
+        if self.max_restarts < 0 or self.restart_window <= 0 or self.restart_delay < 0:
+            raise ValueError(
+                "invalid restart limits "
+                f"(max_restarts {self.max_restarts}, window {self.restart_window}, "
+                f"delay {self.restart_delay}). Required action: max_restarts >= 0, "
+                "restart_window > 0, restart_delay >= 0")
+        if self.shutdown_grace <= 0:
+            raise ValueError("shutdown_grace must be > 0. Required action: fix [workers]")
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerContext:
+    """Given to ``worker_main`` in each worker process."""
+
+    worker_id: int
+    workers: int
+    host: str
+    #: The resolved port (never 0): bind it with :func:`make_reuseport_socket`.
+    port: int
+    backlog: int
+    #: Unix socket of the supervisor's bus hub (for ``EmbeddedBusSettings.socket_path``).
+    hub_socket: str
+    supervisor_pid: int
+
+
+def resolve_workers(value: str | int) -> int:
+    """``"auto"`` -> number of CPUs (logged); a positive int (or digit string) as is."""
+    if value == "auto":
+        count = os.cpu_count()
+        if count is None:
+            raise ValueError(
+                "workers = auto but the CPU count is unknown. Required action: set a number")
+        _log.info("workers_auto", workers=count)
+        return count
+    number = int(value)
+    if number < 1:
+        raise ValueError(f"workers = {value!r}. Required action: use a number >= 1 or 'auto'")
+    return number
+
+
+def make_reuseport_socket(host: str, port: int, backlog: int | None = None) -> socket.socket:
+    """A TCP socket bound to ``host:port`` with ``SO_REUSEPORT`` (and ``SO_REUSEADDR``).
+
+    With ``backlog`` it is listening and non-blocking, ready for
+    ``websockets.asyncio.server.serve(handler, sock=sock)``; without, it is
+    only bound (the supervisor's port placeholder).
+    """
+    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    family, type_, proto, _, address = infos[0]
+    sock = socket.socket(family, type_, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind(address)
+        if backlog is not None:
+            sock.listen(backlog)
+            sock.setblocking(False)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def _child_entry(worker_main: Callable[[WorkerContext], None], ctx: WorkerContext) -> None:
+    """Body of a worker process (spawned): stamp the id, run ``worker_main``."""
+    os.environ["RTSERVER_WORKER_ID"] = str(ctx.worker_id)
+    jsonlog.set_worker(ctx.worker_id)
+    worker_main(ctx)
+
+
+def _status_text(code: int | None) -> str:
+    if code is None:
+        return "unknown"
+    if code < 0:
+        try:
+            return f"signal {signal.Signals(-code).name}"
+        except ValueError:
+            return f"signal {-code}"
+    return f"exit {code}"
+
+
+class _Supervisor:
+    def __init__(self, settings: SupervisorSettings,
+                 worker_main: Callable[[WorkerContext], None]) -> None:
+        self.s = settings
+        self.worker_main = worker_main
+        self.mp = multiprocessing.get_context("spawn")
+        self.procs: dict[int, BaseProcess] = {}
+        self.restarts: deque[float] = deque()
+        self.stopping = False
+        self.exit_code = EXIT_OK
+        self.done: asyncio.Event
+        self.loop: asyncio.AbstractEventLoop
+        self.port = 0
+        self.hub_socket = ""
+        self.restart_handles: dict[int, asyncio.TimerHandle] = {}
+
+    async def run(self) -> int:
+        self.loop = asyncio.get_running_loop()
+        self.done = asyncio.Event()
+        placeholder = make_reuseport_socket(self.s.host, self.s.port)
+        self.port = placeholder.getsockname()[1]
+        os.makedirs(self.s.runtime_dir, mode=0o700, exist_ok=True)
+        self.hub_socket = os.path.join(self.s.runtime_dir, f"rtserver-{os.getpid()}.sock")
+        hub = BusHub(
+            HubSettings(socket_path=self.hub_socket, expected_workers=self.s.workers,
+                        max_worker_buffer=self.s.hub_max_worker_buffer,
+                        collect_timeout=self.s.collect_timeout),
+            local_metrics=lambda: REGISTRY.render({"worker": "supervisor"}))
+        await hub.start()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            self.loop.add_signal_handler(sig, self.on_signal, sig)
+        _log.info("supervisor_started", pid=os.getpid(), host=self.s.host, port=self.port,
+                  workers=self.s.workers, hub_socket=self.hub_socket)
+        try:
+            for wid in range(self.s.workers):
+                self.spawn(wid)
+            await self.done.wait()
+        finally:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                self.loop.remove_signal_handler(sig)
+            for handle in self.restart_handles.values():
+                handle.cancel()
+            await hub.close()
+            placeholder.close()
+        _log.info("supervisor_exit", exit_code=self.exit_code)
+        return self.exit_code
+
+    def spawn(self, wid: int) -> None:
+        self.restart_handles.pop(wid, None)
+        if self.stopping:
+            return
+        ctx = WorkerContext(worker_id=wid, workers=self.s.workers, host=self.s.host,
+                            port=self.port, backlog=self.s.backlog, hub_socket=self.hub_socket,
+                            supervisor_pid=os.getpid())
+        proc = self.mp.Process(target=_child_entry, args=(self.worker_main, ctx),
+                               name=f"rtserver-worker-{wid}", daemon=False)
+        proc.start()
+        self.procs[wid] = proc
+        self.loop.add_reader(proc.sentinel, self.on_exit, wid, proc)
+        _log.info("worker_started", worker_id=wid, pid=proc.pid)
+
+    def on_exit(self, wid: int, proc: BaseProcess) -> None:
+        self.loop.remove_reader(proc.sentinel)
+        proc.join(0)
+        code = proc.exitcode
+        status = _status_text(code)
+        _M_EXITS.inc(str(wid), status)
+        if self.procs.get(wid) is proc:
+            del self.procs[wid]
+        proc.close()
+        if self.stopping:
+            _log.info("worker_stopped", worker_id=wid, status=status)
+            if not self.procs:
+                self.done.set()
+            return
+        _log.error("worker_exited", worker_id=wid, status=status, exit_code=code,
+                   action="restarting it; check the worker's log lines above")
+        now = time.monotonic()
+        self.restarts.append(now)
+        while self.restarts and now - self.restarts[0] > self.s.restart_window:
+            self.restarts.popleft()
+        if len(self.restarts) > self.s.max_restarts:
+            _log.error(
+                "crash_loop",
+                message=(f"workers exited {len(self.restarts)} times within "
+                         f"{self.s.restart_window}s (limit max_restarts={self.s.max_restarts}); "
+                         "stopping the server. Required action: read the worker_exited lines and "
+                         "the workers' errors, fix the cause, then start again"),
+                last_worker=wid, last_status=status)
+            self.exit_code = EXIT_CRASH_LOOP
+            self.begin_shutdown("crash_loop")
+            return
+        _M_RESTARTS.inc(str(wid))
+        _log.warning("worker_restarting", worker_id=wid, delay=self.s.restart_delay,
+                     restarts_in_window=len(self.restarts))
+        self.restart_handles[wid] = self.loop.call_later(self.s.restart_delay, self.spawn, wid)
+
+    def on_signal(self, sig: signal.Signals) -> None:
+        if self.stopping:
+            _log.warning("supervisor_second_signal", signal=sig.name,
+                         action="killing the remaining workers now")
+            self.kill_remaining()
+            return
+        _log.info("supervisor_signal", signal=sig.name, workers=len(self.procs),
+                  grace=self.s.shutdown_grace)
+        self.begin_shutdown(sig.name)
+
+    def begin_shutdown(self, reason: str) -> None:
+        self.stopping = True
+        for handle in self.restart_handles.values():
+            handle.cancel()
+        self.restart_handles.clear()
+        for wid, proc in self.procs.items():
+            if proc.pid is not None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(proc.pid, signal.SIGTERM)
+                _log.info("worker_drain_requested", worker_id=wid, pid=proc.pid, reason=reason)
+        if not self.procs:
+            self.done.set()
+            return
+        self.loop.call_later(self.s.shutdown_grace, self.grace_expired)
+
+    def grace_expired(self) -> None:
+        if self.procs:
+            _log.error("drain_timeout",
+                       message=(f"{len(self.procs)} worker(s) still running after shutdown_grace="
+                                f"{self.s.shutdown_grace}s; killing them. Required action: raise "
+                                "shutdown_grace or find what blocks the drain"),
+                       workers=sorted(self.procs))
+            if self.exit_code == EXIT_OK:
+                self.exit_code = EXIT_DRAIN_INCOMPLETE
+            self.kill_remaining()
+
+    def kill_remaining(self) -> None:
+        for proc in self.procs.values():
+            if proc.pid is not None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(proc.pid, signal.SIGKILL)
+        if self.exit_code == EXIT_OK:
+            self.exit_code = EXIT_DRAIN_INCOMPLETE
+
+
+def run_supervisor(settings: SupervisorSettings,
+                   worker_main: Callable[[WorkerContext], None],
+                   loop_factory: Callable[[], asyncio.AbstractEventLoop] | None = None) -> int:
+    """Run the workers until SIGTERM/SIGINT or a crash loop; return the exit code.
+
+    ``worker_main`` must be picklable (a module-level function, or a
+    ``functools.partial`` of one with picklable arguments such as the frozen
+    config): it runs in each spawned worker with its :class:`WorkerContext`.
+    ``loop_factory`` selects the supervisor's loop (e.g. ``uvloop.new_event_loop``).
+    """
+    sup = _Supervisor(settings, worker_main)
+    runner_kwargs: dict[str, Any] = {}
+    if loop_factory is not None:
+        runner_kwargs["loop_factory"] = loop_factory
+    with asyncio.Runner(**runner_kwargs) as runner:
+        return runner.run(sup.run())

@@ -1,0 +1,115 @@
+"""Shared fixtures: a real rtserver on an ephemeral loopback port, real clients, tokens."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import msgspec
+import orjson
+import pytest
+from websockets.asyncio.client import ClientConnection, connect
+
+from rtserver.auth import mint_token
+from rtserver.config import Config, load_config
+from rtserver.server import RtServer
+
+SECRET = "test-secret-0123456789abcdef-0123456789"
+
+
+def make_config(**sections: dict[str, Any]) -> Config:
+    """The shipped configuration on port 0 with the test secret and section overrides."""
+    config = load_config(env={}, flags={"port": 0, "jwt_secret": SECRET,
+                                        "fanout": os.environ.get("RTSERVER_TEST_FANOUT",
+                                                                 "compiled")})
+    for name, values in sections.items():
+        section = getattr(config, name)
+        config = msgspec.structs.replace(config, **{
+            name: msgspec.structs.replace(section, **values)})
+    return config
+
+
+def token(user: str | None = None, perms: list[str] | None = None,
+          rooms: list[str] | None = None, ttl: float = 3600) -> str:
+    """A token signed with the test secret."""
+    return mint_token(SECRET, user or str(uuid.uuid4()), perms or [], rooms or [], ttl)
+
+
+class Client:
+    """A websockets client with JSON helpers."""
+
+    def __init__(self, ws: ClientConnection) -> None:
+        self.ws = ws
+
+    async def send(self, obj: Any) -> None:
+        await self.ws.send(orjson.dumps(obj).decode())
+
+    async def recv(self, timeout: float = 5.0) -> dict[str, Any]:
+        import asyncio
+
+        raw = await asyncio.wait_for(self.ws.recv(), timeout)
+        return dict(orjson.loads(raw))
+
+    async def recv_type(self, type_: str, timeout: float = 5.0) -> dict[str, Any]:
+        """Receive until a message of ``type_`` (skipping heartbeats and room events)."""
+        while True:
+            msg = await self.recv(timeout)
+            if msg["type"] == type_:
+                return msg
+            if msg["type"] not in ("heartbeat", "room_event"):
+                raise AssertionError(f"expected {type_}, got {msg}")
+
+    async def request(self, obj: Any, reply_type: str) -> dict[str, Any]:
+        await self.send(obj)
+        return await self.recv_type(reply_type)
+
+
+ServerFactory = Callable[..., Awaitable[RtServer]]
+
+
+@pytest.fixture
+async def make_server() -> AsyncIterator[ServerFactory]:
+    servers: list[RtServer] = []
+
+    async def factory(config: Config | None = None, **kwargs: Any) -> RtServer:
+        server = RtServer(config or make_config(), jwt_secret=SECRET, **kwargs)
+        await server.start()
+        servers.append(server)
+        return server
+
+    yield factory
+    for server in servers:
+        await server.stop(1001, "test over")
+
+
+@pytest.fixture
+async def server(make_server: ServerFactory) -> RtServer:
+    return await make_server()
+
+
+def ws_url(server: RtServer, tok: str | None = None) -> str:
+    base = f"ws://127.0.0.1:{server.port}/ws"
+    return f"{base}?token={tok}" if tok is not None else base
+
+
+@pytest.fixture
+async def connect_client(server: RtServer) -> AsyncIterator[Callable[..., Awaitable[Client]]]:
+    clients: list[ClientConnection] = []
+
+    async def factory(tok: str | None = None, *, srv: RtServer | None = None,
+                      expect_auth: bool = True) -> Client:
+        ws = await connect(ws_url(srv or server, tok), max_size=None, compression=None)
+        clients.append(ws)
+        client = Client(ws)
+        welcome = await client.recv()
+        assert welcome["type"] == "connection"
+        if tok is not None and expect_auth:
+            auth = await client.recv()
+            assert auth["type"] == "authenticated", auth
+        return client
+
+    yield factory
+    for ws in clients:
+        await ws.close()
