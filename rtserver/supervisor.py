@@ -51,6 +51,7 @@ __all__ = [
     "EXIT_CRASH_LOOP",
     "EXIT_DRAIN_INCOMPLETE",
     "EXIT_OK",
+    "SUPERVISOR_LOG_ID",
     "SupervisorSettings",
     "WorkerContext",
     "make_reuseport_socket",
@@ -63,6 +64,13 @@ EXIT_OK = 0
 EXIT_DRAIN_INCOMPLETE = 1
 #: Workers kept dying: more than ``max_restarts`` restarts in ``restart_window``.
 EXIT_CRASH_LOOP = 2
+
+#: Reaping a worker whose sentinel closed: poll interval (s) and attempts (fixed,
+#: not configuration: a process past its last fd close is gone within microseconds).
+REAP_INTERVAL = 0.01
+REAP_ATTEMPTS = 200
+#: Worker id stamped on the supervisor's own log lines.
+SUPERVISOR_LOG_ID = -1
 
 _log = get_logger("rtserver.supervisor")
 _M_EXITS = REGISTRY.counter(
@@ -242,13 +250,29 @@ class _Supervisor:
 
     def on_exit(self, wid: int, proc: BaseProcess) -> None:
         self.loop.remove_reader(proc.sentinel)
+        self.reap(wid, proc, 0)
+
+    def reap(self, wid: int, proc: BaseProcess, attempt: int) -> None:
+        # The sentinel closes as the child exits, slightly before the kernel
+        # lets us reap it: poll every REAP_INTERVAL, at most REAP_ATTEMPTS times.
         proc.join(0)
+        if proc.exitcode is None:
+            if attempt < REAP_ATTEMPTS:
+                self.loop.call_later(REAP_INTERVAL, self.reap, wid, proc, attempt + 1)
+                return
+            _log.error("worker_unreapable", worker_id=wid, pid=proc.pid,
+                       message="the worker closed its sentinel but did not exit; killing it")
+            if proc.pid is not None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(proc.pid, signal.SIGKILL)
+            proc.join(REAP_INTERVAL * REAP_ATTEMPTS)
         code = proc.exitcode
         status = _status_text(code)
         _M_EXITS.inc(str(wid), status)
         if self.procs.get(wid) is proc:
             del self.procs[wid]
-        proc.close()
+        if proc.exitcode is not None:
+            proc.close()
         if self.stopping:
             _log.info("worker_stopped", worker_id=wid, status=status)
             if not self.procs:
@@ -331,6 +355,7 @@ def run_supervisor(settings: SupervisorSettings,
     config): it runs in each spawned worker with its :class:`WorkerContext`.
     ``loop_factory`` selects the supervisor's loop (e.g. ``uvloop.new_event_loop``).
     """
+    jsonlog.set_worker(SUPERVISOR_LOG_ID)
     sup = _Supervisor(settings, worker_main)
     runner_kwargs: dict[str, Any] = {}
     if loop_factory is not None:

@@ -1,0 +1,168 @@
+"""Supervisor: real worker processes (tests/bus/supervisor_app.py) on a shared SO_REUSEPORT port."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from rtserver.supervisor import (
+    EXIT_CRASH_LOOP,
+    EXIT_DRAIN_INCOMPLETE,
+    EXIT_OK,
+    make_reuseport_socket,
+    resolve_workers,
+)
+
+pytestmark = pytest.mark.timeout(60)
+
+APP = Path(__file__).with_name("supervisor_app.py")
+ROOT = Path(__file__).resolve().parents[2]
+
+
+class App:
+    """A running supervisor_app.py with its JSON log lines collected."""
+
+    def __init__(self, proc: asyncio.subprocess.Process) -> None:
+        self.proc = proc
+        self.lines: list[dict[str, Any]] = []
+        self.changed = asyncio.Event()
+        self.reader = asyncio.get_running_loop().create_task(self._read())
+
+    async def _read(self) -> None:
+        assert self.proc.stderr is not None
+        async for raw in self.proc.stderr:
+            text = raw.decode().strip()
+            if text.startswith("{"):
+                self.lines.append(json.loads(text))
+            else:
+                self.lines.append({"event": "raw", "text": text})
+            self.changed.set()
+
+    def events(self, name: str) -> list[dict[str, Any]]:
+        return [line for line in self.lines if line.get("event") == name]
+
+    async def wait_events(self, name: str, count: int,
+                          timeout: float = 20.0) -> list[dict[str, Any]]:
+        async with asyncio.timeout(timeout):
+            while len(self.events(name)) < count:
+                self.changed.clear()
+                await self.changed.wait()
+        return self.events(name)
+
+    @property
+    def port(self) -> int:
+        return int(self.events("supervisor_started")[0]["port"])
+
+    async def ask(self, line: bytes = b"who") -> Any:
+        reader, writer = await asyncio.open_connection("127.0.0.1", self.port)
+        writer.write(line + b"\n")
+        await writer.drain()
+        data = await reader.readline()
+        writer.close()
+        return json.loads(data)
+
+
+@pytest.fixture
+async def start_app(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Any]:
+    apps: list[App] = []
+
+    async def start(mode: str, workers: int = 2) -> App:
+        runtime = os.path.join("/tmp", f"rtsup-{os.getpid()}-{len(apps)}")
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, str(APP), mode, runtime, str(workers),
+            stderr=asyncio.subprocess.PIPE, cwd=str(ROOT),
+            env={**os.environ, "PYTHONPATH": str(ROOT)})
+        app = App(proc)
+        apps.append(app)
+        return app
+
+    yield start
+    for app in apps:
+        if app.proc.returncode is None:
+            app.proc.kill()
+            await app.proc.wait()
+        app.reader.cancel()
+
+
+async def test_shared_port_respawn_cluster_status_and_drain(start_app: Any) -> None:
+    app = await start_app("ok")
+    await app.wait_events("listening", 2)
+    seen: dict[int, int] = {}
+    for _ in range(40):
+        answer = await app.ask()
+        seen[answer["worker"]] = answer["pid"]
+    # SO_REUSEPORT spreads connections over both workers on one port.
+    assert set(seen) == {0, 1}
+    health = await app.ask(b"health")
+    assert health["status"] == "ok", health
+    assert health["workers"]["0"]["pid"] == seen[0]
+
+    os.kill(seen[1], signal.SIGKILL)
+    exited = await app.wait_events("worker_exited", 1)
+    assert exited[0]["worker_id"] == 1 and exited[0]["status"] == "signal SIGKILL"
+    await app.wait_events("listening", 3)
+    # Worker 0 kept serving; worker 1 is back with a new pid.
+    new_pids: dict[int, int] = {}
+    for _ in range(60):
+        answer = await app.ask()
+        new_pids[answer["worker"]] = answer["pid"]
+        if len(new_pids) == 2:
+            break
+    assert new_pids[0] == seen[0]
+    assert new_pids[1] != seen[1]
+    metrics = await app.ask(b"metrics")
+    restarts = 'rtserver_supervisor_worker_restarts_total{worker_id="1",worker="supervisor"} 1'
+    assert restarts in metrics
+    assert 'worker="0"' in metrics and 'worker="1"' in metrics
+    assert metrics.count("# TYPE rtserver_bus_hub_frames_total counter") == 1
+
+    app.proc.send_signal(signal.SIGTERM)
+    assert await asyncio.wait_for(app.proc.wait(), 20) == EXIT_OK
+    await app.reader
+    assert len(app.events("worker_drained")) == 2
+    assert [e["status"] for e in app.events("worker_stopped")] == ["exit 0", "exit 0"]
+
+
+async def test_crash_loop_stops_with_nonzero_exit(start_app: Any) -> None:
+    app = await start_app("crash", 1)
+    assert await asyncio.wait_for(app.proc.wait(), 40) == EXIT_CRASH_LOOP
+    await app.reader
+    crash = app.events("crash_loop")
+    assert len(crash) == 1 and "Required action" in crash[0]["message"]
+    # max_restarts = 3: the first exit and three restarts, the fourth restart refused.
+    assert len(app.events("worker_exited")) == 4
+    assert len(app.events("worker_restarting")) == 3
+
+
+async def test_drain_timeout_kills_and_reports(start_app: Any) -> None:
+    app = await start_app("stuck", 1)
+    await app.wait_events("listening", 1)
+    app.proc.send_signal(signal.SIGTERM)
+    assert await asyncio.wait_for(app.proc.wait(), 30) == EXIT_DRAIN_INCOMPLETE
+    await app.reader
+    assert len(app.events("drain_timeout")) == 1
+    assert app.events("worker_stopped")[0]["status"] == "signal SIGKILL"
+
+
+def test_make_reuseport_socket_and_resolve_workers() -> None:
+    placeholder = make_reuseport_socket("127.0.0.1", 0)
+    port = placeholder.getsockname()[1]
+    a = make_reuseport_socket("127.0.0.1", port, 16)
+    b = make_reuseport_socket("127.0.0.1", port, 16)
+    try:
+        assert a.getsockname()[1] == b.getsockname()[1] == port
+    finally:
+        for s in (placeholder, a, b):
+            s.close()
+    assert resolve_workers("auto") == os.cpu_count()
+    assert resolve_workers("3") == 3
+    with pytest.raises(ValueError, match="Required action"):
+        resolve_workers(0)
