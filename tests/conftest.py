@@ -113,3 +113,64 @@ async def connect_client(server: RtServer) -> AsyncIterator[Callable[..., Awaita
     yield factory
     for ws in clients:
         await ws.close()
+
+
+class ServerProcess:
+    """``python -m rtserver serve`` in a subprocess; port read from its "listening" line."""
+
+    def __init__(self, args: list[str], env: dict[str, str] | None = None,
+                 listening_lines: int = 1) -> None:
+        import subprocess
+        import sys
+
+        full_env = dict(os.environ)
+        full_env.update({"RTSERVER_JWT_SECRET": SECRET, "RTSERVER_PORT": "0"})
+        full_env.update(env or {})
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "rtserver", "serve", *args],
+            env=full_env, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+        self.lines: list[dict[str, Any]] = []
+        self.port = 0
+        self._listening_lines = listening_lines
+
+    def wait_listening(self, timeout: float = 20.0) -> int:
+        """Block until ``listening_lines`` workers listen; return the port."""
+        import selectors
+        import time as _time
+
+        assert self.proc.stderr is not None
+        sel = selectors.DefaultSelector()
+        sel.register(self.proc.stderr, selectors.EVENT_READ)
+        deadline = _time.monotonic() + timeout
+        seen = 0
+        while seen < self._listening_lines:
+            if _time.monotonic() > deadline or self.proc.poll() is not None:
+                raise AssertionError(f"server did not start: {self.lines[-5:]}")
+            if not sel.select(timeout=0.5):
+                continue
+            line = self.proc.stderr.readline()
+            if not line:
+                continue
+            try:
+                record = orjson.loads(line)
+            except orjson.JSONDecodeError:
+                record = {"event": "raw", "text": line}
+            self.lines.append(record)
+            if record.get("event") == "listening":
+                seen += 1
+                self.port = int(record["port"])
+        return self.port
+
+    def read_rest(self, timeout: float = 20.0) -> int:
+        """Wait for exit, collect the remaining log lines, return the exit status."""
+        out, _ = self.proc.communicate(timeout=timeout)
+        assert self.proc.stderr is None or True
+        return self.proc.returncode
+
+    def events(self, name: str) -> list[dict[str, Any]]:
+        return [r for r in self.lines if r.get("event") == name]
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=10)

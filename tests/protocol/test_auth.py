@@ -1,0 +1,99 @@
+"""Token verification: valid, expired, forged, alg none, missing claims, RS256."""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+import jwt
+import msgspec
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from rtserver.auth import TokenError, TokenVerifier, mint_token
+from rtserver.config import ConfigError, load_config
+
+SECRET = "auth-test-secret-0123456789abcdef-0123456789abcdef-0123"
+
+
+def verifier() -> TokenVerifier:
+    config = load_config(env={}, flags={"jwt_secret": SECRET})
+    return TokenVerifier(config.auth, SECRET)
+
+
+def test_valid_token() -> None:
+    user = str(uuid.uuid4())
+    p = verifier().verify(mint_token(SECRET, user, ["quote:read"], ["quote:*"], 60))
+    assert p.user == user and p.permissions == {"quote:read"} and p.grants == ("quote:*",)
+    assert not p.anonymous
+
+
+@pytest.mark.parametrize(("make", "code"), [
+    (lambda: "", "token_missing"),
+    (lambda: "garbage", "token_invalid"),
+    (lambda: mint_token(SECRET, str(uuid.uuid4()), [], [], -10), "token_expired"),
+    (lambda: mint_token("another-secret-0123456789abcdef-xyz", str(uuid.uuid4()), [], [], 60),
+     "token_invalid"),
+    (lambda: jwt.encode({"sub": str(uuid.uuid4()), "exp": int(time.time()) + 60}, None,
+                        algorithm="none"), "token_invalid"),
+    (lambda: jwt.encode({"sub": str(uuid.uuid4())}, SECRET, algorithm="HS256"), "token_invalid"),
+    (lambda: jwt.encode({"exp": int(time.time()) + 60}, SECRET, algorithm="HS256"),
+     "token_invalid"),
+    (lambda: jwt.encode({"sub": "not-a-uuid", "exp": int(time.time()) + 60}, SECRET,
+                        algorithm="HS256"), "token_invalid"),
+    (lambda: jwt.encode({"sub": str(uuid.uuid4()), "exp": int(time.time()) + 60,
+                         "perms": "admin"}, SECRET, algorithm="HS256"), "token_invalid"),
+    (lambda: jwt.encode({"sub": str(uuid.uuid4()), "exp": int(time.time()) + 60}, SECRET,
+                        algorithm="HS512"), "token_invalid"),  # wrong alg
+])
+def test_rejected_tokens(make: object, code: str) -> None:
+    with pytest.raises(TokenError) as info:
+        verifier().verify(make())  # type: ignore[operator]
+    assert info.value.code == code
+    assert info.value.action.startswith("Required action")
+
+
+def test_rs256(tmp_path: object) -> None:
+    from pathlib import Path
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    pub = Path(str(tmp_path)) / "pub.pem"
+    pub.write_bytes(key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+    priv = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                             serialization.NoEncryption()).decode()
+    config = load_config(env={}, flags={"dev": True})
+    auth = msgspec.structs.replace(config.auth, jwt_algorithm="RS256",
+                                   jwt_public_key_file=str(pub))
+    v = TokenVerifier(auth, "")
+    user = str(uuid.uuid4())
+    assert v.verify(mint_token(priv, user, [], [], 60, "RS256")).user == user
+    with pytest.raises(TokenError):
+        v.verify(mint_token(SECRET, user, [], [], 60))  # HS256 against an RS256 server
+
+
+def test_config_requires_secret() -> None:
+    with pytest.raises(ConfigError, match="RTSERVER_JWT_SECRET"):
+        load_config(env={}, flags={})
+    assert load_config(env={}, flags={"dev": True}).server.dev
+
+
+def test_config_env_and_flags_override() -> None:
+    c = load_config(env={"RTSERVER_PORT": "9001", "RTSERVER_JWT_SECRET": SECRET,
+                         "RTSERVER_WORKERS": "2"}, flags={"port": 9002})
+    assert c.server.port == 9002 and c.workers.count == 2
+    with pytest.raises(ConfigError, match="server.port"):
+        load_config(env={"RTSERVER_JWT_SECRET": SECRET}, flags={"port": 70000})
+
+
+def test_config_missing_key_is_named(tmp_path: object) -> None:
+    from pathlib import Path
+
+    from rtserver.config import DEFAULT_CONFIG_PATH
+
+    text = DEFAULT_CONFIG_PATH.read_text().replace("auth_timeout = 5.0\n", "")
+    path = Path(str(tmp_path)) / "c.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match="auth_timeout"):
+        load_config(path, env={"RTSERVER_JWT_SECRET": SECRET})

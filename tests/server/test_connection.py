@@ -1,0 +1,222 @@
+"""A real server on an ephemeral port with real websockets clients: welcome, auth, errors."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import jwt
+import pytest
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed
+
+from conftest import Client, ServerFactory, make_config, token, ws_url
+from rtserver.server import RtServer
+
+Connect = Callable[..., Awaitable[Client]]
+
+
+async def closed_code(client: Client, timeout: float = 5.0) -> int | None:
+    """Read until the server closes; return its close code."""
+    try:
+        async with asyncio.timeout(timeout):
+            while True:
+                await client.ws.recv()
+    except ConnectionClosed as exc:
+        return exc.rcvd.code if exc.rcvd is not None else None
+
+
+async def test_welcome_frame(server: RtServer, connect_client: Connect) -> None:
+    ws = await connect(ws_url(server, token()))
+    client = Client(ws)
+    welcome = await client.recv()
+    assert welcome["type"] == "connection" and welcome["status"] == "connected"
+    assert welcome["worker"] == 0
+    uuid.UUID(welcome["connection_id"])
+    assert welcome["server_time"].endswith("Z")
+    auth = await client.recv()
+    assert auth["type"] == "authenticated" and auth["anonymous"] is False
+    await ws.close()
+
+
+async def test_connection_ids_unique(server: RtServer, connect_client: Connect) -> None:
+    ids = set()
+    for _ in range(5):
+        ws = await connect(ws_url(server, token()))
+        ids.add((await Client(ws).recv())["connection_id"])
+        await ws.close()
+    assert len(ids) == 5
+
+
+@pytest.mark.parametrize(("make", "code"), [
+    (lambda: token(ttl=-5), "token_expired"),
+    (lambda: jwt.encode({"sub": str(uuid.uuid4()), "exp": int(time.time()) + 60},
+                        "forged-secret-0123456789abcdef-0123456789", algorithm="HS256"),
+     "token_invalid"),
+    (lambda: jwt.encode({"sub": str(uuid.uuid4()), "exp": int(time.time()) + 60}, None,
+                        algorithm="none"), "token_invalid"),
+    (lambda: "not-a-token", "token_invalid"),
+])
+async def test_bad_url_token_closes_4001(server: RtServer, make: Any, code: str) -> None:
+    ws = await connect(ws_url(server, make()))
+    client = Client(ws)
+    assert (await client.recv())["type"] == "connection"
+    err = await client.recv()
+    assert err["type"] == "error" and err["code"] == code
+    assert err["action"].startswith("Required action")
+    assert await closed_code(client) == 4001
+
+
+async def test_first_frame_auth(server: RtServer) -> None:
+    ws = await connect(ws_url(server))
+    client = Client(ws)
+    await client.recv()
+    reply = await client.request({"type": "auth", "token": token(perms=["publish"]), "id": 1},
+                                 "authenticated")
+    assert reply["permissions"] == ["publish"] and reply["id"] == 1
+    assert (await client.request({"type": "ping"}, "pong"))["type"] == "pong"
+    await ws.close()
+
+
+async def test_first_frame_auth_failure(server: RtServer) -> None:
+    ws = await connect(ws_url(server))
+    client = Client(ws)
+    await client.recv()
+    await client.send({"type": "auth", "token": token(ttl=-1)})
+    assert (await client.recv())["code"] == "token_expired"
+    assert await closed_code(client) == 4001
+
+
+async def test_missing_token_auth_timeout(make_server: ServerFactory) -> None:
+    server = await make_server(make_config(auth={"auth_timeout": 0.3}))
+    ws = await connect(ws_url(server))
+    client = Client(ws)
+    await client.recv()
+    # messages other than auth/ping are refused while waiting
+    await client.send({"type": "subscribe", "room": "bench:a"})
+    assert (await client.recv())["code"] == "auth_required"
+    err = await client.recv()
+    assert err["code"] == "auth_timeout"
+    assert await closed_code(client) == 4001
+
+
+async def test_anonymous_only_when_allowed(make_server: ServerFactory) -> None:
+    server = await make_server(make_config(auth={"allow_anonymous": True}))
+    ws = await connect(ws_url(server))
+    client = Client(ws)
+    await client.recv()
+    auth = await client.recv()
+    assert auth["anonymous"] is True and auth["permissions"] == [] and auth["user"] is None
+    err = await client.request({"type": "subscribe", "room": "bench:a"}, "error")
+    assert err["code"] == "forbidden"
+    # an anonymous connection may still authenticate
+    ok = await client.request({"type": "auth", "token": token(rooms=["bench:*"])},
+                              "authenticated")
+    assert ok["anonymous"] is False
+    assert (await client.request({"type": "subscribe", "room": "bench:a"},
+                                 "subscribed"))["room"] == "bench:a"
+    await ws.close()
+
+
+async def test_ping_pong(connect_client: Connect) -> None:
+    client = await connect_client(token())
+    pong = await client.request({"type": "ping", "id": "p1"}, "pong")
+    assert pong["id"] == "p1"
+
+
+@pytest.mark.parametrize(("frame", "code"), [
+    ("{not json", "invalid_json"),
+    ('{"type":"launch"}', "unknown_type"),
+    ('{"type":"subscribe"}', "missing_field"),
+    ('{"type":"subscribe","room":42}', "invalid_field"),
+    ('{"type":"subscribe","room":"bench:a","colour":"red"}', "unknown_field"),
+    ('{"type":"subscribe","room":"bench:' + "k" * 300 + '"}', "invalid_room"),
+    ('{"type":"subscribe","room":"bench:sp ace"}', "invalid_room"),
+    ('{"type":"subscribe","room":"mars:a"}', "unknown_namespace"),
+])
+async def test_bad_input_over_the_wire(connect_client: Connect, frame: str, code: str) -> None:
+    client = await connect_client(token(rooms=["bench:*"]))
+    await client.ws.send(frame)
+    err = await client.recv_type("error")
+    assert err["code"] == code
+    assert err["action"].startswith("Required action")
+    # the connection survives
+    assert (await client.request({"type": "ping"}, "pong"))["type"] == "pong"
+
+
+async def test_binary_frame(connect_client: Connect) -> None:
+    client = await connect_client(token())
+    await client.ws.send(b'{"type":"ping"}')
+    assert (await client.recv_type("error"))["code"] == "binary_not_supported"
+
+
+async def test_frame_too_large_closes_1009(server: RtServer, connect_client: Connect) -> None:
+    client = await connect_client(token())
+    await client.ws.send('{"type":"ping","id":"' + "x" * (server.config.server.max_message_bytes
+                                                          + 10) + '"}')
+    assert await closed_code(client) == 1009
+
+
+async def test_too_many_errors_closes_1008(make_server: ServerFactory,
+                                           connect_client: Connect) -> None:
+    server = await make_server(make_config(limits={"max_errors_per_minute": 3}))
+    client = await connect_client(token(), srv=server)
+    for _ in range(4):
+        await client.ws.send("{bad")
+    codes = [(await client.recv_type("error"))["code"] for _ in range(5)]
+    assert codes == ["invalid_json"] * 4 + ["too_many_errors"]
+    assert await closed_code(client) == 1008
+
+
+async def test_rate_limited(make_server: ServerFactory, connect_client: Connect) -> None:
+    server = await make_server(make_config(limits={"rate_limit_per_second": 1.0,
+                                                   "rate_limit_burst": 2}))
+    client = await connect_client(token(), srv=server)
+    for i in range(3):
+        await client.send({"type": "ping", "id": i})
+    replies = [await client.recv() for _ in range(3)]
+    assert [r["type"] for r in replies] == ["pong", "pong", "error"]
+    assert replies[2]["code"] == "rate_limited" and "retry after" in replies[2]["action"]
+
+
+async def test_idle_timeout_closes_4008(make_server: ServerFactory,
+                                        connect_client: Connect) -> None:
+    server = await make_server(make_config(heartbeat={"interval": 0.2, "idle_timeout": 0.5}))
+    client = await connect_client(token(), srv=server)
+    kinds: list[str] = []
+    try:
+        async with asyncio.timeout(5):
+            while True:
+                kinds.append((await client.recv())["type"])
+    except ConnectionClosed as exc:
+        assert exc.rcvd is not None and exc.rcvd.code == 4008
+    assert "heartbeat" in kinds and kinds[-1] == "error"
+
+
+async def test_pings_keep_connection_alive(make_server: ServerFactory,
+                                           connect_client: Connect) -> None:
+    server = await make_server(make_config(heartbeat={"interval": 0.1, "idle_timeout": 0.4}))
+    client = await connect_client(token(), srv=server)
+    for _ in range(8):
+        await asyncio.sleep(0.1)
+        await client.send({"type": "ping"})
+    await client.send({"type": "ping", "id": "last"})
+    pongs = [await client.recv_type("pong") for _ in range(9)]
+    assert pongs[-1]["id"] == "last"
+
+
+async def test_unknown_http_path_404(server: RtServer) -> None:
+    import urllib.error
+    import urllib.request
+
+    def get() -> int:
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{server.port}/nope", timeout=5)
+        except urllib.error.HTTPError as exc:
+            return exc.code
+        return 200
+
+    assert await asyncio.to_thread(get) == 404
