@@ -197,8 +197,9 @@ class Fanout:
         dirty, self._dirty = self._dirty, []
         i = 0
         try:
-            for i, sink in enumerate(dirty):  # noqa: B007 (i is used on error)
-                self._flush_sink(sink)
+            while i < len(dirty):
+                self._flush_sink(dirty[i])
+                i += 1
         except BaseException:
             # Keep the not yet flushed connections queued (never lose them).
             self._dirty[:0] = dirty[i + 1:]
@@ -248,10 +249,7 @@ class Fanout:
         if n > IOV_BATCH:
             data = b"".join(frames)
         try:
-            if data is not None:
-                sent = os.write(sink.fd, data)
-            else:
-                sent = os.writev(sink.fd, frames)
+            sent = os.write(sink.fd, data) if data is not None else os.writev(sink.fd, frames)
         except BlockingIOError:
             sent = 0
         except OSError:
