@@ -295,7 +295,7 @@ def _validate(c: Config) -> None:
                  "set RTSERVER_JWT_SECRET (or auth.jwt_secret in the config file), or start "
                  "with --dev to generate a throw-away secret")
         if a.jwt_secret:
-            _require(len(a.jwt_secret) >= 16, "auth.jwt_secret", "shorter than 16 characters",
+            _require(len(a.jwt_secret) >= 32, "auth.jwt_secret", "shorter than 32 characters",
                      "use a random secret of at least 32 characters")
     else:
         _require(bool(a.jwt_public_key_file), "auth.jwt_public_key_file",

@@ -159,10 +159,12 @@ class RtServer:
     def _close_info(ws: ServerConnection) -> tuple[int | None, str]:
         sent = ws.protocol.close_sent
         rcvd = ws.protocol.close_rcvd
+        if rcvd is not None and (sent is None or ws.protocol.close_rcvd_then_sent):
+            return int(rcvd.code), f"client closed: {rcvd.reason}" if rcvd.reason else (
+                "client closed")
         if sent is not None:
-            return int(sent.code), sent.reason or "server closed"
-        if rcvd is not None:
-            return int(rcvd.code), rcvd.reason or "client closed"
+            return int(sent.code), f"server closed: {sent.reason}" if sent.reason else (
+                "server closed")
         return 1006, "connection lost without a close frame"
 
     # ------------------------------------------------------------ lifecycle
