@@ -80,7 +80,9 @@ class JsonLogger:
         except (OSError, ValueError) as exc:
             # The log stream itself is gone (closed pipe): say so on the
             # process's last resort, stderr's file descriptor.
-            sys.__stderr__.write(f"rtserver: log stream unavailable ({exc}): {line!r}\n")
+            fallback = sys.__stderr__
+            if fallback is not None:
+                fallback.write(f"rtserver: log stream unavailable ({exc}): {line!r}\n")
 
     def debug(self, event: str, **fields: Any) -> None:
         """Write a debug line."""

@@ -163,8 +163,10 @@ class ServerProcess:
 
     def read_rest(self, timeout: float = 20.0) -> int:
         """Wait for exit, collect the remaining log lines, return the exit status."""
-        out, _ = self.proc.communicate(timeout=timeout)
-        assert self.proc.stderr is None or True
+        _, err = self.proc.communicate(timeout=timeout)
+        for line in (err or "").splitlines():
+            if line.startswith("{"):
+                self.lines.append(orjson.loads(line))
         return self.proc.returncode
 
     def events(self, name: str) -> list[dict[str, Any]]:

@@ -73,7 +73,7 @@ class Codec:
         types = (*CLIENT_MESSAGES, *extra_messages)
         tags = [t.__struct_config__.tag for t in types]
         if len(set(tags)) != len(tags):
-            raise ValueError(f"duplicate client message types: {sorted(tags)}")
+            raise ValueError(f"duplicate client message types: {tags}")
         self.types: tuple[type[ClientMessage], ...] = types
         self.tags: tuple[str, ...] = tuple(str(t) for t in tags)
         union: Any = types[0]

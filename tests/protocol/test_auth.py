@@ -83,7 +83,7 @@ def test_config_env_and_flags_override() -> None:
     c = load_config(env={"RTSERVER_PORT": "9001", "RTSERVER_JWT_SECRET": SECRET,
                          "RTSERVER_WORKERS": "2"}, flags={"port": 9002})
     assert c.server.port == 9002 and c.workers.count == 2
-    with pytest.raises(ConfigError, match="server.port"):
+    with pytest.raises(ConfigError, match=r"server\.port"):
         load_config(env={"RTSERVER_JWT_SECRET": SECRET}, flags={"port": 70000})
 
 

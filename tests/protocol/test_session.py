@@ -36,7 +36,7 @@ def make_session(**limits: object) -> Session:
 def authed(perms: list[str], rooms: list[str], **limits: object) -> Session:
     s = make_session(**limits)
     tok = mint_token(SECRET, str(uuid.uuid4()), perms, rooms, 60)
-    [action] = s.on_frame('{"type":"auth","token":"%s"}' % tok, 0.0)
+    [action] = s.on_frame(f'{{"type":"auth","token":"{tok}"}}', 0.0)
     assert isinstance(action, Authenticate)
     s.principal = action.principal
     return s
@@ -138,7 +138,7 @@ def test_namespace_rules(perms: list[str], grants: list[str], frame: str, allowe
 def test_user_namespace_owner_rule() -> None:
     s = authed([], [])
     assert s.principal is not None
-    [sub] = s.on_frame('{"type":"subscribe","room":"user:%s"}' % s.principal.user, 1.0)
+    [sub] = s.on_frame(f'{{"type":"subscribe","room":"user:{s.principal.user}"}}', 1.0)
     assert isinstance(sub, DoSubscribe)
 
 
@@ -180,5 +180,5 @@ def test_auth_frame_failures_close_4001() -> None:
 def test_second_auth_rejected() -> None:
     s = authed([], [])
     tok = mint_token(SECRET, str(uuid.uuid4()), [], [], 60)
-    assert codes(s.on_frame('{"type":"auth","token":"%s"}' % tok, 1.0)) == [
+    assert codes(s.on_frame(f'{{"type":"auth","token":"{tok}"}}', 1.0)) == [
         "already_authenticated"]
