@@ -23,7 +23,7 @@ import ipaddress
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import asyncpg
 import msgspec
@@ -62,7 +62,7 @@ __all__ = [
 
 ALERT_SEVERITIES: tuple[str, ...] = ("low", "medium", "high", "critical")
 
-TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
+TRANSIENT_ERRORS: tuple[type[Exception], ...] = (
     OSError,
     TimeoutError,
     asyncpg.InterfaceError,
@@ -396,7 +396,7 @@ class Store:
         pool = self.pool
         try:
             async with pool.acquire(timeout=self.pool_acquire_timeout) as conn:
-                yield conn
+                yield cast(asyncpg.Connection, conn)
         except TRANSIENT_ERRORS as exc:
             _errors.inc(op)
             _log.warning("store_unavailable", op=op, error=repr(exc))

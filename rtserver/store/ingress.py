@@ -1,0 +1,561 @@
+"""Backend ingress through PostgreSQL ``LISTEN/NOTIFY``.
+
+Backend services (quote service, rating engine, scripts, ``rtserver publish``
+/ ``rtserver notify``) send a JSON object with ``pg_notify(channel, payload)``
+on the channel configured as ``database.ingress_channel`` (documented default
+``rtserver_ingress``). The object is one of the :data:`IngressPayload` Structs,
+tagged on ``type``; unknown types and unknown fields are rejected::
+
+    {"type": "room_publish", "room": "quote:…", "data": {...}}
+    {"type": "user_notify", "user": "…", "title": "…", "body": "…", "data": {...}}
+    {"type": "quote_update", "quote_id": "uuid", "update_type": "premium",
+     "data": {...}, "version": 7}
+    {"type": "calculation_progress", "quote_id": "uuid", "progress": 0.5, "stage": "rating"}
+    {"type": "analytics_event", "event": "quote_created", "quote_id": "uuid", "data": {...}}
+    {"type": "alert", "alert_type": "rating_engine", "severity": "high",
+     "message": "…", "details": {...}}
+
+PostgreSQL limits a NOTIFY payload to less than 8000 bytes
+(:data:`NOTIFY_PAYLOAD_MAX`); :func:`send_ingress` rejects bigger payloads
+with :class:`IngressPayloadTooLarge` (store the data in a table and send its
+id instead).
+
+Exactly one listener acts on each NOTIFY: every worker may run an
+:class:`IngressListener`, but with ``elect_leader`` only the one holding the
+channel's advisory lock (``pg_try_advisory_lock`` on its LISTEN connection)
+listens; the others stand by and take over within
+``standby_retry_interval`` when the leader's connection goes away. The
+leader's handler publishes into the bus, which reaches every worker and node.
+
+``LISTEN/NOTIFY`` is at-most-once: notifications sent while no listener is
+connected (restart, failover) are lost. Durable data therefore lives in
+tables first: :func:`send_user_notification` stores the notification and
+sends its id in the same transaction, so an offline user still gets it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import re
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Annotated, Literal
+
+import asyncpg
+import msgspec
+
+from rtserver.jsonlog import get_logger
+from rtserver.metrics import REGISTRY
+from rtserver.store.postgres import TRANSIENT_ERRORS, encode_json
+
+__all__ = [
+    "DEFAULT_CHANNEL_DOC",
+    "INGRESS_MESSAGES",
+    "NOTIFY_PAYLOAD_MAX",
+    "AlertEvent",
+    "AnalyticsEvent",
+    "CalculationProgress",
+    "IngressHandler",
+    "IngressHealth",
+    "IngressInvalid",
+    "IngressListener",
+    "IngressMessage",
+    "IngressPayload",
+    "IngressPayloadTooLarge",
+    "QuoteUpdate",
+    "RoomPublish",
+    "UserNotify",
+    "decode_ingress",
+    "leader_lock_key",
+    "send_ingress",
+    "send_ingress_on",
+    "send_user_notification",
+    "validate_channel",
+]
+
+DEFAULT_CHANNEL_DOC = "rtserver_ingress"
+"""The channel name documented for backends (configured as ``database.ingress_channel``)."""
+
+NOTIFY_PAYLOAD_MAX = 7999
+"""Largest NOTIFY payload PostgreSQL accepts, in bytes (it must be shorter than 8000)."""
+
+_CHANNEL_RE = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+_log = get_logger("rtserver.store.ingress")
+_received = REGISTRY.counter("rtserver_ingress_received_total", "Ingress NOTIFY payloads received")
+_invalid = REGISTRY.counter(
+    "rtserver_ingress_invalid_total", "Ingress payloads rejected", ("kind",)
+)
+_dropped = REGISTRY.counter(
+    "rtserver_ingress_dropped_total", "Valid ingress payloads dropped because the queue was full"
+)
+_handler_errors = REGISTRY.counter(
+    "rtserver_ingress_handler_errors_total", "Ingress payloads whose handler raised"
+)
+_reconnects = REGISTRY.counter(
+    "rtserver_ingress_reconnects_total", "LISTEN connections lost or failed to connect"
+)
+
+NonEmpty = Annotated[str, msgspec.Meta(min_length=1)]
+_EMPTY_OBJECT = msgspec.Raw(b"{}")
+
+
+class IngressInvalid(ValueError):
+    """An ingress payload is not valid JSON or does not match any ingress message."""
+
+
+class IngressPayloadTooLarge(ValueError):
+    """An ingress payload exceeds the NOTIFY limit."""
+
+
+class IngressMessage(msgspec.Struct, tag_field="type", forbid_unknown_fields=True, frozen=True):
+    """Base of every ingress message; subclasses set ``tag``."""
+
+
+class RoomPublish(IngressMessage, tag="room_publish", frozen=True):
+    """Publish ``data`` (any JSON, passed through untouched) to ``room``."""
+
+    room: NonEmpty
+    data: msgspec.Raw
+
+
+class UserNotify(IngressMessage, tag="user_notify", frozen=True):
+    """A push notification for every connection of ``user``.
+
+    Without ``notification_id`` the receiver stores it first
+    (``Store.create_notification``); with it, it is already stored (see
+    :func:`send_user_notification`).
+    """
+
+    user: NonEmpty
+    title: str
+    body: str
+    data: msgspec.Raw = _EMPTY_OBJECT
+    notification_id: int | None = None
+
+
+class QuoteUpdate(IngressMessage, tag="quote_update", frozen=True):
+    """A backend changed a quote; goes to room ``quote:{quote_id}``."""
+
+    quote_id: uuid.UUID
+    update_type: NonEmpty
+    data: msgspec.Raw
+    version: Annotated[int, msgspec.Meta(ge=1)]
+
+
+class CalculationProgress(IngressMessage, tag="calculation_progress", frozen=True):
+    """Progress (0..1) of a rating calculation; goes to room ``quote:{quote_id}``."""
+
+    quote_id: uuid.UUID
+    progress: Annotated[float, msgspec.Meta(ge=0.0, le=1.0)]
+    stage: NonEmpty
+
+
+class AnalyticsEvent(IngressMessage, tag="analytics_event", frozen=True):
+    """A domain event that affects analytics dashboards."""
+
+    event: Literal["quote_created", "quote_converted", "calculation_complete"]
+    quote_id: uuid.UUID | None = None
+    data: msgspec.Raw = _EMPTY_OBJECT
+
+
+class AlertEvent(IngressMessage, tag="alert", frozen=True):
+    """An alert raised by a backend (stored in ``system_alerts`` by the receiver)."""
+
+    alert_type: NonEmpty
+    severity: Literal["low", "medium", "high", "critical"]
+    message: NonEmpty
+    details: msgspec.Raw = _EMPTY_OBJECT
+
+
+IngressPayload = (
+    RoomPublish | UserNotify | QuoteUpdate | CalculationProgress | AnalyticsEvent | AlertEvent
+)
+"""Every ingress message (a tagged union on ``type``)."""
+
+INGRESS_MESSAGES: tuple[type[IngressMessage], ...] = (
+    RoomPublish, UserNotify, QuoteUpdate, CalculationProgress, AnalyticsEvent, AlertEvent,
+)
+
+IngressHandler = Callable[[IngressPayload], Awaitable[None]]
+"""Receives each valid ingress message, one at a time in arrival order."""
+
+_decoder = msgspec.json.Decoder(IngressPayload)
+
+
+def decode_ingress(payload: bytes | str) -> IngressPayload:
+    """Decode and validate one payload; raises :class:`IngressInvalid` with the reason."""
+    try:
+        message: IngressPayload = _decoder.decode(payload)
+    except msgspec.ValidationError as exc:
+        raise IngressInvalid(f"invalid ingress payload: {exc}") from exc
+    except msgspec.DecodeError as exc:
+        raise IngressInvalid(f"ingress payload is not JSON: {exc}") from exc
+    return message
+
+
+def validate_channel(channel: str) -> str:
+    """Return ``channel`` if it is a plain lower-case identifier, else raise ValueError."""
+    if not _CHANNEL_RE.match(channel):
+        raise ValueError(
+            f"ingress channel {channel!r} is not a lower-case identifier of at most 63 "
+            "characters. Required action: set database.ingress_channel to e.g. rtserver_ingress"
+        )
+    return channel
+
+
+def leader_lock_key(channel: str) -> int:
+    """The advisory lock key that elects the one listener of ``channel``."""
+    digest = hashlib.blake2b(b"rtserver-ingress:" + channel.encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") & 0x7FFFFFFFFFFFFFFF
+
+
+def _check_payload(payload: bytes) -> IngressPayload:
+    if len(payload) > NOTIFY_PAYLOAD_MAX:
+        raise IngressPayloadTooLarge(
+            f"ingress payload is {len(payload)} bytes, PostgreSQL NOTIFY accepts at most "
+            f"{NOTIFY_PAYLOAD_MAX}. Required action: store large data in the database and "
+            "send its id"
+        )
+    return decode_ingress(payload)
+
+
+async def send_ingress_on(conn: asyncpg.Connection, channel: str, payload: bytes) -> None:
+    """Validate ``payload`` and ``pg_notify`` it on an open connection.
+
+    Raises :class:`IngressPayloadTooLarge` or :class:`IngressInvalid` before
+    sending anything.
+    """
+    validate_channel(channel)
+    _check_payload(payload)
+    await conn.execute("SELECT pg_notify($1, $2)", channel, payload.decode())
+
+
+async def send_ingress(dsn: str, channel: str, payload: bytes, *, connect_timeout: float) -> None:
+    """Validate ``payload`` and send it on ``channel`` (used by ``rtserver publish``)."""
+    validate_channel(channel)
+    _check_payload(payload)
+    conn = await asyncpg.connect(dsn, timeout=connect_timeout)
+    try:
+        await send_ingress_on(conn, channel, payload)
+    finally:
+        await conn.close()
+
+
+async def send_user_notification(
+    dsn: str,
+    channel: str,
+    *,
+    user: str,
+    title: str,
+    body: str,
+    data: object,
+    connect_timeout: float,
+) -> int:
+    """Store a notification and announce it on ``channel`` in one transaction.
+
+    Used by ``rtserver notify``. The NOTIFY is delivered only if the row is
+    committed, and the row exists even if no listener is connected (the user
+    gets it as pending on the next connect). Returns the notification id.
+    """
+    validate_channel(channel)
+    data_bytes = encode_json(data)
+    conn = await asyncpg.connect(dsn, timeout=connect_timeout)
+    try:
+        async with conn.transaction():
+            notification_id = await conn.fetchval(
+                "INSERT INTO notifications (user_id, title, body, data) "
+                "VALUES ($1, $2, $3, $4::text::jsonb) RETURNING id",
+                user, title, body, data_bytes.decode(),
+            )
+            message = UserNotify(
+                user=user, title=title, body=body, data=msgspec.Raw(data_bytes),
+                notification_id=int(notification_id),
+            )
+            await send_ingress_on(conn, channel, msgspec.json.encode(message))
+    finally:
+        await conn.close()
+    return int(notification_id)
+
+
+class IngressHealth(msgspec.Struct, frozen=True):
+    """State of the listener for ``/healthz`` and admin metrics.
+
+    ``state``: ``starting``, ``listening`` (this process acts on NOTIFYs),
+    ``standby`` (another process holds the leader lock), ``reconnecting``
+    or ``closed``. ``ok`` is true when listening or standing by.
+    """
+
+    ok: bool
+    state: Literal["starting", "listening", "standby", "reconnecting", "closed"]
+    reason: str | None
+    channel: str
+    received: int
+    invalid: int
+    handled: int
+    handler_errors: int
+    dropped: int
+    reconnects: int
+
+
+class IngressListener:
+    """Listen on ``channel`` and hand each valid message to ``handler``, in order.
+
+    Arguments (from the ``[database]`` configuration):
+
+    * ``dsn``, ``channel``: where to LISTEN (a direct connection, not a
+      transaction-pooling proxy).
+    * ``handler``: ``async def handler(message)``; called one message at a
+      time in arrival order; an exception is logged and counted and the next
+      message is handled.
+    * ``connect_timeout``: seconds per connection attempt and per keepalive probe.
+    * ``keepalive_interval``: seconds between ``SELECT 1`` probes of the
+      LISTEN connection (detects a dead connection without traffic).
+    * ``reconnect_backoff_base`` / ``reconnect_backoff_max``: seconds before
+      reconnecting, doubling up to the maximum.
+    * ``max_pending``: valid messages waiting for the handler; beyond it
+      messages are dropped (counted and logged).
+    * ``elect_leader``: hold the channel's advisory lock so that exactly one
+      listener over every worker and node acts on each NOTIFY.
+    * ``standby_retry_interval``: seconds between leader-lock attempts.
+    * ``on_state_change``: ``(ok, reason)`` when listening stops or resumes.
+    """
+
+    def __init__(
+        self,
+        dsn: str,
+        channel: str,
+        handler: IngressHandler,
+        *,
+        connect_timeout: float,
+        keepalive_interval: float,
+        reconnect_backoff_base: float,
+        reconnect_backoff_max: float,
+        max_pending: int,
+        elect_leader: bool,
+        standby_retry_interval: float,
+        on_state_change: Callable[[bool, str | None], None] | None,
+    ) -> None:
+        if min(connect_timeout, keepalive_interval, reconnect_backoff_base,
+               standby_retry_interval) <= 0 or reconnect_backoff_max < reconnect_backoff_base:
+            raise ValueError(
+                "ingress timeouts and intervals must be > 0 and reconnect_backoff_max >= "
+                "reconnect_backoff_base. Required action: fix the [database] ingress settings"
+            )
+        if max_pending < 1:
+            raise ValueError("max_pending must be >= 1. Required action: set "
+                             "database.ingress_max_pending")
+        self.dsn = dsn
+        self.channel = validate_channel(channel)
+        self._handler = handler
+        self._connect_timeout = connect_timeout
+        self._keepalive = keepalive_interval
+        self._backoff_base = reconnect_backoff_base
+        self._backoff_max = reconnect_backoff_max
+        self._elect = elect_leader
+        self._standby_retry = standby_retry_interval
+        self._on_state_change = on_state_change
+        self._queue: asyncio.Queue[IngressPayload] = asyncio.Queue(maxsize=max_pending)
+        self._state: Literal["starting", "listening", "standby", "reconnecting", "closed"] = (
+            "starting"
+        )
+        self._reason: str | None = None
+        self._reported_ok = True
+        self._received = 0
+        self._invalid = 0
+        self._handled = 0
+        self._handler_errors = 0
+        self._dropped = 0
+        self._reconnects = 0
+        self._stop: asyncio.Future[None] | None = None
+        self._lost: asyncio.Future[None] | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._listening = asyncio.Event()
+
+    # ------------------------------------------------------------ state
+
+    def health(self) -> IngressHealth:
+        """Current state and counters (no I/O)."""
+        return IngressHealth(
+            ok=self._state in ("listening", "standby"),
+            state=self._state,
+            reason=self._reason,
+            channel=self.channel,
+            received=self._received,
+            invalid=self._invalid,
+            handled=self._handled,
+            handler_errors=self._handler_errors,
+            dropped=self._dropped,
+            reconnects=self._reconnects,
+        )
+
+    def _set_state(
+        self,
+        state: Literal["listening", "standby", "reconnecting", "closed"],
+        reason: str | None,
+    ) -> None:
+        previous = self._state
+        self._state = state
+        self._reason = reason
+        if state == "listening":
+            self._listening.set()
+        else:
+            self._listening.clear()
+        if state != previous:
+            _log.info("ingress_state", state=state, previous=previous, reason=reason,
+                      channel=self.channel)
+        ok = state in ("listening", "standby")
+        if state == "closed" or ok == self._reported_ok:
+            return
+        self._reported_ok = ok
+        if self._on_state_change is not None:
+            try:
+                self._on_state_change(ok, reason)
+            except Exception as exc:  # noqa: BLE001 - a faulty callback must not stop ingress
+                _log.error("ingress_state_callback_failed", error=repr(exc))
+
+    async def wait_listening(self, timeout: float) -> None:
+        """Wait until this listener acts on NOTIFYs (raises TimeoutError after ``timeout``)."""
+        async with asyncio.timeout(timeout):
+            await self._listening.wait()
+
+    # ------------------------------------------------------------ lifecycle
+
+    def start(self) -> None:
+        """Start listening in the background (inside the running loop)."""
+        if self._tasks:
+            raise RuntimeError("IngressListener.start() called twice")
+        loop = asyncio.get_running_loop()
+        self._stop = loop.create_future()
+        self._tasks = [
+            loop.create_task(self._run(), name=f"ingress-listen-{self.channel}"),
+            loop.create_task(self._consume(), name=f"ingress-handle-{self.channel}"),
+        ]
+        for task in self._tasks:
+            task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        if task.cancelled():
+            return
+        exc = task.exception()
+        if exc is not None:
+            _log.error("ingress_task_crashed", task=task.get_name(), error=repr(exc),
+                       action="restart the worker; ingress is not processed")
+            self._set_state("reconnecting", f"task {task.get_name()} crashed: {exc!r}")
+
+    async def close(self) -> None:
+        """Stop listening; messages still queued for the handler are counted as dropped."""
+        if self._stop is not None and not self._stop.done():
+            self._stop.set_result(None)
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            try:
+                await task
+            except asyncio.CancelledError:
+                if not task.cancelled():
+                    raise
+        left = self._queue.qsize()
+        if left:
+            self._dropped += left
+            _dropped.inc(amount=left)
+            _log.error("ingress_dropped_at_shutdown", count=left, channel=self.channel)
+        self._set_state("closed", None)
+
+    # ------------------------------------------------------------ receiving
+
+    def _on_notify(
+        self, conn: object, pid: int, channel: str, payload: object
+    ) -> None:
+        self._received += 1
+        _received.inc()
+        text = payload if isinstance(payload, str) else str(payload)
+        try:
+            message = decode_ingress(text)
+        except IngressInvalid as exc:
+            self._invalid += 1
+            kind = "not_json" if "not JSON" in str(exc) else "schema"
+            _invalid.inc(kind)
+            _log.warning("ingress_invalid", channel=channel, sender_pid=pid, reason=str(exc),
+                         payload=text[:200], action="fix the sender's payload")
+            return
+        try:
+            self._queue.put_nowait(message)
+        except asyncio.QueueFull:
+            self._dropped += 1
+            _dropped.inc()
+            _log.error("ingress_dropped", channel=channel, type=type(message).__name__,
+                       reason="handler queue full",
+                       action="raise database.ingress_max_pending or find the slow handler")
+
+    async def _consume(self) -> None:
+        while True:
+            message = await self._queue.get()
+            try:
+                await self._handler(message)
+            except Exception as exc:  # noqa: BLE001 - one bad message must not stop ingress
+                self._handler_errors += 1
+                _handler_errors.inc()
+                _log.error("ingress_handler_failed", type=type(message).__name__,
+                           error=repr(exc))
+            else:
+                self._handled += 1
+
+    def _on_terminate(self, conn: object) -> None:
+        if self._lost is not None and not self._lost.done():
+            self._lost.set_result(None)
+
+    async def _wait_stop(self, timeout: float) -> bool:
+        """Sleep up to ``timeout``; ``True`` when close() was called."""
+        assert self._stop is not None
+        await asyncio.wait({self._stop}, timeout=timeout)
+        return self._stop.done()
+
+    async def _run(self) -> None:
+        failures = 0
+        while True:
+            delay = self._backoff_base
+            conn: asyncpg.Connection | None = None
+            try:
+                conn = await asyncpg.connect(
+                    self.dsn, timeout=self._connect_timeout,
+                    server_settings={"application_name": f"rtserver-ingress-{self.channel}"},
+                )
+                self._lost = asyncio.get_running_loop().create_future()
+                conn.add_termination_listener(self._on_terminate)
+                if self._elect:
+                    key = leader_lock_key(self.channel)
+                    while not await conn.fetchval(
+                        "SELECT pg_try_advisory_lock($1)", key, timeout=self._connect_timeout
+                    ):
+                        failures = 0
+                        self._set_state("standby", "another listener holds the leader lock")
+                        if await self._wait_stop(self._standby_retry):
+                            return
+                await conn.add_listener(self.channel, self._on_notify)
+                failures = 0
+                self._set_state("listening", None)
+                _log.info("ingress_listening", channel=self.channel, leader=self._elect)
+                while True:
+                    assert self._stop is not None
+                    await asyncio.wait({self._stop, self._lost}, timeout=self._keepalive)
+                    if self._stop.done():
+                        return
+                    if self._lost.done():
+                        raise ConnectionError("the LISTEN connection was closed")
+                    await conn.fetchval("SELECT 1", timeout=self._connect_timeout)
+            except TRANSIENT_ERRORS as exc:  # ConnectionError is an OSError
+                failures += 1
+                self._reconnects += 1
+                _reconnects.inc()
+                delay = min(self._backoff_base * 2 ** (failures - 1), self._backoff_max)
+                reason = f"LISTEN connection failed: {exc!r}"
+                self._set_state("reconnecting", reason)
+                _log.warning("ingress_reconnecting", channel=self.channel, error=repr(exc),
+                             in_seconds=delay, failures=failures,
+                             note="NOTIFYs sent while disconnected are lost")
+            finally:
+                if conn is not None:
+                    conn.terminate()
+            if await self._wait_stop(delay):
+                return

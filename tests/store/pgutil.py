@@ -1,0 +1,216 @@
+"""PostgreSQL helpers for tests (importable: ``from tests.store import pgutil``).
+
+* :func:`create_database` / :func:`drop_database` -- a fresh, randomly named
+  database on the shared server (``RTSERVER_TEST_PG_ADMIN_DSN``, by default
+  ``postgresql://postgres@127.0.0.1:5432/postgres``), dropped afterwards.
+* :class:`TempDatabase` -- the same as a synchronous context manager,
+  optionally migrated (for session fixtures).
+* :class:`PgInstance` -- a private PostgreSQL server (initdb + pg_ctl on a free
+  loopback port in a temp dir, run as the ``postgres`` OS user when the tests
+  run as root) that a test may stop and restart without disturbing anything else.
+* :func:`make_store` -- a :class:`~rtserver.store.Store` with small test settings.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import glob
+import os
+import pwd
+import shutil
+import socket
+import subprocess
+import tempfile
+import uuid
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import asyncpg
+
+from rtserver.store import Store, apply_migrations
+
+__all__ = [
+    "ADMIN_DSN",
+    "PgInstance",
+    "TempDatabase",
+    "create_database",
+    "drop_database",
+    "dsn_for",
+    "free_port",
+    "make_store",
+    "migrate",
+]
+
+ADMIN_DSN = os.environ.get(
+    "RTSERVER_TEST_PG_ADMIN_DSN", "postgresql://postgres@127.0.0.1:5432/postgres"
+)
+"""DSN of a database on the shared test server from which test databases are created."""
+
+CONNECT_TIMEOUT = 10.0
+LOCK_TIMEOUT = 10.0
+
+
+def dsn_for(admin_dsn: str, dbname: str) -> str:
+    """``admin_dsn`` with its database replaced by ``dbname``."""
+    base, _, _ = admin_dsn.rpartition("/")
+    return f"{base}/{dbname}"
+
+
+async def create_database(admin_dsn: str = ADMIN_DSN, prefix: str = "rtstest") -> str:
+    """Create an empty, randomly named database; return its DSN."""
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
+    conn = await asyncpg.connect(admin_dsn, timeout=CONNECT_TIMEOUT)
+    try:
+        await conn.execute(f'CREATE DATABASE "{name}" TEMPLATE template0 ENCODING \'UTF8\'')
+    finally:
+        await conn.close()
+    return dsn_for(admin_dsn, name)
+
+
+async def drop_database(dsn: str, admin_dsn: str = ADMIN_DSN) -> None:
+    """Drop the database of ``dsn`` (disconnecting any session still on it)."""
+    name = dsn.rpartition("/")[2]
+    conn = await asyncpg.connect(admin_dsn, timeout=CONNECT_TIMEOUT)
+    try:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await conn.close()
+
+
+async def migrate(dsn: str) -> list[int]:
+    """Apply every migration to ``dsn``."""
+    return await apply_migrations(dsn, connect_timeout=CONNECT_TIMEOUT, lock_timeout=LOCK_TIMEOUT)
+
+
+class TempDatabase:
+    """A fresh database for the duration of a ``with`` block (synchronous, for fixtures)."""
+
+    def __init__(self, *, migrated: bool, admin_dsn: str = ADMIN_DSN) -> None:
+        self.admin_dsn = admin_dsn
+        self.migrated = migrated
+        self.dsn = ""
+
+    def __enter__(self) -> str:
+        async def setup() -> str:
+            dsn = await create_database(self.admin_dsn)
+            if self.migrated:
+                await migrate(dsn)
+            return dsn
+
+        self.dsn = asyncio.run(setup())
+        return self.dsn
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        asyncio.run(drop_database(self.dsn, self.admin_dsn))
+
+
+def make_store(dsn: str, **overrides: Any) -> Store:
+    """A Store with small, explicit test settings (override any keyword)."""
+    settings: dict[str, Any] = {
+        "dsn": dsn,
+        "pool_min_size": 1,
+        "pool_max_size": 4,
+        "pool_acquire_timeout": 5.0,
+        "pool_max_inactive_lifetime": 60.0,
+        "connect_timeout": 5.0,
+        "statement_timeout": 10.0,
+        "command_timeout": 10.0,
+        "application_name": "rtserver-tests",
+    }
+    settings.update(overrides)
+    return Store(**settings)
+
+
+def free_port() -> int:
+    """A currently free TCP port on 127.0.0.1."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _pg_bindir() -> Path:
+    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/pg_ctl"))
+    if found:
+        return Path(found[-1]).parent
+    pg_ctl = shutil.which("pg_ctl")
+    if pg_ctl is None:
+        raise RuntimeError(
+            "pg_ctl not found. Required action: install the PostgreSQL server binaries "
+            "(apt-get install postgresql)"
+        )
+    return Path(pg_ctl).parent
+
+
+class PgInstance:
+    """A private PostgreSQL server in a temp dir on a free loopback port.
+
+    ``start()`` runs initdb the first time; ``stop()`` stops it (fast mode:
+    clients are disconnected); ``start()`` again restarts it on the same port
+    with the same data. ``destroy()`` stops it and removes the directory.
+    """
+
+    def __init__(self, timeout: float = 60.0) -> None:
+        self.bindir = _pg_bindir()
+        self.timeout = timeout
+        self.root = Path(tempfile.mkdtemp(prefix="rtserver-pg-"))
+        self.data = self.root / "data"
+        self.log = self.root / "postgres.log"
+        self.port = free_port()
+        self.running = False
+        self._initialized = False
+        self._user: str | None = None
+        if os.geteuid() == 0:
+            self._user = "postgres"
+            entry = pwd.getpwnam(self._user)
+            os.chown(self.root, entry.pw_uid, entry.pw_gid)
+
+    @property
+    def admin_dsn(self) -> str:
+        """DSN of the instance's ``postgres`` database."""
+        return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+
+    def _run(self, *args: str) -> None:
+        cmd = [str(self.bindir / args[0]), *args[1:]]
+        if self._user is not None:
+            cmd = ["runuser", "-u", self._user, "--", *cmd]
+        result = subprocess.run(cmd, capture_output=True, text=True, timeout=self.timeout,
+                                check=False)
+        if result.returncode != 0:
+            log = self.log.read_text() if self.log.exists() else ""
+            raise RuntimeError(
+                f"{' '.join(cmd)} failed ({result.returncode}): {result.stderr.strip()}\n{log}"
+            )
+
+    def start(self) -> None:
+        """Initialize (first time) and start the server; wait until it accepts connections."""
+        if not self._initialized:
+            self._run("initdb", "-D", str(self.data), "-U", "postgres", "-A", "trust",
+                      "--no-sync", "-E", "UTF8")
+            self._initialized = True
+        options = (
+            f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c fsync=off "
+            "-c synchronous_commit=off -c full_page_writes=off -c max_connections=40 "
+            "-c shared_buffers=16MB"
+        )
+        self._run("pg_ctl", "-D", str(self.data), "-l", str(self.log), "-o", options,
+                  "-w", "-t", str(int(self.timeout)), "start")
+        self.running = True
+
+    def stop(self) -> None:
+        """Stop the server (clients are disconnected)."""
+        self._run("pg_ctl", "-D", str(self.data), "-m", "fast", "-w",
+                  "-t", str(int(self.timeout)), "stop")
+        self.running = False
+
+    def destroy(self) -> None:
+        """Stop the server if running and delete its directory."""
+        try:
+            if self.running:
+                self.stop()
+        finally:
+            shutil.rmtree(self.root)
