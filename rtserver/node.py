@@ -18,7 +18,7 @@ import asyncio
 import time
 from collections.abc import Callable
 from types import ModuleType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
@@ -59,6 +59,9 @@ from rtserver.protocol.session import (
 )
 from rtserver.router import Router
 
+if TYPE_CHECKING:
+    from rtserver.store.postgres import Store
+
 __all__ = ["BROADCAST_ROOM", "CLOSE_IDLE", "CLOSE_SLOW_CONSUMER", "Node"]
 
 log = get_logger("rtserver.node")
@@ -97,8 +100,12 @@ class Node:
         router: Router,
         worker_id: int,
         jwt_secret: str,
+        store: Store | None = None,
     ) -> None:
         self.config = config
+        #: The PostgreSQL store, or None when started without --database
+        #: (handlers answer feature_unavailable then: see require_store()).
+        self.store = store
         self.bus = bus
         self.fanout_module = fanout_module
         self.router = router
@@ -399,6 +406,16 @@ class Node:
             log.info("client_error", connection_id=conn.id, user=conn.user, code=code,
                      message=message)
         self.reply(conn, Error(code=code, message=message, action=action, id=msg_id))
+
+    def require_store(self, conn: Connection, feature: str, msg_id: MessageId) -> Store | None:
+        """The store, or None after answering ``feature_unavailable`` to ``conn``."""
+        if self.store is None:
+            self.error(conn, ErrorCode.FEATURE_UNAVAILABLE,
+                       f"{feature} needs the database, and this server runs without one",
+                       "Required action: start the server with --database postgresql://... "
+                       "(or RTSERVER_DATABASE)", msg_id)
+            return None
+        return self.store
 
     def count_error(self, code: str, conn: Connection) -> None:
         """Count (and log) an error that was answered by the websockets layer itself."""

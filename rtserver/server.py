@@ -67,6 +67,7 @@ class RtServer:
     def __init__(self, config: Config, *, worker_id: int = 0, bus: Bus | None = None,
                  router: Router | None = None, jwt_secret: str | None = None,
                  sock: socket.socket | None = None,
+                 store: Any = None,
                  http_routes: dict[str, Callable[[], Awaitable[Response]]] | None = None) -> None:
         self.config = config
         self.worker_id = worker_id
@@ -74,7 +75,8 @@ class RtServer:
         fanout_module = load_fanout(config.fanout.implementation)
         secret = jwt_secret if jwt_secret is not None else resolve_secret(config)
         self.node = Node(config, bus if bus is not None else LocalBus(), fanout_module,
-                         router if router is not None else Router(), worker_id, secret)
+                         router if router is not None else Router(), worker_id, secret,
+                         store=store)
         self.http_routes = dict(http_routes or {})
         self.server: Server | None = None
         self.port: int | None = None
