@@ -1,0 +1,257 @@
+"""Redis bus against real Redis: 127.0.0.1:6379 (random key prefix) and a private redis-server."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+
+import pytest
+import redis.asyncio as aioredis
+
+from rtserver.bus.base import BusUnavailable, PresenceMember
+from rtserver.bus.embedded import ReconnectPolicy
+from rtserver.bus.redis_bus import RedisBus, RedisBusSettings, default_node_id
+
+from .conftest import Recorder
+
+pytestmark = pytest.mark.timeout(40)
+
+SHARED_URL = "redis://127.0.0.1:6379/0"
+
+
+def make_settings(url: str, prefix: str, worker: int = 0, *, presence_ttl: float = 30.0,
+                  refresh: float = 10.0) -> RedisBusSettings:
+    return RedisBusSettings(
+        url=url, key_prefix=prefix, node_id=default_node_id(worker), history_size=50,
+        presence_ttl=presence_ttl, presence_refresh_interval=refresh, request_timeout=2.0,
+        connect_timeout=1.0, max_connections=8, publish_batch_max=64,
+        reconnect=ReconnectPolicy(initial_delay=0.05, max_delay=0.3, jitter=0.2))
+
+
+@pytest.fixture
+async def prefix() -> AsyncIterator[str]:
+    value = f"rtbt-{uuid.uuid4().hex[:10]}"
+    yield value
+    client = aioredis.from_url(SHARED_URL)
+    keys = [k async for k in client.scan_iter(match=f"{value}:*", count=1000)]
+    if keys:
+        await client.delete(*keys)
+    await client.aclose()
+
+
+@pytest.fixture
+async def make_bus(prefix: str) -> AsyncIterator[Callable[..., object]]:
+    buses: list[RedisBus] = []
+
+    async def make(worker: int = 0, **kwargs: float) -> tuple[RedisBus, Recorder]:
+        bus = RedisBus(make_settings(kwargs.pop("url", SHARED_URL), prefix,  # type: ignore[arg-type]
+                                     worker, **kwargs))
+        rec = Recorder()
+        await bus.start(rec)
+        buses.append(bus)
+        return bus, rec
+
+    yield make
+    for bus in buses:
+        await bus.close()
+
+
+async def test_two_nodes_concurrent_publishers_consecutive_seq(make_bus) -> None:  # type: ignore[no-untyped-def]
+    a, ra = await make_bus(0)
+    b, rb = await make_bus(1)
+    await a.add_interest("r")
+    await b.add_interest("r")
+    body = b'{"type":"message","room":"r","data":{"k":1}}'
+    seqs = await asyncio.gather(*[a.publish("r", body) for _ in range(150)],
+                                *[b.publish("r", body) for _ in range(150)])
+    assert sorted(seqs) == list(range(1, 301))
+    await ra.wait_for(lambda: len(ra.publications) == 300)
+    await rb.wait_for(lambda: len(rb.publications) == 300)
+    assert ra.seqs("r") == list(range(1, 301))
+    assert rb.seqs("r") == list(range(1, 301))
+    assert all(p[2] == body for p in ra.publications)
+    assert await a.last_seq("r") == 300
+    history = await b.history("r", 3)
+    assert [seq for seq, _ in history] == [298, 299, 300] and history[0][1] == body
+
+
+async def test_interest_and_user_routing(make_bus) -> None:  # type: ignore[no-untyped-def]
+    a, ra = await make_bus(0)
+    b, rb = await make_bus(1)
+    await a.add_interest("ra")
+    await b.add_user_interest("u1")
+    await b.publish("ra", b'{"n":1}')
+    await a.emit_room_event("ra", b'{"type":"join"}')
+    await a.send_to_user("u1", b'{"type":"notice"}')
+    await ra.wait_for(lambda: ra.publications and ra.events)
+    await rb.wait_for(lambda: rb.user_messages)
+    # A round trip through b's own subscription: anything routed to b is in by now.
+    await b.add_interest("probe")
+    await a.publish("probe", b'{"p":1}')
+    await rb.wait_for(lambda: rb.publications)
+    assert rb.publications == [("probe", 1, b'{"p":1}')]
+    assert rb.events == []
+    assert ra.user_messages == []
+    assert ra.publications == [("ra", 1, b'{"n":1}')]
+    assert rb.user_messages == [("u1", b'{"type":"notice"}')]
+    await a.remove_interest("ra")
+    await b.publish("ra", b'{"n":2}')
+    await b.publish("probe", b'{"p":2}')
+    await rb.wait_for(lambda: len(rb.publications) == 2)
+    assert len(ra.publications) == 1
+
+
+async def test_presence_union_and_leave(make_bus) -> None:  # type: ignore[no-untyped-def]
+    a, _ = await make_bus(0)
+    b, _ = await make_bus(1)
+    await a.presence_join("p", PresenceMember(user="u1", connection_id="c1"))
+    await b.presence_join("p", PresenceMember(user="u2", connection_id="c2"))
+    await b.presence_join("p", PresenceMember(user="u2", connection_id="c3"))
+    snap = await a.presence("p", 10)
+    assert snap.count == 3
+    assert {(m.user, m.connection_id) for m in snap.members} == {
+        ("u1", "c1"), ("u2", "c2"), ("u2", "c3")}
+    assert len((await a.presence("p", 2)).members) == 2
+    await b.presence_leave("p", PresenceMember(user="u2", connection_id="c2"))
+    assert (await a.presence("p", 10)).count == 2
+    await b.close()  # a clean close removes its entries
+    assert (await a.presence("p", 10)).members == [PresenceMember(user="u1", connection_id="c1")]
+
+
+CRASHING_NODE = """
+import asyncio, sys
+from rtserver.bus.base import PresenceMember
+from rtserver.bus.embedded import ReconnectPolicy
+from rtserver.bus.redis_bus import RedisBus, RedisBusSettings
+class H:
+    def on_publication(self, *a): pass
+    def on_room_event(self, *a): pass
+    def on_user_message(self, *a): pass
+    def on_bus_state(self, *a): pass
+async def main():
+    bus = RedisBus(RedisBusSettings(url=sys.argv[1], key_prefix=sys.argv[2], node_id="doomed",
+        history_size=10, presence_ttl=1.0, presence_refresh_interval=0.3, request_timeout=2.0,
+        connect_timeout=1.0, max_connections=4, publish_batch_max=8,
+        reconnect=ReconnectPolicy(0.05, 0.3, 0.2)))
+    await bus.start(H())
+    await bus.presence_join("p", PresenceMember(user="ghost", connection_id="g1"))
+    print("joined", flush=True)
+    await asyncio.sleep(60)
+asyncio.run(main())
+"""
+
+
+async def test_presence_of_a_dead_node_expires(make_bus, prefix: str) -> None:  # type: ignore[no-untyped-def]
+    a, _ = await make_bus(0)
+    proc = subprocess.Popen([sys.executable, "-c", CRASHING_NODE, SHARED_URL, prefix],
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                            env={**os.environ, "PYTHONPATH": os.getcwd()})
+    try:
+        assert proc.stdout is not None
+        line = await asyncio.to_thread(proc.stdout.readline)
+        assert line.strip() == b"joined"
+        await asyncio.sleep(1.2)  # longer than the TTL: the live node keeps refreshing
+        assert (await a.presence("p", 10)).count == 1
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        for _ in range(40):
+            if (await a.presence("p", 10)).count == 0:
+                break
+            await asyncio.sleep(0.1)
+        assert (await a.presence("p", 10)).count == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class PrivateRedis:
+    """A redis-server of our own (no persistence) that a test may kill and restart."""
+
+    def __init__(self) -> None:
+        self.port = _free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        exe = shutil.which("redis-server")
+        assert exe is not None, "redis-server not installed"
+        self.proc = subprocess.Popen(
+            [exe, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no", "--daemonize", "no"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        for _ in range(200):
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.1):
+                    return
+            except OSError:
+                if self.proc.poll() is not None:
+                    raise RuntimeError(
+                        f"redis-server exited with {self.proc.returncode}") from None
+                time.sleep(0.02)
+        raise RuntimeError("redis-server did not start listening")
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+@pytest.fixture
+def private_redis() -> Iterator[PrivateRedis]:
+    server = PrivateRedis()
+    server.start()
+    yield server
+    server.kill()
+
+
+async def test_redis_restart_degrades_then_recovers(  # type: ignore[no-untyped-def]
+        private_redis: PrivateRedis, make_bus) -> None:
+    bus, rec = await make_bus(0, url=private_redis.url)
+    await bus.add_interest("room")
+    await bus.add_user_interest("user")
+    await bus.presence_join("room", PresenceMember(user="user", connection_id="c"))
+    for _ in range(3):
+        await bus.publish("room", b'{"x":1}')
+    await rec.wait_for(lambda: len(rec.publications) == 3)
+    assert bus.health().ok
+
+    private_redis.kill()
+    await rec.wait_for(lambda: any(not s.ok for s in rec.states))
+    health = bus.health()
+    assert not health.ok and "redis unavailable" in (health.reason or "")
+    with pytest.raises(BusUnavailable, match="Required action"):
+        await bus.publish("room", b'{"x":2}')
+    with pytest.raises(BusUnavailable):
+        await bus.presence("room", 10)
+    await bus.add_interest("room2")  # recorded, subscribed on recovery
+
+    private_redis.start()  # same port, empty dataset (no persistence)
+    await rec.wait_for(lambda: rec.states[-1].ok)
+    assert bus.health().ok
+    # Redis lost its data; the room's counter was re-seeded from what this node delivered.
+    seq = await bus.publish("room", b'{"x":3}')
+    assert seq == 4
+    await bus.publish("room2", b'{"y":1}')
+    await bus.send_to_user("user", b'{"u":1}')
+    await rec.wait_for(lambda: len(rec.publications) == 5 and rec.user_messages)
+    assert rec.seqs("room") == [1, 2, 3, 4]
+    assert rec.seqs("room2") == [1]
+    assert (await bus.presence("room", 10)).count == 1
