@@ -69,6 +69,8 @@ TRANSIENT_ERRORS: tuple[type[Exception], ...] = (
     asyncpg.PostgresConnectionError,
     asyncpg.exceptions.OperatorInterventionError,
     asyncpg.exceptions.InsufficientResourcesError,
+    # Raised when the server terminates a pooled connection in the middle of an operation.
+    asyncpg.exceptions.InternalClientError,
 )
 """Errors meaning "the database is unreachable, restarting, overloaded or too slow"."""
 
@@ -398,6 +400,8 @@ class Store:
             async with pool.acquire(timeout=self.pool_acquire_timeout) as conn:
                 yield cast(asyncpg.Connection, conn)
         except TRANSIENT_ERRORS as exc:
+            if isinstance(exc, ValueError):
+                raise  # a client-side data error (asyncpg DataError), not an outage
             _errors.inc(op)
             _log.warning("store_unavailable", op=op, error=repr(exc))
             raise StoreUnavailable(

@@ -59,6 +59,9 @@ _flush_failures = REGISTRY.counter(
     "Flushes of connection records that failed because the database was unavailable",
 )
 
+_DATA_ERRORS = (asyncpg.PostgresError, ValueError, TypeError)
+"""Errors of the rows themselves (the database or the driver rejects a value)."""
+
 
 class RecorderHealth(msgspec.Struct, frozen=True):
     """State of the recorder for ``/healthz`` and admin metrics."""
@@ -383,12 +386,20 @@ class ConnectionRecorder:
                     try:
                         await self._write_chunk(chunk)
                     except StoreUnavailable as exc:
-                        self._requeue(items[start:])
-                        self._failures += 1
-                        _flush_failures.inc()
-                        self._set_state(False, str(exc))
-                        return False
-                    self._inflight -= len(chunk)
+                        reason = str(exc)
+                    except Exception as exc:  # noqa: BLE001 - keep the records, retry, say why
+                        reason = (f"unexpected error while writing connection records: {exc!r}. "
+                                  "Required action: report this error; records are kept and "
+                                  "retried")
+                        _log.error("connection_records_write_failed", error=repr(exc))
+                    else:
+                        self._inflight -= len(chunk)
+                        continue
+                    self._requeue(items[start:])
+                    self._failures += 1
+                    _flush_failures.inc()
+                    self._set_state(False, reason)
+                    return False
             finally:
                 self._inflight = 0
             self._failures = 0
@@ -400,13 +411,13 @@ class ConnectionRecorder:
         rows = self._rows(chunk)
         try:
             await self._store.write_connection_rows(rows)
-        except asyncpg.PostgresError as exc:
+        except _DATA_ERRORS as exc:
             _log.error("connection_records_rejected", error=repr(exc), rows=len(rows),
                        action="retrying row by row; rejected rows are lost")
             for row in rows:
                 try:
                     await self._store.write_connection_rows([row])
-                except asyncpg.PostgresError as row_exc:
+                except _DATA_ERRORS as row_exc:
                     self._lose("row", 1, "rejected")
                     _log.error("connection_record_rejected", connection_id=row.connection_id,
                                error=repr(row_exc))

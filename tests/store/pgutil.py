@@ -40,6 +40,7 @@ __all__ = [
     "free_port",
     "make_store",
     "migrate",
+    "wait_until",
 ]
 
 ADMIN_DSN = os.environ.get(
@@ -214,3 +215,13 @@ class PgInstance:
                 self.stop()
         finally:
             shutil.rmtree(self.root)
+
+
+async def wait_until(predicate: Any, timeout: float, what: str) -> None:
+    """Poll ``predicate()`` every 20 ms until it is true; fail after ``timeout`` seconds."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not predicate():
+        if loop.time() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        await asyncio.sleep(0.02)

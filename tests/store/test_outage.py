@@ -1,0 +1,191 @@
+"""Database stopped mid-test: a private PostgreSQL instance is stopped and restarted.
+
+Covers the recorder (degraded state, callback, records kept and flushed after
+restart, overflow counted, shutdown report) and the ingress listener
+(reconnect with backoff, state callback, NOTIFY received after recovery).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+
+import pytest
+
+from rtserver.store import (
+    ConnectionRecorder,
+    IngressListener,
+    IngressPayload,
+    RoomPublish,
+    Store,
+    StoreUnavailable,
+    send_ingress,
+)
+from tests.store.pgutil import (
+    PgInstance,
+    create_database,
+    drop_database,
+    make_store,
+    migrate,
+    wait_until,
+)
+
+pytestmark = pytest.mark.timeout(90)
+
+
+@pytest.fixture
+async def instance_dsn(pg_instance: PgInstance) -> AsyncIterator[str]:
+    if not pg_instance.running:
+        pg_instance.start()
+    dsn = await create_database(pg_instance.admin_dsn)
+    await migrate(dsn)
+    try:
+        yield dsn
+    finally:
+        if not pg_instance.running:
+            pg_instance.start()
+        await drop_database(dsn, pg_instance.admin_dsn)
+
+
+async def test_recorder_survives_database_outage(pg_instance: PgInstance,
+                                                 instance_dsn: str) -> None:
+    store = make_store(instance_dsn, connect_timeout=2.0, pool_acquire_timeout=3.0)
+    await store.open()
+    states: list[tuple[bool, str | None]] = []
+    recorder = ConnectionRecorder(
+        store, worker=1, flush_interval=0.05, max_queued=6, batch_max=100,
+        retry_backoff_base=0.05, retry_backoff_max=0.3,
+        on_state_change=lambda ok, reason: states.append((ok, reason)),
+    )
+    recorder.start()
+    try:
+        for i in range(2):
+            recorder.record_connect(f"before-{i}", user_id=f"u{i}", admin_user_id=None,
+                                    ip_address="127.0.0.1", user_agent=None)
+        await wait_until(lambda: recorder.health().written_records == 2, 10, "first write")
+
+        pg_instance.stop()
+        # Events keep being accepted instantly while the database is down.
+        started = time.monotonic()
+        recorder.record_disconnect("before-0", close_code=1006, close_reason="abnormal")
+        recorder.record_disconnect("before-1", close_code=1000, close_reason="normal")
+        for i in range(3):
+            recorder.record_connect(f"during-{i}", user_id="u", admin_user_id=None,
+                                    ip_address="::1", user_agent="ua")
+        call_seconds = time.monotonic() - started
+        assert call_seconds < 1.0  # enqueueing never waits for the database
+
+        await wait_until(lambda: not recorder.health().ok, 15, "degraded state")
+        health = recorder.health()
+        assert health.state == "degraded" and health.reason is not None
+        assert "Required action" in health.reason
+        assert health.queued == 5 and health.lost_records == 0
+        assert states and states[0][0] is False and states[0][1] == health.reason
+        with pytest.raises(StoreUnavailable):
+            await store.ping()
+
+        # Bounded: max_queued=6 pending rows, the 7th and 8th connections are lost (counted).
+        for i in range(3):
+            recorder.record_connect(f"overflow-{i}", user_id=None, admin_user_id=None,
+                                    ip_address=None, user_agent=None)
+        assert recorder.health().lost_records == 2
+        assert recorder.health().queued == 6
+
+        pg_instance.start()
+        await wait_until(lambda: recorder.health().ok, 20, "recovery")
+        assert states[-1] == (True, None)
+        assert [ok for ok, _ in states] == [False, True]
+        health = recorder.health()
+        assert health.queued == 0 and health.written_records == 8
+
+        row = await store.get_connection("before-0")
+        assert row is not None and (row.close_code, row.close_reason) == (1006, "abnormal")
+        row = await store.get_connection("during-2")
+        assert row is not None and row.ip_address == "::1" and row.connected_at is not None
+        assert await store.get_connection("overflow-0") is not None
+        assert await store.get_connection("overflow-2") is None
+    finally:
+        report = await recorder.close()
+        await store.close()
+    assert report.lost == 0
+
+
+async def test_close_while_down_reports_lost(pg_instance: PgInstance, instance_dsn: str) -> None:
+    store = make_store(instance_dsn, connect_timeout=2.0, pool_acquire_timeout=3.0)
+    await store.open()
+    recorder = ConnectionRecorder(
+        store, worker=1, flush_interval=30.0, max_queued=100, batch_max=100,
+        retry_backoff_base=0.05, retry_backoff_max=0.3, on_state_change=None,
+    )
+    recorder.start()
+    try:
+        pg_instance.stop()
+        recorder.record_connect("lost-0", user_id=None, admin_user_id=None,
+                                ip_address=None, user_agent=None)
+        recorder.record_connect("lost-1", user_id=None, admin_user_id=None,
+                                ip_address=None, user_agent=None)
+        report = await recorder.close()
+        assert report.lost == 2 and report.flushed == 0
+        assert report.reason is not None
+        assert recorder.health().lost_records == 2
+        # After close every event is counted as lost too.
+        recorder.touch("late")
+        assert recorder.health().lost_records == 3
+    finally:
+        pg_instance.start()
+        await store.close()
+
+
+async def test_ingress_reconnects_after_outage(pg_instance: PgInstance,
+                                               instance_dsn: str) -> None:
+    received: list[IngressPayload] = []
+    states: list[tuple[bool, str | None]] = []
+
+    async def handler(message: IngressPayload) -> None:
+        received.append(message)
+
+    listener = IngressListener(
+        instance_dsn, "outage_test", handler, connect_timeout=2.0, keepalive_interval=0.2,
+        reconnect_backoff_base=0.05, reconnect_backoff_max=0.3, max_pending=100,
+        elect_leader=True, standby_retry_interval=0.1,
+        on_state_change=lambda ok, reason: states.append((ok, reason)),
+    )
+    listener.start()
+    try:
+        await listener.wait_listening(10)
+        await send_ingress(instance_dsn, "outage_test",
+                           b'{"type":"room_publish","room":"a:b","data":1}', connect_timeout=5)
+        await wait_until(lambda: len(received) == 1, 10, "first message")
+
+        pg_instance.stop()
+        await wait_until(lambda: listener.health().state == "reconnecting", 15, "reconnecting")
+        assert not listener.health().ok and states[0][0] is False
+        await asyncio.sleep(0.5)  # several failed reconnect attempts with backoff
+        assert listener.health().reconnects >= 2
+
+        pg_instance.start()
+        await listener.wait_listening(20)
+        assert states[-1] == (True, None)
+        await send_ingress(instance_dsn, "outage_test",
+                           b'{"type":"room_publish","room":"a:b","data":2}', connect_timeout=5)
+        await wait_until(lambda: len(received) == 2, 10, "message after recovery")
+        second = received[1]
+        assert isinstance(second, RoomPublish) and bytes(second.data) == b"2"
+    finally:
+        await listener.close()
+    assert listener.health().state == "closed"
+
+
+async def test_store_unavailable_then_back(pg_instance: PgInstance, instance_dsn: str) -> None:
+    store: Store = make_store(instance_dsn, connect_timeout=2.0, pool_acquire_timeout=3.0)
+    await store.open()
+    try:
+        pg_instance.stop()
+        with pytest.raises(StoreUnavailable, match="Required action"):
+            await store.create_notification("u", "t", "b", {})
+        pg_instance.start()
+        note = await store.create_notification("u", "t", "b", {})
+        assert [n.id for n in await store.pending_notifications("u", limit=5)] == [note.id]
+    finally:
+        await store.close()
