@@ -26,6 +26,7 @@ from rtserver.store.ingress import (
     RoomPublish,
     UserNotify,
     decode_ingress,
+    encode_ingress,
     send_ingress,
     send_user_notification,
 )
@@ -106,6 +107,7 @@ __all__ = [
     "check_schema",
     "decode_ingress",
     "decode_json",
+    "encode_ingress",
     "latest_version",
     "send_ingress",
     "send_user_notification",

@@ -67,6 +67,7 @@ __all__ = [
     "RoomPublish",
     "UserNotify",
     "decode_ingress",
+    "encode_ingress",
     "leader_lock_key",
     "send_ingress",
     "send_ingress_on",
@@ -192,6 +193,11 @@ def decode_ingress(payload: bytes | str) -> IngressPayload:
     except msgspec.DecodeError as exc:
         raise IngressInvalid(f"ingress payload is not JSON: {exc}") from exc
     return message
+
+
+def encode_ingress(message: IngressPayload) -> bytes:
+    """The JSON payload of ``message`` (e.g. ``RoomPublish(room, msgspec.Raw(data))``)."""
+    return msgspec.json.encode(message)
 
 
 def validate_channel(channel: str) -> str:

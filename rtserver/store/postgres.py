@@ -839,6 +839,20 @@ class Store:
             )
         return None if rec is None else SystemAlert(**dict(rec))
 
+    async def list_alerts(
+        self, *, resolved: bool | None, severity: str | None, before_id: int | None, limit: int
+    ) -> list[SystemAlert]:
+        """Alerts newest first, filtered by ``resolved`` / ``severity`` (``None`` = any)."""
+        async with self.acquire("list_alerts") as conn:
+            rows = await conn.fetch(
+                f"SELECT {_ALERT_COLS} FROM system_alerts "
+                "WHERE ($1::bool IS NULL OR resolved = $1) "
+                "AND ($2::text IS NULL OR severity = $2) "
+                "AND ($3::bigint IS NULL OR id < $3) ORDER BY id DESC LIMIT $4",
+                resolved, severity, before_id, limit,
+            )
+        return [SystemAlert(**dict(r)) for r in rows]
+
     async def list_unresolved_alerts(self, limit: int) -> list[SystemAlert]:
         """Unresolved alerts, newest first."""
         async with self.acquire("list_unresolved_alerts") as conn:

@@ -24,6 +24,7 @@ from rtserver.store import (
     Store,
     UserNotify,
     decode_ingress,
+    encode_ingress,
     send_ingress,
     send_user_notification,
 )
@@ -70,6 +71,8 @@ def test_decode_every_message_type() -> None:
     assert decode_ingress(
         b'{"type":"room_publish","room":"bench:r","data":{"a":[1,2]}}'
     ) == RoomPublish(room="bench:r", data=msgspec.Raw(b'{"a":[1,2]}'))
+    message = RoomPublish(room="quote:1", data=msgspec.Raw(b'[1, {"x": null}]'))
+    assert decode_ingress(encode_ingress(message)) == message
     notify = decode_ingress(b'{"type":"user_notify","user":"u","title":"t","body":"b"}')
     assert isinstance(notify, UserNotify) and bytes(notify.data) == b"{}"
     assert notify.notification_id is None

@@ -345,3 +345,19 @@ async def test_unreachable_database_is_explicit() -> None:
         await store.open()
     with pytest.raises(RuntimeError, match="not open"):
         await store.ping()
+
+
+async def test_list_alerts_filters(store: Store) -> None:
+    low = await store.create_alert(alert_type="t", severity="low", message="m", details={})
+    crit = await store.create_alert(alert_type="t", severity="critical", message="m",
+                                    details=b'{"raw": true}')
+    await store.resolve_alert(low.id, "admin")
+    recent = await store.list_alerts(resolved=None, severity=None, before_id=None, limit=2)
+    assert [a.id for a in recent] == [crit.id, low.id]
+    assert decode_json(recent[0].details) == {"raw": True}
+    unresolved_critical = await store.list_alerts(resolved=False, severity="critical",
+                                                  before_id=None, limit=100)
+    assert crit.id in [a.id for a in unresolved_critical]
+    assert low.id not in [a.id for a in unresolved_critical]
+    resolved = await store.list_alerts(resolved=True, severity=None, before_id=crit.id, limit=1)
+    assert [a.id for a in resolved] == [low.id]
