@@ -31,6 +31,7 @@ __all__ = [
     "HeartbeatConfig",
     "LimitsConfig",
     "NamespaceConfig",
+    "NotificationsConfig",
     "ServerConfig",
     "WorkersConfig",
     "load_config",
@@ -128,13 +129,27 @@ class DatabaseConfig(_Section, frozen=True):
     dsn: str
     pool_min_size: int
     pool_max_size: int
+    pool_acquire_timeout: float
+    pool_max_inactive_lifetime: float
+    connect_timeout: float
     statement_timeout: float
     command_timeout: float
     record_flush_interval: float
     record_max_queued: int
+    record_batch_max: int
     retry_backoff_base: float
     retry_backoff_max: float
     ingress_channel: str
+    ingress_keepalive_interval: float
+    ingress_max_pending: int
+    ingress_standby_retry_interval: float
+
+
+class NotificationsConfig(_Section, frozen=True):
+    """``[notifications]``: push notification delivery."""
+
+    pending_batch: int
+    page_max: int
 
 
 class AccessRule(_Section, frozen=True):
@@ -170,6 +185,7 @@ class Config(_Section, frozen=True):
     workers: WorkersConfig
     bus: BusConfig
     database: DatabaseConfig
+    notifications: NotificationsConfig
     namespaces: dict[str, NamespaceConfig]
 
 
@@ -224,6 +240,7 @@ _SECTION_TYPES: dict[str, type[_Section]] = {
     "workers": WorkersConfig,
     "bus": BusConfig,
     "database": DatabaseConfig,
+    "notifications": NotificationsConfig,
 }
 
 
@@ -336,6 +353,8 @@ def _validate(c: Config) -> None:
     if c.bus.redis_url:
         _require(c.bus.redis_url.startswith(("redis://", "rediss://", "unix://")), "bus.redis_url",
                  "not a Redis URL", "use redis://host:port/db")
+    _require(c.notifications.pending_batch >= 1 and c.notifications.page_max >= 1,
+             "notifications.pending_batch/page_max", "must be >= 1", "set positive numbers")
     _require(bool(c.namespaces), "namespaces", "no namespace is declared",
              "declare at least one [namespaces.NAME] table")
     for name in c.namespaces:

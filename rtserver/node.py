@@ -61,6 +61,7 @@ from rtserver.router import Router
 
 if TYPE_CHECKING:
     from rtserver.store.postgres import Store
+    from rtserver.store.recorder import ConnectionRecorder
 
 __all__ = ["BROADCAST_ROOM", "CLOSE_IDLE", "CLOSE_SLOW_CONSUMER", "Node"]
 
@@ -106,6 +107,8 @@ class Node:
         #: The PostgreSQL store, or None when started without --database
         #: (handlers answer feature_unavailable then: see require_store()).
         self.store = store
+        #: Batched connection records (with the store), else None.
+        self.recorder: ConnectionRecorder | None = None
         self.bus = bus
         self.fanout_module = fanout_module
         self.router = router
@@ -171,6 +174,11 @@ class Node:
         conn = Connection(connection_id, ws, None, session, remote, user_agent, time.time())
         conn.sink = self.fanout_module.Sink(ws, conn)
         self.hub.add(conn)
+        if self.recorder is not None:
+            remote_addr = ws.remote_address
+            self.recorder.record_connect(connection_id, user_id=None, admin_user_id=None,
+                                         ip_address=remote_addr[0] if remote_addr else None,
+                                         user_agent=user_agent)
         self.reply(conn, ConnectionWelcome(status="connected", connection_id=connection_id,
                                            worker=self.worker_id, server_time=utc_now()))
         return conn
@@ -196,6 +204,8 @@ class Node:
         emptied, user_gone = self.hub.remove(conn)
         self.hub.set_state(conn, ConnState.CLOSED, reason, code)
         CLOSES.inc(str(code))
+        if self.recorder is not None:
+            self.recorder.record_disconnect(conn.id, close_code=code, close_reason=reason)
         for room in rooms:
             await self._after_leave(conn, room, room in emptied)
         if user_gone and user is not None:
@@ -229,6 +239,8 @@ class Node:
     async def handle_frame(self, conn: Connection, frame: str | bytes) -> None:
         """Run one client frame through the session and apply its actions."""
         actions = conn.session.on_frame(frame, time.monotonic())
+        if self.recorder is not None:
+            self.recorder.touch(conn.id)
         await self.apply(conn, actions)
 
     async def authenticate_token(self, conn: Connection, token: str) -> None:
@@ -274,6 +286,9 @@ class Node:
             self.hub.state_counts[ConnState.CONNECTING] += 1
         first_of_user = principal.user not in self.hub.by_user
         self.hub.set_state(conn, ConnState.AUTHENTICATED, "token verified")
+        if self.recorder is not None:
+            self.recorder.record_authenticated(conn.id, user_id=principal.user,
+                                               admin_user_id=None)
         if first_of_user:
             await self._bus_call(self.bus.add_user_interest(principal.user), "add_user_interest")
         self.reply(conn, Authenticated(user=principal.user, permissions=sorted(
@@ -479,8 +494,9 @@ class Node:
     def on_user_message(self, user: str, payload: bytes) -> None:
         """Deliver a user message to the user's local connections."""
         sinks = self.hub.user_sinks(user)
-        if sinks:
-            self.fanout.send_many(sinks, payload)
+        n = self.fanout.send_many(sinks, payload) if sinks else 0
+        for hook in self.router.user_delivery_hooks:
+            hook(self, user, payload, n)
 
     def on_bus_state(self, health: BusHealth) -> None:
         """The bus degraded or recovered: log, health, listeners (admin alerts)."""

@@ -22,11 +22,12 @@ if TYPE_CHECKING:
     from rtserver.hub import Connection
     from rtserver.node import Node
 
-__all__ = ["ConnectionHook", "Handler", "RoomHook", "Router"]
+__all__ = ["ConnectionHook", "Handler", "RoomHook", "Router", "UserDeliveryHook"]
 
 Handler = Callable[["Node", "Connection", Any], Awaitable[None]]
 ConnectionHook = Callable[["Node", "Connection"], Awaitable[None]]
 RoomHook = Callable[["Node", "Connection", str], Awaitable[None]]
+UserDeliveryHook = Callable[["Node", str, bytes, int], None]
 
 
 class Router:
@@ -38,6 +39,7 @@ class Router:
         self.disconnect_hooks: list[ConnectionHook] = []
         self.subscribe_hooks: list[RoomHook] = []
         self.unsubscribe_hooks: list[RoomHook] = []
+        self.user_delivery_hooks: list[UserDeliveryHook] = []
 
     def register(self, message_type: type[ClientMessage], handler: Handler) -> None:
         """Route decoded ``message_type`` messages to ``handler``."""
@@ -68,3 +70,9 @@ class Router:
     def on_unsubscribe(self, hook: RoomHook) -> None:
         """Call ``hook`` after a connection left a room (also on disconnect)."""
         self.unsubscribe_hooks.append(hook)
+
+    def on_user_delivery(self, hook: UserDeliveryHook) -> None:
+        """Call ``hook(node, user, payload, delivered)`` after a user message was fanned out
+        on this worker (``delivered`` = local connections reached). Synchronous: spawn
+        any I/O with ``node.spawn``."""
+        self.user_delivery_hooks.append(hook)

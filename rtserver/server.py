@@ -37,7 +37,7 @@ from rtserver.node import CLOSE_AUTH, Node
 from rtserver.protocol.codec import ErrorCode
 from rtserver.router import Router
 
-__all__ = ["RtServer", "resolve_secret", "run_server"]
+__all__ = ["RtServer", "build_router", "resolve_secret", "run_server"]
 
 log = jsonlog.get_logger("rtserver.server")
 
@@ -61,6 +61,15 @@ def _response(status: http.HTTPStatus, body: bytes, content_type: str) -> Respon
     return Response(status.value, status.phrase, headers, body)
 
 
+def build_router() -> Router:
+    """The router with every built-in domain handler installed."""
+    from rtserver.handlers.notifications import install_notifications
+
+    router = Router()
+    install_notifications(router)
+    return router
+
+
 class RtServer:
     """One worker: the node plus its websockets server."""
 
@@ -75,9 +84,11 @@ class RtServer:
         fanout_module = load_fanout(config.fanout.implementation)
         secret = jwt_secret if jwt_secret is not None else resolve_secret(config)
         self.node = Node(config, bus if bus is not None else LocalBus(), fanout_module,
-                         router if router is not None else Router(), worker_id, secret,
+                         router if router is not None else build_router(), worker_id, secret,
                          store=store)
         self.http_routes = dict(http_routes or {})
+        self.ingress: Any = None
+        self.domain_ingress: Any = None
         self.server: Server | None = None
         self.port: int | None = None
         self._stopping: asyncio.Event | None = None
@@ -171,10 +182,74 @@ class RtServer:
 
     # ------------------------------------------------------------ lifecycle
 
+    async def _start_database(self) -> None:
+        """Open the store, check the schema, start connection records and the ingress."""
+        from rtserver.ingress import IngressDispatcher
+        from rtserver.store.ingress import IngressListener
+        from rtserver.store.migrations import check_schema
+        from rtserver.store.postgres import Store
+        from rtserver.store.recorder import ConnectionRecorder
+
+        db = self.config.database
+        node = self.node
+        if not db.dsn:
+            log.warning("features", database=False,
+                        inactive=["connection records", "notifications", "quotes",
+                                  "analytics", "admin dashboards", "alerts storage",
+                                  "ingress (LISTEN/NOTIFY)"],
+                        action="Required action: start with --database postgresql://... "
+                        "(RTSERVER_DATABASE) to enable them")
+            return
+        store = Store(dsn=db.dsn, pool_min_size=db.pool_min_size, pool_max_size=db.pool_max_size,
+                      pool_acquire_timeout=db.pool_acquire_timeout,
+                      pool_max_inactive_lifetime=db.pool_max_inactive_lifetime,
+                      connect_timeout=db.connect_timeout, statement_timeout=db.statement_timeout,
+                      command_timeout=db.command_timeout,
+                      application_name=f"rtserver-worker-{self.worker_id}")
+        await store.open()
+        try:
+            await check_schema(store.pool)
+        except Exception:
+            await store.close()
+            raise
+        node.store = store
+        node.recorder = ConnectionRecorder(
+            store, worker=self.worker_id, flush_interval=db.record_flush_interval,
+            max_queued=db.record_max_queued, batch_max=db.record_batch_max,
+            retry_backoff_base=db.retry_backoff_base, retry_backoff_max=db.retry_backoff_max,
+            on_state_change=lambda ok, reason: node.set_degraded("database", not ok, reason))
+        node.recorder.start()
+        self.ingress = IngressListener(
+            db.dsn, db.ingress_channel, IngressDispatcher(node, self.domain_ingress),
+            connect_timeout=db.connect_timeout, keepalive_interval=db.ingress_keepalive_interval,
+            reconnect_backoff_base=db.retry_backoff_base,
+            reconnect_backoff_max=db.retry_backoff_max, max_pending=db.ingress_max_pending,
+            elect_leader=True, standby_retry_interval=db.ingress_standby_retry_interval,
+            on_state_change=lambda ok, reason: node.set_degraded("ingress", not ok, reason))
+        self.ingress.start()
+        log.info("features", database=True,
+                 active=["connection records", "notifications", "quotes", "analytics",
+                         "admin dashboards", "alerts storage", "ingress (LISTEN/NOTIFY)"],
+                 ingress_channel=db.ingress_channel)
+
+    async def _stop_database(self) -> None:
+        node = self.node
+        if self.ingress is not None:
+            await self.ingress.close()
+            self.ingress = None
+        if node.recorder is not None:
+            report = await node.recorder.close()
+            log.info("connection_records_closed", report=report)
+            node.recorder = None
+        if node.store is not None:
+            await node.store.close()
+            node.store = None
+
     async def start(self) -> None:
-        """Start the node and listen."""
+        """Start the node and the database features, then listen."""
         cfg = self.config
         await self.node.start()
+        await self._start_database()
         hb = cfg.heartbeat
         kwargs: dict[str, Any] = dict(
             process_request=self._process_request,
@@ -219,6 +294,7 @@ class RtServer:
             for conn in list(self.node.hub.connections.values()):
                 conn.ws.transport.abort()
         await self.node.close()
+        await self._stop_database()
         self.server = None
         log.info("stopped")
 

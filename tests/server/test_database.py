@@ -1,0 +1,180 @@
+"""The server with PostgreSQL: features, records, notifications, ingress, schema check."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+
+import asyncpg
+import msgspec
+import orjson
+import pytest
+
+from conftest import Client, ServerFactory, make_config, token
+from rtserver.server import RtServer
+from rtserver.store.ingress import send_ingress, send_user_notification
+from rtserver.store.migrations import SchemaBehind
+from tests.store.pgutil import TempDatabase, create_database, drop_database
+
+Connect = Callable[..., Awaitable[Client]]
+CHANNEL = "rtserver_ingress"
+
+
+@pytest.fixture(scope="module")
+def db_dsn() -> Iterator[str]:
+    with TempDatabase(migrated=True) as dsn:
+        yield dsn
+
+
+def db_config(dsn: str, **sections: dict[str, object]) -> object:
+    database = {"dsn": dsn, "record_flush_interval": 0.05, "ingress_channel": CHANNEL}
+    database.update(sections.pop("database", {}))  # type: ignore[arg-type]
+    return make_config(database=database, **sections)
+
+
+@pytest.fixture
+async def db_server(make_server: ServerFactory, db_dsn: str) -> AsyncIterator[RtServer]:
+    server = await make_server(db_config(db_dsn))
+    await server.ingress.wait_listening(10.0)
+    yield server
+
+
+async def wait_for(cond: Callable[[], Awaitable[bool]], timeout: float = 10.0) -> None:
+    async with asyncio.timeout(timeout):
+        while not await cond():
+            await asyncio.sleep(0.05)
+
+
+async def test_connection_records(db_server: RtServer, connect_client: Connect,
+                                  db_dsn: str) -> None:
+    user = str(uuid.uuid4())
+    client = await connect_client(token(user=user), srv=db_server)
+    await client.request({"type": "ping"}, "pong")
+    conn_id = next(iter(db_server.node.hub.connections))
+    await client.ws.close(4100, "bye now")
+    pg = await asyncpg.connect(db_dsn)
+    try:
+        async def closed() -> bool:
+            row = await pg.fetchrow("SELECT * FROM websocket_connections WHERE connection_id=$1",
+                                    conn_id)
+            return row is not None and row["disconnected_at"] is not None
+
+        await wait_for(closed)
+        row = await pg.fetchrow("SELECT * FROM websocket_connections WHERE connection_id=$1",
+                                conn_id)
+        assert str(row["user_id"]) == user and row["close_code"] == 4100
+        assert "bye now" in row["close_reason"] and str(row["ip_address"]) == "127.0.0.1"
+        assert row["connected_at"] <= row["disconnected_at"] and row["worker"] == 0
+    finally:
+        await pg.close()
+
+
+async def test_offline_notification_delivered_once_then_ack(db_server: RtServer,
+                                                            connect_client: Connect,
+                                                            db_dsn: str) -> None:
+    user = str(uuid.uuid4())
+    ids = []
+    for i in range(3):
+        ids.append(await send_user_notification(db_dsn, CHANNEL, user=user, title=f"t{i}",
+                                                body="b", data={"i": i}, connect_timeout=5))
+    first = await connect_client(token(user=user), srv=db_server)
+    got = [await first.recv_type("notification") for _ in range(3)]
+    assert [g["id"] for g in got] == ids and [g["data"]["i"] for g in got] == [0, 1, 2]
+    await first.ws.close()
+    second = await connect_client(token(user=user), srv=db_server)
+    with pytest.raises(TimeoutError):
+        await second.recv_type("notification", timeout=0.5)
+    acked = await second.request({"type": "notification_ack", "notification_id": ids[0],
+                                  "id": 1}, "notification_acked")
+    assert acked["notification_id"] == ids[0] and acked["read_at"]
+    page = await second.request({"type": "notifications_list", "unread_only": True,
+                                 "limit": 10}, "notifications")
+    assert [n["notification_id"] for n in page["items"]] == [ids[2], ids[1]]
+    other = await connect_client(token(), srv=db_server)
+    err = await other.request({"type": "notification_ack", "notification_id": ids[1]}, "error")
+    assert err["code"] == "not_found"
+
+
+async def test_live_notification_via_ingress(db_server: RtServer, connect_client: Connect,
+                                             db_dsn: str) -> None:
+    user = str(uuid.uuid4())
+    a = await connect_client(token(user=user), srv=db_server)
+    b = await connect_client(token(user=user), srv=db_server)
+    nid = await send_user_notification(db_dsn, CHANNEL, user=user, title="Quote ready",
+                                       body="Your quote is ready", data={"q": 1},
+                                       connect_timeout=5)
+    for c in (a, b):
+        n = await c.recv_type("notification")
+        assert n["id"] == nid and n["title"] == "Quote ready"
+    pg = await asyncpg.connect(db_dsn)
+    try:
+        async def delivered() -> bool:
+            return await pg.fetchval("SELECT delivered_at FROM notifications WHERE id=$1",
+                                     nid) is not None
+        await wait_for(delivered)
+    finally:
+        await pg.close()
+
+
+async def test_ingress_room_publish_and_invalid(db_server: RtServer, connect_client: Connect,
+                                                db_dsn: str) -> None:
+    from rtserver.metrics import REGISTRY
+
+    member = await connect_client(token(rooms=["bench:*"]), srv=db_server)
+    await member.request({"type": "subscribe", "room": "bench:ingress"}, "subscribed")
+    invalid = REGISTRY.counter("rtserver_ingress_invalid_total", "", ("kind",))
+    before = sum(invalid.values.values())
+    pg = await asyncpg.connect(db_dsn)
+    try:
+        await pg.execute("SELECT pg_notify($1, $2)", CHANNEL, '{"type":"room_publish"}')
+        await pg.execute("SELECT pg_notify($1, $2)", CHANNEL, "not json")
+    finally:
+        await pg.close()
+    await send_ingress(db_dsn, CHANNEL, orjson.dumps(
+        {"type": "room_publish", "room": "bench:ingress", "data": {"rate": 1.5}}),
+        connect_timeout=5)
+    msg = await member.recv_type("message")
+    assert msg["data"] == {"rate": 1.5} and msg["from"] is None and msg["seq"] == 1
+    assert sum(invalid.values.values()) - before == 2
+
+
+async def test_broadcast_arrives_while_database_blocked(db_server: RtServer,
+                                                        connect_client: Connect,
+                                                        db_dsn: str) -> None:
+    pg = await asyncpg.connect(db_dsn)
+    tx = pg.transaction()
+    await tx.start()
+    await pg.execute("LOCK TABLE websocket_connections IN ACCESS EXCLUSIVE MODE")
+    try:
+        sub = await connect_client(token(rooms=["bench:*"]), srv=db_server)
+        pub = await connect_client(token(perms=["publish"], rooms=["bench:*"]), srv=db_server)
+        await sub.request({"type": "subscribe", "room": "bench:blocked"}, "subscribed")
+        await pub.request({"type": "publish", "room": "bench:blocked", "data": 7}, "ack")
+        assert (await sub.recv_type("message", timeout=2.0))["data"] == 7
+        await db_server.node.broadcast(b'{"type":"announcement"}')
+        assert (await sub.recv_type("announcement", timeout=2.0))["type"] == "announcement"
+    finally:
+        await tx.rollback()
+        await pg.close()
+
+
+async def test_features_need_database(server: RtServer, connect_client: Connect) -> None:
+    client = await connect_client(token())
+    err = await client.request({"type": "notifications_list", "unread_only": False,
+                                "limit": 5, "id": 3}, "error")
+    assert err["code"] == "feature_unavailable" and "--database" in err["action"]
+
+
+async def test_refuses_old_schema(make_server: ServerFactory) -> None:
+    dsn = await create_database()
+    try:
+        with pytest.raises(SchemaBehind, match="rtserver migrate"):
+            await make_server(db_config(dsn))
+    finally:
+        await drop_database(dsn)
+
+
+def test_config_roundtrip_has_database_keys(db_dsn: str) -> None:
+    config = db_config(db_dsn)
+    assert msgspec.to_builtins(config)["database"]["dsn"] == db_dsn  # type: ignore[arg-type]
