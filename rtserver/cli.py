@@ -44,6 +44,14 @@ def _token_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     p.add_argument("--ttl", type=float, required=True, help="seconds until the token expires")
 
 
+def _db_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser], name: str,
+               help_text: str) -> argparse.ArgumentParser:
+    p = sub.add_parser(name, help=help_text)
+    _add_config_flags(p)
+    p.add_argument("--database", help="PostgreSQL DSN (RTSERVER_DATABASE)")
+    return p
+
+
 def _load(args: argparse.Namespace, flags: dict[str, object]) -> object:
     from rtserver.config import ConfigError, load_config
 
@@ -104,18 +112,133 @@ def _cmd_token(args: argparse.Namespace) -> int:
     return 0
 
 
+def _db_config(args: argparse.Namespace) -> tuple[object, str] | int:
+    from rtserver.config import Config
+
+    config = _load(args, {"database": args.database, "dev": True})
+    assert isinstance(config, Config)
+    if not config.database.dsn:
+        print("rtserver: no database. Required action: pass --database postgresql://... "
+              "(or set RTSERVER_DATABASE)", file=sys.stderr)
+        return 2
+    return config, config.database.dsn
+
+
+def _cmd_migrate(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from rtserver.config import Config
+    from rtserver.store.migrations import apply_migrations, latest_version
+
+    got = _db_config(args)
+    if isinstance(got, int):
+        return got
+    config, dsn = got
+    assert isinstance(config, Config)
+    applied = asyncio.run(apply_migrations(
+        dsn, connect_timeout=config.database.connect_timeout,
+        lock_timeout=config.database.migration_lock_timeout))
+    if applied:
+        print(f"applied migrations {applied}; schema is at version {latest_version()}")
+    else:
+        print(f"nothing to do; schema is at version {latest_version()}")
+    return 0
+
+
+def _cmd_publish(args: argparse.Namespace) -> int:
+    import asyncio
+
+    import orjson
+
+    from rtserver.config import Config
+    from rtserver.store.ingress import IngressInvalid, IngressPayloadTooLarge, send_ingress
+
+    got = _db_config(args)
+    if isinstance(got, int):
+        return got
+    config, dsn = got
+    assert isinstance(config, Config)
+    try:
+        data = orjson.loads(args.data)
+    except orjson.JSONDecodeError as exc:
+        print(f"rtserver: --data is not JSON ({exc}). Required action: pass a JSON value",
+              file=sys.stderr)
+        return 2
+    payload = orjson.dumps({"type": "room_publish", "room": args.room, "data": data})
+    try:
+        asyncio.run(send_ingress(dsn, config.database.ingress_channel, payload,
+                                 connect_timeout=config.database.connect_timeout))
+    except (IngressInvalid, IngressPayloadTooLarge, ValueError) as exc:
+        print(f"rtserver: {exc}", file=sys.stderr)
+        return 2
+    print(f"published to {args.room} on channel {config.database.ingress_channel}")
+    return 0
+
+
+def _cmd_notify(args: argparse.Namespace) -> int:
+    import asyncio
+
+    import orjson
+
+    from rtserver.config import Config
+    from rtserver.store.ingress import send_user_notification
+
+    got = _db_config(args)
+    if isinstance(got, int):
+        return got
+    config, dsn = got
+    assert isinstance(config, Config)
+    try:
+        data = orjson.loads(args.data)
+    except orjson.JSONDecodeError as exc:
+        print(f"rtserver: --data is not JSON ({exc}). Required action: pass a JSON object",
+              file=sys.stderr)
+        return 2
+    nid = asyncio.run(send_user_notification(
+        dsn, config.database.ingress_channel, user=args.user, title=args.title, body=args.body,
+        data=data, connect_timeout=config.database.connect_timeout))
+    print(f"notification {nid} stored for {args.user} and announced")
+    return 0
+
+
+def _cmd_bench(argv: list[str]) -> int:
+    from bench.cli import main as bench_main
+
+    return bench_main(argv)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``rtserver`` command."""
     parser = argparse.ArgumentParser(prog="rtserver", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     _serve_parser(sub)
     _token_parser(sub)
-    args = parser.parse_args(argv)
+    _db_parser(sub, "migrate", "apply the PostgreSQL migrations (idempotent)")
+    p = _db_parser(sub, "publish", "publish to a room through the backend ingress")
+    p.add_argument("--room", required=True, help="room, e.g. quote:<uuid>")
+    p.add_argument("--data", required=True, help="JSON value to publish")
+    p = _db_parser(sub, "notify", "store a push notification and deliver it to a user")
+    p.add_argument("--user", required=True, help="user UUID")
+    p.add_argument("--title", required=True)
+    p.add_argument("--body", required=True)
+    p.add_argument("--data", default="{}", help="JSON object attached to the notification")
+    sub.add_parser("bench", help="the load-test harness (rtserver bench --help)",
+                   add_help=False)
+    arglist = list(sys.argv[1:] if argv is None else argv)
+    if arglist[:1] == ["bench"]:
+        return _cmd_bench(arglist[1:])
+    args = parser.parse_args(arglist)
     match args.command:
         case "serve":
             return _cmd_serve(args)
         case "token":
             return _cmd_token(args)
+        case "migrate":
+            return _cmd_migrate(args)
+        case "publish":
+            return _cmd_publish(args)
+        case "notify":
+            return _cmd_notify(args)
     parser.error(f"unknown command {args.command}")
     return 2
 

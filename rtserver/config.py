@@ -132,6 +132,7 @@ class DatabaseConfig(_Section, frozen=True):
     pool_acquire_timeout: float
     pool_max_inactive_lifetime: float
     connect_timeout: float
+    migration_lock_timeout: float
     statement_timeout: float
     command_timeout: float
     record_flush_interval: float

@@ -178,3 +178,46 @@ async def test_refuses_old_schema(make_server: ServerFactory) -> None:
 def test_config_roundtrip_has_database_keys(db_dsn: str) -> None:
     config = db_config(db_dsn)
     assert msgspec.to_builtins(config)["database"]["dsn"] == db_dsn  # type: ignore[arg-type]
+
+
+def _cli(*args: str) -> tuple[int, str, str]:
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RTSERVER_")}
+    out = subprocess.run([sys.executable, "-m", "rtserver", *args], env=env,
+                         capture_output=True, text=True, timeout=60)
+    return out.returncode, out.stdout, out.stderr
+
+
+async def test_migrate_command_idempotent() -> None:
+    dsn = await create_database()
+    try:
+        rc, out, err = await asyncio.to_thread(_cli, "migrate", "--database", dsn)
+        assert rc == 0 and "applied migrations [1" in out, err
+        rc, out, _ = await asyncio.to_thread(_cli, "migrate", "--database", dsn)
+        assert rc == 0 and "nothing to do" in out
+    finally:
+        await drop_database(dsn)
+    rc, _, err = await asyncio.to_thread(_cli, "migrate")
+    assert rc == 2 and "--database" in err
+
+
+async def test_publish_and_notify_commands(db_server: RtServer, connect_client: Connect,
+                                           db_dsn: str) -> None:
+    user = str(uuid.uuid4())
+    member = await connect_client(token(user=user, rooms=["bench:*"]), srv=db_server)
+    await member.request({"type": "subscribe", "room": "bench:cli"}, "subscribed")
+    rc, out, err = await asyncio.to_thread(_cli, "publish", "--database", db_dsn, "--room",
+                                           "bench:cli", "--data", '{"from":"cli"}')
+    assert rc == 0, err
+    assert (await member.recv_type("message"))["data"] == {"from": "cli"}
+    rc, out, err = await asyncio.to_thread(_cli, "notify", "--database", db_dsn, "--user", user,
+                                           "--title", "Hello", "--body", "World")
+    assert rc == 0, err
+    n = await member.recv_type("notification")
+    assert n["title"] == "Hello" and n["body"] == "World"
+    rc, _, err = await asyncio.to_thread(_cli, "publish", "--database", db_dsn, "--room",
+                                         "bench:cli", "--data", "{nope")
+    assert rc == 2 and "not JSON" in err
