@@ -474,6 +474,14 @@ class Store:
         assert rec is not None
         return Notification(**dict(rec))
 
+    async def get_notification(self, notification_id: int) -> Notification | None:
+        """One notification by id (not scoped to a user: for server-side use only)."""
+        async with self.acquire("get_notification") as conn:
+            rec = await conn.fetchrow(
+                f"SELECT {_NOTIFICATION_COLS} FROM notifications WHERE id = $1", notification_id
+            )
+        return None if rec is None else Notification(**dict(rec))
+
     async def pending_notifications(self, user_id: str, limit: int) -> list[Notification]:
         """Up to ``limit`` undelivered notifications of ``user_id``, oldest first (id order)."""
         async with self.acquire("pending_notifications") as conn:

@@ -185,6 +185,9 @@ async def test_send_user_notification_is_stored_and_announced(pg_dsn: str,
     assert message.user == user and msgspec.json.decode(message.data) == {"quote": 1}
     pending = await store.pending_notifications(user, limit=10)
     assert [(n.id, n.title) for n in pending] == [(nid, "Quote ready")]
+    stored = await store.get_notification(nid)
+    assert stored is not None and stored.user_id == user and stored.body == "Your quote is ready"
+    assert await store.get_notification(2**62) is None
 
 
 async def test_exactly_one_leader_acts_and_standby_takes_over(pg_dsn: str) -> None:
