@@ -121,6 +121,7 @@ class Node:
         self.fanout: Any = None
         self.degraded: dict[str, str] = {}
         self._interest: dict[str, asyncio.Future[None]] = {}
+        self._pending_subs: dict[str, int] = {}
         self._excludes: dict[tuple[str, bytes], Any] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._heartbeat_task: asyncio.Task[None] | None = None
@@ -327,14 +328,31 @@ class Node:
 
     async def subscribe(self, conn: Connection, room: str, rules: NamespaceConfig,
                         msg_id: MessageId = None) -> bool:
-        """Join ``room`` (access already checked) and confirm with ``subscribed``."""
+        """Join ``room`` (access already checked) and confirm with ``subscribed``.
+
+        While the bus interest is being established the subscription counts as
+        pending, so a concurrent last leave does not drop the room's interest.
+        """
+        pending = self._pending_subs
+        pending[room] = pending.get(room, 0) + 1
+        ok = False
+        seq = 0
         try:
             await self._ensure_interest(room)
             seq = await self.bus.last_seq(room)
+            ok = conn.state not in (ConnState.CLOSING, ConnState.CLOSED)
         except BusUnavailable as exc:
             self._bus_error(conn, exc, msg_id)
-            return False
-        if conn.state in (ConnState.CLOSING, ConnState.CLOSED):
+        finally:
+            left = pending[room] - 1
+            if left:
+                pending[room] = left
+            else:
+                del pending[room]
+        if not ok:
+            if room not in self.hub.rooms and room not in pending and room in self._interest:
+                self._interest.pop(room)
+                await self._bus_call(self.bus.remove_interest(room), "remove_interest")
             return False
         self.hub.join(conn, room)
         self.reply(conn, Subscribed(room=room, seq=seq, id=msg_id))
@@ -356,7 +374,7 @@ class Node:
         await self._after_leave(conn, room, last)
 
     async def _after_leave(self, conn: Connection, room: str, last: bool) -> None:
-        if last:
+        if last and room not in self._pending_subs:
             self._interest.pop(room, None)
             await self._bus_call(self.bus.remove_interest(room), "remove_interest")
         _, _, rules = self.policy.namespace(room)
