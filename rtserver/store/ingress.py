@@ -102,7 +102,14 @@ _EMPTY_OBJECT = msgspec.Raw(b"{}")
 
 
 class IngressInvalid(ValueError):
-    """An ingress payload is not valid JSON or does not match any ingress message."""
+    """An ingress payload is not valid JSON or does not match any ingress message.
+
+    ``kind`` is ``not_json`` or ``schema`` (the label of ``rtserver_ingress_invalid_total``).
+    """
+
+    def __init__(self, message: str, kind: Literal["not_json", "schema"]) -> None:
+        super().__init__(message)
+        self.kind = kind
 
 
 class IngressPayloadTooLarge(ValueError):
@@ -189,9 +196,9 @@ def decode_ingress(payload: bytes | str) -> IngressPayload:
     try:
         message: IngressPayload = _decoder.decode(payload)
     except msgspec.ValidationError as exc:
-        raise IngressInvalid(f"invalid ingress payload: {exc}") from exc
+        raise IngressInvalid(f"invalid ingress payload: {exc}", "schema") from exc
     except msgspec.DecodeError as exc:
-        raise IngressInvalid(f"ingress payload is not JSON: {exc}") from exc
+        raise IngressInvalid(f"ingress payload is not JSON: {exc}", "not_json") from exc
     return message
 
 
@@ -480,9 +487,9 @@ class IngressListener:
             message = decode_ingress(text)
         except IngressInvalid as exc:
             self._invalid += 1
-            kind = "not_json" if "not JSON" in str(exc) else "schema"
-            _invalid.inc(kind)
-            _log.warning("ingress_invalid", channel=channel, sender_pid=pid, reason=str(exc),
+            _invalid.inc(exc.kind)
+            _log.warning("ingress_invalid", channel=channel, sender_pid=pid, kind=exc.kind,
+                         reason=str(exc),
                          payload=text[:200], action="fix the sender's payload")
             return
         try:

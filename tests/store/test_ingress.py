@@ -105,6 +105,7 @@ def test_decode_every_message_type() -> None:
         with pytest.raises(IngressInvalid, match=r"invalid ingress payload|not JSON") as info:
             decode_ingress(bad)
         assert reason in str(info.value), (bad, str(info.value))
+        assert info.value.kind == ("not_json" if bad == b"not json" else "schema")
 
 
 async def test_notify_reaches_handler_in_order_and_invalid_is_counted(pg_dsn: str) -> None:
