@@ -8,7 +8,6 @@ restart, overflow counted, shutdown report) and the ingress listener
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import AsyncIterator
 
 import pytest
@@ -66,15 +65,14 @@ async def test_recorder_survives_database_outage(pg_instance: PgInstance,
         await wait_until(lambda: recorder.health().written_records == 2, 10, "first write")
 
         pg_instance.stop()
-        # Events keep being accepted instantly while the database is down.
-        started = time.monotonic()
+        # Events keep being accepted while the database is down: the calls are
+        # synchronous (they cannot wait for the database) and queue the rows.
         recorder.record_disconnect("before-0", close_code=1006, close_reason="abnormal")
         recorder.record_disconnect("before-1", close_code=1000, close_reason="normal")
         for i in range(3):
             recorder.record_connect(f"during-{i}", user_id="u", admin_user_id=None,
                                     ip_address="::1", user_agent="ua")
-        call_seconds = time.monotonic() - started
-        assert call_seconds < 1.0  # enqueueing never waits for the database
+        assert recorder.health().queued == 5  # pending or in a failing flush: kept
 
         await wait_until(lambda: not recorder.health().ok, 15, "degraded state")
         health = recorder.health()
