@@ -408,6 +408,52 @@ async def test_compressed_connections_take_the_per_connection_path(impl: ModuleT
         check_invariants(stats)
 
 
+async def test_partial_write_remainder_keeps_order(impl: ModuleType) -> None:
+    async with Harness(impl, sndbuf=16 * 1024) as h:
+        client, sink = await h.connect("/partial")
+        payloads = [bytes([65 + i]) * 300_000 for i in range(3)]
+        for p in payloads:
+            h.fanout.send(sink, p)
+        await asyncio.sleep(0)          # flush: the kernel takes only part of it
+        assert sink.buffered() > 0, "the remainder must be queued in the transport"
+        h.fanout.send(sink, b"tail")    # the transport still buffers: no direct send
+        h.fanout.flush()
+        for p in [*payloads, b"tail"]:
+            got = await _recv(client)
+            assert isinstance(got, str)
+            assert got.encode() == p
+        stats = h.fanout.stats()
+        assert stats["partial_writes"] == 1
+        assert stats["transport_writes"] == 1
+        assert stats["direct_sends"] == 1
+        check_invariants(stats)
+
+
+async def test_callback_error_keeps_other_connections_queued(impl: ModuleType) -> None:
+    async with Harness(impl) as h:
+        _, big = await h.connect("/big")
+        small_client, small = await h.connect("/small")
+        calls: list[int] = []
+
+        def failing_callback(sink: Any, buffered: int) -> None:
+            calls.append(buffered)
+            raise RuntimeError("callback failed")
+
+        fanout = impl.Fanout(asyncio.get_running_loop(), 1000, failing_callback)
+        fanout.send(big, b"x" * 2000)       # over the limit: reported at the flush
+        fanout.send(small, b"still delivered")
+        with pytest.raises(RuntimeError, match="callback failed"):
+            fanout.flush()
+        assert calls == [2004]
+        assert big.closed
+        # The connection after the failing one was not lost: it is flushed next tick.
+        assert await _recv(small_client) == "still delivered"
+        stats = fanout.stats()
+        assert stats["slow_consumers"] == 1
+        assert stats["dropped_slow"] == 1
+        check_invariants(stats)
+
+
 async def test_invalid_limit_is_refused(impl: ModuleType) -> None:
     loop = asyncio.get_running_loop()
     with pytest.raises(ValueError, match="Required action"):
