@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import Callable
 
@@ -215,3 +216,33 @@ async def test_exactly_one_leader_acts_and_standby_takes_over(pg_dsn: str) -> No
     finally:
         await a.close()
         await b.close()
+
+
+async def test_full_queue_drops_are_counted(pg_dsn: str) -> None:
+    channel = _channel()
+    release = asyncio.Event()
+    handled: list[IngressPayload] = []
+
+    async def slow_handler(message: IngressPayload) -> None:
+        await release.wait()
+        handled.append(message)
+
+    listener = IngressListener(
+        pg_dsn, channel, slow_handler, connect_timeout=5.0, keepalive_interval=1.0,
+        reconnect_backoff_base=0.05, reconnect_backoff_max=0.5, max_pending=2,
+        elect_leader=False, standby_retry_interval=0.1, on_state_change=None,
+    )
+    listener.start()
+    try:
+        await listener.wait_listening(10)
+        for i in range(5):
+            await _send(pg_dsn, channel, b'{"type":"room_publish","room":"r","data":%d}' % i)
+        # One message is in the handler, two wait in the queue, two are dropped.
+        await wait_until(lambda: listener.health().received == 5, 10, "all received")
+        assert listener.health().dropped == 2
+        release.set()
+        await wait_until(lambda: len(handled) == 3, 10, "queued ones handled")
+        assert [bytes(m.data) for m in handled if isinstance(m, RoomPublish)] == [
+            b"0", b"1", b"2"]
+    finally:
+        await listener.close()

@@ -133,6 +133,17 @@ async def test_update_field_and_conflict(store: Store) -> None:
     assert await store.get_quote(missing) is None
 
 
+async def test_many_racing_editors_one_winner(store: Store) -> None:
+    qid = await _quote(store, note="")
+    results = await asyncio.gather(*[
+        store.update_field(qid, "note", f"editor-{i}", 1, f"editor-{i}") for i in range(8)
+    ])
+    applied = [r for r in results if isinstance(r, UpdateApplied)]
+    assert len(applied) == 1 and applied[0].version == 2
+    assert all(isinstance(r, UpdateConflict) and r.current_version == 2
+               for r in results if not isinstance(r, UpdateApplied))
+
+
 async def test_racing_editors_exactly_one_wins(pg_dsn: str) -> None:
     # Two stores = two pools, like two workers.
     a, b = make_store(pg_dsn), make_store(pg_dsn)
@@ -202,6 +213,12 @@ async def test_quotes_dashboard_and_funnel(fresh_dsn: str) -> None:
         hours = [b.hour for b in dash.timeline]
         assert hours == sorted(hours) and all(h.minute == 0 for h in hours)
         assert dash.timeline[-1].hour == now.replace(minute=0, second=0, microsecond=0)
+        expected: dict[datetime, tuple[int, float]] = {}
+        for _, _, _, premium, created in rows[:4]:
+            hour = created.replace(minute=0, second=0, microsecond=0)
+            count, total = expected.get(hour, (0, 0.0))
+            expected[hour] = (count + 1, total + (premium or 0.0))
+        assert {b.hour: (b.count, b.premium_total) for b in dash.timeline if b.count} == expected
 
         tx = await store.quotes_dashboard(hours=24, state="TX", top_states=5)
         assert tx.total_quotes == 3 and tx.state_filter == "TX"
@@ -361,3 +378,34 @@ async def test_list_alerts_filters(store: Store) -> None:
     assert low.id not in [a.id for a in unresolved_critical]
     resolved = await store.list_alerts(resolved=True, severity=None, before_id=crit.id, limit=1)
     assert [a.id for a in resolved] == [low.id]
+
+
+async def test_statement_timeout_is_enforced(pg_dsn: str) -> None:
+    store = make_store(pg_dsn, statement_timeout=0.2)
+    await store.open()
+    try:
+        with pytest.raises(StoreUnavailable, match="Required action"):
+            async with store.acquire("slow") as conn:
+                await conn.fetchval("SELECT pg_sleep(5)")
+        await store.ping()  # the pool is still usable
+    finally:
+        await store.close()
+
+
+async def test_pool_exhaustion_is_explicit(pg_dsn: str) -> None:
+    store = make_store(pg_dsn, pool_min_size=1, pool_max_size=1, pool_acquire_timeout=0.2)
+    await store.open()
+    try:
+        async with store.acquire("hold"):
+            assert store.pool_state().in_use == 1
+            with pytest.raises(StoreUnavailable, match="get_quote"):
+                await store.get_quote(uuid.uuid4())
+    finally:
+        await store.close()
+
+
+def test_invalid_settings_are_refused() -> None:
+    with pytest.raises(ValueError, match="pool sizes"):
+        make_store("postgresql://x/y", pool_min_size=5, pool_max_size=2)
+    with pytest.raises(ValueError, match="statement_timeout"):
+        make_store("postgresql://x/y", statement_timeout=0)
