@@ -511,8 +511,13 @@ class Node:
 
     def on_user_message(self, user: str, payload: bytes) -> None:
         """Deliver a user message to the user's local connections."""
-        sinks = self.hub.user_sinks(user)
-        n = self.fanout.send_many(sinks, payload) if sinks else 0
+        conns = self.hub.by_user.get(user)
+        n = 0
+        if conns:
+            filters = self.router.user_message_filters
+            sinks = [c.sink for c in conns
+                     if not filters or all(keep(self, c, payload) for keep in filters)]
+            n = self.fanout.send_many(sinks, payload)
         for hook in self.router.user_delivery_hooks:
             hook(self, user, payload, n)
 

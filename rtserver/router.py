@@ -22,12 +22,14 @@ if TYPE_CHECKING:
     from rtserver.hub import Connection
     from rtserver.node import Node
 
-__all__ = ["ConnectionHook", "Handler", "RoomHook", "Router", "UserDeliveryHook"]
+__all__ = ["ConnectionHook", "Handler", "RoomHook", "Router", "UserDeliveryHook",
+           "UserMessageFilter"]
 
 Handler = Callable[["Node", "Connection", Any], Awaitable[None]]
 ConnectionHook = Callable[["Node", "Connection"], Awaitable[None]]
 RoomHook = Callable[["Node", "Connection", str], Awaitable[None]]
 UserDeliveryHook = Callable[["Node", str, bytes, int], None]
+UserMessageFilter = Callable[["Node", "Connection", bytes], bool]
 
 
 class Router:
@@ -40,6 +42,7 @@ class Router:
         self.subscribe_hooks: list[RoomHook] = []
         self.unsubscribe_hooks: list[RoomHook] = []
         self.user_delivery_hooks: list[UserDeliveryHook] = []
+        self.user_message_filters: list[UserMessageFilter] = []
 
     def register(self, message_type: type[ClientMessage], handler: Handler) -> None:
         """Route decoded ``message_type`` messages to ``handler``."""
@@ -76,3 +79,7 @@ class Router:
         on this worker (``delivered`` = local connections reached). Synchronous: spawn
         any I/O with ``node.spawn``."""
         self.user_delivery_hooks.append(hook)
+
+    def filter_user_messages(self, keep: UserMessageFilter) -> None:
+        """Deliver a user message to a connection only when ``keep(node, conn, payload)``."""
+        self.user_message_filters.append(keep)

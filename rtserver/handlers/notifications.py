@@ -45,6 +45,8 @@ __all__ = [
 ]
 
 log = get_logger("rtserver.notifications")
+DUPLICATES = REGISTRY.counter("rtserver_notifications_duplicates_skipped_total",
+                              "Live notifications not sent again to a connection that had it")
 DELIVERED = REGISTRY.counter("rtserver_notifications_delivered_total",
                              "Notifications sent to connections", ("path",))
 PREFIX = b'{"type":"notification",'
@@ -118,6 +120,26 @@ async def deliver_notification(node: Node, user: str, payload: bytes) -> None:
     await node.send_to_user(user, payload)
 
 
+# Per connection, the notification ids it was sent around its connect-time
+# claim: live copies of claimed ones and claims of live ones are skipped, so a
+# notification racing with the connect reaches the connection once.
+_seen: dict[str, set[int]] = {}
+_claimed: set[str] = set()
+
+
+def _keep_live(node: Node, conn: Connection, payload: bytes) -> bool:
+    if not payload.startswith(PREFIX):
+        return True
+    notification_id = msgspec.json.decode(payload, type=_IdOnly).id
+    seen = _seen.setdefault(conn.id, set())
+    if notification_id in seen:
+        DUPLICATES.inc()
+        return False
+    if conn.id not in _claimed:
+        seen.add(notification_id)
+    return True
+
+
 def on_user_delivery(node: Node, user: str, payload: bytes, delivered: int) -> None:
     """Mark a live notification delivered when this worker had a connection of the user."""
     if delivered == 0 or not payload.startswith(PREFIX) or node.store is None:
@@ -137,8 +159,16 @@ async def _on_connect(node: Node, conn: Connection) -> None:
     if user is None or store is None:
         return
     batch = node.config.notifications.pending_batch
+    seen = _seen.setdefault(conn.id, set())
     pending = await store.claim_pending_notifications(user, batch)
+    _claimed.add(conn.id)
+    live = set(seen)
+    seen.clear()
+    seen.update(n.id for n in pending)
     for n in pending:
+        if n.id in live:
+            DUPLICATES.inc()
+            continue
         node.send_to_connection(conn.id, notification_payload(n))
     if pending:
         DELIVERED.inc("pending", amount=len(pending))
@@ -183,9 +213,16 @@ async def _list(node: Node, conn: Connection, msg: NotificationsList) -> None:
                                        id=msg.id))
 
 
+async def _on_disconnect(node: Node, conn: Connection) -> None:
+    _seen.pop(conn.id, None)
+    _claimed.discard(conn.id)
+
+
 def install_notifications(router: Router) -> None:
-    """Register the notification messages and the on-connect pending delivery."""
+    """Register the notification messages, the on-connect pending delivery, the live filter."""
     router.register(NotificationAck, _ack)
     router.register(NotificationsList, _list)
     router.on_connect(_on_connect)
+    router.on_disconnect(_on_disconnect)
+    router.filter_user_messages(_keep_live)
     router.on_user_delivery(on_user_delivery)
