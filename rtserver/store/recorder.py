@@ -133,6 +133,8 @@ class ConnectionRecorder:
       retry after a failed flush, doubling up to the maximum.
     * ``on_state_change``: called with ``(False, reason)`` when writing starts
       failing and ``(True, None)`` when it works again (``None``: no callback).
+    * ``activity_interval``: record a connection's activity at most once per
+      this many seconds (``None``: record every :meth:`touch`).
 
     Call :meth:`start` inside the running loop, :meth:`close` at shutdown.
     """
@@ -148,7 +150,13 @@ class ConnectionRecorder:
         retry_backoff_base: float,
         retry_backoff_max: float,
         on_state_change: StateCallback | None,
+        activity_interval: float | None = None,
     ) -> None:
+        if activity_interval is not None and activity_interval <= 0:
+            raise ValueError(
+                f"activity_interval={activity_interval} must be > 0 (or None to record every "
+                "touch). Required action: set database.record_activity_interval"
+            )
         if flush_interval <= 0 or retry_backoff_base <= 0 or retry_backoff_max < retry_backoff_base:
             raise ValueError(
                 f"flush_interval={flush_interval} retry_backoff_base={retry_backoff_base} "
@@ -168,6 +176,8 @@ class ConnectionRecorder:
         self._backoff_base = retry_backoff_base
         self._backoff_max = retry_backoff_max
         self._on_state_change = on_state_change
+        self._activity_interval = activity_interval
+        self._last_touch: dict[str, float] = {}
         self._pending: dict[str, _Pending] = {}
         self._inflight = 0
         self._lost = 0
@@ -207,10 +217,14 @@ class ConnectionRecorder:
     ) -> None:
         """A connection was accepted (``ip_address`` must be an IP address or ``None``)."""
         _check_ip(ip_address)
+        now = time.time()
+        if self._activity_interval is not None:
+            self._last_touch[connection_id] = now
         entry = self._entry(connection_id, "connect")
         if entry is None:
             return
-        entry.connected_at = time.time()
+        entry.connected_at = now
+        entry.last_activity = now
         entry.user_id = user_id
         entry.admin_user_id = admin_user_id
         entry.ip_address = ip_address
@@ -227,15 +241,30 @@ class ConnectionRecorder:
         entry.admin_user_id = admin_user_id
 
     def touch(self, connection_id: str) -> None:
-        """The connection was active now (cheap: one dict update)."""
+        """The connection was active now (cheap: a dict lookup or two).
+
+        With ``activity_interval``, a touch less than that many seconds after
+        the last recorded one for this connection is not recorded: the stored
+        ``last_activity`` is then accurate to ``activity_interval`` and busy
+        connections do not turn into one upsert per connection per flush.
+        """
+        now = time.time()
+        interval = self._activity_interval
+        if interval is not None:
+            last = self._last_touch.get(connection_id)
+            if last is not None and now - last < interval:
+                return
+            self._last_touch[connection_id] = now
         entry = self._pending.get(connection_id) or self._entry(connection_id, "touch")
         if entry is not None:
-            entry.last_activity = time.time()
+            entry.last_activity = now
 
     def record_disconnect(
         self, connection_id: str, *, close_code: int | None, close_reason: str | None
     ) -> None:
         """The connection closed with ``close_code`` / ``close_reason``."""
+        if self._activity_interval is not None:
+            self._last_touch.pop(connection_id, None)
         entry = self._entry(connection_id, "disconnect")
         if entry is None:
             return

@@ -71,6 +71,20 @@ async def main() -> None:
             print(f"touch alone: {touch:.0f} ns per call, baseline dict store "
                   f"{touch_base:.0f} ns, ratio {touch / touch_base:.2f}x")
 
+            throttled = ConnectionRecorder(
+                store, worker=0, flush_interval=3600.0, max_queued=CONNECTIONS * 2,
+                batch_max=BATCH, retry_backoff_base=1.0, retry_backoff_max=1.0,
+                on_state_change=None, activity_interval=60.0,
+            )
+            for cid in ids:
+                throttled.touch(cid)
+            t0 = time.perf_counter()
+            for cid in ids:
+                throttled.touch(cid)
+            touch_throttled = (time.perf_counter() - t0) / CONNECTIONS * 1e9
+            print(f"touch within activity_interval: {touch_throttled:.0f} ns per call, "
+                  f"ratio to baseline {touch_throttled / touch_base:.2f}x")
+
             t0 = time.perf_counter()
             ok = await recorder.flush()
             flushed = time.perf_counter() - t0

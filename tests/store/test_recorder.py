@@ -115,3 +115,28 @@ async def test_rejected_row_is_isolated_and_counted(store: Store) -> None:
         assert recorder.health().ok
     finally:
         await recorder.close()
+
+
+async def test_activity_interval_throttles_touches(store: Store) -> None:
+    recorder = _recorder(store, flush_interval=60.0, activity_interval=3600.0)
+    recorder.start()
+    cid = f"{uuid.uuid4().hex}-busy"
+    try:
+        recorder.record_connect(cid, user_id="u", admin_user_id=None, ip_address=None,
+                                user_agent=None)
+        assert await recorder.flush() is True
+        row = await store.get_connection(cid)
+        assert row is not None and row.last_activity == row.connected_at
+        for _ in range(100):
+            recorder.touch(cid)
+        assert recorder.health().queued == 0  # within the interval: nothing to write
+        recorder.record_disconnect(cid, close_code=1000, close_reason="done")
+        assert recorder.health().queued == 1
+        assert await recorder.flush() is True
+        row = await store.get_connection(cid)
+        assert row is not None and row.close_code == 1000
+        assert row.last_activity == row.disconnected_at
+    finally:
+        await recorder.close()
+    with pytest.raises(ValueError, match="record_activity_interval"):
+        _recorder(store, activity_interval=0.0)
