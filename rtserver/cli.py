@@ -151,13 +151,15 @@ def _cmd_publish(args: argparse.Namespace) -> int:
     import orjson
 
     from rtserver.config import Config
+    from rtserver.redis_ingress import push_ingress
     from rtserver.store.ingress import IngressInvalid, IngressPayloadTooLarge, send_ingress
 
-    got = _db_config(args)
-    if isinstance(got, int):
-        return got
-    config, dsn = got
+    config = _load(args, {"database": args.database, "redis": args.redis, "dev": True})
     assert isinstance(config, Config)
+    if not config.database.dsn and not config.bus.redis_url:
+        print("rtserver: nowhere to publish. Required action: pass --database postgresql://... "
+              "or --redis redis://...", file=sys.stderr)
+        return 2
     try:
         data = orjson.loads(args.data)
     except orjson.JSONDecodeError as exc:
@@ -166,12 +168,18 @@ def _cmd_publish(args: argparse.Namespace) -> int:
         return 2
     payload = orjson.dumps({"type": "room_publish", "room": args.room, "data": data})
     try:
-        asyncio.run(send_ingress(dsn, config.database.ingress_channel, payload,
-                                 connect_timeout=config.database.connect_timeout))
-    except (IngressInvalid, IngressPayloadTooLarge, ValueError) as exc:
+        if config.bus.redis_url:
+            asyncio.run(push_ingress(config.bus.redis_url, config.bus.ingress_key, payload,
+                                     timeout=config.bus.request_timeout))
+            where = f"Redis list {config.bus.ingress_key}"
+        else:
+            asyncio.run(send_ingress(config.database.dsn, config.database.ingress_channel,
+                                     payload, connect_timeout=config.database.connect_timeout))
+            where = f"channel {config.database.ingress_channel}"
+    except (IngressInvalid, IngressPayloadTooLarge, ValueError, OSError) as exc:
         print(f"rtserver: {exc}", file=sys.stderr)
         return 2
-    print(f"published to {args.room} on channel {config.database.ingress_channel}")
+    print(f"published to {args.room} on {where}")
     return 0
 
 
@@ -215,6 +223,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     _token_parser(sub)
     _db_parser(sub, "migrate", "apply the PostgreSQL migrations (idempotent)")
     p = _db_parser(sub, "publish", "publish to a room through the backend ingress")
+    p.add_argument("--redis", help="push onto the Redis ingress list instead of NOTIFY "
+                   "(RTSERVER_REDIS)")
     p.add_argument("--room", required=True, help="room, e.g. quote:<uuid>")
     p.add_argument("--data", required=True, help="JSON value to publish")
     p = _db_parser(sub, "notify", "store a push notification and deliver it to a user")

@@ -121,6 +121,8 @@ class BusConfig(_Section, frozen=True):
     request_timeout: float
     history_size: int
     presence_ttl: float
+    ingress_key: str
+    ingress_block_timeout: float
 
 
 class DatabaseConfig(_Section, frozen=True):

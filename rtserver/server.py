@@ -88,6 +88,7 @@ class RtServer:
                          store=store)
         self.http_routes = dict(http_routes or {})
         self.ingress: Any = None
+        self.redis_ingress: Any = None
         self.domain_ingress: Any = None
         self.server: Server | None = None
         self.port: int | None = None
@@ -192,6 +193,19 @@ class RtServer:
 
         db = self.config.database
         node = self.node
+        dispatcher = IngressDispatcher(node, self.domain_ingress)
+        bus_cfg = self.config.bus
+        if bus_cfg.redis_url:
+            from rtserver.redis_ingress import RedisIngress
+
+            self.redis_ingress = RedisIngress(
+                bus_cfg.redis_url, bus_cfg.ingress_key, dispatcher,
+                block_timeout=bus_cfg.ingress_block_timeout,
+                backoff_base=bus_cfg.reconnect_backoff_base,
+                backoff_max=bus_cfg.reconnect_backoff_max,
+                on_state_change=lambda ok, reason: node.set_degraded("redis_ingress", not ok,
+                                                                     reason))
+            self.redis_ingress.start()
         if not db.dsn:
             log.warning("features", database=False,
                         inactive=["connection records", "notifications", "quotes",
@@ -220,7 +234,7 @@ class RtServer:
             on_state_change=lambda ok, reason: node.set_degraded("database", not ok, reason))
         node.recorder.start()
         self.ingress = IngressListener(
-            db.dsn, db.ingress_channel, IngressDispatcher(node, self.domain_ingress),
+            db.dsn, db.ingress_channel, dispatcher,
             connect_timeout=db.connect_timeout, keepalive_interval=db.ingress_keepalive_interval,
             reconnect_backoff_base=db.retry_backoff_base,
             reconnect_backoff_max=db.retry_backoff_max, max_pending=db.ingress_max_pending,
@@ -234,6 +248,9 @@ class RtServer:
 
     async def _stop_database(self) -> None:
         node = self.node
+        if self.redis_ingress is not None:
+            await self.redis_ingress.close()
+            self.redis_ingress = None
         if self.ingress is not None:
             await self.ingress.close()
             self.ingress = None

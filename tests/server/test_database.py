@@ -221,3 +221,28 @@ async def test_publish_and_notify_commands(db_server: RtServer, connect_client: 
     rc, _, err = await asyncio.to_thread(_cli, "publish", "--database", db_dsn, "--room",
                                          "bench:cli", "--data", "{nope")
     assert rc == 2 and "not JSON" in err
+
+
+async def test_redis_ingress(make_server: ServerFactory, connect_client: Connect) -> None:
+    import redis.asyncio as aioredis
+
+    from rtserver.metrics import REGISTRY
+
+    key = f"rtserver:test-ingress:{uuid.uuid4().hex}"
+    server = await make_server(make_config(bus={"redis_url": "redis://127.0.0.1:6379/0",
+                                                "ingress_key": key,
+                                                "ingress_block_timeout": 0.2}))
+    member = await connect_client(token(rooms=["bench:*"]), srv=server)
+    await member.request({"type": "subscribe", "room": "bench:redis-in"}, "subscribed")
+    invalid = REGISTRY.counter("rtserver_redis_ingress_invalid_total", "")
+    before = invalid.get()
+    r = aioredis.from_url("redis://127.0.0.1:6379/0")
+    try:
+        await r.rpush(key, b'{"type":"room_publish","room":"bench:redis-in"}')
+        await r.rpush(key, orjson.dumps({"type": "room_publish", "room": "bench:redis-in",
+                                         "data": [1, 2]}))
+        assert (await member.recv_type("message"))["data"] == [1, 2]
+        assert invalid.get() - before == 1
+    finally:
+        await r.delete(key)
+        await r.aclose()

@@ -1,0 +1,126 @@
+"""Backend ingress through Redis (when the server runs with ``--redis``).
+
+Backends ``RPUSH`` the same JSON payloads as the PostgreSQL ingress
+(:mod:`rtserver.store.ingress`: ``room_publish``, ``user_notify``,
+``quote_update``, …) onto the list ``bus.ingress_key``. Every worker of every
+node runs one :class:`RedisIngress` that ``BLPOP``s that list, so each payload
+is taken by exactly one worker, which validates it and publishes it through
+the bus to every worker and node. Unlike NOTIFY, payloads pushed while no
+server runs wait in the list.
+
+Invalid payloads are logged with the reason and counted; Redis errors are
+logged, reported through ``on_state_change`` (health, admin alert) and retried
+with backoff and jitter.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Awaitable, Callable
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from rtserver.jsonlog import get_logger
+from rtserver.metrics import REGISTRY
+from rtserver.store.ingress import IngressInvalid, IngressPayload, decode_ingress
+
+__all__ = ["RedisIngress", "push_ingress"]
+
+log = get_logger("rtserver.redis_ingress")
+RECEIVED = REGISTRY.counter("rtserver_redis_ingress_received_total",
+                            "Payloads taken from the Redis ingress list")
+INVALID = REGISTRY.counter("rtserver_redis_ingress_invalid_total",
+                           "Redis ingress payloads rejected as invalid")
+FAILED = REGISTRY.counter("rtserver_redis_ingress_handler_errors_total",
+                          "Redis ingress payloads whose handling raised")
+
+
+class RedisIngress:
+    """Take ingress payloads from a Redis list, one worker per payload."""
+
+    def __init__(self, url: str, key: str,
+                 handler: Callable[[IngressPayload], Awaitable[None]], *,
+                 block_timeout: float, backoff_base: float, backoff_max: float,
+                 on_state_change: Callable[[bool, str | None], None]) -> None:
+        self.url = url
+        self.key = key
+        self._handler = handler
+        self._block_timeout = block_timeout
+        self._backoff_base = backoff_base
+        self._backoff_max = backoff_max
+        self._on_state_change = on_state_change
+        self._task: asyncio.Task[None] | None = None
+        self._ok = True
+
+    def start(self) -> None:
+        """Start the consuming task."""
+        self._task = asyncio.get_running_loop().create_task(self._run(),
+                                                             name="rtserver-redis-ingress")
+
+    async def close(self) -> None:
+        """Stop consuming."""
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+
+    def _state(self, ok: bool, reason: str | None) -> None:
+        if ok != self._ok:
+            self._ok = ok
+            self._on_state_change(ok, reason)
+
+    async def _run(self) -> None:
+        attempt = 0
+        while True:
+            client = aioredis.from_url(self.url, socket_timeout=self._block_timeout + 5.0)
+            try:
+                while True:
+                    item = await client.blpop([self.key], timeout=self._block_timeout)
+                    if attempt:
+                        log.info("redis_ingress_recovered", key=self.key, attempts=attempt)
+                        attempt = 0
+                    self._state(True, None)
+                    if item is None:
+                        continue
+                    raw = item[1]
+                    await self._handle(raw if isinstance(raw, bytes) else raw.encode())
+            except (RedisError, OSError) as exc:
+                attempt += 1
+                delay = min(self._backoff_max, self._backoff_base * 2 ** min(attempt - 1, 20))
+                delay *= 0.5 + random.random() / 2
+                reason = f"redis ingress unavailable: {exc}"
+                self._state(False, reason)
+                log.error("redis_ingress_error", key=self.key, error=str(exc), attempt=attempt,
+                          retry_in=round(delay, 3))
+                await asyncio.sleep(delay)
+            finally:
+                await client.aclose()
+
+    async def _handle(self, raw: bytes) -> None:
+        RECEIVED.inc()
+        try:
+            message = decode_ingress(raw)
+        except IngressInvalid as exc:
+            INVALID.inc()
+            log.error("redis_ingress_invalid", key=self.key, reason=str(exc),
+                      payload=raw[:200].decode(errors="replace"),
+                      action="Required action: fix the backend's payload (docs/store.md)")
+            return
+        try:
+            await self._handler(message)
+        except Exception as exc:  # noqa: BLE001 - one bad payload must not stop the consumer
+            FAILED.inc()
+            log.error("redis_ingress_handler_failed", key=self.key,
+                      message_type=type(message).__name__, error=repr(exc))
+
+
+async def push_ingress(url: str, key: str, payload: bytes, *, timeout: float) -> None:
+    """Validate ``payload`` and ``RPUSH`` it onto the ingress list (``publish --redis``)."""
+    decode_ingress(payload)
+    client = aioredis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout)
+    try:
+        await client.rpush(key, payload)
+    finally:
+        await client.aclose()
