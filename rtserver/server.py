@@ -109,6 +109,8 @@ class RtServer:
         if path == "/metrics":
             text = REGISTRY.render({"worker": str(self.worker_id)})
             return _response(http.HTTPStatus.OK, text.encode(), "text/plain; version=0.0.4")
+        if path == "/admin/connections":
+            return self._admin_connections(request)
         route = self.http_routes.get(path)
         if route is not None:
             return await route()
@@ -116,6 +118,42 @@ class RtServer:
                              "action": f"Required action: connect WebSockets to "
                              f"{self.config.server.ws_path}; HTTP serves /healthz and /metrics"})
         return _response(http.HTTPStatus.NOT_FOUND, body, "application/json")
+
+    def _admin_connections(self, request: Request) -> Response:
+        """This worker's connection table (needs ``Authorization: Bearer JWT`` with
+        ``admin:monitor``); ``?state=`` filters, ``?limit=`` bounds the list."""
+        from rtserver.auth import TokenError
+
+        header = request.headers.get("Authorization", "")
+        action = ("Required action: send Authorization: Bearer <JWT> with the admin:monitor "
+                  "permission")
+        if not header.startswith("Bearer "):
+            return _response(http.HTTPStatus.UNAUTHORIZED, orjson.dumps(
+                {"error": "auth_required", "message": "no bearer token", "action": action}),
+                "application/json")
+        try:
+            principal = self.node.verifier.verify(header[7:])
+        except TokenError as exc:
+            return _response(http.HTTPStatus.UNAUTHORIZED, orjson.dumps(
+                {"error": exc.code, "message": exc.message, "action": action}),
+                "application/json")
+        if not principal.has("admin:monitor"):
+            return _response(http.HTTPStatus.FORBIDDEN, orjson.dumps(
+                {"error": "forbidden", "message": "the token lacks admin:monitor",
+                 "action": action}), "application/json")
+        query = parse_qs(urlsplit(request.path).query)
+        state = query.get("state", [None])[0]
+        try:
+            limit = int(query.get("limit", ["1000"])[0])
+        except ValueError:
+            return _response(http.HTTPStatus.BAD_REQUEST, orjson.dumps(
+                {"error": "invalid_field", "message": "limit is not an integer",
+                 "action": "Required action: pass ?limit=N"}), "application/json")
+        conns = [c for c in self.node.hub.connections.values()
+                 if state is None or c.state.value == state]
+        body = {"worker": self.worker_id, "total": len(conns),
+                "connections": [c.snapshot() for c in conns[:max(limit, 0)]]}
+        return _response(http.HTTPStatus.OK, orjson.dumps(body), "application/json")
 
     # ------------------------------------------------------------ connections
 

@@ -85,3 +85,31 @@ async def test_metrics(server: RtServer, connect_client: Connect) -> None:
     assert delta("rtserver_errors_total", code="invalid_json") == 1
     assert delta("rtserver_fanout_deliveries_total") == 1
     assert 'worker="0"' in text
+
+
+def fetch_auth(port: int, path: str, tok: str | None) -> tuple[int, bytes]:
+    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}")
+    if tok is not None:
+        req.add_header("Authorization", f"Bearer {tok}")
+    try:
+        with urllib.request.urlopen(req, timeout=5) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
+async def test_admin_connections(server: RtServer, connect_client: Connect) -> None:
+    c = await connect_client(token(rooms=["bench:*"]))
+    await c.request({"type": "subscribe", "room": "bench:adm"}, "subscribed")
+    port = server.port or 0
+    status, body = await asyncio.to_thread(fetch_auth, port, "/admin/connections", None)
+    assert status == 401 and b"Required action" in body
+    status, _ = await asyncio.to_thread(fetch_auth, port, "/admin/connections", token())
+    assert status == 403
+    status, body = await asyncio.to_thread(fetch_auth, port, "/admin/connections?state="
+                                           "authenticated", token(perms=["admin:monitor"]))
+    doc = orjson.loads(body)
+    assert status == 200 and doc["total"] == 1
+    [entry] = doc["connections"]
+    assert entry["rooms"] == ["bench:adm"] and entry["state"] == "authenticated"
+    assert entry["remote"].startswith("127.0.0.1:") and entry["last_activity"] > 0
