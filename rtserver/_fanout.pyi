@@ -44,9 +44,7 @@ class Fanout:
     ) -> None: ...
     def send(self, sink: Sink, payload: bytes) -> None:
         """Queue ``payload`` as one text frame for ``sink``."""
-    def send_many(
-        self, sinks: Iterable[Sink], payload: bytes, exclude: Sink | None = None
-    ) -> int:
+    def send_many(self, sinks: Iterable[Sink], payload: bytes, exclude: Sink | None = None) -> int:
         """Queue ``payload`` framed once for every sink but ``exclude``; return the count."""
     def flush(self) -> None:
         """Write every pending frame now, one write per connection."""

@@ -106,8 +106,18 @@ def direct_fd(transport: Any) -> int:
 class Sink:
     """The write side of one websockets connection, owned by the hub."""
 
-    __slots__ = ("closed", "compressed", "connection", "fd", "owner", "pending",
-                 "pending_bytes", "protocol", "queued", "transport")
+    __slots__ = (
+        "closed",
+        "compressed",
+        "connection",
+        "fd",
+        "owner",
+        "pending",
+        "pending_bytes",
+        "protocol",
+        "queued",
+        "transport",
+    )
 
     def __init__(self, connection: Connection, owner: object) -> None:
         self.connection = connection
@@ -177,8 +187,7 @@ class Fanout:
         self._queue(sink, frame, payload)
         self._schedule()
 
-    def send_many(self, sinks: Iterable[Sink], payload: bytes,
-                  exclude: Sink | None = None) -> int:
+    def send_many(self, sinks: Iterable[Sink], payload: bytes, exclude: Sink | None = None) -> int:
         """Queue ``payload`` framed once for every sink but ``exclude``; return the count."""
         frame = frame_text(payload)
         self._stats["frames_encoded"] += 1
@@ -202,7 +211,7 @@ class Fanout:
                 i += 1
         except BaseException:
             # Keep the not yet flushed connections queued (never lose them).
-            self._dirty[:0] = dirty[i + 1:]
+            self._dirty[:0] = dirty[i + 1 :]
             self._schedule()
             raise
 
@@ -215,8 +224,7 @@ class Fanout:
         sink.pending_bytes = 0
         sink.queued = False
         transport = sink.transport
-        if (sink.closed or transport.is_closing()
-                or sink.protocol.state is not _OPEN):
+        if sink.closed or transport.is_closing() or sink.protocol.state is not _OPEN:
             stats["skipped_not_open"] += n
             return
         tbuf = int(transport.get_write_buffer_size())

@@ -25,4 +25,3 @@ def uvloop_runner() -> Iterator[asyncio.Runner]:
     """An asyncio runner on a uvloop loop (the loop rtserver runs on)."""
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         yield runner
-

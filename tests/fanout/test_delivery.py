@@ -32,8 +32,13 @@ WAIT = 10.0
 class Harness:
     """A websockets server whose connections are registered as sinks of one Fanout."""
 
-    def __init__(self, impl: ModuleType, limit: int = 8 << 20, compression: str | None = None,
-                 sndbuf: int | None = None) -> None:
+    def __init__(
+        self,
+        impl: ModuleType,
+        limit: int = 8 << 20,
+        compression: str | None = None,
+        sndbuf: int | None = None,
+    ) -> None:
         self.impl = impl
         self.limit = limit
         self.compression = compression
@@ -50,8 +55,14 @@ class Harness:
     async def __aenter__(self) -> Harness:
         loop = asyncio.get_running_loop()
         self.fanout = self.impl.Fanout(loop, self.limit, self._on_slow)
-        self.server = await serve(self._handler, "127.0.0.1", 0, compression=self.compression,
-                                  ping_interval=None, max_size=None)
+        self.server = await serve(
+            self._handler,
+            "127.0.0.1",
+            0,
+            compression=self.compression,
+            ping_interval=None,
+            max_size=None,
+        )
         self.port = self.server.sockets[0].getsockname()[1]
         return self
 
@@ -72,7 +83,8 @@ class Harness:
     async def _handler(self, ws: ServerConnection) -> None:
         if self.sndbuf is not None:
             ws.transport.get_extra_info("socket").setsockopt(
-                socket.SOL_SOCKET, socket.SO_SNDBUF, self.sndbuf)
+                socket.SOL_SOCKET, socket.SO_SNDBUF, self.sndbuf
+            )
         assert ws.request is not None
         sink = self.impl.Sink(ws, ws.request.path)
         async with self._arrived:
@@ -90,8 +102,7 @@ class Harness:
         """Connect a websockets client with ``path``; return it and its server-side sink."""
         kwargs.setdefault("compression", None)
         kwargs.setdefault("max_size", None)
-        client = await connect(f"ws://127.0.0.1:{self.port}{path}", ping_interval=None,
-                               **kwargs)
+        client = await connect(f"ws://127.0.0.1:{self.port}{path}", ping_interval=None, **kwargs)
         self.clients.append(client)
         return client, await self.sink(path)
 
@@ -102,9 +113,11 @@ class Harness:
         sock.setblocking(False)
         await loop.sock_connect(sock, ("127.0.0.1", self.port))
         key = base64.b64encode(os.urandom(16)).decode()
-        request = (f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{self.port}\r\n"
-                   "Upgrade: websocket\r\nConnection: Upgrade\r\n"
-                   f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n")
+        request = (
+            f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{self.port}\r\n"
+            "Upgrade: websocket\r\nConnection: Upgrade\r\n"
+            f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        )
         await loop.sock_sendall(sock, request.encode())
         head = b""
         for _ in range(100):
@@ -133,13 +146,17 @@ async def read_exactly(sock: socket.socket, n: int) -> bytes:
 
 def check_invariants(stats: dict[str, int]) -> None:
     """Every delivery ends in exactly one outcome; every write is of one kind."""
-    assert stats["deliveries"] == (stats["frames_written"] + stats["skipped_not_open"]
-                                   + stats["skipped_fragmented"] + stats["dropped_slow"]), stats
+    assert stats["deliveries"] == (
+        stats["frames_written"]
+        + stats["skipped_not_open"]
+        + stats["skipped_fragmented"]
+        + stats["dropped_slow"]
+    ), stats
     if stats["compressed"] == 0:
-        assert stats["writes"] == (stats["direct_sends"] + stats["transport_writes"]
-                                   + stats["send_errors"]), stats
+        assert stats["writes"] == (
+            stats["direct_sends"] + stats["transport_writes"] + stats["send_errors"]
+        ), stats
     assert stats["partial_writes"] <= stats["direct_sends"], stats
-
 
 
 pytestmark = pytest.mark.timeout(60)
@@ -195,9 +212,9 @@ async def test_order_preserved_under_coalescing(impl: ModuleType) -> None:
     async with Harness(impl) as h:
         pairs = [await h.connect(f"/c{i}") for i in range(4)]
         sinks = [s for _, s in pairs]
-        room_a = {sinks[0], sinks[1], sinks[2]}           # a set
-        room_b = [sinks[1], sinks[2], sinks[3]]           # a list
-        room_c = {"x": sinks[0], "y": sinks[3]}           # a dict's values
+        room_a = {sinks[0], sinks[1], sinks[2]}  # a set
+        room_b = [sinks[1], sinks[2], sinks[3]]  # a list
+        room_c = {"x": sinks[0], "y": sinks[3]}  # a dict's values
         expected: list[list[str]] = [[] for _ in sinks]
         rounds = 40
         # Everything below is queued within ONE loop iteration (no await).
@@ -403,8 +420,7 @@ async def test_compressed_connections_take_the_per_connection_path(impl: ModuleT
         assert stats["compressed"] == 3
         assert stats["frames_written"] == 6
         assert stats["writes"] == 2
-        assert stats["bytes_written"] == sum(len(fanout_reference.frame_text(p))
-                                             for p in payloads)
+        assert stats["bytes_written"] == sum(len(fanout_reference.frame_text(p)) for p in payloads)
         check_invariants(stats)
 
 
@@ -414,9 +430,9 @@ async def test_partial_write_remainder_keeps_order(impl: ModuleType) -> None:
         payloads = [bytes([65 + i]) * 300_000 for i in range(3)]
         for p in payloads:
             h.fanout.send(sink, p)
-        await asyncio.sleep(0)          # flush: the kernel takes only part of it
+        await asyncio.sleep(0)  # flush: the kernel takes only part of it
         assert sink.buffered() > 0, "the remainder must be queued in the transport"
-        h.fanout.send(sink, b"tail")    # the transport still buffers: no direct send
+        h.fanout.send(sink, b"tail")  # the transport still buffers: no direct send
         h.fanout.flush()
         for p in [*payloads, b"tail"]:
             got = await _recv(client)
@@ -440,7 +456,7 @@ async def test_callback_error_keeps_other_connections_queued(impl: ModuleType) -
             raise RuntimeError("callback failed")
 
         fanout = impl.Fanout(asyncio.get_running_loop(), 1000, failing_callback)
-        fanout.send(big, b"x" * 2000)       # over the limit: reported at the flush
+        fanout.send(big, b"x" * 2000)  # over the limit: reported at the flush
         fanout.send(small, b"still delivered")
         with pytest.raises(RuntimeError, match="callback failed"):
             fanout.flush()
@@ -480,8 +496,11 @@ async def _wire_bytes(kind: FanoutKind) -> tuple[bytes, dict[str, int]]:
         await asyncio.sleep(0)
         raw.close()
         stats = h.fanout.stats()
-        return data, {k: v for k, v in stats.items()
-                      if k not in ("direct_sends", "partial_writes", "transport_writes")}
+        return data, {
+            k: v
+            for k, v in stats.items()
+            if k not in ("direct_sends", "partial_writes", "transport_writes")
+        }
 
 
 async def test_python_and_compiled_identical_bytes_and_counts() -> None:
