@@ -189,7 +189,11 @@ def _cmd_notify(args: argparse.Namespace) -> int:
     import orjson
 
     from rtserver.config import Config
-    from rtserver.store.ingress import send_user_notification
+    from rtserver.store.ingress import (
+        IngressInvalid,
+        IngressPayloadTooLarge,
+        send_user_notification,
+    )
 
     got = _db_config(args)
     if isinstance(got, int):
@@ -202,9 +206,13 @@ def _cmd_notify(args: argparse.Namespace) -> int:
         print(f"rtserver: --data is not JSON ({exc}). Required action: pass a JSON object",
               file=sys.stderr)
         return 2
-    nid = asyncio.run(send_user_notification(
-        dsn, config.database.ingress_channel, user=args.user, title=args.title, body=args.body,
-        data=data, connect_timeout=config.database.connect_timeout))
+    try:
+        nid = asyncio.run(send_user_notification(
+            dsn, config.database.ingress_channel, user=args.user, title=args.title,
+            body=args.body, data=data, connect_timeout=config.database.connect_timeout))
+    except (IngressInvalid, IngressPayloadTooLarge, ValueError, OSError) as exc:
+        print(f"rtserver: notification not stored: {exc}", file=sys.stderr)
+        return 2
     print(f"notification {nid} stored for {args.user} and announced")
     return 0
 

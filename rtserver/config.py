@@ -140,6 +140,7 @@ class DatabaseConfig(_Section, frozen=True):
     record_flush_interval: float
     record_max_queued: int
     record_batch_max: int
+    record_activity_interval: float
     retry_backoff_base: float
     retry_backoff_max: float
     ingress_channel: str

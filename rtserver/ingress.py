@@ -63,8 +63,7 @@ class IngressDispatcher:
                         self._reject("no_database", message, "notifications need the database")
                         return
                     if nid is None:
-                        stored = await store.create_notification(user, title, text,
-                                                                 orjson.loads(bytes(data)))
+                        stored = await store.create_notification(user, title, text, data)
                     else:
                         found = await store.get_notification(nid)
                         if found is None:

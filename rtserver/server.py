@@ -225,7 +225,6 @@ class RtServer:
         """Open the store, check the schema, start connection records and the ingress."""
         from rtserver.ingress import IngressDispatcher
         from rtserver.store.ingress import IngressListener
-        from rtserver.store.migrations import check_schema
         from rtserver.store.postgres import Store
         from rtserver.store.recorder import ConnectionRecorder
 
@@ -260,7 +259,7 @@ class RtServer:
                       application_name=f"rtserver-worker-{self.worker_id}")
         await store.open()
         try:
-            await check_schema(store.pool)
+            await store.check_schema()
         except Exception:
             await store.close()
             raise
@@ -269,7 +268,8 @@ class RtServer:
             store, worker=self.worker_id, flush_interval=db.record_flush_interval,
             max_queued=db.record_max_queued, batch_max=db.record_batch_max,
             retry_backoff_base=db.retry_backoff_base, retry_backoff_max=db.retry_backoff_max,
-            on_state_change=lambda ok, reason: node.set_degraded("database", not ok, reason))
+            on_state_change=lambda ok, reason: node.set_degraded("database", not ok, reason),
+            activity_interval=db.record_activity_interval)
         node.recorder.start()
         self.ingress = IngressListener(
             db.dsn, db.ingress_channel, dispatcher,

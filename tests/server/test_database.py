@@ -209,11 +209,11 @@ async def test_publish_and_notify_commands(db_server: RtServer, connect_client: 
     user = str(uuid.uuid4())
     member = await connect_client(token(user=user, rooms=["bench:*"]), srv=db_server)
     await member.request({"type": "subscribe", "room": "bench:cli"}, "subscribed")
-    rc, out, err = await asyncio.to_thread(_cli, "publish", "--database", db_dsn, "--room",
-                                           "bench:cli", "--data", '{"from":"cli"}')
+    rc, _, err = await asyncio.to_thread(_cli, "publish", "--database", db_dsn, "--room",
+                                         "bench:cli", "--data", '{"from":"cli"}')
     assert rc == 0, err
     assert (await member.recv_type("message"))["data"] == {"from": "cli"}
-    rc, out, err = await asyncio.to_thread(_cli, "notify", "--database", db_dsn, "--user", user,
+    rc, _, err = await asyncio.to_thread(_cli, "notify", "--database", db_dsn, "--user", user,
                                            "--title", "Hello", "--body", "World")
     assert rc == 0, err
     n = await member.recv_type("notification")
