@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
@@ -191,8 +191,7 @@ class Node:
         conn.session.principal = ANONYMOUS
         self.hub.set_state(conn, ConnState.ANONYMOUS, "anonymous allowed by configuration")
         self.reply(conn, Authenticated(user=None, permissions=[], anonymous=True))
-        for hook in self.router.connect_hooks:
-            await hook(self, conn)
+        await self._run_hooks(conn, "connect", [h(self, conn) for h in self.router.connect_hooks])
 
     async def connection_closed(self, conn: Connection, code: int | None,
                                 reason: str) -> None:
@@ -211,8 +210,8 @@ class Node:
             await self._after_leave(conn, room, room in emptied)
         if user_gone and user is not None:
             await self._bus_call(self.bus.remove_user_interest(user), "remove_user_interest")
-        for hook in self.router.disconnect_hooks:
-            await hook(self, conn)
+        await self._run_hooks(conn, "disconnect",
+                              [h(self, conn) for h in self.router.disconnect_hooks])
 
     def close_connection(self, conn: Connection, code: int, reason: str) -> None:
         """Close ``conn`` with ``code`` (logged as a transition to ``closing``)."""
@@ -294,19 +293,48 @@ class Node:
             await self._bus_call(self.bus.add_user_interest(principal.user), "add_user_interest")
         self.reply(conn, Authenticated(user=principal.user, permissions=sorted(
             principal.permissions), anonymous=False, id=msg_id))
-        for hook in self.router.connect_hooks:
-            await hook(self, conn)
+        await self._run_hooks(conn, "connect", [h(self, conn) for h in self.router.connect_hooks])
 
     async def _dispatch(self, conn: Connection, message: Any) -> None:
         tag = _tag(message)
         MESSAGES_IN.inc(tag)
         handler = self.router.handler_for(message)
+        msg_id = getattr(message, "id", None)
         if handler is None:
             self.error(conn, ErrorCode.UNKNOWN_TYPE, f"no handler for message type {tag!r}",
-                       "Required action: use a message type listed in docs/protocol.md",
-                       getattr(message, "id", None))
+                       "Required action: use a message type listed in docs/protocol.md", msg_id)
             return
-        await handler(self, conn, message)
+        await self.guarded(conn, tag, handler(self, conn, message), msg_id)
+
+    async def guarded(self, conn: Connection, what: str, coro: Awaitable[None],
+                      msg_id: MessageId = None) -> None:
+        """Run a handler or hook for ``conn``; a failure answers the client, never kills it.
+
+        Backends down → ``store_unavailable`` / ``bus_unavailable``; anything else is a
+        bug → ``internal_error``. Each is logged and counted.
+        """
+        from rtserver.store.postgres import StoreUnavailable
+
+        try:
+            await coro
+        except StoreUnavailable as exc:
+            self.error(conn, ErrorCode.STORE_UNAVAILABLE,
+                       f"{what}: the database is unavailable ({exc})",
+                       "Required action: retry later with backoff; the server reports the "
+                       "outage on /healthz", msg_id)
+        except BusUnavailable as exc:
+            self._bus_error(conn, exc, msg_id)
+        except Exception as exc:  # noqa: BLE001 - reported to the client, logged and counted
+            log.error("handler_failed", connection_id=conn.id, user=conn.user, what=what,
+                      error=repr(exc))
+            self.error(conn, ErrorCode.INTERNAL_ERROR, f"{what} failed inside the server",
+                       "Required action: report this error with its time; the request was "
+                       "not carried out", msg_id)
+
+    async def _run_hooks(self, conn: Connection, what: str,
+                         coros: list[Awaitable[None]]) -> None:
+        for coro in coros:
+            await self.guarded(conn, what, coro)
 
     # ------------------------------------------------------------ rooms
 
@@ -364,8 +392,8 @@ class Node:
                               connection_id=conn.id)
             await self._bus_call(self.bus.emit_room_event(room, self.codec.encode(event)),
                                  "emit_room_event")
-        for hook in self.router.subscribe_hooks:
-            await hook(self, conn, room)
+        await self._run_hooks(conn, "subscribe",
+                              [h(self, conn, room) for h in self.router.subscribe_hooks])
         return True
 
     async def unsubscribe(self, conn: Connection, room: str) -> None:
@@ -386,8 +414,8 @@ class Node:
                               connection_id=conn.id)
             await self._bus_call(self.bus.emit_room_event(room, self.codec.encode(event)),
                                  "emit_room_event")
-        for hook in self.router.unsubscribe_hooks:
-            await hook(self, conn, room)
+        await self._run_hooks(conn, "unsubscribe",
+                              [h(self, conn, room) for h in self.router.unsubscribe_hooks])
 
     async def _client_publish(self, conn: Connection, room: str, data: bytes,
                               msg_id: MessageId) -> None:

@@ -46,6 +46,7 @@ class ErrorCode:
     TOO_MANY_ERRORS = "too_many_errors"
     BUS_UNAVAILABLE = "bus_unavailable"
     FEATURE_UNAVAILABLE = "feature_unavailable"
+    STORE_UNAVAILABLE = "store_unavailable"
     INTERNAL_ERROR = "internal_error"
 
 
