@@ -264,6 +264,7 @@ async def _bench_n(n: int, args: argparse.Namespace) -> dict[str, Any]:
         rounds_single = max(1, args.deliveries // n)
         rounds_burst = max(1, args.deliveries // (n * BURST))
         best: dict[tuple[str, int], float] = {}
+        worst: dict[tuple[str, int], float] = {}
         for _ in range(args.repeat):
             for k, rounds in ((1, rounds_single), (BURST, rounds_burst)):
                 for case in CASES:
@@ -271,12 +272,14 @@ async def _bench_n(n: int, args: argparse.Namespace) -> dict[str, Any]:
                     per = cpu / (rounds * k * n)
                     key = (case, k)
                     best[key] = min(best.get(key, per), per)
+                    worst[key] = max(worst.get(key, per), per)
         for s in ctx.socks:
             s.detach()
         return {
             "n": n,
             "rounds": (rounds_single, rounds_burst),
             "best": best,
+            "worst": worst,
             "frame_len": len(ctx.frames[0]),
             "compiled_stats": ctx.compiled.stats(),
             "python_stats": ctx.python.stats(),
@@ -315,6 +318,11 @@ def _table(result: dict[str, Any]) -> str:
         f"{c / floor:.2f}x; burst compiled per message vs single floor: "
         f"{best[('compiled', BURST)] / floor:.2f}x; share of broadcast()'s overhead above "
         f"the floor removed: {1 - (c - floor) / (b - floor):.0%}"
+    )
+    worst = result["worst"]
+    lines.append(
+        "spread over the repeats (max/min): "
+        + ", ".join(f"{case} {worst[(case, 1)] / best[(case, 1)]:.2f}" for case in CASES)
     )
     st = result["compiled_stats"]
     lines.append(
@@ -374,13 +382,13 @@ def main() -> int:
     parser.add_argument(
         "--deliveries",
         type=int,
-        default=50_000,
+        default=100_000,
         help="deliveries per case and repeat (rounds = deliveries / N)",
     )
     parser.add_argument(
         "--repeat",
         type=int,
-        default=3,
+        default=5,
         help="interleaved repeats per case; the minimum is reported",
     )
     parser.add_argument(
