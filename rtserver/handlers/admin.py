@@ -1,0 +1,462 @@
+"""Admin dashboards: monitoring, user activity and performance streams; saved dashboards;
+the ``GET /admin/health`` snapshot.
+
+Each stream is one task per admin connection, ended by its ``stop_...``
+message, by leaving room ``admin:alerts`` (monitoring) or by the connection
+closing. Permissions: ``admin:monitor`` (monitoring, performance, dashboards,
+alerts list), ``audit:read`` (user activity), ``admin:alerts`` (resolving).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import http
+import time
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import msgspec
+import orjson
+from websockets.datastructures import Headers
+from websockets.http11 import Response
+
+from rtserver.auth import AccessDenied
+from rtserver.hub import Connection
+from rtserver.jsonlog import get_logger
+from rtserver.metrics import REGISTRY
+from rtserver.node import ERRORS, SLOW_CONSUMERS, Node
+from rtserver.protocol.messages import MessageId
+from rtserver.protocol.session import utc_now
+from rtserver.store import StoreUnavailable
+
+from .alerts import ALERTS_ROOM
+from .domain import STORE_UNAVAILABLE, Domain, handler, maybe_domain
+from .measure import PERFORMANCE_METRICS, RateTracker, fanout_stats, select_metrics
+from .messages import (
+    ActivityFilters,
+    BusState,
+    DashboardList,
+    DashboardSave,
+    DashboardSaved,
+    DashboardsReply,
+    DatabaseState,
+    DomainError,
+    PerformanceMetrics,
+    StartMonitoring,
+    StartPerformance,
+    StartUserActivity,
+    StopMonitoring,
+    StopPerformance,
+    StopUserActivity,
+    StreamStarted,
+    StreamStopped,
+    SystemMetrics,
+    UserActivity,
+)
+from .queries import activity_after, unresolved_alert_count
+
+__all__ = ["AdminStreams", "admin_health_route", "health_snapshot"]
+
+log = get_logger("rtserver.handlers.admin")
+
+ACTIVITY_LOG_FAILURES = REGISTRY.counter(
+    "rtserver_admin_activity_log_failures_total",
+    "Admin actions done but not recorded in admin_activity_logs (database unavailable)")
+
+MONITORING, USER_ACTIVITY, PERFORMANCE = "monitoring", "user_activity", "performance"
+
+
+def _ip(remote: str) -> str | None:
+    if remote == "unknown" or ":" not in remote:
+        return None
+    host = remote.rsplit(":", 1)[0]
+    return host.strip("[]") or None
+
+
+class AdminStreams:
+    """Admin streams of one node."""
+
+    def __init__(self, domain: Domain) -> None:
+        self.domain = domain
+        # connection id -> stream name -> task
+        self.streams: dict[str, dict[str, asyncio.Task[Any]]] = {}
+        #: Connections running start_monitoring on this worker (alert fallback delivery).
+        self.monitors: set[str] = set()
+
+    # ------------------------------------------------------------ stream bookkeeping
+
+    def _start(self, conn: Connection, name: str, coro: Any) -> None:
+        self._cancel(conn.id, name)
+        task = self.domain.spawn(coro, f"admin-{name}-{conn.id}")
+        self.streams.setdefault(conn.id, {})[name] = task
+
+    def _cancel(self, conn_id: str, name: str) -> bool:
+        per_conn = self.streams.get(conn_id)
+        if per_conn is None or name not in per_conn:
+            return False
+        per_conn.pop(name).cancel()
+        if not per_conn:
+            del self.streams[conn_id]
+        if name == MONITORING:
+            self.monitors.discard(conn_id)
+        return True
+
+    def count(self, name: str) -> int:
+        """Streams of ``name`` running on this worker."""
+        return sum(1 for per_conn in self.streams.values() if name in per_conn)
+
+    def left_room(self, conn: Connection, room: str) -> None:
+        """Leaving admin:alerts ends the monitoring stream."""
+        if room == ALERTS_ROOM:
+            self._cancel(conn.id, MONITORING)
+
+    def forget(self, conn: Connection) -> None:
+        """A connection closed: end all its streams."""
+        for name in list(self.streams.get(conn.id, {})):
+            self._cancel(conn.id, name)
+        self.monitors.discard(conn.id)
+
+    async def close(self) -> None:
+        """End every stream (server shutdown)."""
+        tasks = [t for per_conn in self.streams.values() for t in per_conn.values()]
+        self.streams.clear()
+        self.monitors.clear()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def stop(self, conn: Connection, name: str, msg_id: MessageId) -> None:
+        """``stop_monitoring`` / ``stop_user_activity`` / ``stop_performance``."""
+        was_running = self._cancel(conn.id, name)
+        if name == MONITORING and ALERTS_ROOM in conn.rooms:
+            await self.domain.node.unsubscribe(conn, ALERTS_ROOM)
+        self.domain.reply(conn, StreamStopped(stream=name, was_running=was_running, id=msg_id))
+
+    async def log_activity(self, conn: Connection, action: str, resource_type: str | None,
+                           resource_id: str | None, details: object) -> None:
+        """Record an admin action in admin_activity_logs (failure logged and counted)."""
+        store = self.domain.node.store
+        if store is None:
+            return
+        try:
+            await store.log_admin_activity(
+                admin_user_id=conn.user or "", action=action, resource_type=resource_type,
+                resource_id=resource_id, status="success", details=details,
+                ip_address=_ip(conn.remote), user_agent=conn.user_agent or None)
+        except StoreUnavailable as exc:
+            ACTIVITY_LOG_FAILURES.inc()
+            log.error("admin_activity_not_logged", action=action, user=conn.user,
+                      error=str(exc), action_required="check the database")
+
+    # ------------------------------------------------------------ monitoring
+
+    async def start_monitoring(self, conn: Connection, msg: StartMonitoring) -> None:
+        """``start_monitoring``: system_metrics every update_interval, plus admin alerts."""
+        d = self.domain
+        s = d.settings
+        if not d.require_permission(conn, "admin:monitor", "start_monitoring", msg.id):
+            return
+        if not s.monitoring_min_interval <= msg.update_interval <= s.monitoring_max_interval:
+            d.validation_error(
+                conn, "update_interval",
+                f"update_interval {msg.update_interval:g} s is outside "
+                f"{s.monitoring_min_interval:g}..{s.monitoring_max_interval:g} s",
+                f"Required action: send an update_interval between {s.monitoring_min_interval:g}"
+                f" and {s.monitoring_max_interval:g}", msg.id)
+            return
+        node = d.node
+        if ALERTS_ROOM not in conn.rooms:
+            principal = conn.principal
+            assert principal is not None
+            try:
+                rules = node.policy.check(principal, "subscribe", ALERTS_ROOM)
+            except AccessDenied as exc:
+                d.error(conn, exc.code, exc.message, exc.action, msg.id)
+                return
+            if not await node.subscribe(conn, ALERTS_ROOM, rules, msg.id):
+                return
+        d.reply(conn, StreamStarted(stream=MONITORING, interval=msg.update_interval,
+                                    id=msg.id))
+        self._start(conn, MONITORING, self._monitor(conn, msg.update_interval))
+        self.monitors.add(conn.id)
+
+    async def _monitor(self, conn: Connection, interval: float) -> None:
+        rates = RateTracker(self.domain)
+        while True:
+            metrics = await self.system_metrics(rates)
+            self.domain.node.send_to_connection(conn.id, metrics)
+            await asyncio.sleep(interval)
+
+    async def system_metrics(self, rates: RateTracker) -> SystemMetrics:
+        """One monitoring sample (the database's connection records span every worker)."""
+        node = self.domain.node
+        health = node.bus.health()
+        store = node.store
+        db: DatabaseState
+        if store is None:
+            db = DatabaseState(configured=False, ok=False,
+                               reason="no database configured (--database)", pool=None,
+                               open_connections_by_worker=None)
+        else:
+            try:
+                counts = await self.domain.timed_query(store.open_connection_counts())
+                db = DatabaseState(configured=True, ok=True, reason=None,
+                                   pool=store.pool_state(),
+                                   open_connections_by_worker={str(k): v
+                                                               for k, v in counts.items()})
+            except StoreUnavailable as exc:
+                db = DatabaseState(configured=True, ok=False, reason=str(exc),
+                                   pool=store.pool_state(), open_connections_by_worker=None)
+        hub = node.hub
+        return SystemMetrics(
+            worker=node.worker_id,
+            server_time=utc_now(),
+            uptime=round(time.time() - node.started_at, 3),
+            connections={state.value: n for state, n in hub.state_counts.items()},
+            rooms=len(hub.rooms),
+            subscriptions=hub.subscription_count(),
+            rates=rates.sample(),
+            errors_by_code={k[0]: int(v) for k, v in ERRORS.values.items() if k},
+            bus=BusState(kind=health.kind, ok=health.ok, reason=health.reason),
+            database=db,
+            degraded=dict(node.degraded),
+            slow_consumers_total=int(SLOW_CONSUMERS.get()),
+        )
+
+    # ------------------------------------------------------------ user activity
+
+    async def start_user_activity(self, conn: Connection, msg: StartUserActivity) -> None:
+        """``start_user_activity``: the latest matching rows, then new ones as they come."""
+        d = self.domain
+        if not d.require_permission(conn, "audit:read", "start_user_activity", msg.id):
+            return
+        try:
+            filters = msgspec.json.decode(msg.filters, type=ActivityFilters)
+        except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+            from .analytics import filters_field
+
+            d.validation_error(conn, filters_field(str(exc)), f"invalid filters: {exc}",
+                               "Required action: send the filters documented for "
+                               "start_user_activity in docs/domain.md", msg.id)
+            return
+        store = d.node.require_store(conn, "start_user_activity", msg.id)
+        if store is None:
+            return
+        since = datetime.now(UTC) - timedelta(hours=filters.hours)
+        entries = await d.timed_query(store.query_admin_activity(
+            admin_user_id=filters.admin_user_id, action=filters.action,
+            resource_type=filters.resource_type, status=filters.status, since=since,
+            until=None, before_id=None, limit=d.settings.user_activity_limit))
+        d.reply(conn, StreamStarted(stream=USER_ACTIVITY,
+                                    interval=d.settings.user_activity_interval, id=msg.id))
+        d.reply(conn, UserActivity(initial=True, entries=entries))
+        last_id = max((e.id for e in entries), default=0)
+        self._start(conn, USER_ACTIVITY, self._activity(conn, filters, since, last_id))
+
+    async def _activity(self, conn: Connection, filters: ActivityFilters, since: datetime,
+                        last_id: int) -> None:
+        d = self.domain
+        store = d.node.store
+        assert store is not None
+        reported = False
+        while True:
+            await asyncio.sleep(d.settings.user_activity_interval)
+            try:
+                entries = await d.timed_query(activity_after(
+                    store, after_id=last_id, since=since, admin_user_id=filters.admin_user_id,
+                    action=filters.action, resource_type=filters.resource_type,
+                    status=filters.status, limit=d.settings.user_activity_limit))
+            except StoreUnavailable as exc:
+                log.error("user_activity_poll_failed", connection_id=conn.id, error=str(exc))
+                if not reported:
+                    reported = True
+                    d.node.send_to_connection(conn.id, DomainError(
+                        code=STORE_UNAVAILABLE,
+                        message=f"user_activity cannot read the database: {exc}",
+                        action="Required action: none; the stream resumes when the database "
+                        "answers"))
+                continue
+            reported = False
+            if entries:
+                last_id = entries[-1].id
+                d.node.send_to_connection(conn.id, UserActivity(initial=False, entries=entries))
+
+    # ------------------------------------------------------------ performance
+
+    async def start_performance(self, conn: Connection, msg: StartPerformance) -> None:
+        """``start_performance``: the named metrics every ``domain.performance_interval``."""
+        d = self.domain
+        if not d.require_permission(conn, "admin:monitor", "start_performance", msg.id):
+            return
+        unknown = sorted({m for m in msg.metrics if m not in PERFORMANCE_METRICS})
+        if unknown:
+            d.error(conn, "unknown_metric", f"unknown metrics: {', '.join(unknown)}",
+                    f"Required action: name metrics among {', '.join(PERFORMANCE_METRICS)}",
+                    msg.id)
+            return
+        names = list(dict.fromkeys(msg.metrics))
+        d.reply(conn, StreamStarted(stream=PERFORMANCE, interval=d.settings.performance_interval,
+                                    id=msg.id))
+        self._start(conn, PERFORMANCE, self._performance(conn, names))
+
+    async def _performance(self, conn: Connection, names: list[str]) -> None:
+        d = self.domain
+        rates = RateTracker(d)
+        while True:
+            await asyncio.sleep(d.settings.performance_interval)
+            d.node.send_to_connection(conn.id, PerformanceMetrics(
+                worker=d.node.worker_id, server_time=utc_now(),
+                metrics=select_metrics(d, rates, names)))
+
+    # ------------------------------------------------------------ saved dashboards
+
+    async def dashboard_save(self, conn: Connection, msg: DashboardSave) -> None:
+        """``dashboard_save``: create or replace one of the admin's dashboards."""
+        d = self.domain
+        if not d.require_permission(conn, "admin:monitor", "dashboard_save", msg.id):
+            return
+        if not bytes(msg.configuration).lstrip().startswith(b"{"):
+            d.validation_error(conn, "configuration", "configuration must be a JSON object",
+                               "Required action: send the dashboard configuration as an object",
+                               msg.id)
+            return
+        store = d.node.require_store(conn, "dashboard_save", msg.id)
+        if store is None:
+            return
+        saved = await d.timed_query(store.save_dashboard(
+            admin_user_id=conn.user or "", dashboard_name=msg.dashboard_name,
+            configuration=msg.configuration, is_default=msg.is_default))
+        await self.log_activity(conn, "dashboard_save", "admin_dashboard", str(saved.id),
+                                {"dashboard_name": saved.dashboard_name})
+        d.reply(conn, DashboardSaved(dashboard=saved, id=msg.id))
+
+    async def dashboard_list(self, conn: Connection, msg: DashboardList) -> None:
+        """``dashboard_list``: the admin's saved dashboards."""
+        d = self.domain
+        if not d.require_permission(conn, "admin:monitor", "dashboard_list", msg.id):
+            return
+        store = d.node.require_store(conn, "dashboard_list", msg.id)
+        if store is None:
+            return
+        dashboards = await d.timed_query(store.list_dashboards(conn.user or ""))
+        d.reply(conn, DashboardsReply(dashboards=dashboards, id=msg.id))
+
+
+# ---------------------------------------------------------------- handlers
+
+
+@handler
+async def on_start_monitoring(d: Domain, conn: Connection, msg: StartMonitoring) -> None:
+    """Router handler of ``start_monitoring``."""
+    await d.admin.start_monitoring(conn, msg)
+
+
+@handler
+async def on_stop_monitoring(d: Domain, conn: Connection, msg: StopMonitoring) -> None:
+    """Router handler of ``stop_monitoring``."""
+    await d.admin.stop(conn, MONITORING, msg.id)
+
+
+@handler
+async def on_start_user_activity(d: Domain, conn: Connection, msg: StartUserActivity) -> None:
+    """Router handler of ``start_user_activity``."""
+    await d.admin.start_user_activity(conn, msg)
+
+
+@handler
+async def on_stop_user_activity(d: Domain, conn: Connection, msg: StopUserActivity) -> None:
+    """Router handler of ``stop_user_activity``."""
+    await d.admin.stop(conn, USER_ACTIVITY, msg.id)
+
+
+@handler
+async def on_start_performance(d: Domain, conn: Connection, msg: StartPerformance) -> None:
+    """Router handler of ``start_performance``."""
+    await d.admin.start_performance(conn, msg)
+
+
+@handler
+async def on_stop_performance(d: Domain, conn: Connection, msg: StopPerformance) -> None:
+    """Router handler of ``stop_performance``."""
+    await d.admin.stop(conn, PERFORMANCE, msg.id)
+
+
+@handler
+async def on_dashboard_save(d: Domain, conn: Connection, msg: DashboardSave) -> None:
+    """Router handler of ``dashboard_save``."""
+    await d.admin.dashboard_save(conn, msg)
+
+
+@handler
+async def on_dashboard_list(d: Domain, conn: Connection, msg: DashboardList) -> None:
+    """Router handler of ``dashboard_list``."""
+    await d.admin.dashboard_list(conn, msg)
+
+
+# ---------------------------------------------------------------- GET /admin/health
+
+
+async def health_snapshot(node: Node) -> dict[str, Any]:
+    """System health with live values: node health, a database round trip, domain state."""
+    doc = node.health()
+    store = node.store
+    database: dict[str, Any]
+    if store is None:
+        database = {"configured": False, "ok": False,
+                    "reason": "no database configured (--database)"}
+    else:
+        t0 = time.perf_counter()
+        try:
+            await store.ping()
+            latency = round((time.perf_counter() - t0) * 1000.0, 3)
+            unresolved = await unresolved_alert_count(store)
+            database = {"configured": True, "ok": True, "reason": None,
+                        "ping_ms": latency, "unresolved_alerts": unresolved,
+                        "pool": msgspec.to_builtins(store.pool_state())}
+        except StoreUnavailable as exc:
+            database = {"configured": True, "ok": False, "reason": str(exc),
+                        "pool": msgspec.to_builtins(store.pool_state())}
+    doc["database"] = database
+    domain = maybe_domain(node)
+    if domain is None:
+        doc["domain"] = {"started": False}
+    else:
+        doc["domain"] = {
+            "started": True,
+            "analytics_streams": len(domain.analytics.streams),
+            "analytics_intervals_computed": domain.analytics.computed,
+            "analytics_intervals_skipped": domain.analytics.skipped,
+            "monitoring_streams": domain.admin.count(MONITORING),
+            "user_activity_streams": domain.admin.count(USER_ACTIVITY),
+            "performance_streams": domain.admin.count(PERFORMANCE),
+            "alerts_pending_storage": len(domain.alerts.pending),
+            "handler_latency_ms": msgspec.to_builtins(domain.handler_latency.summary()),
+            "event_loop_lag_ms": msgspec.to_builtins(domain.loop_lag.summary()),
+        }
+        doc["fanout_stats"] = fanout_stats(domain)
+    doc["slow_consumers_total"] = int(SLOW_CONSUMERS.get())
+    doc["errors_total"] = int(sum(ERRORS.values.values()))
+    if store is not None and not database["ok"]:
+        doc["status"] = "degraded"
+        doc["reasons"] = {**doc["reasons"], "database": database["reason"]}
+    return doc
+
+
+def admin_health_route(node: Node) -> Callable[[], Awaitable[Response]]:
+    """The ``GET /admin/health`` route for ``RtServer(http_routes=...)``.
+
+    200 with the JSON snapshot when healthy, 503 when degraded. It carries no
+    secret but operational detail: expose it only where /metrics is exposed.
+    """
+
+    async def route() -> Response:
+        doc = await health_snapshot(node)
+        status = http.HTTPStatus.OK if doc["status"] == "ok" else (
+            http.HTTPStatus.SERVICE_UNAVAILABLE)
+        body = orjson.dumps(doc, default=str)
+        headers = Headers([("Content-Type", "application/json"),
+                           ("Content-Length", str(len(body))), ("Cache-Control", "no-store")])
+        return Response(status.value, status.phrase, headers, body)
+
+    return route

@@ -1,0 +1,100 @@
+"""Fixtures of the domain handler tests: real servers with the domain handlers, a real,
+freshly migrated PostgreSQL database, real WebSocket clients.
+
+* ``db_dsn`` (session): a migrated database for the handler tests (dropped at the end).
+* ``domain_server``: factory ``await domain_server(store=True|False, **settings)`` -> RtServer
+  with ``install_handlers`` + ``start_domain`` (stopped, with ``stop_domain``, afterwards).
+* ``ws``: factory ``await ws(server, token)`` -> Client (welcome and authenticated consumed).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from typing import Any
+
+import msgspec
+import pytest
+from websockets.asyncio.client import ClientConnection, connect
+
+from conftest import SECRET, Client, make_config
+from rtserver.handlers import DomainSettings, admin_health_route, install_handlers, start_domain
+from rtserver.handlers import stop_domain as stop_domain_
+from rtserver.router import Router
+from rtserver.server import RtServer
+from rtserver.store import Store
+from tests.store.pgutil import TempDatabase, make_store
+
+SETTINGS = DomainSettings(
+    analytics_interval=0.25,
+    analytics_top_states=5,
+    analytics_max_streams=16,
+    monitoring_min_interval=0.05,
+    monitoring_max_interval=60.0,
+    user_activity_interval=0.1,
+    user_activity_limit=50,
+    performance_interval=0.1,
+    latency_samples=256,
+    loop_lag_interval=0.1,
+    alerts_list_limit=100,
+    alert_pending_max=10,
+    slow_consumer_alert_threshold=3,
+    slow_consumer_alert_window=5.0,
+    edit_max_string_length=20,
+    editable_fields={"driver_name": "string", "vehicle_value": "number",
+                     "driver_count": "integer", "garaged": "boolean", "start_date": "date"},
+)
+
+DomainServerFactory = Callable[..., Awaitable[RtServer]]
+WsFactory = Callable[..., Awaitable[Client]]
+
+
+@pytest.fixture(scope="session")
+def db_dsn() -> Iterator[str]:
+    with TempDatabase(migrated=True) as dsn:
+        yield dsn
+
+
+@pytest.fixture
+async def domain_server(db_dsn: str) -> AsyncIterator[DomainServerFactory]:
+    started: list[tuple[RtServer, Store | None]] = []
+
+    async def factory(*, store: bool = True, dsn: str | None = None,
+                      **settings: Any) -> RtServer:
+        st: Store | None = None
+        if store:
+            st = make_store(dsn or db_dsn)
+            await st.open()
+        router = Router()
+        install_handlers(router)
+        server = RtServer(make_config(), jwt_secret=SECRET, router=router, store=st)
+        await server.start()
+        await start_domain(server.node, msgspec.structs.replace(SETTINGS, **settings))
+        server.http_routes["/admin/health"] = admin_health_route(server.node)
+        started.append((server, st))
+        return server
+
+    yield factory
+    for server, st in started:
+        await stop_domain_(server.node)
+        await server.stop(1001, "test over")
+        if st is not None:
+            await st.close()
+
+
+@pytest.fixture
+async def ws() -> AsyncIterator[WsFactory]:
+    clients: list[ClientConnection] = []
+
+    async def factory(server: RtServer, tok: str) -> Client:
+        conn = await connect(f"ws://127.0.0.1:{server.port}/ws?token={tok}", max_size=None,
+                             compression=None)
+        clients.append(conn)
+        client = Client(conn)
+        assert (await client.recv())["type"] == "connection"
+        auth = await client.recv()
+        assert auth["type"] == "authenticated", auth
+        return client
+
+    yield factory
+    for conn in clients:
+        await conn.close()
