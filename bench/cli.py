@@ -142,7 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument(
         "--connect-window",
         type=int,
-        default=1000,
+        default=100,
         help="connects in flight per generator (connect-storm: all at once)",
     )
     g.add_argument(
@@ -522,6 +522,13 @@ def main(argv: list[str]) -> int:
                 f"WARNING: {s['user_clock_deliveries']} deliveries against {s['target']} had "
                 "no kernel timestamp and were timed with the user-space clock"
             )
+        if s.get("kind") == "spawn" and s.get("workers", 1) > 1:
+            nproc = len(s.get("server_pids") or [])
+            if nproc < s["workers"]:
+                print(
+                    f"WARNING: {s['target']} was started with --workers {s['workers']} but only "
+                    f"{nproc} server process(es) were found: the server did not start its workers"
+                )
         if s.get("server_stats_missing"):
             print(f"NOTE: {s['target']}: server CPU/RSS not measured: {s['server_stats_missing']}")
     failed = [c for c in checks if not c.ok] + peer_integrity

@@ -97,7 +97,6 @@ class Target:
     stop_timeout: float = 10.0
     proc: asyncio.subprocess.Process | None = None
     _log: IO[bytes] | None = None
-    _pump: asyncio.Task[None] | None = None
 
     @property
     def label(self) -> str:
@@ -122,52 +121,44 @@ class Target:
             os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else ""
         )
         log_path = (self.log_dir or Path(".")) / f"server-{self.name}.log"
+        # stdout and stderr go straight to the log file: the server never waits on a pipe
+        # that the harness has to drain, and the log is complete even if the harness dies.
         self._log = open(log_path, "wb")  # noqa: SIM115 - closed in stop()
         self.proc = await asyncio.create_subprocess_exec(
             *self.argv,
             stdin=asyncio.subprocess.DEVNULL,
             stdout=self._log,
-            stderr=asyncio.subprocess.PIPE,
+            stderr=self._log,
             env=env,
             cwd=str(PROJECT_ROOT),
             start_new_session=True,
         )
         deadline = time.monotonic() + self.start_timeout
-        assert self.proc.stderr is not None
-        while True:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                await self.stop()
-                raise TargetError(
-                    f"{self.name}: no 'listening' log line within {self.start_timeout:.0f} s. "
-                    f"Required action: read {log_path}"
-                )
-            try:
-                line = await asyncio.wait_for(self.proc.stderr.readline(), left)
-            except TimeoutError:
-                continue
-            if not line:
-                code = await self.proc.wait()
-                self._log.flush()
-                raise TargetError(
-                    f"{self.name}: exited with status {code} before listening "
-                    f"(command: {' '.join(self.argv)}). Required action: read {log_path}"
-                )
-            self._log.write(line)
-            port = _listening_port(line)
-            if port is not None:
-                self.port = port
-                break
-        self._pump = asyncio.create_task(self._pump_stderr())
+        pending = b""
+        with open(log_path, "rb") as reader:
+            while True:
+                chunk = reader.read()
+                if chunk:
+                    pending += chunk
+                    *lines, pending = pending.split(b"\n")
+                    port = next((p for p in map(_listening_port, lines) if p is not None), None)
+                    if port is not None:
+                        self.port = port
+                        break
+                    continue
+                if self.proc.returncode is not None:
+                    raise TargetError(
+                        f"{self.name}: exited with status {self.proc.returncode} before listening "
+                        f"(command: {' '.join(self.argv)}). Required action: read {log_path}"
+                    )
+                if time.monotonic() >= deadline:
+                    await self.stop()
+                    raise TargetError(
+                        f"{self.name}: no 'listening' log line within {self.start_timeout:.0f} s. "
+                        f"Required action: read {log_path}"
+                    )
+                await asyncio.sleep(0.05)
         await self._wait_tcp(deadline)
-
-    async def _pump_stderr(self) -> None:
-        assert self.proc is not None and self.proc.stderr is not None and self._log is not None
-        while True:
-            line = await self.proc.stderr.readline()
-            if not line:
-                return
-            self._log.write(line)
 
     async def _wait_tcp(self, deadline: float) -> None:
         last = ""
@@ -199,10 +190,6 @@ class Target:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(proc.pid, signal.SIGKILL)
                 await proc.wait()
-        if self._pump is not None:
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._pump
-            self._pump = None
         if self._log is not None:
             self._log.close()
             self._log = None
