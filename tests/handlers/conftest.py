@@ -58,7 +58,7 @@ def db_dsn() -> Iterator[str]:
 async def domain_server(db_dsn: str) -> AsyncIterator[DomainServerFactory]:
     started: list[tuple[RtServer, Store | None]] = []
 
-    async def factory(*, store: bool = True, dsn: str | None = None,
+    async def factory(*, store: bool = True, dsn: str | None = None, bus: Any = None,
                       **settings: Any) -> RtServer:
         st: Store | None = None
         if store:
@@ -66,7 +66,8 @@ async def domain_server(db_dsn: str) -> AsyncIterator[DomainServerFactory]:
             await st.open()
         router = Router()
         install_handlers(router)
-        server = RtServer(make_config(), jwt_secret=SECRET, router=router, store=st)
+        server = RtServer(make_config(), jwt_secret=SECRET, router=router, store=st,
+                          bus=bus)
         await server.start()
         await start_domain(server.node, msgspec.structs.replace(SETTINGS, **settings))
         server.http_routes["/admin/health"] = admin_health_route(server.node)
