@@ -32,7 +32,7 @@ from cpython.list cimport PyList_Append, PyList_CheckExact, PyList_GET_ITEM, PyL
 from libc.errno cimport EAGAIN, EINTR, errno
 from libc.string cimport memcpy, memset
 
-from websockets.protocol import State
+from websockets.protocol import Side, State
 
 
 cdef extern from "Python.h":
@@ -152,6 +152,11 @@ cdef class Sink:
     """The write side of one websockets connection, owned by the hub."""
 
     def __init__(self, connection, owner):
+        if connection.protocol.side is not Side.SERVER:
+            raise ValueError(
+                "a fan-out Sink needs a server-side websockets connection (server frames are "
+                "unmasked). Required action: create Sinks only for accepted connections."
+            )
         transport = connection.transport
         self.connection = connection
         self.owner = owner

@@ -49,7 +49,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from websockets.asyncio.connection import Connection
-from websockets.protocol import State
+from websockets.protocol import Side, State
 
 __all__ = ["IOV_BATCH", "STATS_KEYS", "Fanout", "Sink", "frame_text"]
 
@@ -120,6 +120,11 @@ class Sink:
     )
 
     def __init__(self, connection: Connection, owner: object) -> None:
+        if connection.protocol.side is not Side.SERVER:
+            raise ValueError(
+                "a fan-out Sink needs a server-side websockets connection (server frames are "
+                "unmasked). Required action: create Sinks only for accepted connections."
+            )
         self.connection = connection
         self.owner = owner
         self.protocol = connection.protocol

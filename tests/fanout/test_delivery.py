@@ -470,6 +470,13 @@ async def test_callback_error_keeps_other_connections_queued(impl: ModuleType) -
         check_invariants(stats)
 
 
+async def test_client_connection_is_refused(impl: ModuleType) -> None:
+    async with Harness(impl) as h:
+        client, _ = await h.connect("/client")
+        with pytest.raises(ValueError, match="server-side"):
+            impl.Sink(client, None)
+
+
 async def test_invalid_limit_is_refused(impl: ModuleType) -> None:
     loop = asyncio.get_running_loop()
     with pytest.raises(ValueError, match="Required action"):
