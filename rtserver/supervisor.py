@@ -31,6 +31,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import functools
 import multiprocessing
 import os
 import signal
@@ -40,12 +42,23 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.process import BaseProcess
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rtserver import jsonlog
-from rtserver.bus.embedded import BusHub, HubSettings
+from rtserver.bus.base import Bus, BusHealth
+from rtserver.bus.embedded import (
+    BusHub,
+    EmbeddedBus,
+    EmbeddedBusSettings,
+    HubSettings,
+    ReconnectPolicy,
+)
+from rtserver.bus.redis_bus import RedisBus, RedisBusSettings, default_node_id
 from rtserver.jsonlog import get_logger
 from rtserver.metrics import REGISTRY
+
+if TYPE_CHECKING:
+    from rtserver.config import Config
 
 __all__ = [
     "EXIT_CRASH_LOOP",
@@ -53,10 +66,14 @@ __all__ = [
     "EXIT_OK",
     "SUPERVISOR_LOG_ID",
     "SupervisorSettings",
+    "WorkerBusPlan",
     "WorkerContext",
+    "build_worker_bus",
     "make_reuseport_socket",
     "resolve_workers",
     "run_supervisor",
+    "run_worker_server",
+    "serve_workers",
 ]
 
 EXIT_OK = 0
@@ -362,3 +379,163 @@ def run_supervisor(settings: SupervisorSettings,
         runner_kwargs["loop_factory"] = loop_factory
     with asyncio.Runner(**runner_kwargs) as runner:
         return runner.run(sup.run())
+
+
+# --------------------------------------------------------------------------- server glue
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerBusPlan:
+    """How every worker builds its bus (picklable; made once from the config).
+
+    The embedded hub connection always exists: it carries the messages when
+    ``redis`` is None and the cluster ``/healthz`` and ``/metrics`` in both
+    modes. With ``redis`` set, messages go through Redis (``node_id`` is
+    replaced by :func:`~rtserver.bus.redis_bus.default_node_id` per worker).
+    """
+
+    #: Seconds a hub request may wait ([bus] request_timeout).
+    request_timeout: float
+    #: Seconds one hub connection attempt may take ([bus] connect_timeout).
+    connect_timeout: float
+    reconnect: ReconnectPolicy
+    redis: RedisBusSettings | None
+
+
+def build_worker_bus(ctx: WorkerContext, plan: WorkerBusPlan) -> tuple[Bus, EmbeddedBus]:
+    """``(message bus, hub client)``; the same object in embedded mode."""
+    hub = EmbeddedBus(EmbeddedBusSettings(
+        socket_path=ctx.hub_socket, worker_id=ctx.worker_id,
+        request_timeout=plan.request_timeout, connect_timeout=plan.connect_timeout,
+        reconnect=plan.reconnect))
+    if plan.redis is None:
+        return hub, hub
+    settings = dataclasses.replace(plan.redis, node_id=default_node_id(ctx.worker_id))
+    return RedisBus(settings), hub
+
+
+def run_worker_server(config: Config, plan: WorkerBusPlan, jwt_secret: str,
+                      ctx: WorkerContext) -> None:
+    """Body of one worker process: the lead's RtServer on the shared port, cluster HTTP."""
+    import uvloop
+
+    from rtserver.config import masked
+
+    jsonlog.configure(config.server.log_level)
+    jsonlog.set_worker(ctx.worker_id)
+    _log.info("config", effective=masked(config))
+    bus, hub = build_worker_bus(ctx, plan)
+    sock = make_reuseport_socket(ctx.host, ctx.port, ctx.backlog)
+    server = _cluster_server_class()(config, worker_id=ctx.worker_id, bus=bus, sock=sock,
+                                     jwt_secret=jwt_secret, hub_bus=hub)
+    uvloop.run(server.serve_until_signal())
+
+
+def serve_workers(config: Config, settings: SupervisorSettings, plan: WorkerBusPlan) -> int:
+    """``rtserver serve --workers N``: run the supervisor with real server workers.
+
+    The JWT secret is resolved once here (``--dev`` generates one throw-away
+    secret shared by every worker, so a token is valid on all of them).
+    """
+    import uvloop
+
+    from rtserver.server import resolve_secret
+
+    jsonlog.configure(config.server.log_level)
+    secret = resolve_secret(config)
+    main = functools.partial(run_worker_server, config, plan, secret)
+    return run_supervisor(settings, main, loop_factory=uvloop.new_event_loop)
+
+
+class _HubStateHandler:
+    """BusHandler of a hub connection used for cluster status only (Redis mode)."""
+
+    def __init__(self, on_state: Callable[[BusHealth], None]) -> None:
+        self._on_state = on_state
+
+    def on_publication(self, room: str, seq: int, body: bytes) -> None:
+        """Never called: this connection declares no interest."""
+
+    def on_room_event(self, room: str, payload: bytes) -> None:
+        """Never called: this connection declares no interest."""
+
+    def on_user_message(self, user: str, payload: bytes) -> None:
+        """Never called: this connection declares no interest."""
+
+    def on_bus_state(self, health: BusHealth) -> None:
+        """The hub connection degraded or recovered."""
+        self._on_state(health)
+
+
+@functools.cache
+def _cluster_server_class() -> Any:
+    """RtServer with /healthz and /metrics answered for the whole server (built lazily:
+    the server module is imported in workers only)."""
+    import http
+    from urllib.parse import parse_qs, urlsplit
+
+    import orjson
+    from websockets.asyncio.server import ServerConnection
+    from websockets.datastructures import Headers
+    from websockets.http11 import Request, Response
+
+    from rtserver.bus.base import BusUnavailable
+    from rtserver.server import RtServer
+
+    def respond(status: http.HTTPStatus, body: bytes, content_type: str) -> Response:
+        headers = Headers([("Content-Type", content_type), ("Content-Length", str(len(body))),
+                           ("Cache-Control", "no-store")])
+        return Response(status.value, status.phrase, headers, body)
+
+    class ClusterServer(RtServer):
+        """One worker of a multi-worker server."""
+
+        def __init__(self, config: Config, *, hub_bus: EmbeddedBus, **kwargs: Any) -> None:
+            super().__init__(config, **kwargs)
+            self.hub_bus = hub_bus
+            node = self.node
+            hub_bus.set_status_providers(
+                lambda: REGISTRY.render({"worker": str(self.worker_id)}), node.health)
+
+        async def start(self) -> None:
+            if self.hub_bus is not self.node.bus:
+                node = self.node
+                await self.hub_bus.start(_HubStateHandler(
+                    lambda h: node.set_degraded("bus:hub", not h.ok, h.reason)))
+            await super().start()
+
+        async def stop(self, code: int = 1012, reason: str = "service restart") -> None:
+            await super().stop(code, reason)
+            if self.hub_bus is not self.node.bus:
+                await self.hub_bus.close()
+
+        async def _process_request(self, connection: ServerConnection,
+                                   request: Request) -> Response | None:
+            split = urlsplit(request.path)
+            local = parse_qs(split.query).get("scope") == ["worker"]
+            if split.path == "/healthz" and not local:
+                try:
+                    doc = await self.hub_bus.cluster_health()
+                except BusUnavailable as exc:
+                    doc = {"status": "degraded",
+                           "reasons": [f"cluster status unavailable: {exc}"],
+                           "workers": {str(self.worker_id): self.node.health()}}
+                doc["answered_by"] = self.worker_id
+                status = (http.HTTPStatus.OK if doc["status"] == "ok"
+                          else http.HTTPStatus.SERVICE_UNAVAILABLE)
+                return respond(status, orjson.dumps(doc), "application/json")
+            if split.path == "/metrics" and not local:
+                try:
+                    text = await self.hub_bus.cluster_metrics()
+                except BusUnavailable as exc:
+                    _log.error("cluster_metrics_unavailable", error=str(exc))
+                    text = REGISTRY.render({"worker": str(self.worker_id)}) + (
+                        "# HELP rtserver_cluster_metrics_unavailable 1 when only this "
+                        "worker's metrics could be served\n"
+                        "# TYPE rtserver_cluster_metrics_unavailable gauge\n"
+                        "rtserver_cluster_metrics_unavailable 1\n")
+                return respond(http.HTTPStatus.OK, text.encode(), "text/plain; version=0.0.4")
+            result: Response | None = await super()._process_request(connection, request)
+            return result
+
+    return ClusterServer

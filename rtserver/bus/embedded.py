@@ -41,7 +41,7 @@ import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import msgspec
 
@@ -226,8 +226,8 @@ class _HubConn(asyncio.Protocol):
         self.closed = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # uvloop's transports are not asyncio.Transport subclasses (same API).
+        self.transport = cast(asyncio.Transport, transport)
         self.hub._conns.add(self)
 
     def data_received(self, data: bytes) -> None:
@@ -554,8 +554,8 @@ class _ClientConn(asyncio.Protocol):
         self.lost: asyncio.Future[None] = bus._loop.create_future()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # uvloop's transports are not asyncio.Transport subclasses (same API).
+        self.transport = cast(asyncio.Transport, transport)
 
     def data_received(self, data: bytes) -> None:
         try:
@@ -957,8 +957,11 @@ class EmbeddedBus(Bus):
         for wid, info in status["workers"].items():
             health = info["health"]
             workers[wid] = health
-            if not health.get("ok", False):
-                reasons.append(f"worker {wid}: {health.get('reason') or 'not ok'}")
+            # Either {"ok": bool, "reason": ...} or the node's {"status": ..., "reasons": ...}.
+            ok = health["ok"] if "ok" in health else health.get("status") == "ok"
+            if not ok:
+                why = health.get("reason") or health.get("reasons") or "not ok"
+                reasons.append(f"worker {wid}: {why}")
         for wid in status["missing"]:
             reasons.append(f"worker {wid}: not connected to the hub or did not answer")
         return {

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import shutil
 import tempfile
 from collections.abc import AsyncIterator, Iterator
+from typing import Any
 
 import pytest
 
@@ -96,3 +98,46 @@ async def pair(hub: BusHub, runtime_dir: str) -> AsyncIterator[
     yield out[0], out[1]
     for bus, _ in out:
         await bus.close()
+
+
+class App:
+    """A running supervisor process (a test app script) with its JSON log lines collected."""
+
+    def __init__(self, proc: asyncio.subprocess.Process) -> None:
+        self.proc = proc
+        self.lines: list[dict[str, Any]] = []
+        self.changed = asyncio.Event()
+        self.reader = asyncio.get_running_loop().create_task(self._read())
+
+    async def _read(self) -> None:
+        assert self.proc.stderr is not None
+        async for raw in self.proc.stderr:
+            text = raw.decode().strip()
+            if text.startswith("{"):
+                self.lines.append(json.loads(text))
+            else:
+                self.lines.append({"event": "raw", "text": text})
+            self.changed.set()
+
+    def events(self, name: str) -> list[dict[str, Any]]:
+        return [line for line in self.lines if line.get("event") == name]
+
+    async def wait_events(self, name: str, count: int,
+                          timeout: float = 20.0) -> list[dict[str, Any]]:
+        async with asyncio.timeout(timeout):
+            while len(self.events(name)) < count:
+                self.changed.clear()
+                await self.changed.wait()
+        return self.events(name)
+
+    @property
+    def port(self) -> int:
+        return int(self.events("supervisor_started")[0]["port"])
+
+    async def ask(self, line: bytes = b"who") -> Any:
+        reader, writer = await asyncio.open_connection("127.0.0.1", self.port)
+        writer.write(line + b"\n")
+        await writer.drain()
+        data = await reader.readline()
+        writer.close()
+        return json.loads(data)
