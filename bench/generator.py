@@ -52,7 +52,7 @@ __all__ = ["SO_TIMESTAMPNS", "Generator", "clock_offset_ns", "main", "raise_nofi
 
 SO_TIMESTAMPNS = 35  # Linux asm-generic; also the SCM type of the control message
 IP_BIND_ADDRESS_NO_PORT = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24)
-RECV_SIZE = 262144
+RECV_SIZE = 65536  # above glibc's mmap threshold each recvmsg would cost an mmap+munmap
 CMSG_SIZE = socket.CMSG_SPACE(16)
 _TS = struct.Struct("qq")
 
@@ -651,7 +651,7 @@ class Generator:
         if self.sent >= self.total or now >= self.pub_end:
             self._publish_finished()
             return
-        self.loop.call_later(min(0.002, 1.0 / self.rate), self._open_tick)
+        self.loop.call_later(min(0.01, max(0.001, 1.0 / self.rate)), self._open_tick)
 
     def _closed_loop_start(self) -> None:
         for c in self.publishers:
@@ -837,7 +837,19 @@ class Generator:
 
 
 def main() -> int:
-    """Generator process entry point."""
+    """Generator process entry point.
+
+    Setting ``BENCH_GENERATOR_PROFILE=DIR`` writes a cProfile of each generator process
+    to ``DIR/generator-PID.prof`` (for tuning the generator itself).
+    """
+    prof_dir = os.environ.get("BENCH_GENERATOR_PROFILE")
+    if prof_dir:
+        import cProfile
+
+        prof = cProfile.Profile()
+        prof.runcall(Generator().run)
+        prof.dump_stats(os.path.join(prof_dir, f"generator-{os.getpid()}.prof"))
+        return 0
     Generator().run()
     return 0
 
