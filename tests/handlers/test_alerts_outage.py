@@ -1,4 +1,4 @@
-"""An alert raised by stopping Redis (the bus) reaches a monitoring admin and is stored."""
+"""Alerts in outages: Redis (the bus) stopped, PostgreSQL stopped (stored when it is back)."""
 
 from __future__ import annotations
 
@@ -15,8 +15,9 @@ import pytest
 from conftest import token
 from rtserver.bus.embedded import ReconnectPolicy
 from rtserver.bus.redis_bus import RedisBus, RedisBusSettings, default_node_id
+from rtserver.handlers import domain_of, raise_alert
 from tests.handlers.helpers import recv_until
-from tests.store.pgutil import free_port
+from tests.store.pgutil import PgInstance, create_database, free_port, migrate
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -91,3 +92,44 @@ async def test_redis_down_alert_reaches_admin_and_is_stored(domain_server: Any, 
     recovered = await recv_until(client, "admin_alert", timeout=15)
     assert recovered["alert_type"] == "component_recovered"
     assert recovered["data"]["component"] == alert["data"]["component"]
+
+
+@pytest.fixture
+def private_pg() -> Iterator[PgInstance]:
+    """A private PostgreSQL server the test may stop (torn down after the servers)."""
+    instance = PgInstance()
+    instance.start()
+    try:
+        yield instance
+    finally:
+        instance.destroy()
+
+
+async def test_alert_raised_while_database_down_is_stored_later(private_pg: PgInstance,
+                                                                domain_server: Any,
+                                                                ws: Any) -> None:
+    dsn = await create_database(private_pg.admin_dsn)
+    await migrate(dsn)
+    server = await domain_server(dsn=dsn)
+    client = await ws(server, token(perms=["admin:monitor"]))
+    await client.send({"type": "start_monitoring", "update_interval": 30.0, "id": 1})
+    await recv_until(client, "stream_started")
+    assert (await recv_until(client, "system_metrics"))["database"]["ok"] is True
+    private_pg.stop()
+    sent = await raise_alert(server.node, "test_outage", "high", "raised during outage",
+                             {"n": 1})
+    assert sent.alert_id is None and sent.stored is False
+    first = await recv_until(client, "admin_alert")
+    assert first["alert_id"] is None and first["stored"] is False
+    assert domain_of(server.node).alerts.pending
+    private_pg.start()
+    later = await recv_until(client, "admin_alert", timeout=20)
+    assert later["stored"] is True and isinstance(later["alert_id"], int)
+    assert later["raised_at"] == first["raised_at"] and later["data"] == {"n": 1}
+    pg = await asyncpg.connect(dsn)
+    try:
+        row = await pg.fetchrow("SELECT * FROM system_alerts WHERE id = $1", later["alert_id"])
+    finally:
+        await pg.close()
+    assert row["alert_type"] == "test_outage" and row["message"] == "raised during outage"
+    assert not domain_of(server.node).alerts.pending
