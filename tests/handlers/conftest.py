@@ -9,6 +9,8 @@ freshly migrated PostgreSQL database, real WebSocket clients.
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
@@ -17,6 +19,13 @@ import pytest
 from websockets.asyncio.client import ClientConnection, connect
 
 from conftest import SECRET, Client, make_config
+from rtserver.bus.embedded import (
+    BusHub,
+    EmbeddedBus,
+    EmbeddedBusSettings,
+    HubSettings,
+    ReconnectPolicy,
+)
 from rtserver.handlers import DomainSettings, admin_health_route, install_handlers, start_domain
 from rtserver.handlers import stop_domain as stop_domain_
 from rtserver.router import Router
@@ -59,7 +68,7 @@ async def domain_server(db_dsn: str) -> AsyncIterator[DomainServerFactory]:
     started: list[tuple[RtServer, Store | None]] = []
 
     async def factory(*, store: bool = True, dsn: str | None = None, bus: Any = None,
-                      **settings: Any) -> RtServer:
+                      worker_id: int = 0, **settings: Any) -> RtServer:
         st: Store | None = None
         if store:
             st = make_store(dsn or db_dsn)
@@ -67,7 +76,7 @@ async def domain_server(db_dsn: str) -> AsyncIterator[DomainServerFactory]:
         router = Router()
         install_handlers(router)
         server = RtServer(make_config(), jwt_secret=SECRET, router=router, store=st,
-                          bus=bus)
+                          bus=bus, worker_id=worker_id)
         await server.start()
         await start_domain(server.node, msgspec.structs.replace(SETTINGS, **settings))
         server.http_routes["/admin/health"] = admin_health_route(server.node)
@@ -99,3 +108,25 @@ async def ws() -> AsyncIterator[WsFactory]:
     yield factory
     for conn in clients:
         await conn.close()
+
+
+@pytest.fixture
+async def bus_hub() -> AsyncIterator[Callable[[int], EmbeddedBus]]:
+    """An embedded bus hub (the supervisor's) in this process; yields ``bus_for(worker)``.
+
+    Request it before ``domain_server`` so the servers stop before the hub closes.
+    """
+    runtime = tempfile.mkdtemp(prefix="rth")
+    socket_path = f"{runtime}/bus.sock"
+    hub = BusHub(HubSettings(socket_path=socket_path, expected_workers=2,
+                             max_worker_buffer=64 * 1024 * 1024, collect_timeout=2.0))
+    await hub.start()
+
+    def bus_for(worker: int) -> EmbeddedBus:
+        return EmbeddedBus(EmbeddedBusSettings(
+            socket_path=socket_path, worker_id=worker, request_timeout=5.0, connect_timeout=2.0,
+            reconnect=ReconnectPolicy(initial_delay=0.05, max_delay=0.3, jitter=0.2)))
+
+    yield bus_for
+    await hub.close()
+    shutil.rmtree(runtime, ignore_errors=True)
