@@ -124,14 +124,15 @@ async def measure(name: str, a: Bus, b: Bus, ca: Counter, cb: Counter, messages:
     ca.target, cb.target = start_a + messages, start_b + messages
     ca.done.clear()
     cb.done.clear()
-    sem = asyncio.Semaphore(window)
+    per_lane, rest = divmod(messages, window)
 
-    async def one() -> None:
-        async with sem:
+    async def lane(count: int) -> None:
+        # ``window`` lanes each publish one at a time: ``window`` requests in flight.
+        for _ in range(count):
             await a.publish(ROOM, BODY)
 
     t0 = time.perf_counter()
-    await asyncio.gather(*(one() for _ in range(messages)))
+    await asyncio.gather(*(lane(per_lane + (1 if i < rest else 0)) for i in range(window)))
     await ca.done.wait()
     await cb.done.wait()
     elapsed = time.perf_counter() - t0

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 
 import pytest
 
 from rtserver.bus.base import BusUnavailable, PresenceMember, with_seq
 from rtserver.bus.embedded import BusHub, EmbeddedBus, merge_metrics_texts
-from rtserver.bus.wire import K_PUB, FrameReader, encode
+from rtserver.bus.wire import K_ACK, K_HELLO, K_PUB, FrameReader, encode
 
 from .conftest import Recorder, bus_settings, hub_settings
 
@@ -191,3 +192,26 @@ def test_merge_metrics_texts() -> None:
     ])
     assert merged == ('# HELP a A\n# TYPE a gauge\na{worker="0"} 1\na{worker="1"} 3\n'
                       "# HELP b B\n# TYPE b counter\nb 2\n")
+
+
+async def test_request_timeout_when_hub_stops_answering(runtime_dir: str) -> None:
+    """A hub that answers HELLO and then nothing: requests fail after request_timeout."""
+    path = f"{runtime_dir}/bus.sock"
+
+    async def silent_hub(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        frames = FrameReader()
+        while data := await reader.read(65536):
+            for frame in frames.feed(data):
+                if frame.kind == K_HELLO:
+                    writer.write(encode(K_ACK, frame.req))
+
+    server = await asyncio.start_unix_server(silent_hub, path)
+    settings = dataclasses.replace(bus_settings(runtime_dir, 0), request_timeout=0.2)
+    bus = EmbeddedBus(settings)
+    await bus.start(Recorder())
+    try:
+        with pytest.raises(BusUnavailable, match=r"did not answer publish within 0\.2s"):
+            await bus.publish("r", b'{"a":1}')
+    finally:
+        await bus.close()
+        server.close()
