@@ -22,7 +22,7 @@ from websockets.exceptions import ConnectionClosed
 
 from rtserver.auth import mint_token
 
-from .conftest import App
+from .conftest import App, PrivateRedis
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -240,3 +240,48 @@ async def test_two_instances_share_redis(start_e2e: Any) -> None:
         if keys:
             await client.delete(*keys)
         await client.aclose()
+
+
+async def test_redis_outage_degrades_refuses_publishes_then_recovers(start_e2e: Any) -> None:
+    private = PrivateRedis()
+    private.start()
+    try:
+        app = await start_e2e(1, private.url, "rtout", poke_user=str(uuid.uuid4()))
+        sub = await open_ws(app.port)
+        await sub.send({"type": "subscribe", "room": ROOM, "id": 1})
+        await sub.recv_type("subscribed")
+        await publish_burst(sub, 3, "before")
+        assert await sub.collect(3) == [1, 2, 3]
+
+        private.kill()
+        health: dict[str, Any] = {}
+        for _ in range(100):
+            status, body = await http_get(app.port, "/healthz")
+            health = orjson.loads(body)
+            if status == 503:
+                break
+            await asyncio.sleep(0.05)
+        assert health["status"] == "degraded"
+        assert "redis unavailable" in orjson.dumps(health["workers"]["0"]["reasons"]).decode()
+        # The connection stays open; a publish is answered with an error, not lost silently.
+        await sub.send({"type": "publish", "room": ROOM, "data": "during", "id": "d"})
+        error = await sub.recv_type("error")
+        assert error["code"] == "bus_unavailable" and error["id"] == "d"
+        assert "Required action" in error["action"]
+
+        private.start()
+        for _ in range(200):
+            status, body = await http_get(app.port, "/healthz")
+            if status == 200:
+                break
+            await asyncio.sleep(0.05)
+        assert status == 200, body
+        await app.wait_events("bus_recovered", 1)
+        # Resubscribed, and the room's seq continues (re-seeded after the data loss).
+        await sub.send({"type": "publish", "room": ROOM, "data": "after", "id": "a"})
+        assert await sub.collect(4) == [1, 2, 3, 4]
+        assert app.events("redis_data_lost")
+        app.proc.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(app.proc.wait(), 30) == 0
+    finally:
+        private.kill()

@@ -4,14 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import os
-import shutil
 import signal
-import socket
 import subprocess
 import sys
-import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 
 import pytest
 import redis.asyncio as aioredis
@@ -20,7 +17,7 @@ from rtserver.bus.base import BusUnavailable, PresenceMember
 from rtserver.bus.embedded import ReconnectPolicy
 from rtserver.bus.redis_bus import RedisBus, RedisBusSettings, default_node_id
 
-from .conftest import Recorder
+from .conftest import PrivateRedis, Recorder
 
 pytestmark = pytest.mark.timeout(40)
 
@@ -171,55 +168,6 @@ async def test_presence_of_a_dead_node_expires(make_bus, prefix: str) -> None:  
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class PrivateRedis:
-    """A redis-server of our own (no persistence) that a test may kill and restart."""
-
-    def __init__(self) -> None:
-        self.port = _free_port()
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        exe = shutil.which("redis-server")
-        assert exe is not None, "redis-server not installed"
-        self.proc = subprocess.Popen(
-            [exe, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--daemonize", "no"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        for _ in range(200):
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.1):
-                    return
-            except OSError:
-                if self.proc.poll() is not None:
-                    raise RuntimeError(
-                        f"redis-server exited with {self.proc.returncode}") from None
-                time.sleep(0.02)
-        raise RuntimeError("redis-server did not start listening")
-
-    def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
-
-
-@pytest.fixture
-def private_redis() -> Iterator[PrivateRedis]:
-    server = PrivateRedis()
-    server.start()
-    yield server
-    server.kill()
 
 
 async def test_redis_restart_degrades_then_recovers(  # type: ignore[no-untyped-def]
