@@ -182,6 +182,7 @@ class Alerts:
     async def _watch(self) -> None:
         s = self.domain.settings
         loop = asyncio.get_running_loop()
+        self._slow_samples.append((loop.time(), SLOW_CONSUMERS.get()))  # the baseline
         while True:
             start = loop.time()
             await asyncio.sleep(s.loop_lag_interval)

@@ -257,6 +257,8 @@ class Quotes:
         """``field_focus`` / ``field_blur``: tell the other members of the quote's room."""
         d = self.domain
         what = "field_focus" if isinstance(msg, FieldFocus) else "field_blur"
+        if not d.require_permission(conn, "quote:write", what, msg.id):
+            return
         if self._editable(conn, msg.quote_id, msg.field, what, msg.id) is None:
             return
         per_quote = self.focus.setdefault(conn.id, {})

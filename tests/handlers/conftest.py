@@ -68,14 +68,16 @@ async def domain_server(db_dsn: str) -> AsyncIterator[DomainServerFactory]:
     started: list[tuple[RtServer, Store | None]] = []
 
     async def factory(*, store: bool = True, dsn: str | None = None, bus: Any = None,
-                      worker_id: int = 0, **settings: Any) -> RtServer:
+                      worker_id: int = 0, config: dict[str, dict[str, Any]] | None = None,
+                      **settings: Any) -> RtServer:
         st: Store | None = None
         if store:
             st = make_store(dsn or db_dsn)
             await st.open()
         router = Router()
         install_handlers(router)
-        server = RtServer(make_config(), jwt_secret=SECRET, router=router, store=st,
+        server = RtServer(make_config(**(config or {})), jwt_secret=SECRET, router=router,
+                          store=st,
                           bus=bus, worker_id=worker_id)
         await server.start()
         await start_domain(server.node, msgspec.structs.replace(SETTINGS, **settings))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import subprocess
 import time
@@ -16,7 +17,7 @@ from conftest import token
 from rtserver.bus.embedded import ReconnectPolicy
 from rtserver.bus.redis_bus import RedisBus, RedisBusSettings, default_node_id
 from rtserver.handlers import domain_of, raise_alert
-from tests.handlers.helpers import recv_until
+from tests.handlers.helpers import recv_until, wait_until
 from tests.store.pgutil import PgInstance, create_database, free_port, migrate
 
 pytestmark = pytest.mark.timeout(60)
@@ -133,3 +134,39 @@ async def test_alert_raised_while_database_down_is_stored_later(private_pg: PgIn
         await pg.close()
     assert row["alert_type"] == "test_outage" and row["message"] == "raised during outage"
     assert not domain_of(server.node).alerts.pending
+
+
+async def test_slow_consumers_above_the_rate_raise_an_alert(domain_server: Any,
+                                                            ws: Any) -> None:
+    from websockets.asyncio.client import connect
+
+    from rtserver.node import SLOW_CONSUMERS
+
+    server = await domain_server(config={"limits": {"outbound_buffer_limit": 65536}},
+                                 slow_consumer_alert_threshold=2)
+    admin = await ws(server, token(perms=["admin:monitor"]))
+    await admin.send({"type": "start_monitoring", "update_interval": 30.0})
+    await recv_until(admin, "system_metrics", skip=("subscribed", "stream_started"))
+    before = SLOW_CONSUMERS.get()
+    # Two real clients that stop reading (max_queue=1: websockets pauses the socket).
+    tok = token(rooms=["bench:*"])
+    sleepers = []
+    for _ in range(2):
+        c = await connect(f"ws://127.0.0.1:{server.port}/ws?token={tok}", max_queue=1,
+                          compression=None)
+        sleepers.append(c)
+        await c.send('{"type":"subscribe","room":"bench:slow"}')
+    await wait_until(lambda: len(server.node.hub.rooms.get("bench:slow", ())) == 2, "joined")
+    body = b'{"type":"message","room":"bench:slow","from":null,"data":"' + b"x" * 8192 + b'"}'
+    for _ in range(4000):  # at most ~32 MB per sleeper
+        if SLOW_CONSUMERS.get() - before >= 2:
+            break
+        await server.node.send_to_room("bench:slow", body)
+        await asyncio.sleep(0)  # let the fan-out core flush (and measure) this tick
+    assert SLOW_CONSUMERS.get() - before >= 2
+    alert = await recv_until(admin, "admin_alert", timeout=10)
+    assert alert["alert_type"] == "slow_consumers" and alert["severity"] == "medium"
+    assert alert["data"]["closed"] >= 2 and alert["data"]["threshold"] == 2
+    assert alert["stored"] is True
+    for c in sleepers:
+        c.transport.abort()
