@@ -111,8 +111,7 @@ class Analytics:
         self.domain = domain
         self.streams: dict[str, Stream] = {}
         self.watches: dict[str, set[str]] = {}
-        store = domain.node.store
-        self.claims = IntervalClaims(store) if store is not None else None
+        self.claims: IntervalClaims | None = None
         #: Intervals this node computed / left to another claimant (tests, health).
         self.computed = 0
         self.skipped = 0
@@ -278,7 +277,10 @@ class Analytics:
         if stream.rates is not None:
             data = performance_snapshot(d, stream.rates)
         else:
-            assert self.claims is not None
+            store = d.node.store
+            assert store is not None  # start() refused database dashboards without one
+            if self.claims is None:
+                self.claims = IntervalClaims(store)
             try:
                 if not await self.claims.try_claim(stream.key, n):
                     self.skipped += 1
