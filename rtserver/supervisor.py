@@ -25,6 +25,8 @@ supervisor process
    its connections with 1012 and exits), waits up to ``shutdown_grace``
    seconds, SIGKILLs the workers still running (logged as an error, exit code
    1), else returns 0. A second signal during the drain kills at once.
+6. makes the kernel send SIGTERM to every worker if the supervisor itself dies
+   (``PR_SET_PDEATHSIG``), so workers never outlive it.
 """
 
 from __future__ import annotations
@@ -186,10 +188,42 @@ def make_reuseport_socket(host: str, port: int, backlog: int | None = None) -> s
     return sock
 
 
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_supervisor(ctx: WorkerContext) -> None:
+    """Ask the kernel for SIGTERM (a graceful drain) when the supervisor dies.
+
+    Without it, workers of a SIGKILLed supervisor would keep serving forever with
+    no hub and nobody to stop them.
+    """
+    import ctypes
+    import ctypes.util
+
+    libc_name = ctypes.util.find_library("c")
+    if libc_name is None:
+        _log.error("pdeathsig_unavailable", message="libc not found; this worker will not "
+                   "stop by itself if the supervisor is killed. Required action: stop "
+                   "orphaned workers by hand after a supervisor crash")
+        return
+    libc = ctypes.CDLL(libc_name, use_errno=True)
+    if libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0) != 0:
+        _log.error("pdeathsig_unavailable", errno=ctypes.get_errno(),
+                   message="prctl(PR_SET_PDEATHSIG) failed; this worker will not stop by "
+                   "itself if the supervisor is killed. Required action: stop orphaned "
+                   "workers by hand after a supervisor crash")
+        return
+    if os.getppid() != ctx.supervisor_pid:
+        # The supervisor died before prctl took effect.
+        _log.error("supervisor_gone", supervisor_pid=ctx.supervisor_pid)
+        raise SystemExit(EXIT_DRAIN_INCOMPLETE)
+
+
 def _child_entry(worker_main: Callable[[WorkerContext], None], ctx: WorkerContext) -> None:
     """Body of a worker process (spawned): stamp the id, run ``worker_main``."""
     os.environ["RTSERVER_WORKER_ID"] = str(ctx.worker_id)
     jsonlog.set_worker(ctx.worker_id)
+    _die_with_supervisor(ctx)
     worker_main(ctx)
 
 
@@ -352,6 +386,17 @@ class _Supervisor:
             if self.exit_code == EXIT_OK:
                 self.exit_code = EXIT_DRAIN_INCOMPLETE
             self.kill_remaining()
+            # SIGKILLed processes are reaped within REAP_INTERVAL * REAP_ATTEMPTS; past
+            # that (and one more second), stop waiting for them.
+            self.loop.call_later(REAP_INTERVAL * REAP_ATTEMPTS + 1.0, self.force_done)
+
+    def force_done(self) -> None:
+        if not self.done.is_set():
+            _log.error("supervisor_forced_exit", workers=sorted(self.procs),
+                       message="workers still not reaped after SIGKILL; exiting anyway. "
+                       "Required action: check for processes stuck in the kernel (state D)")
+            self.exit_code = EXIT_DRAIN_INCOMPLETE
+            self.done.set()
 
     def kill_remaining(self) -> None:
         for proc in self.procs.values():

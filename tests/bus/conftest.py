@@ -133,6 +133,16 @@ class App:
                 await self.changed.wait()
         return self.events(name)
 
+    async def finish(self) -> None:
+        """Kill the process if still running and read its output to the end (bounded)."""
+        if self.proc.returncode is None:
+            self.proc.kill()
+            await self.proc.wait()
+        # Workers may outlive a killed supervisor briefly (they drain on PDEATHSIG):
+        # their end of the pipe closes when they exit.
+        async with asyncio.timeout(20):
+            await self.reader
+
     @property
     def port(self) -> int:
         return int(self.events("supervisor_started")[0]["port"])

@@ -135,10 +135,7 @@ async def start_e2e() -> AsyncIterator[Any]:
 
     yield start
     for app in apps:
-        if app.proc.returncode is None:
-            app.proc.kill()
-            await app.proc.wait()
-        app.reader.cancel()
+        await app.finish()
 
 
 async def publish_burst(client: Ws, count: int, tag: str) -> None:

@@ -44,10 +44,7 @@ async def start_app(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[A
 
     yield start
     for app in apps:
-        if app.proc.returncode is None:
-            app.proc.kill()
-            await app.proc.wait()
-        app.reader.cancel()
+        await app.finish()
 
 
 async def test_shared_port_respawn_cluster_status_and_drain(start_app: Any) -> None:
@@ -108,6 +105,15 @@ async def test_drain_timeout_kills_and_reports(start_app: Any) -> None:
     await app.reader
     assert len(app.events("drain_timeout")) == 1
     assert app.events("worker_stopped")[0]["status"] == "signal SIGKILL"
+
+
+async def test_workers_drain_when_the_supervisor_is_killed(start_app: Any) -> None:
+    app = await start_app("ok")
+    await app.wait_events("listening", 2)
+    app.proc.send_signal(signal.SIGKILL)
+    # The workers share the supervisor's stderr: their drain lines still arrive.
+    drained = await app.wait_events("worker_drained", 2)
+    assert {line["worker"] for line in drained} == {0, 1}
 
 
 def test_make_reuseport_socket_and_resolve_workers() -> None:
