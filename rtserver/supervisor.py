@@ -253,6 +253,7 @@ class _Supervisor:
         self.port = 0
         self.hub_socket = ""
         self.restart_handles: dict[int, asyncio.TimerHandle] = {}
+        self.hub: BusHub | None = None
 
     async def run(self) -> int:
         self.loop = asyncio.get_running_loop()
@@ -267,6 +268,7 @@ class _Supervisor:
                         collect_timeout=self.s.collect_timeout),
             local_metrics=lambda: REGISTRY.render({"worker": "supervisor"}))
         await hub.start()
+        self.hub = hub
         for sig in (signal.SIGTERM, signal.SIGINT):
             self.loop.add_signal_handler(sig, self.on_signal, sig)
         _log.info("supervisor_started", pid=os.getpid(), host=self.s.host, port=self.port,
@@ -363,6 +365,8 @@ class _Supervisor:
 
     def begin_shutdown(self, reason: str) -> None:
         self.stopping = True
+        if self.hub is not None:
+            self.hub.expect_disconnects()
         for handle in self.restart_handles.values():
             handle.cancel()
         self.restart_handles.clear()

@@ -302,6 +302,7 @@ class BusHub:
         self._presence: dict[str, dict[tuple[str, str], _HubConn]] = {}
         self._collections: dict[int, _Collection] = {}
         self._collect_ids = 0
+        self._draining = False
         self._server: asyncio.AbstractServer | None = None
         self._loop: asyncio.AbstractEventLoop
 
@@ -345,6 +346,10 @@ class BusHub:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.settings.socket_path)
         _hub_log.info("hub_closed")
+
+    def expect_disconnects(self) -> None:
+        """The supervisor is draining: worker disconnects are logged at info, not warning."""
+        self._draining = True
 
     def connected_workers(self) -> list[int]:
         """Ids of the workers with an open hub connection (after HELLO)."""
@@ -481,9 +486,10 @@ class BusHub:
             if coll.requester is conn:
                 self._collections.pop(coll.req, None)
         _M_HUB_DISCONNECTS.inc("closed")
-        _hub_log.warning("hub_worker_disconnected", worker_id=conn.worker, pid=conn.pid,
-                         reason=reason, rooms=len(conn.rooms), users=len(conn.users),
-                         presence_removed=removed)
+        log_line = _hub_log.info if self._draining else _hub_log.warning
+        log_line("hub_worker_disconnected", worker_id=conn.worker, pid=conn.pid,
+                 reason=reason, rooms=len(conn.rooms), users=len(conn.users),
+                 presence_removed=removed, draining=self._draining)
         conn.rooms = set()
         conn.users = set()
         conn.presence = set()
