@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -214,3 +215,61 @@ def test_rtserver_users_and_connect_storm(tmp_path: Path) -> None:
     assert code == 0, out
     rt = summary["targets"]["rtserver"]
     assert rt["connected"] == 300 and rt["time_to_all_subscribed_s"] > 0
+
+
+@pytest.mark.timeout(90)
+def test_url_target_with_server_pid_and_node_peer_or_notice(tmp_path: Path) -> None:
+    import os
+
+    env = dict(os.environ, RTSERVER_JWT_SECRET=SECRET, PYTHONPATH=str(ROOT))
+    log = open(tmp_path / "peer.log", "wb")  # noqa: SIM115 - closed below
+    peer = subprocess.Popen(
+        [sys.executable, "-m", "bench.peers.pyserver", "--mode", "broadcast", "--port", "0"],
+        cwd=ROOT,
+        env=env,
+        stdout=log,
+        stderr=log,
+    )
+    try:
+        port = None
+        for _ in range(200):
+            text = (tmp_path / "peer.log").read_text()
+            if '"listening"' in text:
+                port = json.loads(text.splitlines()[0])["port"]
+                break
+            if peer.poll() is not None:
+                break
+            time.sleep(0.05)
+        assert port is not None, (tmp_path / "peer.log").read_text()
+        code, out, summary = run_bench(
+            tmp_path,
+            "rooms",
+            "--url",
+            f"ws://127.0.0.1:{port}/ws",
+            "--server-pid",
+            str(peer.pid),
+            "--peer",
+            "node-ws",
+            "--vs",
+            "-n",
+            "100",
+            "-r",
+            "100",
+            "-d",
+            "1",
+        )
+    finally:
+        peer.terminate()
+        peer.wait(timeout=15)
+        log.close()
+    assert code == 0, out
+    report = json.loads(Path(summary["report"]).read_text())
+    rt = report["targets"][0]
+    assert rt["target"] == "rtserver" and rt["kind"] == "url"
+    assert rt["server_pids"] == [peer.pid]
+    assert rt["server_cpu_s"] > 0 and rt["deliveries"] == 5 * rt["acked"] > 0
+    if "node-ws" in summary["targets"]:
+        assert summary["targets"]["node-ws"]["lost"] == 0
+        assert "rtserver/node-ws" in out
+    else:
+        assert "peer node-ws skipped:" in out and report["skipped_peers"]["node-ws"]
