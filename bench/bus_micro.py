@@ -94,7 +94,8 @@ def _hub_process(path: str, ready: multiprocessing.synchronize.Event,
         asyncio.run(run())
 
 
-def _echo_process(path: str, ready: multiprocessing.synchronize.Event) -> None:
+def _echo_process(path: str, ready: multiprocessing.synchronize.Event,
+                  use_uvloop: bool) -> None:
     async def run() -> None:
         async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
             while data := await reader.read(65536):
@@ -105,7 +106,12 @@ def _echo_process(path: str, ready: multiprocessing.synchronize.Event) -> None:
         async with server:
             await server.serve_forever()
 
-    asyncio.run(run())
+    if use_uvloop:
+        import uvloop
+
+        uvloop.run(run())
+    else:
+        asyncio.run(run())
 
 
 async def measure(name: str, a: Bus, b: Bus, ca: Counter, cb: Counter, messages: int,
@@ -165,7 +171,8 @@ async def run(args: argparse.Namespace) -> None:
     try:
         # uds-echo floor
         ready = mp.Event()
-        echo = mp.Process(target=_echo_process, args=(f"{tmp}/echo.sock", ready), daemon=True)
+        echo = mp.Process(target=_echo_process, args=(f"{tmp}/echo.sock", ready, args.uvloop),
+                                 daemon=True)
         echo.start()
         ready.wait(10)
         echo_rtt = await uds_echo_rtt(f"{tmp}/echo.sock", args.latency_samples)
