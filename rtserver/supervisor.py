@@ -37,8 +37,10 @@ import dataclasses
 import functools
 import multiprocessing
 import os
+import shutil
 import signal
 import socket
+import tempfile
 import time
 from collections import deque
 from collections.abc import Callable
@@ -106,7 +108,8 @@ class SupervisorSettings:
     #: 0 = the supervisor picks one free port for all workers.
     port: int
     workers: int
-    #: Directory of the hub's Unix socket (created 0700 if missing).
+    #: Directory of the hub's Unix socket (created 0700 if missing); "" = a fresh
+    #: temporary directory, removed at exit.
     runtime_dir: str
     #: Seconds to wait for the workers to drain after SIGTERM before SIGKILL.
     shutdown_grace: float
@@ -260,8 +263,13 @@ class _Supervisor:
         self.done = asyncio.Event()
         placeholder = make_reuseport_socket(self.s.host, self.s.port)
         self.port = placeholder.getsockname()[1]
-        os.makedirs(self.s.runtime_dir, mode=0o700, exist_ok=True)
-        self.hub_socket = os.path.join(self.s.runtime_dir, f"rtserver-{os.getpid()}.sock")
+        runtime_dir = self.s.runtime_dir
+        temporary = not runtime_dir
+        if temporary:
+            runtime_dir = tempfile.mkdtemp(prefix="rtserver-")
+        else:
+            os.makedirs(runtime_dir, mode=0o700, exist_ok=True)
+        self.hub_socket = os.path.join(runtime_dir, f"rtserver-{os.getpid()}.sock")
         hub = BusHub(
             HubSettings(socket_path=self.hub_socket, expected_workers=self.s.workers,
                         max_worker_buffer=self.s.hub_max_worker_buffer,
@@ -284,6 +292,8 @@ class _Supervisor:
                 handle.cancel()
             await hub.close()
             placeholder.close()
+            if temporary:
+                shutil.rmtree(runtime_dir, ignore_errors=True)
         _log.info("supervisor_exit", exit_code=self.exit_code)
         return self.exit_code
 

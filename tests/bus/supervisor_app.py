@@ -83,6 +83,7 @@ def worker_main(mode: str, ctx: WorkerContext) -> None:
 
 if __name__ == "__main__":
     mode, runtime_dir = sys.argv[1], sys.argv[2]
+    runtime_dir = "" if runtime_dir == "-" else runtime_dir
     workers = int(sys.argv[3]) if len(sys.argv) > 3 else 2
     settings = SupervisorSettings(
         host="127.0.0.1", port=0, workers=workers, runtime_dir=runtime_dir,

@@ -32,8 +32,9 @@ ROOT = Path(__file__).resolve().parents[2]
 async def start_app(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Any]:
     apps: list[App] = []
 
-    async def start(mode: str, workers: int = 2) -> App:
-        runtime = os.path.join("/tmp", f"rtsup-{os.getpid()}-{len(apps)}")
+    async def start(mode: str, workers: int = 2, runtime: str | None = None) -> App:
+        if runtime is None:
+            runtime = os.path.join("/tmp", f"rtsup-{os.getpid()}-{len(apps)}")
         proc = await asyncio.create_subprocess_exec(
             sys.executable, str(APP), mode, runtime, str(workers),
             stderr=asyncio.subprocess.PIPE, cwd=str(ROOT),
@@ -87,9 +88,11 @@ async def test_shared_port_respawn_cluster_status_and_drain(start_app: Any) -> N
 
 
 async def test_crash_loop_stops_with_nonzero_exit(start_app: Any) -> None:
-    app = await start_app("crash", 1)
+    app = await start_app("crash", 1, runtime="-")  # "-": a temporary runtime dir
     assert await asyncio.wait_for(app.proc.wait(), 40) == EXIT_CRASH_LOOP
     await app.reader
+    hub_socket = app.events("supervisor_started")[0]["hub_socket"]
+    assert "/rtserver-" in hub_socket and not os.path.exists(os.path.dirname(hub_socket))
     crash = app.events("crash_loop")
     assert len(crash) == 1 and "Required action" in crash[0]["message"]
     # max_restarts = 3: the first exit and three restarts, the fourth restart refused.
