@@ -128,6 +128,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=4,
         help="throughput: messages in flight per room (closed loop)",
     )
+    w.add_argument(
+        "--max-messages",
+        type=int,
+        default=10_000_000,
+        help="throughput: cap on publishes per generator process (closed loop)",
+    )
     w.add_argument("--payload-bytes", type=int, default=0, help="extra padding bytes per message")
     g = p.add_argument_group("generator")
     g.add_argument(
@@ -235,6 +241,7 @@ def _config(args: argparse.Namespace, scenario: str) -> RunConfig:
         pad=max(0, args.payload_bytes),
         source_addrs=args.source_addrs,
         progress=not args.no_progress,
+        max_messages=args.max_messages,
         gen_cpu_warn=args.gen_cpu_warn,
     )
 

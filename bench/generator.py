@@ -604,6 +604,7 @@ class Generator:
         if cmd["mode"] == "closed":
             self.closed_loop = True
             self.window = int(cmd["window"])
+            self.max_messages = int(cmd["max_messages"])
             delay = max(0.0, (start - time.monotonic_ns()) / 1e9)
             self.loop.call_later(delay, self._closed_loop_start)
         else:
@@ -669,6 +670,7 @@ class Generator:
             and c.state == READY
             and c.inflight < self.window
             and time.monotonic_ns() < self.pub_end
+            and self.sent < self.max_messages
         ):
             c.inflight += 1
             self._publish_frame(c, c.room)

@@ -52,6 +52,7 @@ class RunConfig:
     source_addrs: str
     progress: bool
     gen_cpu_warn: float
+    max_messages: int = 10_000_000
 
 
 @dataclass
@@ -386,7 +387,7 @@ async def _publish_phase(
         if lay.open_loop:
             cmd.update(mode="open", rate=cfg.rate, pub_rooms=lay.pub_rooms)
         else:
-            cmd.update(mode="closed", window=cfg.window)
+            cmd.update(mode="closed", window=cfg.window, max_messages=cfg.max_messages)
         g.send(cmd)
 
     def pub_progress() -> tuple[float, float, str]:
