@@ -18,6 +18,8 @@ from typing import Any, Literal
 
 import msgspec
 
+from rtserver.domain_settings import DomainSettings
+
 __all__ = [
     "DEFAULT_CONFIG_PATH",
     "ENV_FLAGS",
@@ -190,6 +192,7 @@ class Config(_Section, frozen=True):
     bus: BusConfig
     database: DatabaseConfig
     notifications: NotificationsConfig
+    domain: DomainSettings
     namespaces: dict[str, NamespaceConfig]
 
 
@@ -359,6 +362,10 @@ def _validate(c: Config) -> None:
                  "not a Redis URL", "use redis://host:port/db")
     _require(c.notifications.pending_batch >= 1 and c.notifications.page_max >= 1,
              "notifications.pending_batch/page_max", "must be >= 1", "set positive numbers")
+    try:
+        c.domain.validate()
+    except ValueError as exc:
+        raise ConfigError(f"domain: {exc}") from exc
     _require(bool(c.namespaces), "namespaces", "no namespace is declared",
              "declare at least one [namespaces.NAME] table")
     for name in c.namespaces:

@@ -31,6 +31,7 @@ from rtserver.bus.base import Bus
 from rtserver.bus.local import LocalBus
 from rtserver.config import Config, masked
 from rtserver.fanout import load_fanout
+from rtserver.handlers import admin_health_route, handle_domain_ingress, start_domain, stop_domain
 from rtserver.hub import ConnState
 from rtserver.metrics import REGISTRY
 from rtserver.node import CLOSE_AUTH, Node
@@ -63,10 +64,12 @@ def _response(status: http.HTTPStatus, body: bytes, content_type: str) -> Respon
 
 def build_router() -> Router:
     """The router with every built-in domain handler installed."""
+    from rtserver.handlers import install_handlers
     from rtserver.handlers.notifications import install_notifications
 
     router = Router()
     install_notifications(router)
+    install_handlers(router)
     return router
 
 
@@ -89,7 +92,9 @@ class RtServer:
         self.http_routes = dict(http_routes or {})
         self.ingress: Any = None
         self.redis_ingress: Any = None
-        self.domain_ingress: Any = None
+        self._owns_store = False
+        self.domain_ingress: Any = handle_domain_ingress
+        self.http_routes.setdefault("/admin/health", admin_health_route(self.node))
         self.server: Server | None = None
         self.port: int | None = None
         self._stopping: asyncio.Event | None = None
@@ -244,6 +249,9 @@ class RtServer:
                                                                      reason))
             self.redis_ingress.start()
         if not db.dsn:
+            if node.store is not None:
+                log.info("features", database=True, note="store given by the embedding code")
+                return
             log.warning("features", database=False,
                         inactive=["connection records", "notifications", "quotes",
                                   "analytics", "admin dashboards", "alerts storage",
@@ -264,6 +272,7 @@ class RtServer:
             await store.close()
             raise
         node.store = store
+        self._owns_store = True
         node.recorder = ConnectionRecorder(
             store, worker=self.worker_id, flush_interval=db.record_flush_interval,
             max_queued=db.record_max_queued, batch_max=db.record_batch_max,
@@ -296,7 +305,7 @@ class RtServer:
             report = await node.recorder.close()
             log.info("connection_records_closed", report=report)
             node.recorder = None
-        if node.store is not None:
+        if node.store is not None and self._owns_store:
             await node.store.close()
             node.store = None
 
@@ -305,6 +314,7 @@ class RtServer:
         cfg = self.config
         await self.node.start()
         await self._start_database()
+        await start_domain(self.node, cfg.domain)
         hb = cfg.heartbeat
         kwargs: dict[str, Any] = dict(
             process_request=self._process_request,
@@ -348,6 +358,7 @@ class RtServer:
                       "longer to close")
             for conn in list(self.node.hub.connections.values()):
                 conn.ws.transport.abort()
+        await stop_domain(self.node)
         await self.node.close()
         await self._stop_database()
         self.server = None

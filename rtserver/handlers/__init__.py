@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from rtserver.domain_settings import DomainSettings
 from rtserver.hub import Connection
 from rtserver.jsonlog import get_logger
 from rtserver.router import Router
@@ -66,7 +67,6 @@ from .messages import (
     StopUserActivity,
 )
 from .quotes import Quotes, on_field_focus, on_quote_edit, on_quote_subscribe
-from .settings import DomainSettings
 
 if TYPE_CHECKING:
     from rtserver.node import Node

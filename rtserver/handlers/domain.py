@@ -17,6 +17,7 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from rtserver.bus.base import BusUnavailable
+from rtserver.domain_settings import DomainSettings
 from rtserver.hub import Connection
 from rtserver.jsonlog import get_logger
 from rtserver.metrics import REGISTRY
@@ -27,7 +28,6 @@ from rtserver.router import Handler
 from rtserver.store import StoreUnavailable
 
 from .messages import DomainError, Latency, ValidationFailed
-from .settings import DomainSettings
 
 if TYPE_CHECKING:
     from rtserver.node import Node

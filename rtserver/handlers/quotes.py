@@ -26,6 +26,7 @@ import msgspec
 
 from rtserver.auth import AccessDenied
 from rtserver.bus.base import BusUnavailable
+from rtserver.domain_settings import FieldType
 from rtserver.hub import Connection
 from rtserver.jsonlog import get_logger
 from rtserver.metrics import REGISTRY
@@ -54,7 +55,6 @@ from .messages import (
     QuoteSubscribe,
     QuoteUpdateOut,
 )
-from .settings import FieldType
 
 __all__ = ["Quotes", "check_value", "quote_room"]
 

@@ -26,8 +26,7 @@ from rtserver.bus.embedded import (
     HubSettings,
     ReconnectPolicy,
 )
-from rtserver.handlers import DomainSettings, admin_health_route, install_handlers, start_domain
-from rtserver.handlers import stop_domain as stop_domain_
+from rtserver.handlers import DomainSettings, install_handlers
 from rtserver.router import Router
 from rtserver.server import RtServer
 from rtserver.store import Store
@@ -76,19 +75,17 @@ async def domain_server(db_dsn: str) -> AsyncIterator[DomainServerFactory]:
             await st.open()
         router = Router()
         install_handlers(router)
-        server = RtServer(make_config(**(config or {})), jwt_secret=SECRET, router=router,
-                          store=st,
-                          bus=bus, worker_id=worker_id)
-        await server.start()
-        await start_domain(server.node, msgspec.structs.replace(SETTINGS, **settings))
-        server.http_routes["/admin/health"] = admin_health_route(server.node)
+        cfg = make_config(**(config or {}))
+        cfg = msgspec.structs.replace(cfg, domain=msgspec.structs.replace(SETTINGS, **settings))
+        server = RtServer(cfg, jwt_secret=SECRET, router=router, store=st, bus=bus,
+                          worker_id=worker_id)
+        await server.start()  # also start_domain(node, cfg.domain) and /admin/health
         started.append((server, st))
         return server
 
     yield factory
     for server, st in started:
-        await stop_domain_(server.node)
-        await server.stop(1001, "test over")
+        await server.stop(1001, "test over")  # also stop_domain(node)
         if st is not None:
             await st.close()
 

@@ -5,7 +5,8 @@ configuration file and passes it to :func:`rtserver.handlers.start_domain`.
 There are no hidden defaults; :meth:`DomainSettings.validate` refuses
 impossible values with the key and the fix.
 
-This module imports nothing from rtserver, so ``rtserver.config`` may embed
+This module imports nothing from rtserver (and lives outside the handlers
+package, whose __init__ imports the node), so ``rtserver.config`` may embed
 :class:`DomainSettings` as its ``domain`` section.
 """
 
