@@ -241,6 +241,7 @@ class RedisBus(Bus):
         self._users: set[str] = set()
         self._presence: dict[str, set[bytes]] = {}
         self._last_seen: dict[str, int] = {}
+        self._left_during_refresh: list[tuple[str, bytes]] | None = None
         self._health = BusHealth(kind="redis", ok=False, reason="not started")
 
     # ------------------------------------------------------------------ lifecycle
@@ -681,6 +682,8 @@ class RedisBus(Bus):
             members.discard(encoded)
             if not members:
                 del self._presence[room]
+        if self._left_during_refresh is not None:
+            self._left_during_refresh.append((room, encoded))
         client = self._client
         if client is None:
             return
@@ -707,7 +710,19 @@ class RedisBus(Bus):
             for i in range(0, len(listed), 1000):
                 pipe.evalsha(self._sha["presence_add"], 1, self._k_pres + room, ttl_ms,
                              *listed[i:i + 1000])
-        await pipe.execute()
+        # A member leaving while this pipeline is in flight could be re-added by it
+        # after its ZREM: remember such leaves and remove them again afterwards.
+        left: list[tuple[str, bytes]] = []
+        self._left_during_refresh = left
+        try:
+            await pipe.execute()
+        finally:
+            self._left_during_refresh = None
+        if left:
+            cleanup = client.pipeline(transaction=False)
+            for room, encoded in left:
+                cleanup.zrem(self._k_pres + room, encoded)
+            await cleanup.execute()
 
     async def _refresh_loop(self) -> None:
         interval = self.settings.presence_refresh_interval
