@@ -15,7 +15,7 @@ import redis.asyncio as aioredis
 
 from rtserver.bus.base import BusUnavailable, PresenceMember
 from rtserver.bus.embedded import ReconnectPolicy
-from rtserver.bus.redis_bus import RedisBus, RedisBusSettings, default_node_id
+from rtserver.bus.redis_bus import RedisBus, RedisBusSettings, _Subscriber, default_node_id
 
 from .conftest import PrivateRedis, Recorder
 
@@ -203,3 +203,52 @@ async def test_redis_restart_degrades_then_recovers(  # type: ignore[no-untyped-
     assert rec.seqs("room") == [1, 2, 3, 4]
     assert rec.seqs("room2") == [1]
     assert (await bus.presence("room", 10)).count == 1
+
+
+async def test_password_protected_redis(make_bus) -> None:  # type: ignore[no-untyped-def]
+    server = PrivateRedis(password="s3cret-pw")
+    server.start()
+    try:
+        bus, rec = await make_bus(0, url=server.url)
+        await bus.add_interest("room")
+        await bus.publish("room", b'{"a":1}')
+        await rec.wait_for(lambda: rec.publications)
+        assert rec.publications == [("room", 1, b'{"a":1}')]
+        await bus.close()
+    finally:
+        server.kill()
+
+
+class _StubBus:
+    """Receives what the subscriber protocol parses (a test double for RedisBus)."""
+
+    def __init__(self) -> None:
+        self.messages: list[tuple[bytes, bytes]] = []
+        self.confirmed: list[bytes] = []
+
+    def _on_message(self, channel: bytes, data: bytes) -> None:
+        self.messages.append((channel, data))
+
+    def _confirm_subscription(self, channel: bytes) -> None:
+        self.confirmed.append(channel)
+
+
+def test_subscriber_parses_split_frames() -> None:
+    stream = (b"*3\r\n$9\r\nsubscribe\r\n$2\r\nch\r\n:1\r\n"
+              b"*3\r\n$7\r\nmessage\r\n$2\r\nch\r\n$13\r\nP1\nn\n{\"a\":\r\n}\r\n"
+              b"*3\r\n$7\r\nmessage\r\n$2\r\nch\r\n$0\r\n\r\n")
+    for step in (1, 2, 3, 7, len(stream)):
+        stub = _StubBus()
+        sub = _Subscriber(stub)  # type: ignore[arg-type]
+        for i in range(0, len(stream), step):
+            sub.data_received(stream[i:i + step])
+        assert stub.confirmed == [b"ch"]
+        assert stub.messages == [(b"ch", b'P1\nn\n{"a":\r\n}'), (b"ch", b"")]
+        assert sub.buf == bytearray()
+
+
+def test_subscriber_rejects_a_corrupt_stream() -> None:
+    stub = _StubBus()
+    sub = _Subscriber(stub)  # type: ignore[arg-type]
+    sub.data_received(b"*3\r\n$7\r\nmessage\r\n$2\r\nch\r\n$2\r\nabcd\r\n")
+    assert stub.messages == []
