@@ -75,11 +75,21 @@ class Counter:
             print(f"bus degraded during the bench: {health.reason}")
 
 
-def _hub_process(path: str, ready: multiprocessing.synchronize.Event,
-                 stop: multiprocessing.synchronize.Event, use_uvloop: bool) -> None:
+def _hub_process(
+    path: str,
+    ready: multiprocessing.synchronize.Event,
+    stop: multiprocessing.synchronize.Event,
+    use_uvloop: bool,
+) -> None:
     async def run() -> None:
-        hub = BusHub(HubSettings(socket_path=path, expected_workers=2,
-                                 max_worker_buffer=256 * 1024 * 1024, collect_timeout=2.0))
+        hub = BusHub(
+            HubSettings(
+                socket_path=path,
+                expected_workers=2,
+                max_worker_buffer=256 * 1024 * 1024,
+                collect_timeout=2.0,
+            )
+        )
         await hub.start()
         ready.set()
         while not stop.is_set():
@@ -94,8 +104,7 @@ def _hub_process(path: str, ready: multiprocessing.synchronize.Event,
         asyncio.run(run())
 
 
-def _echo_process(path: str, ready: multiprocessing.synchronize.Event,
-                  use_uvloop: bool) -> None:
+def _echo_process(path: str, ready: multiprocessing.synchronize.Event, use_uvloop: bool) -> None:
     async def run() -> None:
         async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
             while data := await reader.read(65536):
@@ -114,8 +123,9 @@ def _echo_process(path: str, ready: multiprocessing.synchronize.Event,
         asyncio.run(run())
 
 
-async def measure(name: str, a: Bus, b: Bus, ca: Counter, cb: Counter, messages: int,
-                  window: int, samples: int) -> dict[str, float]:
+async def measure(
+    name: str, a: Bus, b: Bus, ca: Counter, cb: Counter, messages: int, window: int, samples: int
+) -> dict[str, float]:
     """RTT percentiles and pipelined throughput of one bus pair."""
     await a.add_interest(ROOM)
     await b.add_interest(ROOM)
@@ -143,8 +153,11 @@ async def measure(name: str, a: Bus, b: Bus, ca: Counter, cb: Counter, messages:
     await cb.done.wait()
     elapsed = time.perf_counter() - t0
     rtts.sort()
-    return {"rtt_p50_us": statistics.median(rtts), "rtt_p99_us": rtts[int(len(rtts) * 0.99)],
-            "msgs_per_s": messages / elapsed}
+    return {
+        "rtt_p50_us": statistics.median(rtts),
+        "rtt_p99_us": rtts[int(len(rtts) * 0.99)],
+        "msgs_per_s": messages / elapsed,
+    }
 
 
 async def uds_echo_rtt(path: str, samples: int) -> float:
@@ -171,8 +184,9 @@ async def run(args: argparse.Namespace) -> None:
     try:
         # uds-echo floor
         ready = mp.Event()
-        echo = mp.Process(target=_echo_process, args=(f"{tmp}/echo.sock", ready, args.uvloop),
-                                 daemon=True)
+        echo = mp.Process(
+            target=_echo_process, args=(f"{tmp}/echo.sock", ready, args.uvloop), daemon=True
+        )
         echo.start()
         ready.wait(10)
         echo_rtt = await uds_echo_rtt(f"{tmp}/echo.sock", args.latency_samples)
@@ -183,8 +197,9 @@ async def run(args: argparse.Namespace) -> None:
         la, lb = LocalBus(), None
         ca, cb = Counter(), Counter()
         await la.start(_Both(ca, cb))
-        results["local"] = await measure("local", la, la, ca, cb, args.messages, args.window,
-                                         args.latency_samples)
+        results["local"] = await measure(
+            "local", la, la, ca, cb, args.messages, args.window, args.latency_samples
+        )
         await la.close()
         del lb
 
@@ -197,16 +212,29 @@ async def run(args: argparse.Namespace) -> None:
         buses = []
         counters = []
         for wid in (0, 1):
-            bus = EmbeddedBus(EmbeddedBusSettings(socket_path=path, worker_id=wid,
-                                                  request_timeout=10.0, connect_timeout=5.0,
-                                                  reconnect=RECONNECT))
+            bus = EmbeddedBus(
+                EmbeddedBusSettings(
+                    socket_path=path,
+                    worker_id=wid,
+                    request_timeout=10.0,
+                    connect_timeout=5.0,
+                    reconnect=RECONNECT,
+                )
+            )
             counter = Counter()
             await bus.start(counter)
             buses.append(bus)
             counters.append(counter)
-        results["embedded"] = await measure("embedded", buses[0], buses[1], counters[0],
-                                            counters[1], args.messages, args.window,
-                                            args.latency_samples)
+        results["embedded"] = await measure(
+            "embedded",
+            buses[0],
+            buses[1],
+            counters[0],
+            counters[1],
+            args.messages,
+            args.window,
+            args.latency_samples,
+        )
         for bus in buses:
             await bus.close()
         stop.set()
@@ -217,19 +245,36 @@ async def run(args: argparse.Namespace) -> None:
         rbuses: list[RedisBus] = []
         rcounters = []
         for wid in (0, 1):
-            rbus = RedisBus(RedisBusSettings(
-                url=args.redis, key_prefix=prefix, node_id=default_node_id(wid),
-                history_size=100, presence_ttl=60.0, presence_refresh_interval=20.0,
-                request_timeout=10.0, connect_timeout=5.0, max_connections=8,
-                publish_batch_max=args.window, reconnect=RECONNECT))
+            rbus = RedisBus(
+                RedisBusSettings(
+                    url=args.redis,
+                    key_prefix=prefix,
+                    node_id=default_node_id(wid),
+                    history_size=100,
+                    presence_ttl=60.0,
+                    presence_refresh_interval=20.0,
+                    request_timeout=10.0,
+                    connect_timeout=5.0,
+                    max_connections=8,
+                    publish_batch_max=args.window,
+                    reconnect=RECONNECT,
+                )
+            )
             counter = Counter()
             await rbus.start(counter)
             rbuses.append(rbus)
             rcounters.append(counter)
         try:
-            results["redis"] = await measure("redis", rbuses[0], rbuses[1], rcounters[0],
-                                             rcounters[1], args.messages, args.window,
-                                             args.latency_samples)
+            results["redis"] = await measure(
+                "redis",
+                rbuses[0],
+                rbuses[1],
+                rcounters[0],
+                rcounters[1],
+                args.messages,
+                args.window,
+                args.latency_samples,
+            )
         finally:
             for rbus in rbuses:
                 await rbus.close()
@@ -241,16 +286,22 @@ async def run(args: argparse.Namespace) -> None:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
-    print(f"bus micro-benchmark: {args.messages} publications, window {args.window}, "
-          f"{args.latency_samples} latency samples, body {len(BODY)} B, pid {os.getpid()}")
+    print(
+        f"bus micro-benchmark: {args.messages} publications, window {args.window}, "
+        f"{args.latency_samples} latency samples, body {len(BODY)} B, pid {os.getpid()}"
+    )
     print(f"uds-echo floor: round trip p50 {echo_rtt:.1f} us")
-    print(f"{'bus':<10}{'rtt p50 us':>12}{'rtt p99 us':>12}{'msgs/s':>12}"
-          f"{'rtt/echo':>10}{'thr/local':>11}{'thr/redis':>11}")
+    print(
+        f"{'bus':<10}{'rtt p50 us':>12}{'rtt p99 us':>12}{'msgs/s':>12}"
+        f"{'rtt/echo':>10}{'thr/local':>11}{'thr/redis':>11}"
+    )
     for name, r in results.items():
-        print(f"{name:<10}{r['rtt_p50_us']:>12.1f}{r['rtt_p99_us']:>12.1f}"
-              f"{r['msgs_per_s']:>12.0f}{r['rtt_p50_us'] / echo_rtt:>10.2f}"
-              f"{r['msgs_per_s'] / results['local']['msgs_per_s']:>11.3f}"
-              f"{r['msgs_per_s'] / results['redis']['msgs_per_s']:>11.2f}")
+        print(
+            f"{name:<10}{r['rtt_p50_us']:>12.1f}{r['rtt_p99_us']:>12.1f}"
+            f"{r['msgs_per_s']:>12.0f}{r['rtt_p50_us'] / echo_rtt:>10.2f}"
+            f"{r['msgs_per_s'] / results['local']['msgs_per_s']:>11.3f}"
+            f"{r['msgs_per_s'] / results['redis']['msgs_per_s']:>11.2f}"
+        )
 
 
 class _Both:
@@ -275,8 +326,9 @@ class _Both:
 
 def main(argv: list[str] | None = None) -> None:
     """Parse the options and run the benchmark."""
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--messages", type=int, default=20000)
     parser.add_argument("--window", type=int, default=256, help="publishes in flight")
     parser.add_argument("--latency-samples", type=int, default=2000)
