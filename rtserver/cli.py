@@ -77,9 +77,15 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     except FanoutUnavailable as exc:
         print(f"rtserver: refusing to start: {exc}", file=sys.stderr)
         return 2
+    if config.workers.count > 1 or config.bus.redis_url:
+        from rtserver.supervisor import plan_from_config, serve_workers
+
+        settings, plan = plan_from_config(config)
+        return serve_workers(config, settings, plan)
     from rtserver.server import run_server
 
     return run_server(config)
+
 
 
 def _cmd_token(args: argparse.Namespace) -> int:

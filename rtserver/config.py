@@ -111,6 +111,11 @@ class WorkersConfig(_Section, frozen=True):
     count: int
     max_restarts: int
     restart_window: float
+    restart_delay: float
+    shutdown_grace: float
+    backlog: int
+    hub_max_worker_buffer: int
+    collect_timeout: float
     runtime_dir: str
 
 
@@ -120,9 +125,15 @@ class BusConfig(_Section, frozen=True):
     redis_url: str
     reconnect_backoff_base: float
     reconnect_backoff_max: float
+    reconnect_jitter: float
+    connect_timeout: float
     request_timeout: float
     history_size: int
     presence_ttl: float
+    presence_refresh_interval: float
+    redis_key_prefix: str
+    redis_max_connections: int
+    publish_batch_max: int
     ingress_key: str
     ingress_block_timeout: float
 
@@ -228,7 +239,9 @@ def _coerce_env(section: str, key: str, raw: str) -> Any:
         )
     if field_type is int:
         if section == "workers" and key == "count" and raw.strip() == "auto":
-            return os.cpu_count() or 1
+            from rtserver.supervisor import resolve_workers
+
+            return resolve_workers("auto")
         try:
             return int(raw)
         except ValueError as exc:
@@ -348,6 +361,14 @@ def _validate(c: Config) -> None:
              "must be >= 0", "set 0 to disable or a positive number")
     _require(c.workers.count >= 1, "workers.count", "must be >= 1",
              "give a positive number or auto")
+    _require(c.workers.shutdown_grace > s.shutdown_grace, "workers.shutdown_grace",
+             "must be longer than server.shutdown_grace (each worker's own drain)",
+             "raise workers.shutdown_grace above server.shutdown_grace")
+    _require(c.bus.presence_refresh_interval < c.bus.presence_ttl,
+             "bus.presence_refresh_interval", "must be shorter than bus.presence_ttl",
+             "refresh presence entries before they expire")
+    _require(0 <= c.bus.reconnect_jitter < 1, "bus.reconnect_jitter", "must be in [0, 1)",
+             "use a fraction such as 0.5")
     _require(c.workers.max_restarts >= 0 and c.workers.restart_window > 0,
              "workers.max_restarts/restart_window", "must be >= 0 / > 0",
              "set valid restart limits")

@@ -121,8 +121,7 @@ class Node:
         self.fanout: Any = None
         self.degraded: dict[str, str] = {}
         self._interest: dict[str, asyncio.Future[None]] = {}
-        self._pending_subs: dict[str, int] = {}
-        self._excludes: dict[tuple[str, bytes], Any] = {}
+        self._excludes: dict[tuple[str, bytes], tuple[Any, float]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._heartbeat_task: asyncio.Task[None] | None = None
         self.state_listeners: list[Callable[[str, bool, str | None], None]] = []
@@ -358,31 +357,24 @@ class Node:
                         msg_id: MessageId = None) -> bool:
         """Join ``room`` (access already checked) and confirm with ``subscribed``.
 
-        While the bus interest is being established the subscription counts as
-        pending, so a concurrent last leave does not drop the room's interest.
+        The connection joins the room's local table before any await, so no
+        publication delivered while the bus interest and the room's last seq
+        are fetched is missed (some may arrive before the ``subscribed`` reply;
+        the room's seq stays gap-free), and a concurrent last leave does not
+        drop the room's bus interest.
         """
-        pending = self._pending_subs
-        pending[room] = pending.get(room, 0) + 1
-        ok = False
-        seq = 0
+        self.hub.join(conn, room)
         try:
             await self._ensure_interest(room)
             seq = await self.bus.last_seq(room)
-            ok = conn.state not in (ConnState.CLOSING, ConnState.CLOSED)
         except BusUnavailable as exc:
-            self._bus_error(conn, exc, msg_id)
-        finally:
-            left = pending[room] - 1
-            if left:
-                pending[room] = left
-            else:
-                del pending[room]
-        if not ok:
-            if room not in self.hub.rooms and room not in pending and room in self._interest:
-                self._interest.pop(room)
+            if self.hub.leave(conn, room):
+                self._interest.pop(room, None)
                 await self._bus_call(self.bus.remove_interest(room), "remove_interest")
+            self._bus_error(conn, exc, msg_id)
             return False
-        self.hub.join(conn, room)
+        if conn.state in (ConnState.CLOSING, ConnState.CLOSED):
+            return False  # connection_closed() leaves the room (it is in conn.rooms)
         self.reply(conn, Subscribed(room=room, seq=seq, id=msg_id))
         member = PresenceMember(user=conn.user or "", connection_id=conn.id)
         if rules.presence:
@@ -402,7 +394,7 @@ class Node:
         await self._after_leave(conn, room, last)
 
     async def _after_leave(self, conn: Connection, room: str, last: bool) -> None:
-        if last and room not in self._pending_subs:
+        if last:
             self._interest.pop(room, None)
             await self._bus_call(self.bus.remove_interest(room), "remove_interest")
         _, _, rules = self.policy.namespace(room)
@@ -505,14 +497,17 @@ class Node:
         ``exclude`` (a local connection) does not receive it.
         """
         body = message if isinstance(message, bytes) else self.codec.encode(message)
-        if exclude is None:
+        if exclude is None or room not in exclude.rooms:
             return await self.bus.publish(room, body)
+        # The publication comes back through on_publication (possibly after
+        # publish() returned, with Redis), which takes the exclusion out.
         key = (room, body)
-        self._excludes[key] = exclude.sink
+        self._excludes[key] = (exclude.sink, time.monotonic())
         try:
             return await self.bus.publish(room, body)
-        finally:
+        except BusUnavailable:
             self._excludes.pop(key, None)
+            raise
 
     async def broadcast(self, message: ServerMessage | bytes) -> None:
         """Send to every authenticated or anonymous connection on every worker."""
@@ -524,10 +519,14 @@ class Node:
     def on_publication(self, room: str, seq: int, body: bytes) -> None:
         """Fan a room publication out to the local members."""
         PUBLICATIONS.inc()
+        exclude = None
+        if self._excludes:
+            entry = self._excludes.pop((room, body), None)
+            if entry is not None:
+                exclude = entry[0]
         sinks = self.hub.rooms.get(room)
         if not sinks:
             return
-        exclude = self._excludes.pop((room, body), None) if self._excludes else None
         n = self.fanout.send_many(sinks, with_seq(body, seq), exclude)
         DELIVERIES.inc(amount=n)
 
@@ -583,6 +582,12 @@ class Node:
             n = self.fanout.send_many(sinks, self.codec.encode(Heartbeat(server_time=utc_now())))
             MESSAGES_OUT.inc("heartbeat", amount=n)
         idle = self.config.heartbeat.idle_timeout
+        if self._excludes:
+            # An exclusion whose publication never came back (the room lost its
+            # last local member meanwhile) is dropped after an idle timeout.
+            stale = [k for k, (_, t) in self._excludes.items() if now - t > idle]
+            for key in stale:
+                del self._excludes[key]
         for conn in list(self.hub.connections.values()):
             if conn.state in (ConnState.CLOSING, ConnState.CLOSED):
                 continue

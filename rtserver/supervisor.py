@@ -74,6 +74,7 @@ __all__ = [
     "WorkerContext",
     "build_worker_bus",
     "make_reuseport_socket",
+    "plan_from_config",
     "resolve_workers",
     "run_supervisor",
     "run_worker_server",
@@ -488,6 +489,28 @@ def run_worker_server(config: Config, plan: WorkerBusPlan, jwt_secret: str,
     server = _cluster_server_class()(config, worker_id=ctx.worker_id, bus=bus, sock=sock,
                                      jwt_secret=jwt_secret, hub_bus=hub)
     uvloop.run(server.serve_until_signal())
+
+
+def plan_from_config(config: Config) -> tuple[SupervisorSettings, WorkerBusPlan]:
+    """The supervisor settings and the workers' bus plan from the configuration."""
+    w, b, s = config.workers, config.bus, config.server
+    rc = ReconnectPolicy(initial_delay=b.reconnect_backoff_base,
+                         max_delay=b.reconnect_backoff_max, jitter=b.reconnect_jitter)
+    redis = RedisBusSettings(
+        url=b.redis_url, key_prefix=b.redis_key_prefix, node_id="", history_size=b.history_size,
+        presence_ttl=b.presence_ttl, presence_refresh_interval=b.presence_refresh_interval,
+        request_timeout=b.request_timeout, connect_timeout=b.connect_timeout,
+        max_connections=b.redis_max_connections, publish_batch_max=b.publish_batch_max,
+        reconnect=rc) if b.redis_url else None
+    plan = WorkerBusPlan(request_timeout=b.request_timeout, connect_timeout=b.connect_timeout,
+                         reconnect=rc, redis=redis)
+    settings = SupervisorSettings(
+        host=s.host, port=s.port, workers=w.count, runtime_dir=w.runtime_dir,
+        shutdown_grace=w.shutdown_grace, max_restarts=w.max_restarts,
+        restart_window=w.restart_window, restart_delay=w.restart_delay,
+        hub_max_worker_buffer=w.hub_max_worker_buffer, collect_timeout=w.collect_timeout,
+        backlog=w.backlog)
+    return settings, plan
 
 
 def serve_workers(config: Config, settings: SupervisorSettings, plan: WorkerBusPlan) -> int:

@@ -19,7 +19,7 @@ Payload conventions (bytes, never re-encoded per hop):
 
 Implementations: :mod:`rtserver.bus.local` (one process, in memory),
 :mod:`rtserver.bus.embedded` (workers of one machine through the supervisor),
-:mod:`rtserver.bus.redis` (several machines through Redis).
+:mod:`rtserver.bus.redis_bus` (several machines through Redis).
 """
 
 from __future__ import annotations
