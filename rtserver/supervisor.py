@@ -152,6 +152,9 @@ class WorkerContext:
     #: Unix socket of the supervisor's bus hub (for ``EmbeddedBusSettings.socket_path``).
     hub_socket: str
     supervisor_pid: int
+    #: How this worker id's previous process ended ("exit code 1", "signal SIGKILL"),
+    #: None on the first start: a respawned worker raises a worker_respawned alert.
+    previous_exit: str | None = None
 
 
 def resolve_workers(value: str | int) -> int:
@@ -250,6 +253,7 @@ class _Supervisor:
         self.mp = multiprocessing.get_context("spawn")
         self.procs: dict[int, BaseProcess] = {}
         self.restarts: deque[float] = deque()
+        self.last_exit: dict[int, str] = {}
         self.stopping = False
         self.exit_code = EXIT_OK
         self.done: asyncio.Event
@@ -304,7 +308,7 @@ class _Supervisor:
             return
         ctx = WorkerContext(worker_id=wid, workers=self.s.workers, host=self.s.host,
                             port=self.port, backlog=self.s.backlog, hub_socket=self.hub_socket,
-                            supervisor_pid=os.getpid())
+                            supervisor_pid=os.getpid(), previous_exit=self.last_exit.get(wid))
         proc = self.mp.Process(target=_child_entry, args=(self.worker_main, ctx),
                                name=f"rtserver-worker-{wid}", daemon=False)
         proc.start()
@@ -344,6 +348,7 @@ class _Supervisor:
             return
         _log.error("worker_exited", worker_id=wid, status=status, exit_code=code,
                    action="restarting it; check the worker's log lines above")
+        self.last_exit[wid] = status
         now = time.monotonic()
         self.restarts.append(now)
         while self.restarts and now - self.restarts[0] > self.s.restart_window:
@@ -487,7 +492,8 @@ def run_worker_server(config: Config, plan: WorkerBusPlan, jwt_secret: str,
     bus, hub = build_worker_bus(ctx, plan)
     sock = make_reuseport_socket(ctx.host, ctx.port, ctx.backlog)
     server = _cluster_server_class()(config, worker_id=ctx.worker_id, bus=bus, sock=sock,
-                                     jwt_secret=jwt_secret, hub_bus=hub)
+                                     jwt_secret=jwt_secret, hub_bus=hub,
+                                     previous_exit=ctx.previous_exit)
     uvloop.run(server.serve_until_signal())
 
 
@@ -572,9 +578,11 @@ def _cluster_server_class() -> Any:
     class ClusterServer(RtServer):
         """One worker of a multi-worker server."""
 
-        def __init__(self, config: Config, *, hub_bus: EmbeddedBus, **kwargs: Any) -> None:
+        def __init__(self, config: Config, *, hub_bus: EmbeddedBus,
+                     previous_exit: str | None = None, **kwargs: Any) -> None:
             super().__init__(config, **kwargs)
             self.hub_bus = hub_bus
+            self.previous_exit = previous_exit
             node = self.node
             hub_bus.set_status_providers(
                 lambda: REGISTRY.render({"worker": str(self.worker_id)}), node.health)
@@ -585,6 +593,13 @@ def _cluster_server_class() -> Any:
                 await self.hub_bus.start(_HubStateHandler(
                     lambda h: node.set_degraded("bus:hub", not h.ok, h.reason)))
             await super().start()
+            if self.previous_exit is not None:
+                from rtserver.handlers import raise_alert
+
+                await raise_alert(self.node, "worker_respawned", "high",
+                                  f"worker {self.worker_id} was restarted after its previous "
+                                  f"process ended ({self.previous_exit})",
+                                  {"worker": self.worker_id, "previous_exit": self.previous_exit})
 
         async def stop(self, code: int = 1012, reason: str = "service restart") -> None:
             await super().stop(code, reason)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import urllib.request
 
@@ -49,6 +50,31 @@ async def test_serve_two_workers_cross_worker_room_and_drain() -> None:
 
         doc = await asyncio.to_thread(health)
         assert doc["status"] == "ok" and set(doc["workers"]) == {"0", "1"}  # type: ignore[arg-type]
+
+        # A monitoring admin on worker 0 is told when worker 1 dies and is respawned.
+        admin = None
+        for _ in range(40):
+            ws = await connect(f"ws://127.0.0.1:{port}/ws?token="
+                               f"{token(perms=['admin:monitor'])}")
+            c = Client(ws)
+            worker = (await c.recv())["worker"]
+            await c.recv()
+            if worker == 0:
+                admin = c
+                break
+            await ws.close()
+        assert admin is not None
+        await admin.send({"type": "start_monitoring", "update_interval": 5})
+        pids = {r["worker_id"]: r["pid"] for r in proc.events("worker_started")}
+        os.kill(pids[1], signal.SIGKILL)
+        async with asyncio.timeout(30):
+            while True:
+                msg = await admin.recv(timeout=30)
+                if msg["type"] == "admin_alert" and msg["alert_type"] == "worker_respawned":
+                    break
+        assert msg["severity"] == "high" and "SIGKILL" in msg["message"]
+        clients = [c for c in clients if c.ws.state.name == "OPEN"]
+        clients.append(admin)
 
         proc.proc.send_signal(signal.SIGTERM)
         for c in clients:
