@@ -120,23 +120,25 @@ async def deliver_notification(node: Node, user: str, payload: bytes) -> None:
     await node.send_to_user(user, payload)
 
 
-# Per connection, the notification ids it was sent around its connect-time
-# claim: live copies of claimed ones and claims of live ones are skipped, so a
-# notification racing with the connect reaches the connection once.
-_seen: dict[str, set[int]] = {}
-_claimed: set[str] = set()
+# Around a connection's connect-time claim of its pending notifications, live
+# notifications for it are held until the claim is done; then claimed and held
+# ones are sent together in id order, each once. Afterwards live copies of the
+# claimed ones are skipped.
+_held: dict[str, dict[int, bytes]] = {}
+_claimed: dict[str, set[int]] = {}
 
 
 def _keep_live(node: Node, conn: Connection, payload: bytes) -> bool:
-    if not payload.startswith(PREFIX):
+    if not payload.startswith(PREFIX) or node.store is None:
         return True
     notification_id = msgspec.json.decode(payload, type=_IdOnly).id
-    seen = _seen.setdefault(conn.id, set())
-    if notification_id in seen:
+    claimed = _claimed.get(conn.id)
+    if claimed is None:
+        _held.setdefault(conn.id, {})[notification_id] = payload
+        return False
+    if notification_id in claimed:
         DUPLICATES.inc()
         return False
-    if conn.id not in _claimed:
-        seen.add(notification_id)
     return True
 
 
@@ -159,17 +161,20 @@ async def _on_connect(node: Node, conn: Connection) -> None:
     if user is None or store is None:
         return
     batch = node.config.notifications.pending_batch
-    seen = _seen.setdefault(conn.id, set())
-    pending = await store.claim_pending_notifications(user, batch)
-    _claimed.add(conn.id)
-    live = set(seen)
-    seen.clear()
-    seen.update(n.id for n in pending)
-    for n in pending:
-        if n.id in live:
-            DUPLICATES.inc()
-            continue
-        node.send_to_connection(conn.id, notification_payload(n))
+    pending: list[StoredNotification] = []
+    try:
+        pending = await store.claim_pending_notifications(user, batch)
+    finally:
+        # Also when the claim failed: the held live ones are sent, in id order.
+        out = {n.id: notification_payload(n) for n in pending}
+        held = _held.pop(conn.id, {})
+        DUPLICATES.inc(amount=len(out.keys() & held.keys()))
+        out.update(held)
+        _claimed[conn.id] = {n.id for n in pending}
+        for notification_id in sorted(out):
+            node.send_to_connection(conn.id, out[notification_id])
+        if held:
+            node.spawn(store.mark_delivered(list(held)), f"notifications-held-{conn.id}")
     if pending:
         DELIVERED.inc("pending", amount=len(pending))
         log.info("notifications_pending_delivered", connection_id=conn.id, user=user,
@@ -214,8 +219,8 @@ async def _list(node: Node, conn: Connection, msg: NotificationsList) -> None:
 
 
 async def _on_disconnect(node: Node, conn: Connection) -> None:
-    _seen.pop(conn.id, None)
-    _claimed.discard(conn.id)
+    _held.pop(conn.id, None)
+    _claimed.pop(conn.id, None)
 
 
 def install_notifications(router: Router) -> None:
