@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from rtserver.auth import TokenError, TokenVerifier, mint_token
 from rtserver.config import ConfigError, load_config
 
-SECRET = "auth-test-secret-0123456789abcdef-0123456789abcdef-0123"
+SECRET = "auth-test-secret-0123456789abcdef-0123456789abcdef-0123456789abcdef"
 
 
 def verifier() -> TokenVerifier:
