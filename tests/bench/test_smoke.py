@@ -210,11 +210,24 @@ def test_rtserver_users_and_connect_storm(tmp_path: Path) -> None:
     assert code == 0, out
     assert summary["targets"]["rtserver"]["connected"] == 150
     code, out, summary = run_bench(
-        tmp_path, "connect-storm", "--spawn", "-n", "300", "--check", "--check-connect-s", "1e9"
+        tmp_path,
+        "connect-storm",
+        "--spawn",
+        "--workers",
+        "2",
+        "-n",
+        "300",
+        "--check",
+        "--check-connect-s",
+        "1e9",
     )
     assert code == 0, out
     rt = summary["targets"]["rtserver"]
     assert rt["connected"] == 300 and rt["time_to_all_subscribed_s"] > 0
+    report = json.loads(Path(summary["report"]).read_text())
+    # supervisor + 2 workers at least: CPU and RSS are summed over all of them
+    assert len(report["targets"][0]["server_pids"]) >= 3
+    assert "did not start its workers" not in out
 
 
 @pytest.mark.timeout(90)
