@@ -106,6 +106,7 @@ class Conn:
         "is_pub",
         "missing",
         "next",
+        "path",
         "request",
         "room",
         "room_name",
@@ -126,6 +127,7 @@ class Conn:
         self.frag: bytes | None = None
         self.wbuf = b""
         self.request = b""
+        self.path = ""
         self.accept = b""
         self.sub_seq = 0
         self.next = 0
@@ -501,7 +503,7 @@ class Generator:
             if tok is None:
                 tok = tokens[user] = mint(secret, user, ttl)
             c = Conn(self, int(room), rooms.get(int(room), ""), bool(is_pub))
-            c.request = (path + ("&" if "?" in path else "?") + "token=" + tok).encode()
+            c.path = path + ("&" if "?" in path else "?") + "token=" + tok
             self.conns.append(c)
         self.pending = list(reversed(self.conns))
         self.phase = "connect"
@@ -517,9 +519,8 @@ class Generator:
         host, port, source = self.cfg["host"], int(self.cfg["port"]), self.cfg.get("source")
         while self.pending and self.connecting < window:
             c = self.pending.pop()
-            path = c.request.decode()
             self.connecting += 1
-            c.start(host, port, path, source)
+            c.start(host, port, c.path, source)
 
     def conn_ready(self, c: Conn) -> None:
         """A connection finished handshake, auth and (if it has a room) subscribe."""
@@ -749,10 +750,7 @@ class Generator:
                 if c.next and f > c.sub_seq:
                     expected += f - c.sub_seq
         self.expected = expected
-        if self.phase not in ("publish", "published"):
-            self.phase = "drain"
-        else:
-            self.phase = "drain"
+        self.phase = "drain"
         self.drain_deadline = time.monotonic_ns() + int(float(cmd["timeout"]) * 1e9)
         self._drain_check()
 

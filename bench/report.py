@@ -131,6 +131,9 @@ def evaluate_checks(s: dict[str, Any], th: Thresholds, enabled: bool) -> list[Ch
         out.append(Check(t, key, v == 0, f"{v} (must be 0)"))
     pe = s.get("publish_errors") or {}
     out.append(Check(t, "publish_errors", not pe, f"{pe or 0} (must be none)"))
+    se = s.get("server_error_frames") or {}
+    if se:
+        out.append(Check(t, "server_error_frames", False, f"{se} on subscribed connections"))
     if "drain_complete" in s and not s["drain_complete"]:
         out.append(
             Check(t, "drain", False, "not every expected delivery arrived before --drain-timeout")
