@@ -60,6 +60,7 @@ class ServerConfig(_Section, frozen=True):
     log_level: Literal["debug", "info", "warning", "error"]
     max_message_bytes: int
     compression: bool
+    backlog: int
     open_timeout: float
     close_timeout: float
     max_incoming_queue: int
@@ -94,6 +95,7 @@ class HeartbeatConfig(_Section, frozen=True):
     """``[heartbeat]``: liveness in both directions."""
 
     interval: float
+    sweep_slices: int
     idle_timeout: float
     ws_ping_interval: float
     ws_ping_timeout: float
@@ -113,7 +115,6 @@ class WorkersConfig(_Section, frozen=True):
     restart_window: float
     restart_delay: float
     shutdown_grace: float
-    backlog: int
     hub_max_worker_buffer: int
     collect_timeout: float
     runtime_dir: str
@@ -324,6 +325,8 @@ def _validate(c: Config) -> None:
              "allow at least 256 bytes")
     for key in ("open_timeout", "close_timeout", "shutdown_grace"):
         _require(getattr(s, key) > 0, f"server.{key}", "must be > 0", "set a positive number")
+    _require(s.backlog >= 1, "server.backlog", "must be >= 1",
+             "set the listen backlog (the kernel caps it at net.core.somaxconn)")
     _require(s.max_incoming_queue >= 1, "server.max_incoming_queue", "must be >= 1",
              "set a positive number")
     if a.jwt_algorithm == "HS256":
@@ -354,6 +357,8 @@ def _validate(c: Config) -> None:
              "smaller than server.max_message_bytes",
              "allow at least one full message in the outbound buffer")
     _require(hb.interval > 0, "heartbeat.interval", "must be > 0", "set a positive number")
+    _require(hb.sweep_slices >= 1, "heartbeat.sweep_slices", "must be >= 1",
+             "set a positive number of steps")
     _require(hb.idle_timeout > hb.interval, "heartbeat.idle_timeout",
              "must be longer than heartbeat.interval",
              "set idle_timeout to several heartbeat intervals")

@@ -84,6 +84,14 @@ class JsonLogger:
             if fallback is not None:
                 fallback.write(f"rtserver: log stream unavailable ({exc}): {line!r}\n")
 
+    def lifecycle(self, event: str, **fields: Any) -> None:
+        """Write an info line whatever the level: start, listening, signals, stop.
+
+        Tools (the bench's ``--spawn``, supervisors, tests) read these lines, so
+        ``log_level = "warning"`` must not hide them.
+        """
+        self._write(max(logging.INFO, _level), "info", event, fields)
+
     def debug(self, event: str, **fields: Any) -> None:
         """Write a debug line."""
         self._write(logging.DEBUG, "debug", event, fields)

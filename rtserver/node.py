@@ -570,17 +570,28 @@ class Node:
     # ------------------------------------------------------------ heartbeat & idle
 
     async def _heartbeat(self) -> None:
-        hb = self.config.heartbeat
-        while True:
-            await asyncio.sleep(hb.interval)
-            self.heartbeat_tick(time.monotonic(), time.time())
+        """Every connection gets a heartbeat and an idle/expiry check once per interval.
 
-    def heartbeat_tick(self, now: float, wall: float) -> None:
-        """Send the heartbeat frame; close idle connections and expired tokens."""
-        sinks = self.hub.all_sinks
-        if sinks:
-            n = self.fanout.send_many(sinks, self.codec.encode(Heartbeat(server_time=utc_now())))
-            MESSAGES_OUT.inc("heartbeat", amount=n)
+        The sweep is spread over ``heartbeat.sweep_slices`` equal steps of the
+        interval (each step handles its share of the connections), so 10,000
+        connections never cost one long stall of the event loop.
+        """
+        hb = self.config.heartbeat
+        slices = hb.sweep_slices
+        step = hb.interval / slices
+        batch: list[Connection] = []
+        index = 0
+        while True:
+            await asyncio.sleep(step)
+            if index == 0:
+                batch = list(self.hub.connections.values())
+            start = len(batch) * index // slices
+            end = len(batch) * (index + 1) // slices
+            self.heartbeat_tick(time.monotonic(), time.time(), batch[start:end])
+            index = (index + 1) % slices
+
+    def heartbeat_tick(self, now: float, wall: float, conns: list[Connection]) -> None:
+        """Send the heartbeat frame to ``conns``; close idle ones and expired tokens."""
         idle = self.config.heartbeat.idle_timeout
         if self._excludes:
             # An exclusion whose publication never came back (the room lost its
@@ -588,8 +599,10 @@ class Node:
             stale = [k for k, (_, t) in self._excludes.items() if now - t > idle]
             for key in stale:
                 del self._excludes[key]
-        for conn in list(self.hub.connections.values()):
-            if conn.state in (ConnState.CLOSING, ConnState.CLOSED):
+        sinks = []
+        for conn in conns:
+            state = conn.state
+            if state is ConnState.CLOSING or state is ConnState.CLOSED:
                 continue
             if now - conn.session.last_activity > idle:
                 self.error(conn, "idle_timeout", f"no message from the client for {idle:g} s",
@@ -597,11 +610,17 @@ class Node:
                            "heartbeat.idle_timeout")
                 self.close_connection(conn, CLOSE_IDLE, "idle timeout")
                 continue
-            p = conn.principal
+            p = conn.session.principal
             if p is not None and p.expires_at is not None and p.expires_at <= wall:
                 self.error(conn, ErrorCode.TOKEN_EXPIRED, "the token has expired",
                            "Required action: reconnect with a fresh token")
                 self.close_connection(conn, CLOSE_AUTH, "token expired")
+                continue
+            if state is not ConnState.CONNECTING:
+                sinks.append(conn.sink)
+        if sinks:
+            n = self.fanout.send_many(sinks, self.codec.encode(Heartbeat(server_time=utc_now())))
+            MESSAGES_OUT.inc("heartbeat", amount=n)
 
     # ------------------------------------------------------------ health & metrics
 

@@ -327,13 +327,15 @@ class RtServer:
             max_queue=cfg.server.max_incoming_queue,
             server_header="rtserver",
         )
+        if self.sock is None:
+            kwargs["backlog"] = cfg.server.backlog
         if self.sock is not None:
             self.server = await serve(self._handler, sock=self.sock, **kwargs)
         else:
             self.server = await serve(self._handler, cfg.server.host, cfg.server.port, **kwargs)
         sockets = list(self.server.sockets)
         self.port = sockets[0].getsockname()[1]
-        log.info("listening", host=cfg.server.host, port=self.port,
+        log.lifecycle("listening", host=cfg.server.host, port=self.port,
                  ws_path=cfg.server.ws_path, worker=self.worker_id,
                  fanout=self.node.fanout_module.__name__, bus=self.node.bus.kind)
 
@@ -341,7 +343,7 @@ class RtServer:
         """Stop accepting, close every connection with ``code``, wait for the drain."""
         if self.server is None:
             return
-        log.info("draining", connections=len(self.node.hub.connections), close_code=code,
+        log.lifecycle("draining", connections=len(self.node.hub.connections), close_code=code,
                  grace=self.config.server.shutdown_grace)
         self.node.fanout.flush()
         for conn in list(self.node.hub.connections.values()):
@@ -362,7 +364,7 @@ class RtServer:
         await self.node.close()
         await self._stop_database()
         self.server = None
-        log.info("stopped")
+        log.lifecycle("stopped")
 
     async def serve_until_signal(self) -> None:
         """Run until SIGTERM or SIGINT, then drain with 1012."""
@@ -376,7 +378,7 @@ class RtServer:
         await self.stop()
 
     def _on_signal(self, sig: signal.Signals) -> None:
-        log.info("signal", signal=sig.name)
+        log.lifecycle("signal", signal=sig.name)
         if self._stopping is not None:
             self._stopping.set()
 
@@ -387,7 +389,7 @@ def run_server(config: Config, worker_id: int = 0, sock: socket.socket | None = 
 
     jsonlog.configure(config.server.log_level)
     jsonlog.set_worker(worker_id)
-    log.info("config", effective=masked(config))
+    log.lifecycle("config", effective=masked(config))
     if config.fanout.implementation == "python":
         log.warning("fanout_python_reference",
                     note="the pure-Python fan-out reference was selected explicitly; it is "

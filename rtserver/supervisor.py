@@ -515,7 +515,7 @@ def plan_from_config(config: Config) -> tuple[SupervisorSettings, WorkerBusPlan]
         shutdown_grace=w.shutdown_grace, max_restarts=w.max_restarts,
         restart_window=w.restart_window, restart_delay=w.restart_delay,
         hub_max_worker_buffer=w.hub_max_worker_buffer, collect_timeout=w.collect_timeout,
-        backlog=w.backlog)
+        backlog=s.backlog)
     return settings, plan
 
 
