@@ -10,6 +10,9 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
 import re
 import time
 import uuid
@@ -77,14 +80,45 @@ _TOKEN_ACTION = (
 )
 
 
+class _Header(msgspec.Struct):
+    alg: str
+    crit: list[str] | None = None
+
+
+class _Claims(msgspec.Struct):
+    sub: str | int
+    exp: int | float
+    # An absent perms / rooms claim is an explicit "none" (not a hidden grant).
+    perms: list[str] = []
+    rooms: list[str] = []
+    nbf: int | float | None = None
+
+
+_header_decoder = msgspec.json.Decoder(_Header)
+_claims_decoder = msgspec.json.Decoder(_Claims)
+
+
+def _b64url(segment: str) -> bytes:
+    return base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
+
+
 class TokenVerifier:
-    """Verify JWTs against the configured key and algorithm."""
+    """Verify JWTs against the configured key and algorithm.
+
+    HS256 (the hot case: every connection of a connect storm presents one) is
+    verified here directly: compact JWS with exactly three segments, header
+    ``alg`` pinned to HS256 (``none`` and every other algorithm refused, no
+    ``crit``), HMAC-SHA256 over ``header.payload`` compared in constant time
+    with a key schedule prepared once, then ``sub`` and ``exp`` required and
+    ``exp``/``nbf`` checked. RS256 goes through PyJWT.
+    """
 
     def __init__(self, config: AuthConfig, secret: str) -> None:
         self._algorithm = config.jwt_algorithm
         self._key: Any
         if self._algorithm == "HS256":
             self._key = secret
+            self._mac = hmac.new(secret.encode(), digestmod=hashlib.sha256)
         else:
             self._key = Path(config.jwt_public_key_file).read_text()
 
@@ -92,6 +126,8 @@ class TokenVerifier:
         """Return the token's principal or raise :class:`TokenError`."""
         if not token:
             raise TokenError("token_missing", "no token was given", _TOKEN_ACTION)
+        if self._algorithm == "HS256":
+            return self._verify_hs256(token)
         try:
             header = jwt.get_unverified_header(token)
         except jwt.InvalidTokenError as exc:
@@ -118,6 +154,44 @@ class TokenVerifier:
             raise TokenError("token_invalid", f"the token is invalid: {exc}",
                              _TOKEN_ACTION) from exc
         return self._principal(claims)
+
+    def _verify_hs256(self, token: str) -> Principal:
+        parts = token.split(".")
+        if len(parts) != 3:
+            raise TokenError("token_invalid", "the token is malformed: not three segments",
+                             _TOKEN_ACTION)
+        head, body, sig = parts
+        try:
+            header = _header_decoder.decode(_b64url(head))
+            signature = _b64url(sig)
+        except (ValueError, msgspec.MsgspecError) as exc:
+            raise TokenError("token_invalid", f"the token is malformed: {exc}",
+                             _TOKEN_ACTION) from exc
+        if header.alg != "HS256":
+            raise TokenError(
+                "token_invalid",
+                f"the token's algorithm {header.alg!r} is not accepted "
+                "(this server accepts only HS256)", _TOKEN_ACTION)
+        if header.crit:
+            raise TokenError("token_invalid", f"unsupported critical header {header.crit}",
+                             _TOKEN_ACTION)
+        mac = self._mac.copy()
+        mac.update(f"{head}.{body}".encode("ascii", "replace"))
+        if not hmac.compare_digest(mac.digest(), signature):
+            raise TokenError("token_invalid", "the token's signature does not verify",
+                             _TOKEN_ACTION)
+        try:
+            claims = _claims_decoder.decode(_b64url(body))
+        except (ValueError, msgspec.MsgspecError) as exc:
+            raise TokenError("token_invalid", f"the token is invalid: {exc}",
+                             _TOKEN_ACTION) from exc
+        now = time.time()
+        if claims.exp <= now:
+            raise TokenError("token_expired", "the token has expired", _TOKEN_ACTION)
+        if claims.nbf is not None and claims.nbf > now:
+            raise TokenError("token_invalid", "the token is not valid yet (nbf)", _TOKEN_ACTION)
+        return self._principal({"sub": claims.sub, "exp": claims.exp, "perms": claims.perms,
+                                "rooms": claims.rooms})
 
     @staticmethod
     def _principal(claims: dict[str, Any]) -> Principal:

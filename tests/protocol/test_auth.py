@@ -97,3 +97,42 @@ def test_config_missing_key_is_named(tmp_path: object) -> None:
     path.write_text(text)
     with pytest.raises(ConfigError, match="auth_timeout"):
         load_config(path, env={"RTSERVER_JWT_SECRET": SECRET})
+
+
+@pytest.mark.parametrize(("make", "code"), [
+    (lambda: jwt.encode({"sub": str(uuid.uuid4()), "exp": int(time.time()) + 60,
+                         "nbf": int(time.time()) + 600}, SECRET, algorithm="HS256"),
+     "token_invalid"),
+    (lambda: jwt.encode({"sub": str(uuid.uuid4()), "exp": int(time.time()) + 60}, SECRET,
+                        algorithm="HS256", headers={"crit": ["b64"]}), "token_invalid"),
+    (lambda: "a.b", "token_invalid"),
+    (lambda: "a.b.c.d", "token_invalid"),
+    (lambda: "!!!.@@@.###", "token_invalid"),
+    (lambda: jwt.encode({"sub": str(uuid.uuid4()), "exp": "soon"}, SECRET, algorithm="HS256"),
+     "token_invalid"),
+    (lambda: _tamper(mint_token(SECRET, str(uuid.uuid4()), [], [], 60)), "token_invalid"),
+])
+def test_hs256_fast_path_rejects(make: object, code: str) -> None:
+    with pytest.raises(TokenError) as info:
+        verifier().verify(make())  # type: ignore[operator]
+    assert info.value.code == code
+
+
+def _tamper(token: str) -> str:
+    import base64
+
+    head, body, sig = token.split(".")
+    claims = jwt.decode(token, SECRET, algorithms=["HS256"])
+    claims["perms"] = ["admin:monitor"]
+    import json
+
+    forged = base64.urlsafe_b64encode(json.dumps(claims).encode()).rstrip(b"=").decode()
+    return f"{head}.{forged}.{sig}"
+
+
+def test_hs256_fast_path_accepts_extra_claims() -> None:
+    user = str(uuid.uuid4())
+    tok = jwt.encode({"sub": user, "exp": int(time.time()) + 60, "iat": int(time.time()),
+                      "iss": "quote-service", "perms": ["quote:read"]}, SECRET, algorithm="HS256")
+    p = verifier().verify(tok)
+    assert p.user == user and p.permissions == {"quote:read"} and p.grants == ()
