@@ -121,7 +121,7 @@ def test_hs256_fast_path_rejects(make: object, code: str) -> None:
 def _tamper(token: str) -> str:
     import base64
 
-    head, body, sig = token.split(".")
+    head, _, sig = token.split(".")
     claims = jwt.decode(token, SECRET, algorithms=["HS256"])
     claims["perms"] = ["admin:monitor"]
     import json
