@@ -326,9 +326,9 @@ class RtServer:
             max_size=cfg.server.max_message_bytes,
             max_queue=cfg.server.max_incoming_queue,
             server_header="rtserver",
+            # also with a given socket: asyncio calls listen() again (default 100)
+            backlog=cfg.server.backlog,
         )
-        if self.sock is None:
-            kwargs["backlog"] = cfg.server.backlog
         if self.sock is not None:
             self.server = await serve(self._handler, sock=self.sock, **kwargs)
         else:
