@@ -97,7 +97,7 @@ class HeartbeatConfig(_Section, frozen=True):
     interval: float
     sweep_slices: int
     idle_timeout: float
-    ws_ping_interval: float
+    ws_ping: bool
     ws_ping_timeout: float
 
 
@@ -362,8 +362,8 @@ def _validate(c: Config) -> None:
     _require(hb.idle_timeout > hb.interval, "heartbeat.idle_timeout",
              "must be longer than heartbeat.interval",
              "set idle_timeout to several heartbeat intervals")
-    _require(hb.ws_ping_interval >= 0 and hb.ws_ping_timeout >= 0, "heartbeat.ws_ping_*",
-             "must be >= 0", "set 0 to disable or a positive number")
+    _require(hb.ws_ping_timeout > 0, "heartbeat.ws_ping_timeout", "must be > 0",
+             "set the seconds a WebSocket pong may take")
     _require(c.workers.count >= 1, "workers.count", "must be >= 1",
              "give a positive number or auto")
     _require(c.workers.shutdown_grace > s.shutdown_grace, "workers.shutdown_grace",

@@ -38,7 +38,8 @@ _TRANSITIONS_TOTAL = REGISTRY.counter(
 class Connection:
     """One client connection: identity, state, rooms (via its session), write side."""
 
-    __slots__ = ("connected_at", "id", "remote", "session", "sink", "state", "user_agent", "ws")
+    __slots__ = ("connected_at", "id", "ping_sent_at", "remote", "session", "sink", "state",
+                 "user_agent", "ws")
 
     def __init__(self, connection_id: str, ws: Any, sink: Any, session: Session,
                  remote: str, user_agent: str, connected_at: float) -> None:
@@ -50,6 +51,8 @@ class Connection:
         self.user_agent = user_agent
         self.connected_at = connected_at
         self.state = ConnState.CONNECTING
+        #: Monotonic time of the last WebSocket ping the heartbeat sweep sent (0: none).
+        self.ping_sent_at = 0.0
 
     @property
     def principal(self) -> Principal | None:

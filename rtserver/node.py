@@ -21,6 +21,7 @@ from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 import orjson
+from websockets.protocol import State
 
 from rtserver.auth import AccessPolicy, TokenVerifier
 from rtserver.bus.base import Bus, BusHealth, BusUnavailable, PresenceMember, with_seq
@@ -72,6 +73,8 @@ BROADCAST_ROOM = "$broadcast"
 CLOSE_IDLE = 4008
 CLOSE_SLOW_CONSUMER = 1013
 CLOSE_AUTH = 4001
+CLOSE_PING_TIMEOUT = 1011
+OPEN = State.OPEN
 
 MESSAGES_IN = REGISTRY.counter("rtserver_messages_in_total", "Client messages by type", ("type",))
 MESSAGES_OUT = REGISTRY.counter(
@@ -591,8 +594,12 @@ class Node:
             index = (index + 1) % slices
 
     def heartbeat_tick(self, now: float, wall: float, conns: list[Connection]) -> None:
-        """Send the heartbeat frame to ``conns``; close idle ones and expired tokens."""
-        idle = self.config.heartbeat.idle_timeout
+        """Send the heartbeat frame (and a WebSocket ping) to ``conns``; close idle ones,
+        expired tokens and connections whose last ping was not answered in time."""
+        hb = self.config.heartbeat
+        idle = hb.idle_timeout
+        ws_ping = hb.ws_ping
+        ping_timeout = hb.ws_ping_timeout
         if self._excludes:
             # An exclusion whose publication never came back (the room lost its
             # last local member meanwhile) is dropped after an idle timeout.
@@ -616,6 +623,17 @@ class Node:
                            "Required action: reconnect with a fresh token")
                 self.close_connection(conn, CLOSE_AUTH, "token expired")
                 continue
+            if ws_ping:
+                ws = conn.ws
+                sent = conn.ping_sent_at
+                if sent and getattr(ws, "last_pong", sent) < sent and now - sent > ping_timeout:
+                    self.close_connection(conn, CLOSE_PING_TIMEOUT, "keepalive ping timeout")
+                    continue
+                if ws.protocol.state is OPEN:
+                    ws.protocol.send_ping(b"")
+                    ws.send_data()
+                    if not sent or getattr(ws, "last_pong", 0.0) >= sent:
+                        conn.ping_sent_at = now
             if state is not ConnState.CONNECTING:
                 sinks.append(conn.sink)
         if sinks:

@@ -147,7 +147,7 @@ class Session:
         self.last_activity = now
         self._tokens = float(limits.rate_limit_burst)
         self._updated = now
-        self._errors: deque[float] = deque()
+        self._errors: deque[float] | None = None  # allocated on the first error
 
     # ------------------------------------------------------------ helpers
 
@@ -156,6 +156,8 @@ class Session:
         """An error reply, plus a 1008 close when the error budget is spent."""
         out: list[Action] = [Fail(code, message, action, msg_id)]
         window = self._errors
+        if window is None:
+            window = self._errors = deque()
         window.append(now)
         while window and now - window[0] > 60.0:
             window.popleft()

@@ -220,3 +220,44 @@ async def test_unknown_http_path_404(server: RtServer) -> None:
         return 200
 
     assert await asyncio.to_thread(get) == 404
+
+
+async def test_unanswered_ws_pings_close_1011(make_server: ServerFactory) -> None:
+    """A peer that never answers WebSocket pings is closed with 1011 (the sweep's pings)."""
+    import base64
+    import os
+    import struct
+
+    server = await make_server(make_config(heartbeat={"interval": 0.1, "idle_timeout": 30.0,
+                                                      "ws_ping_timeout": 0.3}))
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    key = base64.b64encode(os.urandom(16)).decode()
+    writer.write((f"GET /ws?token={token()} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
+                  f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+                  "Sec-WebSocket-Version: 13\r\n\r\n").encode())
+    await writer.drain()
+    assert b"101" in await reader.readuntil(b"\r\n\r\n")
+    opcodes = []
+    close_code = None
+    async with asyncio.timeout(10):
+        while close_code is None:
+            head = await reader.readexactly(2)
+            length = head[1] & 0x7F
+            if length == 126:
+                length = struct.unpack("!H", await reader.readexactly(2))[0]
+            payload = await reader.readexactly(length)
+            opcodes.append(head[0] & 0x0F)
+            if head[0] & 0x0F == 0x8:
+                close_code = struct.unpack("!H", payload[:2])[0]
+    writer.close()
+    assert 0x9 in opcodes  # pings were sent (and never answered)
+    assert close_code == 1011
+
+
+async def test_answered_ws_pings_keep_connection(make_server: ServerFactory,
+                                                 connect_client: Connect) -> None:
+    server = await make_server(make_config(heartbeat={"interval": 0.1, "idle_timeout": 30.0,
+                                                      "ws_ping_timeout": 0.3}))
+    client = await connect_client(token(), srv=server)  # the websockets client answers pings
+    await asyncio.sleep(1.0)
+    assert (await client.request({"type": "ping", "id": "alive"}, "pong"))["id"] == "alive"
