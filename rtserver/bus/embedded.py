@@ -651,8 +651,13 @@ class EmbeddedBus(Bus):
         if conn is not None and conn.transport is not None:
             self._flush()
             conn.transport.close()
-            with contextlib.suppress(asyncio.TimeoutError):
+            try:
                 await asyncio.wait_for(asyncio.shield(conn.lost), self.settings.connect_timeout)
+            except TimeoutError:
+                _log.warning("bus_close_timeout", bus="embedded",
+                             timeout=self.settings.connect_timeout,
+                             note="the hub connection did not report closed in time; "
+                             "continuing the shutdown")
         self._fail_pending("embedded bus closed")
         if self._sweeper is not None:
             self._sweeper.cancel()

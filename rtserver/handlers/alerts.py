@@ -164,6 +164,8 @@ class Alerts:
                                                      severity=p.severity, message=p.message,
                                                      details=p.details)
                 except StoreUnavailable:
+                    # Still down: the alert stays pending (counted in health) and the
+                    # periodic task retries; the store logged and counted the failure.
                     return
                 self.pending.popleft()
                 log.info("alert_stored_late", alert_id=alert.id, alert_type=p.alert_type)
