@@ -42,7 +42,7 @@ class Connection:
                  "user_agent", "ws")
 
     def __init__(self, connection_id: str, ws: Any, sink: Any, session: Session,
-                 remote: str, user_agent: str, connected_at: float) -> None:
+                 remote: str, user_agent: str | None, connected_at: float) -> None:
         self.id = connection_id
         self.ws = ws
         self.sink = sink

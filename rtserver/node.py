@@ -169,7 +169,7 @@ class Node:
     # ------------------------------------------------------------ connections
 
     def open_connection(self, ws: Any, connection_id: str, remote: str,
-                        user_agent: str) -> Connection:
+                        user_agent: str | None) -> Connection:
         """Register a new websockets connection and send the welcome frame."""
         now = time.monotonic()
         session = Session(connection_id, self.codec, self.verifier, self.policy,

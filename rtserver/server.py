@@ -179,13 +179,13 @@ class RtServer:
     # ------------------------------------------------------------ connections
 
     @staticmethod
-    def _take_request(ws: ServerConnection) -> tuple[str | None, str]:
+    def _take_request(ws: ServerConnection) -> tuple[str | None, str | None]:
         """The URL token and the User-Agent; then the handshake request and response are
         dropped (about 3 KiB of headers per connection otherwise kept for its lifetime)."""
         request = ws.request
         assert request is not None
         tokens = parse_qs(urlsplit(request.path).query).get("token")
-        user_agent = request.headers.get("User-Agent", "")
+        user_agent = request.headers.get("User-Agent")  # None: the client sent none
         # websockets needs ws.request to stay set, and its frame parser keeps a
         # reference to the same object: empty it in place.
         request.headers = _NO_HEADERS
