@@ -38,8 +38,8 @@ _TRANSITIONS_TOTAL = REGISTRY.counter(
 class Connection:
     """One client connection: identity, state, rooms (via its session), write side."""
 
-    __slots__ = ("connected_at", "id", "ping_sent_at", "remote", "session", "sink", "state",
-                 "user_agent", "ws")
+    __slots__ = ("connected_at", "id", "ping_sent_at", "remote", "session", "sink", "slot",
+                 "state", "user_agent", "ws")
 
     def __init__(self, connection_id: str, ws: Any, sink: Any, session: Session,
                  remote: str, user_agent: str | None, connected_at: float) -> None:
@@ -53,6 +53,8 @@ class Connection:
         self.state = ConnState.CONNECTING
         #: Monotonic time of the last WebSocket ping the heartbeat sweep sent (0: none).
         self.ping_sent_at = 0.0
+        #: Index of the heartbeat sweep slot holding this connection.
+        self.slot = 0
 
     @property
     def principal(self) -> Principal | None:
@@ -89,8 +91,12 @@ class Connection:
 class Hub:
     """Connection and subscription tables owned by one worker."""
 
-    def __init__(self) -> None:
+    def __init__(self, sweep_slots: int) -> None:
         self.connections: dict[str, Connection] = {}
+        #: Connections spread round-robin over the heartbeat sweep's steps: each
+        #: step of the sweep handles one slot, a new connection joins one at once.
+        self.sweep_slots: list[set[Connection]] = [set() for _ in range(sweep_slots)]
+        self._next_slot = 0
         self.by_user: dict[str, set[Connection]] = {}
         self.rooms: dict[str, set[Any]] = {}
         self.all_sinks: set[Any] = set()
@@ -101,6 +107,9 @@ class Hub:
     def add(self, conn: Connection) -> None:
         """Register a new connection in state ``connecting``."""
         self.connections[conn.id] = conn
+        conn.slot = self._next_slot
+        self.sweep_slots[conn.slot].add(conn)
+        self._next_slot = (self._next_slot + 1) % len(self.sweep_slots)
         self.state_counts[conn.state] += 1
         _TRANSITIONS_TOTAL.inc(conn.state.value)
         log.info("connection_state", connection_id=conn.id, user=None,
@@ -131,6 +140,7 @@ class Hub:
         user lost their last local connection.
         """
         self.connections.pop(conn.id, None)
+        self.sweep_slots[conn.slot].discard(conn)
         self.all_sinks.discard(conn.sink)
         emptied = [room for room in list(conn.rooms) if self.leave(conn, room)]
         user_gone = False

@@ -116,7 +116,7 @@ class Node:
         self.fanout_module = fanout_module
         self.router = router
         self.worker_id = worker_id
-        self.hub = Hub()
+        self.hub = Hub(config.heartbeat.sweep_slices)
         self.codec = Codec(router.message_types())
         self.verifier = TokenVerifier(config.auth, jwt_secret)
         self.policy = AccessPolicy(config.namespaces, config.limits.max_room_name_length)
@@ -573,25 +573,23 @@ class Node:
     # ------------------------------------------------------------ heartbeat & idle
 
     async def _heartbeat(self) -> None:
-        """Every connection gets a heartbeat and an idle/expiry check once per interval.
+        """Every connection gets a heartbeat and its checks once per interval.
 
-        The sweep is spread over ``heartbeat.sweep_slices`` equal steps of the
-        interval (each step handles its share of the connections), so 10,000
-        connections never cost one long stall of the event loop.
+        Connections are spread round-robin over ``heartbeat.sweep_slices`` slots
+        and each step of ``interval / sweep_slices`` seconds handles one slot, so
+        10,000 connections cost many short steps, never one long stall of the
+        event loop; a new connection is in a slot from its first moment.
         """
         hb = self.config.heartbeat
-        slices = hb.sweep_slices
-        step = hb.interval / slices
-        batch: list[Connection] = []
+        slots = self.hub.sweep_slots
+        step = hb.interval / len(slots)
         index = 0
         while True:
             await asyncio.sleep(step)
-            if index == 0:
-                batch = list(self.hub.connections.values())
-            start = len(batch) * index // slices
-            end = len(batch) * (index + 1) // slices
-            self.heartbeat_tick(time.monotonic(), time.time(), batch[start:end])
-            index = (index + 1) % slices
+            conns = slots[index]
+            if conns:
+                self.heartbeat_tick(time.monotonic(), time.time(), list(conns))
+            index = (index + 1) % len(slots)
 
     def heartbeat_tick(self, now: float, wall: float, conns: list[Connection]) -> None:
         """Send the heartbeat frame (and a WebSocket ping) to ``conns``; close idle ones,

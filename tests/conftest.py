@@ -46,11 +46,16 @@ class Client:
     async def send(self, obj: Any) -> None:
         await self.ws.send(orjson.dumps(obj).decode())
 
-    async def recv(self, timeout: float = 5.0) -> dict[str, Any]:
+    async def recv(self, timeout: float = 5.0, *, heartbeats: bool = False) -> dict[str, Any]:
+        """The next message; ``heartbeat`` frames (sent on the server's sweep schedule)
+        are skipped unless ``heartbeats`` is true."""
         import asyncio
 
-        raw = await asyncio.wait_for(self.ws.recv(), timeout)
-        return dict(orjson.loads(raw))
+        async with asyncio.timeout(timeout):
+            while True:
+                msg = dict(orjson.loads(await self.ws.recv()))
+                if heartbeats or msg["type"] != "heartbeat":
+                    return msg
 
     async def recv_type(self, type_: str, timeout: float = 5.0) -> dict[str, Any]:
         """Receive until a message of ``type_`` (skipping heartbeats and room events)."""

@@ -190,7 +190,7 @@ async def test_idle_timeout_closes_4008(make_server: ServerFactory,
     try:
         async with asyncio.timeout(5):
             while True:
-                kinds.append((await client.recv())["type"])
+                kinds.append((await client.recv(heartbeats=True))["type"])
     except ConnectionClosed as exc:
         assert exc.rcvd is not None and exc.rcvd.code == 4008
     assert "heartbeat" in kinds and kinds[-1] == "error"
