@@ -190,7 +190,7 @@ class Node:
         """Make ``conn`` anonymous (allowed only by ``auth.allow_anonymous``)."""
         from rtserver.auth import ANONYMOUS
 
-        conn.session.principal = ANONYMOUS
+        conn.session.set_principal(ANONYMOUS)
         self.hub.set_state(conn, ConnState.ANONYMOUS, "anonymous allowed by configuration")
         self.reply(conn, Authenticated(user=None, permissions=[], anonymous=True))
         await self._run_hooks(conn, "connect", [h(self, conn) for h in self.router.connect_hooks])
@@ -280,7 +280,7 @@ class Node:
     async def _authenticated(self, conn: Connection, principal: Any, msg_id: MessageId) -> None:
         MESSAGES_IN.inc("auth")
         previous = conn.user
-        conn.session.principal = principal
+        conn.session.set_principal(principal)
         if previous is None and conn.state is ConnState.ANONYMOUS:
             # Upgrade of an anonymous connection: re-enter the user table.
             conn.state = ConnState.CONNECTING

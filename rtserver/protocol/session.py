@@ -45,6 +45,8 @@ __all__ = [
 ]
 
 CLOSE_AUTH_FAILED = 4001
+#: Rooms whose publish permission a session remembers (a fixed bound per connection).
+PUBLISH_DECISIONS_KEPT = 16
 CLOSE_POLICY = 1008
 
 
@@ -125,7 +127,7 @@ Action = (Reply | Fail | CloseConnection | Authenticate | DoSubscribe | DoUnsubs
 class Session:
     """Protocol state of one connection: identity, rooms, rate and error budgets."""
 
-    __slots__ = ("_errors", "_tokens", "_updated", "codec", "connection_id", "last_activity",
+    __slots__ = ("_errors", "_publish_allowed", "_tokens", "_updated", "codec", "connection_id", "last_activity",
                  "limits", "policy", "principal", "rooms", "verifier")
 
     def __init__(
@@ -148,8 +150,14 @@ class Session:
         self._tokens = float(limits.rate_limit_burst)
         self._updated = now
         self._errors: deque[float] | None = None  # allocated on the first error
+        self._publish_allowed: set[str] | None = None  # allocated on the first publish
 
     # ------------------------------------------------------------ helpers
+
+    def set_principal(self, principal: Principal) -> None:
+        """Set who the connection is (forgets decisions made for a previous identity)."""
+        self.principal = principal
+        self._publish_allowed = None
 
     def error(self, code: str, message: str, action: str, msg_id: MessageId,
               now: float) -> list[Action]:
@@ -253,10 +261,18 @@ class Session:
                         msg_id, now)
                 return [DoUnsubscribe(room, msg_id)]
             case Publish(room=room, data=data, id=msg_id):
-                try:
-                    self.policy.check(principal, "publish", room)
-                except AccessDenied as exc:
-                    return self.error(exc.code, exc.message, exc.action, msg_id, now)
+                allowed = self._publish_allowed
+                if allowed is None or room not in allowed:
+                    try:
+                        self.policy.check(principal, "publish", room)
+                    except AccessDenied as exc:
+                        return self.error(exc.code, exc.message, exc.action, msg_id, now)
+                    # The principal is fixed for the connection's life (an expired
+                    # token closes it), so the decision is remembered for a few rooms.
+                    if allowed is None:
+                        allowed = self._publish_allowed = set()
+                    if len(allowed) < PUBLISH_DECISIONS_KEPT:
+                        allowed.add(room)
                 return [DoPublish(room, bytes(data), msg_id)]
             case Presence(room=room, id=msg_id):
                 try:

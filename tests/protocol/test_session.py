@@ -182,3 +182,16 @@ def test_second_auth_rejected() -> None:
     tok = mint_token(SECRET, str(uuid.uuid4()), [], [], 60)
     assert codes(s.on_frame(f'{{"type":"auth","token":"{tok}"}}', 1.0)) == [
         "already_authenticated"]
+
+
+def test_publish_decision_remembered_and_reset_on_new_identity() -> None:
+    s = authed(["publish"], ["bench:*"])
+    for _ in range(3):
+        [pub] = s.on_frame('{"type":"publish","room":"bench:a","data":1}', 1.0)
+        assert isinstance(pub, DoPublish)
+    # a new identity without the permission must be checked again, not served from memory
+    tok = mint_token(SECRET, str(uuid.uuid4()), [], ["bench:*"], 60)
+    [auth] = make_session().on_frame(f'{{"type":"auth","token":"{tok}"}}', 0.0)
+    assert isinstance(auth, Authenticate)
+    s.set_principal(auth.principal)
+    assert codes(s.on_frame('{"type":"publish","room":"bench:a","data":1}', 1.0)) == ["forbidden"]
