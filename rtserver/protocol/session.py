@@ -127,8 +127,9 @@ Action = (Reply | Fail | CloseConnection | Authenticate | DoSubscribe | DoUnsubs
 class Session:
     """Protocol state of one connection: identity, rooms, rate and error budgets."""
 
-    __slots__ = ("_errors", "_publish_allowed", "_tokens", "_updated", "codec", "connection_id", "last_activity",
-                 "limits", "policy", "principal", "rooms", "verifier")
+    __slots__ = ("_errors", "_publish_allowed", "_tokens", "_updated", "codec",
+                 "connection_id", "last_activity", "limits", "policy", "principal", "rooms",
+                 "verifier")
 
     def __init__(
         self,
