@@ -298,7 +298,7 @@ RATIO_ROWS: list[tuple[str, Any, str]] = [
     ("fan-out completion p99", lambda s: s["fanout_completion_ms"].get("p99"), "lower"),
     ("deliveries/s", lambda s: s.get("deliveries_per_s"), "higher"),
     ("server CPU us/delivery", lambda s: s.get("server_cpu_us_per_delivery"), "lower"),
-    ("server RSS/conn", lambda s: s.get("server_rss_per_connection_bytes"), "lower"),
+    ("server RSS/conn B", lambda s: s.get("server_rss_per_connection_bytes"), "lower"),
     ("time to all subscribed", lambda s: s.get("time_to_all_subscribed_s"), "lower"),
 ]
 

@@ -17,7 +17,7 @@ from typing import IO, Any
 import orjson
 
 from bench.procstat import ProcSample, sample
-from bench.targets import PROJECT_ROOT, Target
+from bench.targets import PROJECT_ROOT, RUN_STAMP, Target
 from bench.tokens import user_id
 
 __all__ = ["GeneratorError", "Layout", "RunConfig", "layout", "run_target"]
@@ -284,7 +284,8 @@ async def _run_started(
     try:
         for i in range(len(specs)):
             gens.append(
-                await GenProc.start(i, report_dir / f"generator-{target.label}-{i}.log", env)
+                await GenProc.start(
+                    i, report_dir / f"generator-{target.label}-{i}-{RUN_STAMP}.log", env)
             )
         multi_src = cfg.source_addrs == "on" or (
             cfg.source_addrs == "auto" and cfg.connections > 25000

@@ -28,6 +28,10 @@ __all__ = [
     "parse_url",
 ]
 
+#: Stamp of this harness run, in the names of the server and generator log files
+#: so that runs sharing a report directory keep their own logs.
+RUN_STAMP = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+
 PEERS_DIR = Path(__file__).resolve().parent / "peers"
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -120,7 +124,7 @@ class Target:
         env["PYTHONPATH"] = str(PROJECT_ROOT) + (
             os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else ""
         )
-        log_path = (self.log_dir or Path(".")) / f"server-{self.name}.log"
+        log_path = (self.log_dir or Path(".")) / f"server-{self.name}-{RUN_STAMP}.log"
         # stdout and stderr go straight to the log file: the server never waits on a pipe
         # that the harness has to drain, and the log is complete even if the harness dies.
         self._log = open(log_path, "wb")  # noqa: SIM115 - closed in stop()
