@@ -246,3 +246,69 @@ async def test_redis_ingress(make_server: ServerFactory, connect_client: Connect
     finally:
         await r.delete(key)
         await r.aclose()
+
+
+async def test_ingress_reaches_room_and_user_across_two_workers(make_server: ServerFactory,
+                                                                db_dsn: str) -> None:
+    """Two workers on one embedded bus hub, each with its own ingress listener (one leads):
+    a NOTIFY room publication and a user notification reach both workers, once each."""
+    import shutil
+    import tempfile
+
+    from websockets.asyncio.client import connect
+
+    from rtserver.bus.embedded import (
+        BusHub,
+        EmbeddedBus,
+        EmbeddedBusSettings,
+        HubSettings,
+        ReconnectPolicy,
+    )
+
+    runtime = tempfile.mkdtemp(prefix="rti")
+    path = f"{runtime}/bus.sock"
+    hub = BusHub(HubSettings(socket_path=path, expected_workers=2,
+                             max_worker_buffer=64 * 1024 * 1024, collect_timeout=2.0))
+    await hub.start()
+    clients = []
+    try:
+        servers = []
+        for worker in (0, 1):
+            bus = EmbeddedBus(EmbeddedBusSettings(
+                socket_path=path, worker_id=worker, request_timeout=5.0, connect_timeout=2.0,
+                reconnect=ReconnectPolicy(initial_delay=0.05, max_delay=0.3, jitter=0.2)))
+            servers.append(await make_server(db_config(db_dsn), bus=bus, worker_id=worker))
+        leaders = [s for s in servers if s.ingress.health().state == "listening"]
+        async with asyncio.timeout(10):
+            while len(leaders) != 1:
+                await asyncio.sleep(0.05)
+                leaders = [s for s in servers if s.ingress.health().state == "listening"]
+        user = str(uuid.uuid4())
+        members = []
+        for srv in servers:
+            ws = await connect(f"ws://127.0.0.1:{srv.port}/ws?token="
+                               f"{token(user=user, rooms=['bench:*'])}")
+            clients.append(ws)
+            c = Client(ws)
+            assert (await c.recv())["worker"] == srv.worker_id
+            await c.recv()
+            await c.request({"type": "subscribe", "room": "bench:two"}, "subscribed")
+            members.append(c)
+        await send_ingress(db_dsn, CHANNEL, orjson.dumps(
+            {"type": "room_publish", "room": "bench:two", "data": "both"}), connect_timeout=5)
+        nid = await send_user_notification(db_dsn, CHANNEL, user=user, title="t", body="b",
+                                           data={}, connect_timeout=5)
+        for c in members:
+            msg = await c.recv_type("message")
+            assert msg["data"] == "both" and msg["seq"] == 1
+            assert (await c.recv_type("notification"))["id"] == nid
+        for c in members:  # exactly once: nothing else follows
+            with pytest.raises(TimeoutError):
+                await c.recv(timeout=0.3)
+    finally:
+        for ws in clients:
+            await ws.close()
+        for srv in list(servers):
+            await srv.stop(1001, "test over")
+        await hub.close()
+        shutil.rmtree(runtime, ignore_errors=True)
