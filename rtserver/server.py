@@ -28,11 +28,18 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
 from rtserver import jsonlog
-from rtserver.bus.base import Bus
+from rtserver.bus.base import Bus, BusHealth, BusUnavailable
+from rtserver.bus.embedded import EmbeddedBus
 from rtserver.bus.local import LocalBus
 from rtserver.config import Config, masked
 from rtserver.fanout import load_fanout
-from rtserver.handlers import admin_health_route, handle_domain_ingress, start_domain, stop_domain
+from rtserver.handlers import (
+    admin_health_route,
+    handle_domain_ingress,
+    raise_alert,
+    start_domain,
+    stop_domain,
+)
 from rtserver.hub import ConnState
 from rtserver.metrics import REGISTRY
 from rtserver.node import CLOSE_AUTH, Node
@@ -61,6 +68,26 @@ def _response(status: http.HTTPStatus, body: bytes, content_type: str) -> Respon
     headers = Headers([("Content-Type", content_type), ("Content-Length", str(len(body))),
                        ("Cache-Control", "no-store")])
     return Response(status.value, status.phrase, headers, body)
+
+
+class _HubStateHandler:
+    """BusHandler of a hub connection used only for cluster status (Redis mode)."""
+
+    def __init__(self, on_state: Callable[[BusHealth], None]) -> None:
+        self._on_state = on_state
+
+    def on_publication(self, room: str, seq: int, body: bytes) -> None:
+        """Never called: this connection declares no interest."""
+
+    def on_room_event(self, room: str, payload: bytes) -> None:
+        """Never called: this connection declares no interest."""
+
+    def on_user_message(self, user: str, payload: bytes) -> None:
+        """Never called: this connection declares no interest."""
+
+    def on_bus_state(self, health: BusHealth) -> None:
+        """The hub connection degraded or recovered."""
+        self._on_state(health)
 
 
 # The headers every handled handshake request is left with (shared, empty).
@@ -96,7 +123,14 @@ class RtServer:
                  router: Router | None = None, jwt_secret: str | None = None,
                  sock: socket.socket | None = None,
                  store: Any = None,
-                 http_routes: dict[str, Callable[[], Awaitable[Response]]] | None = None) -> None:
+                 http_routes: dict[str, Callable[[], Awaitable[Response]]] | None = None,
+                 hub_bus: EmbeddedBus | None = None,
+                 previous_exit: str | None = None) -> None:
+        """One worker. Under the supervisor, ``hub_bus`` is the connection to its bus hub
+        (the message bus itself, or only the cluster status channel when ``bus`` is
+        Redis): ``/healthz`` and ``/metrics`` then answer for every worker
+        (``?scope=worker`` for this one), and ``previous_exit`` (how this worker id's
+        previous process ended) raises a ``worker_respawned`` alert at start."""
         self.config = config
         self.worker_id = worker_id
         self.sock = sock
@@ -111,6 +145,11 @@ class RtServer:
         self._owns_store = False
         self.domain_ingress: Any = handle_domain_ingress
         self.http_routes.setdefault("/admin/health", admin_health_route(self.node))
+        self.hub_bus = hub_bus
+        self.previous_exit = previous_exit
+        if hub_bus is not None:
+            hub_bus.set_status_providers(
+                lambda: REGISTRY.render({"worker": str(self.worker_id)}), self.node.health)
         self.server: Server | None = None
         self.port: int | None = None
         self._stopping: asyncio.Event | None = None
@@ -122,6 +161,9 @@ class RtServer:
         path = urlsplit(request.path).path
         if path == self.config.server.ws_path:
             return None
+        if self.hub_bus is not None and parse_qs(urlsplit(request.path).query).get(
+                "scope") != ["worker"] and path in ("/healthz", "/metrics"):
+            return await self._cluster_status(path)
         if path == "/healthz":
             doc = self.node.health()
             status = http.HTTPStatus.OK if doc["status"] == "ok" else (
@@ -139,6 +181,32 @@ class RtServer:
                              "action": f"Required action: connect WebSockets to "
                              f"{self.config.server.ws_path}; HTTP serves /healthz and /metrics"})
         return _response(http.HTTPStatus.NOT_FOUND, body, "application/json")
+
+    async def _cluster_status(self, path: str) -> Response:
+        """/healthz or /metrics for every worker, collected through the bus hub; this
+        worker's own view (with the reason) when the hub cannot answer."""
+        assert self.hub_bus is not None
+        if path == "/healthz":
+            try:
+                doc = await self.hub_bus.cluster_health()
+            except BusUnavailable as exc:
+                doc = {"status": "degraded",
+                       "reasons": [f"cluster status unavailable: {exc}"],
+                       "workers": {str(self.worker_id): self.node.health()}}
+            doc["answered_by"] = self.worker_id
+            status = http.HTTPStatus.OK if doc["status"] == "ok" else (
+                http.HTTPStatus.SERVICE_UNAVAILABLE)
+            return _response(status, orjson.dumps(doc), "application/json")
+        try:
+            text = await self.hub_bus.cluster_metrics()
+        except BusUnavailable as exc:
+            log.error("cluster_metrics_unavailable", error=str(exc))
+            text = REGISTRY.render({"worker": str(self.worker_id)}) + (
+                "# HELP rtserver_cluster_metrics_unavailable 1 when only this worker's "
+                "metrics could be served\n"
+                "# TYPE rtserver_cluster_metrics_unavailable gauge\n"
+                "rtserver_cluster_metrics_unavailable 1\n")
+        return _response(http.HTTPStatus.OK, text.encode(), "text/plain; version=0.0.4")
 
     def _admin_connections(self, request: Request) -> Response:
         """This worker's connection table (needs ``Authorization: Bearer JWT`` with
@@ -339,6 +407,10 @@ class RtServer:
     async def start(self) -> None:
         """Start the node and the database features, then listen."""
         cfg = self.config
+        node = self.node
+        if self.hub_bus is not None and self.hub_bus is not node.bus:
+            await self.hub_bus.start(_HubStateHandler(
+                lambda h: node.set_degraded("bus:hub", not h.ok, h.reason)))
         await self.node.start()
         await self._start_database()
         await start_domain(self.node, cfg.domain)
@@ -367,6 +439,11 @@ class RtServer:
         log.lifecycle("listening", host=cfg.server.host, port=self.port,
                  ws_path=cfg.server.ws_path, worker=self.worker_id,
                  fanout=self.node.fanout_module.__name__, bus=self.node.bus.kind)
+        if self.previous_exit is not None:
+            await raise_alert(self.node, "worker_respawned", "high",
+                              f"worker {self.worker_id} was restarted after its previous "
+                              f"process ended ({self.previous_exit})",
+                              {"worker": self.worker_id, "previous_exit": self.previous_exit})
 
     async def stop(self, code: int = 1012, reason: str = "service restart") -> None:
         """Stop accepting, close every connection with ``code``, wait for the drain."""
@@ -392,6 +469,8 @@ class RtServer:
         await stop_domain(self.node)
         await self.node.close()
         await self._stop_database()
+        if self.hub_bus is not None and self.hub_bus is not self.node.bus:
+            await self.hub_bus.close()
         self.server = None
         log.lifecycle("stopped")
 

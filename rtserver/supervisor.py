@@ -49,7 +49,7 @@ from multiprocessing.process import BaseProcess
 from typing import TYPE_CHECKING, Any
 
 from rtserver import jsonlog
-from rtserver.bus.base import Bus, BusHealth
+from rtserver.bus.base import Bus
 from rtserver.bus.embedded import (
     BusHub,
     EmbeddedBus,
@@ -491,9 +491,10 @@ def run_worker_server(config: Config, plan: WorkerBusPlan, jwt_secret: str,
     _log.info("config", effective=masked(config))
     bus, hub = build_worker_bus(ctx, plan)
     sock = make_reuseport_socket(ctx.host, ctx.port, ctx.backlog)
-    server = _cluster_server_class()(config, worker_id=ctx.worker_id, bus=bus, sock=sock,
-                                     jwt_secret=jwt_secret, hub_bus=hub,
-                                     previous_exit=ctx.previous_exit)
+    from rtserver.server import RtServer
+
+    server = RtServer(config, worker_id=ctx.worker_id, bus=bus, sock=sock,
+                      jwt_secret=jwt_secret, hub_bus=hub, previous_exit=ctx.previous_exit)
     uvloop.run(server.serve_until_signal())
 
 
@@ -533,106 +534,3 @@ def serve_workers(config: Config, settings: SupervisorSettings, plan: WorkerBusP
     secret = resolve_secret(config)
     main = functools.partial(run_worker_server, config, plan, secret)
     return run_supervisor(settings, main, loop_factory=uvloop.new_event_loop)
-
-
-class _HubStateHandler:
-    """BusHandler of a hub connection used for cluster status only (Redis mode)."""
-
-    def __init__(self, on_state: Callable[[BusHealth], None]) -> None:
-        self._on_state = on_state
-
-    def on_publication(self, room: str, seq: int, body: bytes) -> None:
-        """Never called: this connection declares no interest."""
-
-    def on_room_event(self, room: str, payload: bytes) -> None:
-        """Never called: this connection declares no interest."""
-
-    def on_user_message(self, user: str, payload: bytes) -> None:
-        """Never called: this connection declares no interest."""
-
-    def on_bus_state(self, health: BusHealth) -> None:
-        """The hub connection degraded or recovered."""
-        self._on_state(health)
-
-
-@functools.cache
-def _cluster_server_class() -> Any:
-    """RtServer with /healthz and /metrics answered for the whole server (built lazily:
-    the server module is imported in workers only)."""
-    import http
-    from urllib.parse import parse_qs, urlsplit
-
-    import orjson
-    from websockets.asyncio.server import ServerConnection
-    from websockets.datastructures import Headers
-    from websockets.http11 import Request, Response
-
-    from rtserver.bus.base import BusUnavailable
-    from rtserver.server import RtServer
-
-    def respond(status: http.HTTPStatus, body: bytes, content_type: str) -> Response:
-        headers = Headers([("Content-Type", content_type), ("Content-Length", str(len(body))),
-                           ("Cache-Control", "no-store")])
-        return Response(status.value, status.phrase, headers, body)
-
-    class ClusterServer(RtServer):
-        """One worker of a multi-worker server."""
-
-        def __init__(self, config: Config, *, hub_bus: EmbeddedBus,
-                     previous_exit: str | None = None, **kwargs: Any) -> None:
-            super().__init__(config, **kwargs)
-            self.hub_bus = hub_bus
-            self.previous_exit = previous_exit
-            node = self.node
-            hub_bus.set_status_providers(
-                lambda: REGISTRY.render({"worker": str(self.worker_id)}), node.health)
-
-        async def start(self) -> None:
-            if self.hub_bus is not self.node.bus:
-                node = self.node
-                await self.hub_bus.start(_HubStateHandler(
-                    lambda h: node.set_degraded("bus:hub", not h.ok, h.reason)))
-            await super().start()
-            if self.previous_exit is not None:
-                from rtserver.handlers import raise_alert
-
-                await raise_alert(self.node, "worker_respawned", "high",
-                                  f"worker {self.worker_id} was restarted after its previous "
-                                  f"process ended ({self.previous_exit})",
-                                  {"worker": self.worker_id, "previous_exit": self.previous_exit})
-
-        async def stop(self, code: int = 1012, reason: str = "service restart") -> None:
-            await super().stop(code, reason)
-            if self.hub_bus is not self.node.bus:
-                await self.hub_bus.close()
-
-        async def _process_request(self, connection: ServerConnection,
-                                   request: Request) -> Response | None:
-            split = urlsplit(request.path)
-            local = parse_qs(split.query).get("scope") == ["worker"]
-            if split.path == "/healthz" and not local:
-                try:
-                    doc = await self.hub_bus.cluster_health()
-                except BusUnavailable as exc:
-                    doc = {"status": "degraded",
-                           "reasons": [f"cluster status unavailable: {exc}"],
-                           "workers": {str(self.worker_id): self.node.health()}}
-                doc["answered_by"] = self.worker_id
-                status = (http.HTTPStatus.OK if doc["status"] == "ok"
-                          else http.HTTPStatus.SERVICE_UNAVAILABLE)
-                return respond(status, orjson.dumps(doc), "application/json")
-            if split.path == "/metrics" and not local:
-                try:
-                    text = await self.hub_bus.cluster_metrics()
-                except BusUnavailable as exc:
-                    _log.error("cluster_metrics_unavailable", error=str(exc))
-                    text = REGISTRY.render({"worker": str(self.worker_id)}) + (
-                        "# HELP rtserver_cluster_metrics_unavailable 1 when only this "
-                        "worker's metrics could be served\n"
-                        "# TYPE rtserver_cluster_metrics_unavailable gauge\n"
-                        "rtserver_cluster_metrics_unavailable 1\n")
-                return respond(http.HTTPStatus.OK, text.encode(), "text/plain; version=0.0.4")
-            result: Response | None = await super()._process_request(connection, request)
-            return result
-
-    return ClusterServer

@@ -24,7 +24,6 @@ from rtserver.supervisor import (
     SupervisorSettings,
     WorkerBusPlan,
     WorkerContext,
-    _cluster_server_class,
     build_worker_bus,
     make_reuseport_socket,
     run_supervisor,
@@ -41,8 +40,10 @@ def e2e_worker(config: Config, plan: WorkerBusPlan, ctx: WorkerContext) -> None:
     jsonlog.configure(config.server.log_level)
     bus, hub = build_worker_bus(ctx, plan)
     sock = make_reuseport_socket(ctx.host, ctx.port, ctx.backlog)
-    server = _cluster_server_class()(config, worker_id=ctx.worker_id, bus=bus, sock=sock,
-                                     jwt_secret=SECRET, hub_bus=hub)
+    from rtserver.server import RtServer
+
+    server = RtServer(config, worker_id=ctx.worker_id, bus=bus, sock=sock,
+                      jwt_secret=SECRET, hub_bus=hub)
 
     async def poke() -> Response:
         await server.node.send_to_user(os.environ["E2E_POKE_USER"], b'{"type":"poke"}')
