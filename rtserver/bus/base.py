@@ -29,6 +29,9 @@ from typing import Protocol
 
 import msgspec
 
+from rtserver.jsonlog import get_logger
+from rtserver.metrics import REGISTRY
+
 __all__ = [
     "Bus",
     "BusHandler",
@@ -36,8 +39,13 @@ __all__ = [
     "BusUnavailable",
     "PresenceMember",
     "PresenceSnapshot",
+    "announce_health",
     "with_seq",
 ]
+
+HANDLER_ERRORS = REGISTRY.counter(
+    "rtserver_bus_handler_errors_total", "Exceptions raised by the node's bus handler", ("bus",))
+_log = get_logger("rtserver.bus")
 
 
 class BusUnavailable(Exception):
@@ -84,6 +92,19 @@ class BusHandler(Protocol):
 
     def on_bus_state(self, health: BusHealth) -> None:
         """The bus became degraded or recovered (log, alert, health)."""
+
+
+def announce_health(handler: BusHandler | None, health: BusHealth) -> None:
+    """Tell ``handler`` the bus state changed; a handler that raises is logged and
+    counted (the bus must go on)."""
+    if handler is None:
+        return
+    try:
+        handler.on_bus_state(health)
+    except Exception as exc:  # noqa: BLE001 - logged and counted; the bus must go on
+        HANDLER_ERRORS.inc(health.kind)
+        _log.error("bus_handler_failed", bus=health.kind, callback="on_bus_state",
+                   error=repr(exc))
 
 
 def with_seq(body: bytes, seq: int) -> bytes:

@@ -47,12 +47,14 @@ import msgspec
 
 from rtserver.bus import wire
 from rtserver.bus.base import (
+    HANDLER_ERRORS,
     Bus,
     BusHandler,
     BusHealth,
     BusUnavailable,
     PresenceMember,
     PresenceSnapshot,
+    announce_health,
 )
 from rtserver.jsonlog import get_logger
 from rtserver.metrics import REGISTRY
@@ -82,8 +84,7 @@ _M_RECONNECTS = REGISTRY.counter(
     "rtserver_bus_reconnect_attempts_total", "Bus reconnect attempts", ("bus", "result"))
 _M_SEQ_GAPS = REGISTRY.counter(
     "rtserver_bus_seq_gaps_total", "Publications received with a seq that skips values", ("bus",))
-_M_HANDLER_ERRORS = REGISTRY.counter(
-    "rtserver_bus_handler_errors_total", "Exceptions raised by the node's bus handler", ("bus",))
+_M_HANDLER_ERRORS = HANDLER_ERRORS
 
 _enc = msgspec.msgpack.Encoder()
 _dec = msgspec.msgpack.Decoder()
@@ -697,12 +698,7 @@ class EmbeddedBus(Bus):
 
     def _set_health(self, ok: bool, reason: str | None) -> None:
         self._health = BusHealth(kind="embedded", ok=ok, reason=reason)
-        if self._handler is not None:
-            try:
-                self._handler.on_bus_state(self._health)
-            except Exception as exc:  # noqa: BLE001 - logged and counted; the bus must go on
-                _M_HANDLER_ERRORS.inc("embedded")
-                _log.error("bus_handler_failed", callback="on_bus_state", error=repr(exc))
+        announce_health(self._handler, self._health)
 
     # --- connection loss and reconnect
 

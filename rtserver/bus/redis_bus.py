@@ -73,12 +73,14 @@ from redis.exceptions import NoScriptError, RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from rtserver.bus.base import (
+    HANDLER_ERRORS,
     Bus,
     BusHandler,
     BusHealth,
     BusUnavailable,
     PresenceMember,
     PresenceSnapshot,
+    announce_health,
 )
 from rtserver.bus.embedded import ReconnectPolicy
 from rtserver.jsonlog import get_logger
@@ -94,8 +96,7 @@ _M_RECONNECTS = REGISTRY.counter(
     "rtserver_bus_reconnect_attempts_total", "Bus reconnect attempts", ("bus", "result"))
 _M_SEQ_GAPS = REGISTRY.counter(
     "rtserver_bus_seq_gaps_total", "Publications received with a seq that skips values", ("bus",))
-_M_HANDLER_ERRORS = REGISTRY.counter(
-    "rtserver_bus_handler_errors_total", "Exceptions raised by the node's bus handler", ("bus",))
+_M_HANDLER_ERRORS = HANDLER_ERRORS
 _M_EPOCH = REGISTRY.counter(
     "rtserver_bus_redis_epoch_changes_total",
     "Times Redis was found to have lost its data (epoch key changed)")
@@ -540,12 +541,7 @@ class RedisBus(Bus):
 
     def _set_health(self, ok: bool, reason: str | None) -> None:
         self._health = BusHealth(kind="redis", ok=ok, reason=reason)
-        if self._handler is not None:
-            try:
-                self._handler.on_bus_state(self._health)
-            except Exception as exc:  # noqa: BLE001 - logged and counted; the bus must go on
-                _M_HANDLER_ERRORS.inc("redis")
-                _log.error("bus_handler_failed", callback="on_bus_state", error=_err(exc))
+        announce_health(self._handler, self._health)
 
     def _mark_down(self, reason: str) -> None:
         if self._closing or not self._started:
