@@ -354,6 +354,9 @@ class Node:
                 raise
             fut.set_result(None)
             return
+        if fut.done():  # the common case: the room already has the bus's interest
+            fut.result()
+            return
         await asyncio.shield(fut)
 
     async def subscribe(self, conn: Connection, room: str, rules: NamespaceConfig,
