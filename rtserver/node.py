@@ -59,6 +59,7 @@ from rtserver.protocol.session import (
     utc_now,
 )
 from rtserver.router import Router
+from rtserver.store.postgres import StoreUnavailable
 
 if TYPE_CHECKING:
     from rtserver.store.postgres import Store
@@ -315,8 +316,6 @@ class Node:
         Backends down → ``store_unavailable`` / ``bus_unavailable``; anything else is a
         bug → ``internal_error``. Each is logged and counted.
         """
-        from rtserver.store.postgres import StoreUnavailable
-
         try:
             await coro
         except StoreUnavailable as exc:
