@@ -178,10 +178,6 @@ class Hub:
             return True
         return False
 
-    def user_sinks(self, user: str) -> list[Any]:
-        """Sinks of every local connection of ``user``."""
-        return [c.sink for c in self.by_user.get(user, ())]
-
     def subscription_count(self) -> int:
         """Local subscriptions (connection x room)."""
         return sum(len(m) for m in self.rooms.values())

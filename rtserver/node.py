@@ -673,8 +673,3 @@ class Node:
                        collect=lambda: {(): 1.0 if self.bus.health().ok else 0.0})
         REGISTRY.gauge("rtserver_uptime_seconds", "Seconds since this worker started",
                        collect=lambda: {(): time.time() - self.started_at})
-
-
-def health_json(node: Node) -> bytes:
-    """/healthz body."""
-    return orjson.dumps(node.health())

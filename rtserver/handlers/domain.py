@@ -27,7 +27,7 @@ from rtserver.protocol.messages import MessageId, ServerMessage
 from rtserver.router import Handler
 from rtserver.store import StoreUnavailable
 
-from .messages import DomainError, Latency, ValidationFailed
+from .messages import Latency, ValidationFailed
 
 if TYPE_CHECKING:
     from rtserver.node import Node
@@ -271,15 +271,3 @@ def handler(fn: Callable[[Domain, Connection, Any], Awaitable[None]]) -> Handler
     run.__name__ = fn.__name__
     run.__doc__ = fn.__doc__
     return run
-
-
-def error_response(domain: Domain, conn: Connection, message: str, msg_id: MessageId,
-                   code: str = NOT_FOUND, action: str = "") -> None:
-    """Shorthand for a plain ``error`` frame."""
-    domain.error(conn, code, message, action or "Required action: check the id you sent",
-                 msg_id)
-
-
-def plain_error(code: str, message: str, action: str, msg_id: MessageId) -> DomainError:
-    """A plain ``error`` frame Struct (for room-less sends)."""
-    return DomainError(code=code, message=message, action=action, id=msg_id)
