@@ -27,8 +27,23 @@ _stream: TextIO = sys.stderr
 _level = logging.INFO
 
 
+class _StdlibBridge(logging.Handler):
+    """Writes the standard library's log records (websockets, asyncio, asyncpg) as JSON lines."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        fields: dict[str, Any] = {"message": record.getMessage()}
+        if record.exc_info:
+            fields["exception"] = self.format(record).split("\n", 1)[-1]
+        JsonLogger(record.name)._write(record.levelno, record.levelname.lower(), "library_log",
+                                       fields)
+
+
 def configure(level: str = "info", stream: TextIO | None = None) -> None:
-    """Set the minimum level (debug, info, warning, error) and the output stream."""
+    """Set the minimum level (debug, info, warning, error) and the output stream.
+
+    Library log records (the standard ``logging`` module) are written as JSON
+    lines too, at the same minimum level.
+    """
     global _level, _stream
     value = logging.getLevelName(level.upper())
     if not isinstance(value, int):
@@ -38,6 +53,9 @@ def configure(level: str = "info", stream: TextIO | None = None) -> None:
     _level = value
     if stream is not None:
         _stream = stream
+    root = logging.getLogger()
+    root.handlers = [_StdlibBridge()]
+    root.setLevel(value)
 
 
 def set_worker(worker: int) -> None:

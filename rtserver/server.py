@@ -16,6 +16,7 @@ import secrets
 import signal
 import socket
 import time
+import traceback
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -282,6 +283,11 @@ class RtServer:
             # Abnormal closes end the loop here; the close code and reason are
             # logged by connection_closed() below, for every way of closing.
             log.debug("connection_closed_error", connection_id=conn.id, error=str(exc))
+        except Exception as exc:  # noqa: BLE001 - a server bug: logged, counted, closed 1011
+            log.error("connection_handler_failed", connection_id=conn.id, user=conn.user,
+                      error=repr(exc), traceback=traceback.format_exc())
+            node.count_error(ErrorCode.INTERNAL_ERROR, conn)
+            await ws.close(1011, "internal error")
         finally:
             code, reason = self._close_info(ws)
             if code == 1009:

@@ -261,3 +261,22 @@ async def test_answered_ws_pings_keep_connection(make_server: ServerFactory,
     client = await connect_client(token(), srv=server)  # the websockets client answers pings
     await asyncio.sleep(1.0)
     assert (await client.request({"type": "ping", "id": "alive"}, "pong"))["id"] == "alive"
+
+
+async def test_server_bug_closes_1011_and_is_counted(server: RtServer,
+                                                     connect_client: Connect,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """Failure injection: a bug below the read loop closes the connection with 1011."""
+    from rtserver.metrics import REGISTRY
+
+    errors = REGISTRY.counter("rtserver_errors_total", "", ("code",))
+    before = errors.get("internal_error")
+    client = await connect_client(token())
+
+    async def broken(conn: object, frame: object) -> None:
+        raise RuntimeError("injected bug")
+
+    monkeypatch.setattr(server.node, "handle_frame", broken)
+    await client.send({"type": "ping"})
+    assert await closed_code(client) == 1011
+    assert errors.get("internal_error") - before == 1
