@@ -144,32 +144,42 @@ class ServerProcess:
         import time as _time
 
         assert self.proc.stderr is not None
+        fd = self.proc.stderr.fileno()
         sel = selectors.DefaultSelector()
-        sel.register(self.proc.stderr, selectors.EVENT_READ)
+        sel.register(fd, selectors.EVENT_READ)
         deadline = _time.monotonic() + timeout
         seen = 0
+        pending = b""
         while seen < self._listening_lines:
             if _time.monotonic() > deadline or self.proc.poll() is not None:
                 raise AssertionError(f"server did not start: {self.lines[-5:]}")
             if not sel.select(timeout=0.5):
                 continue
-            line = self.proc.stderr.readline()
-            if not line:
+            # Raw reads: a buffered readline() would hide lines already read from the
+            # pipe from the next select().
+            chunk = os.read(fd, 65536)
+            if not chunk:
                 continue
-            try:
-                record = orjson.loads(line)
-            except orjson.JSONDecodeError:
-                record = {"event": "raw", "text": line}
-            self.lines.append(record)
-            if record.get("event") == "listening":
-                seen += 1
-                self.port = int(record["port"])
+            pending += chunk
+            *complete, pending = pending.split(b"\n")
+            for line in complete:
+                try:
+                    record = orjson.loads(line)
+                except orjson.JSONDecodeError:
+                    record = {"event": "raw", "text": line.decode(errors="replace")}
+                self.lines.append(record)
+                if record.get("event") == "listening":
+                    seen += 1
+                    self.port = int(record["port"])
+        sel.close()
+        self._pending = pending
         return self.port
 
     def read_rest(self, timeout: float = 20.0) -> int:
         """Wait for exit, collect the remaining log lines, return the exit status."""
         _, err = self.proc.communicate(timeout=timeout)
-        for line in (err or "").splitlines():
+        rest = getattr(self, "_pending", b"").decode(errors="replace") + (err or "")
+        for line in rest.splitlines():
             if line.startswith("{"):
                 self.lines.append(orjson.loads(line))
         return self.proc.returncode
