@@ -84,48 +84,26 @@ def test_clean_peer_run_produces_table_report_and_plots(tmp_path: Path) -> None:
 
 
 @pytest.mark.timeout(90)
-def test_injected_loss_is_detected_and_fails_the_run(tmp_path: Path) -> None:
-    code, out, summary = run_bench(
-        tmp_path,
-        "broadcast",
-        "--peer",
-        "naive",
-        "--inject-peer-fault",
-        "drop-every=97",
-        "--generators",
-        "2",
-        *SMALL,
-    )
-    assert code == 1, out
-    t = summary["targets"]["naive"]
-    acked = json.loads(Path(summary["report"]).read_text())["targets"][0]["acked"]
+@pytest.mark.parametrize(("fault", "every", "extra", "counted", "clean"), [
     # the peer skips every 97th delivery attempt; 200 receivers spread over 2 generators
-    assert t["lost"] == (200 * acked) // 97 > 0
-    assert t["duplicates"] == 0 and t["out_of_order"] == 0
-    assert any(c["check"] == "lost" and not c["ok"] for c in summary["failed_checks"])
-    assert "FAIL  naive" in out
-
-
-@pytest.mark.timeout(90)
-def test_injected_duplicate_is_detected_and_fails_the_run(tmp_path: Path) -> None:
+    ("drop-every", 97, ("--generators", "2"), "lost", "duplicates"),
+    # every 89th delivery attempt is sent twice (sources bound to 127.0.0.2 and .3)
+    ("duplicate-every", 89, ("--source-addrs", "on"), "duplicates", "lost"),
+])
+def test_injected_fault_is_detected_and_fails_the_run(
+    tmp_path: Path, fault: str, every: int, extra: tuple[str, ...], counted: str, clean: str,
+) -> None:
     code, out, summary = run_bench(
-        tmp_path,
-        "broadcast",
-        "--peer",
-        "naive",
-        "--inject-peer-fault",
-        "duplicate-every=89",
-        "--source-addrs",
-        "on",
-        *SMALL,
+        tmp_path, "broadcast", "--peer", "naive", "--inject-peer-fault", f"{fault}={every}",
+        *extra, *SMALL,
     )
     assert code == 1, out
     t = summary["targets"]["naive"]
     acked = json.loads(Path(summary["report"]).read_text())["targets"][0]["acked"]
-    # every 89th delivery attempt is sent twice (sources bound to 127.0.0.2 and .3)
-    assert t["duplicates"] == (200 * acked) // 89 > 0
-    assert t["lost"] == 0 and t["out_of_order"] == 0
-    assert any(c["check"] == "duplicates" and not c["ok"] for c in summary["failed_checks"])
+    assert t[counted] == (200 * acked) // every > 0
+    assert t[clean] == 0 and t["out_of_order"] == 0
+    assert any(c["check"] == counted and not c["ok"] for c in summary["failed_checks"])
+    assert "FAIL  naive" in out
 
 
 @pytest.mark.timeout(90)
