@@ -24,7 +24,14 @@ import orjson
 from websockets.protocol import State
 
 from rtserver.auth import AccessPolicy, TokenVerifier
-from rtserver.bus.base import Bus, BusHealth, BusUnavailable, PresenceMember, with_seq
+from rtserver.bus.base import (
+    Bus,
+    BusHealth,
+    BusUnavailable,
+    InterestSnapshot,
+    PresenceMember,
+    with_seq,
+)
 from rtserver.config import Config, NamespaceConfig
 from rtserver.hub import Connection, ConnState, Hub
 from rtserver.jsonlog import get_logger
@@ -556,6 +563,19 @@ class Node:
     def on_bus_state(self, health: BusHealth) -> None:
         """The bus degraded or recovered: log, health, listeners (admin alerts)."""
         self.set_degraded(f"bus:{health.kind}", not health.ok, health.reason)
+
+    def interest_snapshot(self) -> InterestSnapshot:
+        """What the bus must re-declare after a reconnect, derived from the Hub."""
+        presence: list[tuple[str, PresenceMember]] = []
+        for conn in self.hub.connections.values():
+            if conn.state is ConnState.CLOSED:
+                continue
+            for room in conn.rooms:
+                if self.policy.namespace(room)[2].presence:
+                    presence.append(
+                        (room, PresenceMember(user=conn.user or "", connection_id=conn.id)))
+        return InterestSnapshot(rooms=[BROADCAST_ROOM, *self.hub.rooms],
+                                users=list(self.hub.by_user), presence=presence)
 
     def set_degraded(self, component: str, degraded: bool, reason: str | None) -> None:
         """Mark ``component`` degraded (with ``reason``) or recovered; announce it."""

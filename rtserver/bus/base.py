@@ -37,6 +37,7 @@ __all__ = [
     "BusHandler",
     "BusHealth",
     "BusUnavailable",
+    "InterestSnapshot",
     "PresenceMember",
     "PresenceSnapshot",
     "announce_health",
@@ -70,6 +71,19 @@ class PresenceSnapshot(msgspec.Struct, frozen=True):
     members: list[PresenceMember]
 
 
+class InterestSnapshot(msgspec.Struct, frozen=True):
+    """What a worker must (re)declare to its bus, derived from the node's Hub.
+
+    A bus keeps no copy of the worker's rooms, users or presence: after a
+    reconnect it asks :meth:`BusHandler.interest_snapshot` and re-declares
+    exactly this.
+    """
+
+    rooms: list[str]
+    users: list[str]
+    presence: list[tuple[str, PresenceMember]]
+
+
 class BusHealth(msgspec.Struct, frozen=True):
     """State of the bus as shown on ``/healthz`` and in metrics."""
 
@@ -92,6 +106,9 @@ class BusHandler(Protocol):
 
     def on_bus_state(self, health: BusHealth) -> None:
         """The bus became degraded or recovered (log, alert, health)."""
+
+    def interest_snapshot(self) -> InterestSnapshot:
+        """Rooms, users and presence this worker holds now (from its Hub)."""
 
 
 def announce_health(handler: BusHandler | None, health: BusHealth) -> None:
