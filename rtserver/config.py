@@ -29,6 +29,7 @@ __all__ = [
     "Config",
     "ConfigError",
     "DatabaseConfig",
+    "DomainsConfig",
     "FanoutConfig",
     "HeartbeatConfig",
     "LimitsConfig",
@@ -170,6 +171,16 @@ class NotificationsConfig(_Section, frozen=True):
     page_max: int
 
 
+class DomainsConfig(_Section, frozen=True):
+    """``[domains]``: which domain plugins the server runs (see rtserver/plugin.py).
+
+    ``enabled`` lists built-in names (``insurance``) or ``package.module:Class``;
+    an empty list runs the real-time core alone.
+    """
+
+    enabled: list[str]
+
+
 class AccessRule(_Section, frozen=True):
     """Who may do one action in a namespace.
 
@@ -204,6 +215,7 @@ class Config(_Section, frozen=True):
     bus: BusConfig
     database: DatabaseConfig
     notifications: NotificationsConfig
+    domains: DomainsConfig
     domain: DomainSettings
     namespaces: dict[str, NamespaceConfig]
 

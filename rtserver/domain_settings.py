@@ -1,7 +1,7 @@
 """Typed settings of the domain handlers (the ``[domain]`` configuration section).
 
 Every value is required: the server builds :class:`DomainSettings` from its
-configuration file and passes it to :func:`rtserver.handlers.start_domain`.
+configuration file; the insurance domain plugin (rtserver.domains.insurance) uses it.
 There are no hidden defaults; :meth:`DomainSettings.validate` refuses
 impossible values with the key and the fix.
 

@@ -1,29 +1,26 @@
 """Backend ingress → node: what each validated ingress message does.
 
-The listener (:class:`rtserver.store.ingress.IngressListener`, one leader over
-all workers and nodes) hands every valid message here; publications go through
-the bus so they reach every worker. Domain messages (quote updates, analytics
-events, alerts) go to the domain handlers' ingress function.
+The listeners (PostgreSQL LISTEN/NOTIFY, one leader over all workers and
+nodes; the Redis ingress list) hand every valid message here. The core kind
+``room_publish`` is carried out here (through the bus, so it reaches every
+worker); every other kind goes to the handler a domain registered for it
+(``router.register_ingress``). A domain handler refuses a payload explicitly
+by raising :class:`IngressRejected`.
 """
 
 from __future__ import annotations
-
-from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING
 
 import orjson
 
 from rtserver.auth import AccessDenied
 from rtserver.bus.base import BusUnavailable
-from rtserver.handlers.notifications import deliver_notification, notification_payload
+from rtserver.context import HandlerContext
 from rtserver.jsonlog import get_logger
 from rtserver.metrics import REGISTRY
-from rtserver.store.ingress import IngressPayload, RoomPublish, UserNotify
+from rtserver.router import Router
+from rtserver.store.ingress import IngressPayload, RoomPublish
 
-if TYPE_CHECKING:
-    from rtserver.node import Node
-
-__all__ = ["DomainIngress", "IngressDispatcher"]
+__all__ = ["IngressDispatcher", "IngressRejected"]
 
 log = get_logger("rtserver.ingress")
 REJECTED = REGISTRY.counter("rtserver_ingress_rejected_total",
@@ -31,52 +28,46 @@ REJECTED = REGISTRY.counter("rtserver_ingress_rejected_total",
 DELIVERED = REGISTRY.counter("rtserver_ingress_delivered_total",
                              "Ingress messages carried out", ("type",))
 
-#: Domain handlers' ingress entry: returns True when it handled the message.
-DomainIngress = Callable[["Node", IngressPayload], Awaitable[bool]]
+class IngressRejected(Exception):
+    """A domain's ingress handler refuses a valid payload (logged and counted by reason)."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(detail)
+        self.reason = reason
+        self.detail = detail
 
 
 class IngressDispatcher:
     """Carries out ingress messages on a node."""
 
-    def __init__(self, node: Node, domain: DomainIngress | None) -> None:
-        self.node = node
-        self.domain = domain
+    def __init__(self, ctx: HandlerContext, router: Router) -> None:
+        self.ctx = ctx
+        self.router = router
 
     async def __call__(self, message: IngressPayload) -> None:
         """Handle one ingress message (called one at a time, in arrival order)."""
-        node = self.node
         try:
             match message:
                 case RoomPublish(room=room, data=data):
                     try:
-                        node.policy.namespace(room)
+                        self.ctx.room_rules(room)
                     except AccessDenied as exc:
                         self._reject("invalid_room", message, exc.message)
                         return
                     body = b'{"type":"message","room":%b,"from":null,"data":%b}' % (
                         orjson.dumps(room), bytes(data))
-                    await node.send_to_room(room, body)
-                case UserNotify(user=user, title=title, body=text, data=data,
-                                notification_id=nid):
-                    store = node.store
-                    if store is None:
-                        self._reject("no_database", message, "notifications need the database")
-                        return
-                    if nid is None:
-                        stored = await store.create_notification(user, title, text, data)
-                    else:
-                        found = await store.get_notification(nid)
-                        if found is None:
-                            self._reject("unknown_notification", message,
-                                         f"notification {nid} is not stored")
-                            return
-                        stored = found
-                    await deliver_notification(node, user, notification_payload(stored))
+                    await self.ctx.send_to_room(room, body)
                 case _:
-                    if self.domain is None or not await self.domain(node, message):
+                    handler = self.router.ingress_handler_for(message)
+                    if handler is None:
                         self._reject("no_handler", message,
-                                     f"no handler for ingress type {type(message).__name__}")
+                                     f"no enabled domain handles ingress type "
+                                     f"{type(message).__name__}")
                         return
+                    await handler(message)
+        except IngressRejected as exc:
+            self._reject(exc.reason, message, exc.detail)
+            return
         except BusUnavailable as exc:
             self._reject("bus_unavailable", message, str(exc))
             return

@@ -18,7 +18,7 @@ import socket
 import time
 import traceback
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -29,25 +29,20 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
 from rtserver import jsonlog
-from rtserver.bus.base import Bus, BusHealth, BusUnavailable
+from rtserver.bus.base import Bus, BusHealth, BusUnavailable, InterestSnapshot
 from rtserver.bus.embedded import EmbeddedBus
 from rtserver.bus.local import LocalBus
 from rtserver.config import Config, masked
+from rtserver.connection import ConnState
 from rtserver.fanout import load_fanout
-from rtserver.handlers import (
-    admin_health_route,
-    handle_domain_ingress,
-    raise_alert,
-    start_domain,
-    stop_domain,
-)
-from rtserver.hub import ConnState
 from rtserver.metrics import REGISTRY
-from rtserver.node import CLOSE_AUTH, Node
+from rtserver.node import Node
+from rtserver.plugin import DomainPlugin, load_domain_classes
+from rtserver.protocol.close_codes import CloseCode
 from rtserver.protocol.codec import ErrorCode
-from rtserver.router import Router
+from rtserver.router import HttpRoute
 
-__all__ = ["RtServer", "build_router", "resolve_secret", "run_server"]
+__all__ = ["RtServer", "resolve_secret", "run_server"]
 
 log = jsonlog.get_logger("rtserver.server")
 
@@ -90,6 +85,10 @@ class _HubStateHandler:
         """The hub connection degraded or recovered."""
         self._on_state(health)
 
+    def interest_snapshot(self) -> InterestSnapshot:
+        """Nothing to re-declare: this connection carries cluster status only."""
+        return InterestSnapshot(rooms=[], users=[], presence=[])
+
 
 # The headers every handled handshake request is left with (shared, empty).
 _NO_HEADERS = Headers()
@@ -106,46 +105,39 @@ class RtConnection(ServerConnection):
         super().acknowledge_pings(data)
 
 
-def build_router() -> Router:
-    """The router with every built-in domain handler installed."""
-    from rtserver.handlers import install_handlers
-    from rtserver.handlers.notifications import install_notifications
-
-    router = Router()
-    install_notifications(router)
-    install_handlers(router)
-    return router
-
-
 class RtServer:
     """One worker: the node plus its websockets server."""
 
     def __init__(self, config: Config, *, worker_id: int = 0, bus: Bus | None = None,
-                 router: Router | None = None, jwt_secret: str | None = None,
+                 domains: Sequence[type[DomainPlugin]] | None = None,
+                 jwt_secret: str | None = None,
                  sock: socket.socket | None = None,
                  store: Any = None,
-                 http_routes: dict[str, Callable[[], Awaitable[Response]]] | None = None,
+                 http_routes: dict[str, HttpRoute] | None = None,
                  hub_bus: EmbeddedBus | None = None,
                  previous_exit: str | None = None) -> None:
         """One worker. Under the supervisor, ``hub_bus`` is the connection to its bus hub
         (the message bus itself, or only the cluster status channel when ``bus`` is
         Redis): ``/healthz`` and ``/metrics`` then answer for every worker
         (``?scope=worker`` for this one), and ``previous_exit`` (how this worker id's
-        previous process ended) raises a ``worker_respawned`` alert at start."""
+        previous process ended) raises a ``worker_respawned`` alert at start.
+
+        ``domains``: the domain plugin classes to run (default: the ones named in
+        ``[domains] enabled``; ``[]`` runs the real-time core alone)."""
         self.config = config
         self.worker_id = worker_id
         self.sock = sock
         fanout_module = load_fanout(config.fanout.implementation)
         secret = jwt_secret if jwt_secret is not None else resolve_secret(config)
+        if domains is None:
+            domains = load_domain_classes(config.domains.enabled)
         self.node = Node(config, bus if bus is not None else LocalBus(), fanout_module,
-                         router if router is not None else build_router(), worker_id, secret,
-                         store=store)
-        self.http_routes = dict(http_routes or {})
+                         domains, worker_id, secret, store=store)
+        self.http_routes: dict[str, HttpRoute] = {**self.node.router.http_routes,
+                                                  **(http_routes or {})}
         self.ingress: Any = None
         self.redis_ingress: Any = None
         self._owns_store = False
-        self.domain_ingress: Any = handle_domain_ingress
-        self.http_routes.setdefault("/admin/health", admin_health_route(self.node))
         self.hub_bus = hub_bus
         self.previous_exit = previous_exit
         if hub_bus is not None:
@@ -177,7 +169,7 @@ class RtServer:
             return self._admin_connections(request)
         route = self.http_routes.get(path)
         if route is not None:
-            return await route()
+            return await route(request)
         body = orjson.dumps({"error": "not_found", "message": f"no endpoint at {path}",
                              "action": f"Required action: connect WebSockets to "
                              f"{self.config.server.ws_path}; HTTP serves /healthz and /metrics"})
@@ -305,7 +297,7 @@ class RtServer:
                                 f"no auth message within {timeout:g} s",
                                 'Required action: send {"type":"auth","token":JWT} right after '
                                 "connecting, or pass ?token=JWT")
-                self.node.close_connection(conn, CLOSE_AUTH, "auth timeout")
+                self.node.close_connection(conn, CloseCode.AUTH_FAILED, "auth timeout")
                 return
             try:
                 frame = await asyncio.wait_for(ws.recv(), remaining)
@@ -336,7 +328,7 @@ class RtServer:
 
         db = self.config.database
         node = self.node
-        dispatcher = IngressDispatcher(node, self.domain_ingress)
+        dispatcher = IngressDispatcher(node, node.router)
         bus_cfg = self.config.bus
         if bus_cfg.redis_url:
             from rtserver.redis_ingress import RedisIngress
@@ -419,7 +411,7 @@ class RtServer:
                 lambda h: node.set_degraded("bus:hub", not h.ok, h.reason)))
         await self.node.start()
         await self._start_database()
-        await start_domain(self.node, cfg.domain)
+        await self.node.start_domains()
         kwargs: dict[str, Any] = dict(
             process_request=self._process_request,
             compression="deflate" if cfg.server.compression else None,
@@ -446,10 +438,11 @@ class RtServer:
                  ws_path=cfg.server.ws_path, worker=self.worker_id,
                  fanout=self.node.fanout_module.__name__, bus=self.node.bus.kind)
         if self.previous_exit is not None:
-            await raise_alert(self.node, "worker_respawned", "high",
-                              f"worker {self.worker_id} was restarted after its previous "
-                              f"process ended ({self.previous_exit})",
-                              {"worker": self.worker_id, "previous_exit": self.previous_exit})
+            await self.node.raise_alert(
+                "worker_respawned", "high",
+                f"worker {self.worker_id} was restarted after its previous process ended "
+                f"({self.previous_exit})",
+                {"worker": self.worker_id, "previous_exit": self.previous_exit})
 
     async def stop(self, code: int = 1012, reason: str = "service restart") -> None:
         """Stop accepting, close every connection with ``code``, wait for the drain."""
@@ -472,7 +465,7 @@ class RtServer:
                       "longer to close")
             for conn in list(self.node.hub.connections.values()):
                 conn.ws.transport.abort()
-        await stop_domain(self.node)
+        await self.node.stop_domains()
         await self.node.close()
         await self._stop_database()
         if self.hub_bus is not None and self.hub_bus is not self.node.bus:

@@ -39,6 +39,7 @@ __all__ = [
     "Subscribed",
     "Unsubscribe",
     "Unsubscribed",
+    "message_tag",
 ]
 
 MessageId = str | int | None
@@ -192,3 +193,8 @@ class Error(ServerMessage, tag="error", frozen=True):
     message: str
     action: str
     id: MessageId = None
+
+
+def message_tag(message: object) -> str:
+    """The ``type`` tag of a message Struct instance (``"subscribe"``, ``"quote_edit"``...)."""
+    return str(type(message).__struct_config__.tag)  # type: ignore[attr-defined]

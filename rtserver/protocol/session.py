@@ -9,6 +9,7 @@ so it is tested with bytes and Structs only.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Set as AbstractSet
 from datetime import UTC, datetime
 
 import msgspec
@@ -139,6 +140,7 @@ class Session:
         policy: AccessPolicy,
         limits: LimitsConfig,
         now: float,
+        rooms: AbstractSet[str],
     ) -> None:
         self.connection_id = connection_id
         self.codec = codec
@@ -146,7 +148,8 @@ class Session:
         self.policy = policy
         self.limits = limits
         self.principal: Principal | None = None
-        self.rooms: set[str] = set()
+        #: The connection's rooms, owned (and mutated) by the worker's Hub; read here.
+        self.rooms = rooms
         self.last_activity = now
         self._tokens = float(limits.rate_limit_burst)
         self._updated = now

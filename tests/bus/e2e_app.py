@@ -15,7 +15,7 @@ import os
 import sys
 
 from websockets.datastructures import Headers
-from websockets.http11 import Response
+from websockets.http11 import Request, Response
 
 from rtserver.bus.embedded import ReconnectPolicy
 from rtserver.bus.redis_bus import RedisBusSettings
@@ -45,7 +45,7 @@ def e2e_worker(config: Config, plan: WorkerBusPlan, ctx: WorkerContext) -> None:
     server = RtServer(config, worker_id=ctx.worker_id, bus=bus, sock=sock,
                       jwt_secret=SECRET, hub_bus=hub)
 
-    async def poke() -> Response:
+    async def poke(request: Request) -> Response:
         await server.node.send_to_user(os.environ["E2E_POKE_USER"], b'{"type":"poke"}')
         body = b'{"poked":true,"worker":%d}' % ctx.worker_id
         return Response(200, "OK", Headers([("Content-Type", "application/json"),

@@ -45,7 +45,7 @@ async def test_database_outage_degrades_and_recovers(private_pg: PgInstance,
         "retry_backoff_max": 0.3, "connect_timeout": 2.0, "pool_acquire_timeout": 2.0}))
     port = server.port or 0
     states: list[tuple[str, bool]] = []
-    server.node.state_listeners.append(lambda comp, ok, reason: states.append((comp, ok)))
+    server.node.router.state_listeners.append(lambda comp, ok, reason: states.append((comp, ok)))
     sub = await connect_client(token(rooms=["bench:*"]), srv=server)
     pub = await connect_client(token(perms=["publish"], rooms=["bench:*"]), srv=server)
     await sub.request({"type": "subscribe", "room": "bench:outage"}, "subscribed")

@@ -16,8 +16,7 @@ import pytest
 from conftest import token
 from rtserver.bus.embedded import ReconnectPolicy
 from rtserver.bus.redis_bus import RedisBus, RedisBusSettings, default_node_id
-from rtserver.handlers import domain_of, raise_alert
-from tests.handlers.helpers import recv_until, wait_until
+from tests.domains.insurance.helpers import insurance, recv_until, wait_until
 from tests.store.pgutil import PgInstance, create_database, free_port, migrate
 
 pytestmark = pytest.mark.timeout(60)
@@ -117,12 +116,12 @@ async def test_alert_raised_while_database_down_is_stored_later(private_pg: PgIn
     await recv_until(client, "stream_started")
     assert (await recv_until(client, "system_metrics"))["database"]["ok"] is True
     private_pg.stop()
-    sent = await raise_alert(server.node, "test_outage", "high", "raised during outage",
+    sent = await insurance(server).alerts.raise_alert("test_outage", "high", "raised during outage",
                              {"n": 1})
     assert sent.alert_id is None and sent.stored is False
     first = await recv_until(client, "admin_alert")
     assert first["alert_id"] is None and first["stored"] is False
-    assert domain_of(server.node).alerts.pending
+    assert insurance(server).alerts.pending
     private_pg.start()
     later = await recv_until(client, "admin_alert", timeout=20)
     assert later["stored"] is True and isinstance(later["alert_id"], int)
@@ -133,7 +132,7 @@ async def test_alert_raised_while_database_down_is_stored_later(private_pg: PgIn
     finally:
         await pg.close()
     assert row["alert_type"] == "test_outage" and row["message"] == "raised during outage"
-    assert not domain_of(server.node).alerts.pending
+    assert not insurance(server).alerts.pending
 
 
 async def test_slow_consumers_above_the_rate_raise_an_alert(domain_server: Any,

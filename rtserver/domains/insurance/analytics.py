@@ -28,15 +28,14 @@ from typing import Any
 
 import msgspec
 
-from rtserver.auth import AccessDenied
-from rtserver.bus.base import BusUnavailable
-from rtserver.hub import Connection
+from rtserver.backoff import BackoffPolicy
+from rtserver.context import BusUnavailable, Connection
 from rtserver.jsonlog import get_logger
 from rtserver.metrics import REGISTRY
 from rtserver.protocol.codec import ErrorCode
 from rtserver.store import AnalyticsEvent, StoreUnavailable
 
-from .domain import Domain, handler
+from .domain import Domain
 from .measure import RateTracker, performance_snapshot
 from .messages import (
     AnalyticsError,
@@ -54,7 +53,7 @@ from .queries import IntervalClaims, claim_key
 
 __all__ = ["EVENT_DASHBOARDS", "Analytics", "Stream", "filters_field"]
 
-log = get_logger("rtserver.handlers.analytics")
+log = get_logger("rtserver.domains.insurance.analytics")
 
 QUERIES = REGISTRY.counter(
     "rtserver_analytics_queries_total", "Analytics dashboard queries run", ("dashboard",))
@@ -115,13 +114,16 @@ class Analytics:
         #: Intervals this node computed / left to another claimant (tests, health).
         self.computed = 0
         self.skipped = 0
+        interval = domain.settings.analytics_interval
+        #: A stream whose task failed restarts after one interval (doubling up to 60 s).
+        self._restart = BackoffPolicy(initial_delay=interval, max_delay=max(60.0, interval))
 
     # ------------------------------------------------------------ start / stop
 
     async def start(self, conn: Connection, msg: StartAnalytics) -> None:
         """``start_analytics``: validate, join the rooms, start or share the stream."""
         d = self.domain
-        node = d.node
+        ctx = d.ctx
         if not d.require_permission(conn, "analytics:read", "start_analytics", msg.id):
             return
         try:
@@ -132,7 +134,7 @@ class Analytics:
                                "Required action: send the filters documented for this "
                                "dashboard in docs/domain.md (unknown keys are rejected)", msg.id)
             return
-        if msg.dashboard != "performance" and node.require_store(
+        if msg.dashboard != "performance" and ctx.require_store(
                 conn, f"the {msg.dashboard} dashboard", msg.id) is None:
             return
         canonical = msgspec.json.encode(filters)
@@ -152,24 +154,8 @@ class Analytics:
                     "Required action: reuse the filters of an open dashboard, or ask the "
                     "operator to raise domain.analytics_max_streams", msg.id)
             return
-        needed = [r for r in (events_room, room) if r not in conn.rooms]
-        limit = node.config.limits.max_subscriptions
-        if len(conn.rooms) + len(needed) > limit:
-            d.error(conn, ErrorCode.TOO_MANY_SUBSCRIPTIONS,
-                    f"watching needs {len(needed)} more subscriptions, over the limit of "
-                    f"{limit}", "Required action: unsubscribe from rooms you no longer need",
-                    msg.id)
+        if not await ctx.subscribe(conn, [events_room, room], msg.id):
             return
-        principal = conn.principal
-        assert principal is not None
-        for r in needed:
-            try:
-                rules = node.policy.check(principal, "subscribe", r)
-            except AccessDenied as exc:
-                d.error(conn, exc.code, exc.message, exc.action, msg.id)
-                return
-            if not await node.subscribe(conn, r, rules, msg.id):
-                return
         self.watches.setdefault(conn.id, set()).add(room)
         stream = self.streams.get(room)
         if stream is None:
@@ -177,7 +163,9 @@ class Analytics:
             if msg.dashboard == "performance":
                 stream.rates = RateTracker(d)
             self.streams[room] = stream
-            stream.task = d.spawn(self._run(stream), f"analytics-{room}")
+            stream.task = d.spawn(lambda: self._run(stream), f"analytics-{room}",
+                                  restart=self._restart,
+                                  on_failure=lambda exc, n: self._stream_failed(stream, exc, n))
             log.info("analytics_stream_started", room=room, dashboard=msg.dashboard)
         stream.viewers.add(conn.id)
         d.reply(conn, AnalyticsStarted(
@@ -188,16 +176,16 @@ class Analytics:
 
     async def stop(self, conn: Connection, msg: StopAnalytics) -> None:
         """``stop_analytics``: leave every stream of ``dashboard`` and its events room."""
-        node = self.domain.node
+        ctx = self.domain.ctx
         rooms = sorted(r for r in self.watches.get(conn.id, ())
                        if self.streams[r].dashboard == msg.dashboard)
         for room in rooms:
             self._remove_viewer(conn.id, room)
             if room in conn.rooms:
-                await node.unsubscribe(conn, room)
+                await ctx.unsubscribe(conn, room)
         events_room = f"analytics:{msg.dashboard}"
         if events_room in conn.rooms and rooms:
-            await node.unsubscribe(conn, events_room)
+            await ctx.unsubscribe(conn, events_room)
             rooms.append(events_room)
         self.domain.reply(conn, AnalyticsStopped(dashboard=msg.dashboard, rooms=rooms,
                                                  id=msg.id))
@@ -228,8 +216,12 @@ class Analytics:
         if stream.task is not None:
             stream.task.cancel()
         log.info("analytics_stream_stopped", room=room, dashboard=stream.dashboard)
-        if self.claims is not None:
-            self.domain.spawn(self.claims.release_key(stream.key), f"analytics-release-{room}")
+        claims = self.claims
+        if claims is not None:
+            async def release() -> None:
+                await claims.release_key(stream.key)
+
+            self.domain.spawn(release, f"analytics-release-{room}")
 
     async def close(self) -> None:
         """Stop every stream (server shutdown)."""
@@ -252,15 +244,23 @@ class Analytics:
             await asyncio.sleep(max(0.0, n * interval - now))
             await self._tick(stream, n)
 
+    def _stream_failed(self, stream: Stream, exc: BaseException, failures: int) -> None:
+        FAILURES.inc(stream.dashboard, "bug")
+        self._local_error(stream, "stream_failed",
+                          f"the analytics stream {stream.room} failed ({exc!r}); restarting "
+                          f"(failure {failures})",
+                          "Required action: none; updates resume when the stream restarts "
+                          "(report the error if it repeats)")
+
     def _local_error(self, stream: Stream, code: str, message: str, action: str) -> None:
         frame = AnalyticsError(dashboard=stream.dashboard, room=stream.room, code=code,
                                message=message, action=action)
         for conn_id in stream.viewers:
-            self.domain.node.send_to_connection(conn_id, frame)
+            self.domain.ctx.send_to_connection(conn_id, frame)
 
     async def _compute(self, stream: Stream) -> Any:
         d = self.domain
-        store = d.node.store
+        store = d.ctx.store
         assert store is not None
         f = stream.filters
         QUERIES.inc(stream.dashboard)
@@ -277,7 +277,7 @@ class Analytics:
         if stream.rates is not None:
             data = performance_snapshot(d, stream.rates)
         else:
-            store = d.node.store
+            store = d.ctx.store
             assert store is not None  # start() refused database dashboards without one
             if self.claims is None:
                 self.claims = IntervalClaims(store)
@@ -297,7 +297,7 @@ class Analytics:
                 return
         update = AnalyticsUpdate(dashboard=stream.dashboard, room=stream.room,
                                  filters=msgspec.Raw(stream.canonical), interval_no=n,
-                                 worker=d.node.worker_id, data=data)
+                                 worker=d.ctx.worker_id, data=data)
         stream.last = update
         try:
             await d.publish(stream.room, update)
@@ -306,7 +306,7 @@ class Analytics:
             log.error("analytics_update_local_only", room=stream.room, interval_no=n,
                       error=str(exc), note="viewers on other workers miss this interval")
             for conn_id in stream.viewers:
-                d.node.send_to_connection(conn_id, update)
+                d.ctx.send_to_connection(conn_id, update)
 
     # ------------------------------------------------------------ ingress
 
@@ -318,13 +318,11 @@ class Analytics:
                 data=message.data))
 
 
-@handler
 async def on_start_analytics(d: Domain, conn: Connection, msg: StartAnalytics) -> None:
     """Router handler of ``start_analytics``."""
     await d.analytics.start(conn, msg)
 
 
-@handler
 async def on_stop_analytics(d: Domain, conn: Connection, msg: StopAnalytics) -> None:
     """Router handler of ``stop_analytics``."""
     await d.analytics.stop(conn, msg)

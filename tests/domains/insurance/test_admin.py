@@ -14,9 +14,15 @@ import orjson
 import pytest
 
 from conftest import token
-from rtserver.handlers import domain_of, handle_domain_ingress, raise_alert
 from rtserver.store import AlertEvent
-from tests.handlers.helpers import domain_tasks, nothing_but_pong, recv_until, wait_until
+from tests.domains.insurance.helpers import (
+    domain_ingress,
+    domain_tasks,
+    insurance,
+    nothing_but_pong,
+    recv_until,
+    wait_until,
+)
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -215,13 +221,13 @@ async def test_alert_flow_raise_store_resolve(domain_server: Any, ws: Any,
     assert (await recv_until(b, "error", skip=("system_metrics",)))["code"] == "not_found"
 
     # Ingress alerts and server code reach the admins the same way.
-    await handle_domain_ingress(server.node, AlertEvent(
+    await domain_ingress(server, AlertEvent(
         alert_type="rating_engine", severity="high", message="rating engine slow",
         details=msgspec.Raw(b'{"p99_ms":900}')))
     backend = await recv_until(a, "admin_alert", skip=("system_metrics",))
     assert backend["alert_type"] == "rating_engine" and backend["data"] == {"p99_ms": 900}
-    sent = await raise_alert(server.node, "worker_respawned", "medium", "worker 1 respawned",
-                             {"worker": 1})
+    sent = await insurance(server).alerts.raise_alert(
+        "worker_respawned", "medium", "worker 1 respawned", {"worker": 1})
     assert (await recv_until(b, "admin_alert", skip=("system_metrics",)))[
         "alert_type"] == "rating_engine"
     got = await recv_until(b, "admin_alert", skip=("system_metrics",))
@@ -230,7 +236,7 @@ async def test_alert_flow_raise_store_resolve(domain_server: Any, ws: Any,
 
 async def test_no_task_left_after_disconnect(domain_server: Any, ws: Any) -> None:
     server = await domain_server()
-    d = domain_of(server.node)
+    d = insurance(server)
     client = await ws(server, admin())
     await monitoring(client, 0.2)
     await client.send({"type": "start_performance", "metrics": ["rooms"], "id": "p"})

@@ -3,7 +3,7 @@
 Sources: the node's state listeners (bus or database degraded / recovered),
 the ingress (``alert`` payloads), slow consumers closed above
 ``domain.slow_consumer_alert_threshold`` per ``slow_consumer_alert_window``,
-and :func:`rtserver.handlers.raise_alert` (e.g. the supervisor's respawns).
+and the core's system alerts (``router.on_alert``: e.g. a respawned worker).
 
 Each alert is stored in ``system_alerts`` and published as ``admin_alert`` to
 room ``admin:alerts`` (every admin running ``start_monitoring`` is in it, on
@@ -22,21 +22,20 @@ from typing import Any
 
 import msgspec
 
-from rtserver.bus.base import BusUnavailable
-from rtserver.hub import Connection
+from rtserver.backoff import BackoffPolicy
+from rtserver.context import BusUnavailable, Connection
 from rtserver.jsonlog import get_logger
 from rtserver.metrics import REGISTRY
-from rtserver.node import SLOW_CONSUMERS
 from rtserver.protocol.session import utc_now
 from rtserver.store import AlertEvent, StoreUnavailable
 from rtserver.store.postgres import encode_json
 
-from .domain import NOT_FOUND, Domain, handler
+from .domain import NOT_FOUND, Domain
 from .messages import AdminAlert, AlertResolved, AlertsList, AlertsReply, ResolveAlert
 
 __all__ = ["ALERTS_ROOM", "Alerts"]
 
-log = get_logger("rtserver.handlers.alerts")
+log = get_logger("rtserver.domains.insurance.alerts")
 
 ALERTS_ROOM = "admin:alerts"
 
@@ -73,8 +72,18 @@ class Alerts:
         self._flush_lock = asyncio.Lock()
 
     def start(self) -> None:
-        """Start the watchdog (loop lag, slow-consumer rate, unstored alerts)."""
-        self._watch_task = self.domain.spawn(self._watch(), "alerts-watchdog")
+        """Start the watchdog (loop lag, slow-consumer rate, unstored alerts).
+
+        Supervised: a failure is logged and counted, and the watchdog restarts
+        after ``domain.loop_lag_interval`` (doubling up to 60 s)."""
+        interval = self.domain.settings.loop_lag_interval
+        self._watch_task = self.domain.spawn(
+            self._watch, "alerts-watchdog",
+            restart=BackoffPolicy(initial_delay=interval, max_delay=max(60.0, interval)))
+
+    async def sink(self, alert_type: str, severity: str, message: str, details: object) -> None:
+        """The core's system alerts (``router.on_alert``): stored and sent to admins."""
+        await self.raise_alert(alert_type, severity, message, details)
 
     # ------------------------------------------------------------ raising
 
@@ -89,11 +98,13 @@ class Alerts:
             alert_type = "component_degraded"
             message = f"{component} degraded: {reason or 'no reason given'}"
         details = {"component": component, "ok": ok, "reason": reason,
-                   "worker": self.domain.node.worker_id}
-        self.domain.spawn(self.raise_alert(alert_type, severity, message, details),
-                          f"alert-{alert_type}")
+                   "worker": self.domain.ctx.worker_id}
+        async def raise_it() -> None:
+            await self.raise_alert(alert_type, severity, message, details)
+
+        self.domain.spawn(raise_it, f"alert-{alert_type}")
         if ok and self.pending:
-            self.domain.spawn(self.flush_pending(), "alerts-flush")
+            self.domain.spawn(self.flush_pending, "alerts-flush")
 
     async def raise_alert(self, alert_type: str, severity: str, message: str,
                           details: object) -> AdminAlert:
@@ -104,7 +115,7 @@ class Alerts:
         details_json = encode_json(details)
         log.warning("alert_raised", alert_type=alert_type, severity=severity, message=message)
         alert_id: int | None = None
-        store = d.node.store
+        store = d.ctx.store
         if store is None:
             NOT_STORED.inc("no_database")
             log.warning("alert_not_stored", alert_type=alert_type,
@@ -123,7 +134,7 @@ class Alerts:
         frame = AdminAlert(alert_id=alert_id, alert_type=alert_type, severity=severity,
                            message=message, data=msgspec.Raw(details_json),
                            raised_at=raised_at, stored=alert_id is not None,
-                           worker=d.node.worker_id)
+                           worker=d.ctx.worker_id)
         await self.deliver(frame)
         return frame
 
@@ -149,11 +160,11 @@ class Alerts:
                       note="admins on other workers do not get this alert")
             for conn_id in self.domain.admin.monitors:
                 if exclude is None or conn_id != exclude.id:
-                    self.domain.node.send_to_connection(conn_id, frame)
+                    self.domain.ctx.send_to_connection(conn_id, frame)
 
     async def flush_pending(self) -> None:
         """Store the alerts kept while the database was unavailable (in order)."""
-        store = self.domain.node.store
+        store = self.domain.ctx.store
         if store is None:
             return
         async with self._flush_lock:
@@ -172,7 +183,7 @@ class Alerts:
                 await self.deliver(AdminAlert(
                     alert_id=alert.id, alert_type=p.alert_type, severity=p.severity,
                     message=p.message, data=msgspec.Raw(p.details), raised_at=p.raised_at,
-                    stored=True, worker=self.domain.node.worker_id))
+                    stored=True, worker=self.domain.ctx.worker_id))
 
     async def backend_alert(self, message: AlertEvent) -> None:
         """An ``alert`` from the ingress."""
@@ -184,7 +195,8 @@ class Alerts:
     async def _watch(self) -> None:
         s = self.domain.settings
         loop = asyncio.get_running_loop()
-        self._slow_samples.append((loop.time(), SLOW_CONSUMERS.get()))  # the baseline
+        self._slow_samples.append(
+            (loop.time(), self.domain.ctx.stats().slow_consumers))  # the baseline
         while True:
             start = loop.time()
             await asyncio.sleep(s.loop_lag_interval)
@@ -195,7 +207,7 @@ class Alerts:
 
     async def _check_slow_consumers(self, now: float) -> None:
         s = self.domain.settings
-        total = SLOW_CONSUMERS.get()
+        total = self.domain.ctx.stats().slow_consumers
         samples = self._slow_samples
         samples.append((now, total))
         while samples and now - samples[0][0] > s.slow_consumer_alert_window:
@@ -207,11 +219,11 @@ class Alerts:
             await self.raise_alert(
                 "slow_consumers", "medium",
                 f"{int(closed)} slow consumers closed (1013) within "
-                f"{s.slow_consumer_alert_window:g} s on worker {self.domain.node.worker_id}",
+                f"{s.slow_consumer_alert_window:g} s on worker {self.domain.ctx.worker_id}",
                 {"closed": int(closed), "window_seconds": s.slow_consumer_alert_window,
                  "threshold": s.slow_consumer_alert_threshold,
-                 "worker": self.domain.node.worker_id,
-                 "limit_bytes": self.domain.node.config.limits.outbound_buffer_limit})
+                 "worker": self.domain.ctx.worker_id,
+                 "limit_bytes": self.domain.ctx.config.limits.outbound_buffer_limit})
 
     # ------------------------------------------------------------ admin requests
 
@@ -220,7 +232,7 @@ class Alerts:
         d = self.domain
         if not d.require_permission(conn, "admin:alerts", "resolve_alert", msg.id):
             return
-        store = d.node.require_store(conn, "resolve_alert", msg.id)
+        store = d.ctx.require_store(conn, "resolve_alert", msg.id)
         if store is None:
             return
         result = await d.timed_query(store.resolve_alert(msg.alert_id, conn.user or ""))
@@ -249,20 +261,18 @@ class Alerts:
         d = self.domain
         if not d.require_permission(conn, "admin:monitor", "alerts_list", msg.id):
             return
-        store = d.node.require_store(conn, "alerts_list", msg.id)
+        store = d.ctx.require_store(conn, "alerts_list", msg.id)
         if store is None:
             return
         alerts = await d.timed_query(store.list_unresolved_alerts(d.settings.alerts_list_limit))
         d.reply(conn, AlertsReply(alerts=alerts, id=msg.id))
 
 
-@handler
 async def on_resolve_alert(d: Domain, conn: Connection, msg: ResolveAlert) -> None:
     """Router handler of ``resolve_alert``."""
     await d.alerts.resolve(conn, msg)
 
 
-@handler
 async def on_alerts_list(d: Domain, conn: Connection, msg: AlertsList) -> None:
     """Router handler of ``alerts_list``."""
     await d.alerts.list(conn, msg)

@@ -10,10 +10,14 @@ import msgspec
 import pytest
 
 from conftest import token
-from rtserver.handlers import handle_domain_ingress
 from rtserver.server import RtServer
 from rtserver.store import CalculationProgress, Quote, QuoteUpdate, Store
-from tests.handlers.helpers import nothing_but_pong, recv_until, wait_until
+from tests.domains.insurance.helpers import (
+    domain_ingress,
+    nothing_but_pong,
+    recv_until,
+    wait_until,
+)
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -57,10 +61,10 @@ async def test_state_then_backend_updates_in_order(domain_server: Any, ws: Any) 
     assert state["editable_fields"]["vehicle_value"] == "number"
 
     for version in (2, 3, 4):
-        await handle_domain_ingress(server.node, QuoteUpdate(
+        await domain_ingress(server, QuoteUpdate(
             quote_id=quote.id, update_type="premium", data=msgspec.Raw(b'{"premium":%d}' % version),
             version=version))
-    await handle_domain_ingress(server.node, CalculationProgress(
+    await domain_ingress(server, CalculationProgress(
         quote_id=quote.id, progress=0.5, stage="rating"))
     got = [await recv_until(client, "quote_update") for _ in range(3)]
     assert [m["version"] for m in got] == [2, 3, 4]

@@ -7,8 +7,11 @@ from collections.abc import Callable
 from typing import Any
 
 from conftest import Client
+from rtserver.domains.insurance import InsuranceDomain
+from rtserver.server import RtServer
 
-__all__ = ["domain_tasks", "nothing_but_pong", "recv_until", "wait_until"]
+__all__ = ["domain_ingress", "domain_tasks", "insurance", "nothing_but_pong", "recv_until",
+           "wait_until"]
 
 
 async def recv_until(client: Client, type_: str, timeout: float = 5.0,
@@ -43,3 +46,17 @@ def domain_tasks() -> list[str]:
     return sorted(t.get_name() for t in asyncio.all_tasks()
                   if t.get_name().startswith("rtserver-domain-")
                   and "watchdog" not in t.get_name() and not t.done())
+
+
+def insurance(server: RtServer) -> InsuranceDomain:
+    """The insurance domain plugin of ``server``'s node."""
+    domain = server.node.domain("insurance")
+    assert isinstance(domain, InsuranceDomain)
+    return domain
+
+
+async def domain_ingress(server: RtServer, message: Any) -> None:
+    """Hand an ingress payload to the handler the domain registered for its kind."""
+    handler = server.node.router.ingress_handler_for(message)
+    assert handler is not None, f"no ingress handler for {type(message).__name__}"
+    await handler(message)

@@ -13,10 +13,15 @@ import msgspec
 import pytest
 
 from conftest import token
-from rtserver.handlers import domain_of, handle_domain_ingress
-from rtserver.handlers.analytics import QUERIES
+from rtserver.domains.insurance.analytics import QUERIES
 from rtserver.store import AnalyticsEvent, Store
-from tests.handlers.helpers import domain_tasks, recv_until, wait_until
+from tests.domains.insurance.helpers import (
+    domain_ingress,
+    domain_tasks,
+    insurance,
+    recv_until,
+    wait_until,
+)
 from tests.store.pgutil import TempDatabase
 
 pytestmark = pytest.mark.timeout(60)
@@ -95,7 +100,7 @@ async def test_dashboard_numbers_match_inserted_rows(domain_server: Any, ws: Any
 async def test_one_query_per_interval_whatever_the_viewers(domain_server: Any,
                                                            ws: Any) -> None:
     server = await domain_server()
-    analytics = domain_of(server.node).analytics
+    analytics = insurance(server).analytics
     filters = {"hours": 11}
     before = QUERIES.get("conversion")
     viewers = [await ws(server, VIEWER) for _ in range(8)]
@@ -168,7 +173,7 @@ async def test_each_interval_computed_once_across_two_workers(domain_server: Any
     assert not both, f"intervals computed by both workers: {sorted(both)}"
     union = sorted(set(got[1]) | set(got[2]))
     assert union == list(range(union[0], union[0] + len(union))), union
-    d1, d2 = domain_of(first.node).analytics, domain_of(second.node).analytics
+    d1, d2 = insurance(first).analytics, insurance(second).analytics
     assert d1.skipped + d2.skipped >= len(union) - 2
     assert d1.computed + d2.computed >= len(union)
 
@@ -190,7 +195,7 @@ async def test_filters_are_validated(domain_server: Any, ws: Any, dashboard: str
                        "id": 4})
     err = await client.recv()
     assert err["code"] == "validation_error" and err["field"] == field and err["id"] == 4
-    assert not domain_of(server.node).analytics.streams
+    assert not insurance(server).analytics.streams
 
 
 async def test_permission_and_unknown_dashboard(domain_server: Any, ws: Any) -> None:
@@ -216,11 +221,11 @@ async def test_events_and_performance_dashboard(domain_server: Any, ws: Any) -> 
     assert perf["fanout"]["frames_written"] >= 1 and "messages_in" in perf["rates"]
     await start(client, "quotes", {"hours": 2}, "q")
     quote_id = uuid.uuid4()
-    await handle_domain_ingress(server.node, AnalyticsEvent(
+    await domain_ingress(server, AnalyticsEvent(
         event="quote_created", quote_id=quote_id, data=msgspec.Raw(b'{"premium":12}')))
     event = await recv_until(client, "analytics_event", skip=("analytics_update", "subscribed"))
     assert event["dashboard"] == "quotes" and event["event"] == "quote_created"
     assert event["quote_id"] == str(quote_id) and event["data"] == {"premium": 12}
     await client.ws.close()
     await wait_until(lambda: not domain_tasks(), "streams ended with the connection")
-    assert not domain_of(server.node).analytics.streams
+    assert not insurance(server).analytics.streams

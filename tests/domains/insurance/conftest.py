@@ -3,7 +3,7 @@ freshly migrated PostgreSQL database, real WebSocket clients.
 
 * ``db_dsn`` (session): a migrated database for the handler tests (dropped at the end).
 * ``domain_server``: factory ``await domain_server(store=True|False, **settings)`` -> RtServer
-  with ``install_handlers`` + ``start_domain`` (stopped, with ``stop_domain``, afterwards).
+  with the insurance domain plugin enabled (stopped afterwards).
 * ``ws``: factory ``await ws(server, token)`` -> Client (welcome and authenticated consumed).
 """
 
@@ -26,8 +26,7 @@ from rtserver.bus.embedded import (
     HubSettings,
     ReconnectPolicy,
 )
-from rtserver.handlers import DomainSettings, install_handlers
-from rtserver.router import Router
+from rtserver.domain_settings import DomainSettings
 from rtserver.server import RtServer
 from rtserver.store import Store
 from tests.store.pgutil import TempDatabase, make_store
@@ -73,19 +72,17 @@ async def domain_server(db_dsn: str) -> AsyncIterator[DomainServerFactory]:
         if store:
             st = make_store(dsn or db_dsn)
             await st.open()
-        router = Router()
-        install_handlers(router)
         cfg = make_config(**(config or {}))
         cfg = msgspec.structs.replace(cfg, domain=msgspec.structs.replace(SETTINGS, **settings))
-        server = RtServer(cfg, jwt_secret=SECRET, router=router, store=st, bus=bus,
+        server = RtServer(cfg, jwt_secret=SECRET, store=st, bus=bus,
                           worker_id=worker_id)
-        await server.start()  # also start_domain(node, cfg.domain) and /admin/health
+        await server.start()  # also the domain plugins and /admin/health
         started.append((server, st))
         return server
 
     yield factory
     for server, st in started:
-        await server.stop(1001, "test over")  # also stop_domain(node)
+        await server.stop(1001, "test over")  # also the domain plugins
         if st is not None:
             await st.close()
 

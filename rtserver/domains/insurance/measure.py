@@ -9,36 +9,19 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING
 
-from rtserver.metrics import Counter
-from rtserver.node import (
-    DELIVERIES,
-    ERRORS,
-    MESSAGES_IN,
-    MESSAGES_OUT,
-    PUBLICATIONS,
-    SLOW_CONSUMERS,
-)
+from rtserver.context import NodeStats
 
 from .messages import Latency, PerformanceSnapshot, Rates
 
 if TYPE_CHECKING:
     from .domain import Domain
 
-__all__ = ["PERFORMANCE_METRICS", "RateTracker", "counter_total", "fanout_stats",
-           "performance_snapshot", "select_metrics"]
+__all__ = ["PERFORMANCE_METRICS", "RateTracker", "performance_snapshot", "select_metrics"]
 
 
-def counter_total(counter: Counter) -> float:
-    """Sum of every series of ``counter``."""
-    return sum(counter.values.values())
-
-
-def fanout_stats(domain: Domain) -> dict[str, int]:
-    """The fan-out core's counters since start."""
-    fanout = domain.node.fanout
-    if fanout is None:
-        return {}
-    return {str(k): int(v) for k, v in fanout.stats().items()}
+def _totals(stats: NodeStats) -> tuple[float, float, float, float, float, float]:
+    return (stats.messages_in, stats.messages_out, stats.publications, stats.deliveries,
+            stats.errors, float(stats.fanout.get("bytes_written", 0)))
 
 
 class RateTracker:
@@ -46,18 +29,13 @@ class RateTracker:
 
     def __init__(self, domain: Domain) -> None:
         self.domain = domain
-        self._last = self._totals()
+        self._last = _totals(domain.ctx.stats())
         self._at = time.monotonic()
 
-    def _totals(self) -> tuple[float, float, float, float, float, float]:
-        return (counter_total(MESSAGES_IN), counter_total(MESSAGES_OUT),
-                counter_total(PUBLICATIONS), counter_total(DELIVERIES), counter_total(ERRORS),
-                float(fanout_stats(self.domain).get("bytes_written", 0)))
-
-    def sample(self) -> Rates:
+    def sample(self, stats: NodeStats | None = None) -> Rates:
         """Rates since the previous sample (or since this tracker was made)."""
         now = time.monotonic()
-        totals = self._totals()
+        totals = _totals(stats if stats is not None else self.domain.ctx.stats())
         elapsed = max(now - self._at, 1e-6)
         d = [round((b - a) / elapsed, 3) for a, b in zip(self._last, totals, strict=True)]
         self._last, self._at = totals, now
@@ -67,15 +45,16 @@ class RateTracker:
 
 def performance_snapshot(domain: Domain, rates: RateTracker) -> PerformanceSnapshot:
     """The performance dashboard's numbers for this worker."""
+    stats = domain.ctx.stats()
     return PerformanceSnapshot(
-        worker=domain.node.worker_id,
-        rates=rates.sample(),
+        worker=stats.worker,
+        rates=rates.sample(stats),
         handler_latency_ms=domain.handler_latency.summary(),
         publish_latency_ms=domain.publish_latency.summary(),
         query_latency_ms=domain.query_latency.summary(),
         event_loop_lag_ms=domain.loop_lag.summary(),
-        fanout=fanout_stats(domain),
-        slow_consumers_total=int(SLOW_CONSUMERS.get()),
+        fanout=stats.fanout,
+        slow_consumers_total=int(stats.slow_consumers),
     )
 
 
@@ -101,8 +80,8 @@ PERFORMANCE_METRICS: tuple[str, ...] = (
 def select_metrics(domain: Domain, rates: RateTracker,
                    names: list[str]) -> dict[str, float | Latency]:
     """The values of ``names`` (all in :data:`PERFORMANCE_METRICS`)."""
-    r = rates.sample()
-    hub = domain.node.hub
+    stats = domain.ctx.stats()
+    r = rates.sample(stats)
     values: dict[str, float | Latency] = {
         "messages_in_per_second": r.messages_in,
         "messages_out_per_second": r.messages_out,
@@ -110,10 +89,10 @@ def select_metrics(domain: Domain, rates: RateTracker,
         "deliveries_per_second": r.deliveries,
         "errors_per_second": r.errors,
         "bytes_written_per_second": r.bytes_written,
-        "connections": float(len(hub.connections)),
-        "rooms": float(len(hub.rooms)),
-        "subscriptions": float(hub.subscription_count()),
-        "slow_consumers_total": SLOW_CONSUMERS.get(),
+        "connections": float(stats.connections),
+        "rooms": float(stats.rooms),
+        "subscriptions": float(stats.subscriptions),
+        "slow_consumers_total": stats.slow_consumers,
         "handler_latency_ms": domain.handler_latency.summary(),
         "publish_latency_ms": domain.publish_latency.summary(),
         "query_latency_ms": domain.query_latency.summary(),

@@ -1,6 +1,6 @@
 """Measure the domain channels (not a test).
 
-Run: ``PYTHONPATH=tests python -m tests.handlers.measure_domain``
+Run: ``PYTHONPATH=tests python -m tests.domains.insurance.measure_domain``
 
 1. ``quote_edit`` round trip (edit -> ack, the row written with one guarded
    statement, field_update fanned out to a second editor) against a baseline of
@@ -24,11 +24,9 @@ import orjson
 from websockets.asyncio.client import connect
 
 from conftest import SECRET, make_config, token
-from rtserver.handlers import admin_health_route, install_handlers, start_domain, stop_domain
-from rtserver.handlers.analytics import QUERIES
-from rtserver.router import Router
+from rtserver.domains.insurance.analytics import QUERIES
 from rtserver.server import RtServer
-from tests.handlers.conftest import SETTINGS
+from tests.domains.insurance.conftest import SETTINGS
 from tests.store.pgutil import create_database, drop_database, make_store, migrate
 
 EDITS = 1000
@@ -48,20 +46,16 @@ async def main() -> None:
         await migrate(dsn)
         store = make_store(dsn)
         await store.open()
-        router = Router()
-        install_handlers(router)
         # The per-connection rate limit would throttle the sequential round trips.
         config = make_config(limits={"rate_limit_per_second": 1e6, "rate_limit_burst": 10**6})
-        server = RtServer(config, jwt_secret=SECRET, router=router, store=store)
+        config = msgspec.structs.replace(
+            config, domain=msgspec.structs.replace(SETTINGS, analytics_interval=0.5))
+        server = RtServer(config, jwt_secret=SECRET, store=store)
         await server.start()
-        settings = msgspec.structs.replace(SETTINGS, analytics_interval=0.5)
-        await start_domain(server.node, settings)
-        server.http_routes["/admin/health"] = admin_health_route(server.node)
         try:
             await measure_edits(server)
             await measure_analytics(server)
         finally:
-            await stop_domain(server.node)
             await server.stop(1001, "measure over")
             await store.close()
     finally:

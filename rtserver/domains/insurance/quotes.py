@@ -25,9 +25,8 @@ from typing import Any
 import msgspec
 
 from rtserver.auth import AccessDenied
-from rtserver.bus.base import BusUnavailable
+from rtserver.context import BusUnavailable, Connection
 from rtserver.domain_settings import FieldType
-from rtserver.hub import Connection
 from rtserver.jsonlog import get_logger
 from rtserver.metrics import REGISTRY
 from rtserver.protocol.codec import ErrorCode
@@ -40,7 +39,7 @@ from rtserver.store import (
     UpdateConflict,
 )
 
-from .domain import NOT_FOUND, Domain, handler
+from .domain import NOT_FOUND, Domain
 from .messages import (
     CalculationProgressOut,
     ConflictError,
@@ -58,7 +57,7 @@ from .messages import (
 
 __all__ = ["Quotes", "check_value", "quote_room"]
 
-log = get_logger("rtserver.handlers.quotes")
+log = get_logger("rtserver.domains.insurance.quotes")
 
 EDITS = REGISTRY.counter("rtserver_quote_edits_total", "quote_edit outcomes", ("outcome",))
 QUOTE_PUBLISH_FAILURES = REGISTRY.counter(
@@ -117,15 +116,15 @@ class Quotes:
     async def subscribe(self, conn: Connection, msg: QuoteSubscribe) -> None:
         """``quote_subscribe``: access check, join, then ``quote_state``."""
         d = self.domain
-        node = d.node
+        ctx = d.ctx
         if not d.require_permission(conn, "quote:read", "quote_subscribe", msg.id):
             return
-        store = node.require_store(conn, "quote_subscribe", msg.id)
+        store = ctx.require_store(conn, "quote_subscribe", msg.id)
         if store is None:
             return
         room = quote_room(msg.quote_id)
         try:
-            _, _, rules = node.policy.namespace(room)
+            ctx.room_rules(room)
         except AccessDenied as exc:
             d.error(conn, exc.code, exc.message, exc.action, msg.id)
             return
@@ -133,12 +132,6 @@ class Quotes:
             d.error(conn, ErrorCode.ALREADY_SUBSCRIBED, f"already subscribed to {room!r}",
                     "Required action: none; the quote_state was sent with the first "
                     "subscription", msg.id)
-            return
-        limit = node.config.limits.max_subscriptions
-        if len(conn.rooms) >= limit:
-            d.error(conn, ErrorCode.TOO_MANY_SUBSCRIPTIONS,
-                    f"the limit of {limit} subscriptions is reached",
-                    "Required action: unsubscribe from rooms you no longer need", msg.id)
             return
         principal = conn.principal
         assert principal is not None
@@ -156,15 +149,15 @@ class Quotes:
                     f"Required action: use a token whose rooms claim matches {room!r} (or "
                     "the quote's customer's token)", msg.id)
             return
-        if not await node.subscribe(conn, room, rules, msg.id):
-            return  # node.subscribe answered (bus unavailable) or the connection is closing
+        if not await ctx.subscribe(conn, [room], msg.id, access_checked=True):
+            return  # ctx.subscribe answered (limit, bus unavailable) or the connection closes
         try:
             quote = await d.timed_query(store.get_quote(msg.quote_id))
         except StoreUnavailable:
-            await node.unsubscribe(conn, room)
+            await ctx.unsubscribe(conn, room)
             raise
         if quote is None:
-            await node.unsubscribe(conn, room)
+            await ctx.unsubscribe(conn, room)
             d.error(conn, NOT_FOUND, f"quote {msg.quote_id} was deleted",
                     "Required action: subscribe to an existing quote id", msg.id)
             return
@@ -195,7 +188,7 @@ class Quotes:
         d = self.domain
         if not d.require_permission(conn, "quote:write", "quote_edit", msg.id):
             return
-        store = d.node.require_store(conn, "quote_edit", msg.id)
+        store = d.ctx.require_store(conn, "quote_edit", msg.id)
         if store is None:
             return
         ftype = self._editable(conn, msg.quote_id, msg.field, "quote_edit", msg.id)
@@ -239,7 +232,7 @@ class Quotes:
                                       version=version, seq=seq, id=msg.id))
             case UpdateConflict(current_value=current, current_version=current_version):
                 EDITS.inc("conflict")
-                d.error_frame(conn, ConflictError(
+                d.ctx.error_frame(conn, ConflictError(
                     code="conflict", quote_id=msg.quote_id, field=msg.field,
                     current_value=current, current_version=current_version,
                     message=f"quote {msg.quote_id} is at version {current_version}, not "
@@ -312,19 +305,16 @@ class Quotes:
         await self.domain.publish(quote_room(message.quote_id), out)
 
 
-@handler
 async def on_quote_subscribe(d: Domain, conn: Connection, msg: QuoteSubscribe) -> None:
     """Router handler of ``quote_subscribe``."""
     await d.quotes.subscribe(conn, msg)
 
 
-@handler
 async def on_quote_edit(d: Domain, conn: Connection, msg: QuoteEdit) -> None:
     """Router handler of ``quote_edit``."""
     await d.quotes.edit(conn, msg)
 
 
-@handler
 async def on_field_focus(d: Domain, conn: Connection, msg: FieldFocus | FieldBlur) -> None:
     """Router handler of ``field_focus`` and ``field_blur``."""
     await d.quotes.focus_changed(conn, msg)

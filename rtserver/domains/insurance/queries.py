@@ -21,7 +21,7 @@ from rtserver.store.postgres import TRANSIENT_ERRORS
 
 __all__ = ["IntervalClaims", "activity_after", "claim_key", "unresolved_alert_count"]
 
-_log = get_logger("rtserver.handlers.queries")
+_log = get_logger("rtserver.domains.insurance.queries")
 _CLAIM_ERRORS = REGISTRY.counter(
     "rtserver_analytics_claim_errors_total",
     "Analytics interval claims that failed because the claim connection was unavailable")

@@ -11,9 +11,8 @@ from typing import Any
 import pytest
 
 from conftest import token
-from rtserver.handlers import domain_of
 from rtserver.store import Store
-from tests.handlers.helpers import recv_until
+from tests.domains.insurance.helpers import insurance, recv_until
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -48,7 +47,7 @@ async def test_analytics_computed_once_for_viewers_on_both_workers(
     by_interval = {u["interval_no"]: u["worker"] for u in got1}
     assert all(by_interval[u["interval_no"]] == u["worker"]
                for u in got2 if u["interval_no"] in by_interval)
-    a1, a2 = domain_of(first.node).analytics, domain_of(second.node).analytics
+    a1, a2 = insurance(first).analytics, insurance(second).analytics
     # Each worker tried every interval; the pair computed each once.
     assert abs((a1.computed + a2.computed) - (a1.skipped + a2.skipped)) <= 2
     assert a1.skipped + a2.skipped >= len(common) - 2

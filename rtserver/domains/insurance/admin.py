@@ -12,27 +12,25 @@ from __future__ import annotations
 import asyncio
 import http
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import msgspec
 import orjson
 from websockets.datastructures import Headers
-from websockets.http11 import Response
+from websockets.http11 import Request, Response
 
-from rtserver.auth import AccessDenied
-from rtserver.hub import Connection
+from rtserver.context import Connection
 from rtserver.jsonlog import get_logger
 from rtserver.metrics import REGISTRY
-from rtserver.node import ERRORS, SLOW_CONSUMERS, Node
 from rtserver.protocol.messages import MessageId
 from rtserver.protocol.session import utc_now
 from rtserver.store import StoreUnavailable
 
 from .alerts import ALERTS_ROOM
-from .domain import STORE_UNAVAILABLE, Domain, handler, maybe_domain
-from .measure import PERFORMANCE_METRICS, RateTracker, fanout_stats, select_metrics
+from .domain import STORE_UNAVAILABLE, Domain
+from .measure import PERFORMANCE_METRICS, RateTracker, select_metrics
 from .messages import (
     ActivityFilters,
     BusState,
@@ -56,9 +54,9 @@ from .messages import (
 )
 from .queries import activity_after, unresolved_alert_count
 
-__all__ = ["AdminStreams", "admin_health_route", "health_snapshot"]
+__all__ = ["AdminStreams", "admin_health", "health_snapshot"]
 
-log = get_logger("rtserver.handlers.admin")
+log = get_logger("rtserver.domains.insurance.admin")
 
 ACTIVITY_LOG_FAILURES = REGISTRY.counter(
     "rtserver_admin_activity_log_failures_total",
@@ -86,9 +84,21 @@ class AdminStreams:
 
     # ------------------------------------------------------------ stream bookkeeping
 
-    def _start(self, conn: Connection, name: str, coro: Any) -> None:
+    def _start(self, conn: Connection, name: str,
+               factory: Callable[[], Coroutine[Any, Any, None]]) -> None:
         self._cancel(conn.id, name)
-        task = self.domain.spawn(coro, f"admin-{name}-{conn.id}")
+
+        def told(exc: BaseException, failures: int) -> None:
+            # The stream ended: its viewer is told, never left waiting.
+            self.domain.ctx.send_to_connection(conn.id, DomainError(
+                code="stream_failed", message=f"the {name} stream stopped: {exc!r}",
+                action=f"Required action: send start_{name} again; report the error if it "
+                "repeats"))
+            per_conn = self.streams.get(conn.id)
+            if per_conn is not None:
+                per_conn.pop(name, None)
+
+        task = self.domain.spawn(factory, f"admin-{name}-{conn.id}", on_failure=told)
         self.streams.setdefault(conn.id, {})[name] = task
 
     def _cancel(self, conn_id: str, name: str) -> bool:
@@ -130,13 +140,13 @@ class AdminStreams:
         """``stop_monitoring`` / ``stop_user_activity`` / ``stop_performance``."""
         was_running = self._cancel(conn.id, name)
         if name == MONITORING and ALERTS_ROOM in conn.rooms:
-            await self.domain.node.unsubscribe(conn, ALERTS_ROOM)
+            await self.domain.ctx.unsubscribe(conn, ALERTS_ROOM)
         self.domain.reply(conn, StreamStopped(stream=name, was_running=was_running, id=msg_id))
 
     async def log_activity(self, conn: Connection, action: str, resource_type: str | None,
                            resource_id: str | None, details: object) -> None:
         """Record an admin action in admin_activity_logs (failure logged and counted)."""
-        store = self.domain.node.store
+        store = self.domain.ctx.store
         if store is None:
             return
         try:
@@ -165,34 +175,26 @@ class AdminStreams:
                 f"Required action: send an update_interval between {s.monitoring_min_interval:g}"
                 f" and {s.monitoring_max_interval:g}", msg.id)
             return
-        node = d.node
-        if ALERTS_ROOM not in conn.rooms:
-            principal = conn.principal
-            assert principal is not None
-            try:
-                rules = node.policy.check(principal, "subscribe", ALERTS_ROOM)
-            except AccessDenied as exc:
-                d.error(conn, exc.code, exc.message, exc.action, msg.id)
-                return
-            if not await node.subscribe(conn, ALERTS_ROOM, rules, msg.id):
-                return
+        if not await d.ctx.subscribe(conn, [ALERTS_ROOM], msg.id):
+            return
         d.reply(conn, StreamStarted(stream=MONITORING, interval=msg.update_interval,
                                     id=msg.id))
-        self._start(conn, MONITORING, self._monitor(conn, msg.update_interval))
+        self._start(conn, MONITORING, lambda: self._monitor(conn, msg.update_interval))
         self.monitors.add(conn.id)
 
     async def _monitor(self, conn: Connection, interval: float) -> None:
         rates = RateTracker(self.domain)
         while True:
             metrics = await self.system_metrics(rates)
-            self.domain.node.send_to_connection(conn.id, metrics)
+            self.domain.ctx.send_to_connection(conn.id, metrics)
             await asyncio.sleep(interval)
 
     async def system_metrics(self, rates: RateTracker) -> SystemMetrics:
         """One monitoring sample (the database's connection records span every worker)."""
-        node = self.domain.node
-        health = node.bus.health()
-        store = node.store
+        ctx = self.domain.ctx
+        stats = ctx.stats()
+        health = stats.bus
+        store = ctx.store
         db: DatabaseState
         if store is None:
             db = DatabaseState(configured=False, ok=False,
@@ -208,20 +210,19 @@ class AdminStreams:
             except StoreUnavailable as exc:
                 db = DatabaseState(configured=True, ok=False, reason=str(exc),
                                    pool=store.pool_state(), open_connections_by_worker=None)
-        hub = node.hub
         return SystemMetrics(
-            worker=node.worker_id,
+            worker=stats.worker,
             server_time=utc_now(),
-            uptime=round(time.time() - node.started_at, 3),
-            connections={state.value: n for state, n in hub.state_counts.items()},
-            rooms=len(hub.rooms),
-            subscriptions=hub.subscription_count(),
+            uptime=stats.uptime,
+            connections=stats.connections_by_state,
+            rooms=stats.rooms,
+            subscriptions=stats.subscriptions,
             rates=rates.sample(),
-            errors_by_code={k[0]: int(v) for k, v in ERRORS.values.items() if k},
+            errors_by_code=stats.errors_by_code,
             bus=BusState(kind=health.kind, ok=health.ok, reason=health.reason),
             database=db,
-            degraded=dict(node.degraded),
-            slow_consumers_total=int(SLOW_CONSUMERS.get()),
+            degraded=stats.degraded,
+            slow_consumers_total=int(stats.slow_consumers),
         )
 
     # ------------------------------------------------------------ user activity
@@ -240,7 +241,7 @@ class AdminStreams:
                                "Required action: send the filters documented for "
                                "start_user_activity in docs/domain.md", msg.id)
             return
-        store = d.node.require_store(conn, "start_user_activity", msg.id)
+        store = d.ctx.require_store(conn, "start_user_activity", msg.id)
         if store is None:
             return
         since = datetime.now(UTC) - timedelta(hours=filters.hours)
@@ -252,12 +253,13 @@ class AdminStreams:
                                     interval=d.settings.user_activity_interval, id=msg.id))
         d.reply(conn, UserActivity(initial=True, entries=entries))
         last_id = max((e.id for e in entries), default=0)
-        self._start(conn, USER_ACTIVITY, self._activity(conn, filters, since, last_id))
+        self._start(conn, USER_ACTIVITY,
+                    lambda: self._activity(conn, filters, since, last_id))
 
     async def _activity(self, conn: Connection, filters: ActivityFilters, since: datetime,
                         last_id: int) -> None:
         d = self.domain
-        store = d.node.store
+        store = d.ctx.store
         assert store is not None
         reported = False
         while True:
@@ -271,7 +273,7 @@ class AdminStreams:
                 log.error("user_activity_poll_failed", connection_id=conn.id, error=str(exc))
                 if not reported:
                     reported = True
-                    d.node.send_to_connection(conn.id, DomainError(
+                    d.ctx.send_to_connection(conn.id, DomainError(
                         code=STORE_UNAVAILABLE,
                         message=f"user_activity cannot read the database: {exc}",
                         action="Required action: none; the stream resumes when the database "
@@ -280,7 +282,7 @@ class AdminStreams:
             reported = False
             if entries:
                 last_id = entries[-1].id
-                d.node.send_to_connection(conn.id, UserActivity(initial=False, entries=entries))
+                d.ctx.send_to_connection(conn.id, UserActivity(initial=False, entries=entries))
 
     # ------------------------------------------------------------ performance
 
@@ -298,15 +300,15 @@ class AdminStreams:
         names = list(dict.fromkeys(msg.metrics))
         d.reply(conn, StreamStarted(stream=PERFORMANCE, interval=d.settings.performance_interval,
                                     id=msg.id))
-        self._start(conn, PERFORMANCE, self._performance(conn, names))
+        self._start(conn, PERFORMANCE, lambda: self._performance(conn, names))
 
     async def _performance(self, conn: Connection, names: list[str]) -> None:
         d = self.domain
         rates = RateTracker(d)
         while True:
             await asyncio.sleep(d.settings.performance_interval)
-            d.node.send_to_connection(conn.id, PerformanceMetrics(
-                worker=d.node.worker_id, server_time=utc_now(),
+            d.ctx.send_to_connection(conn.id, PerformanceMetrics(
+                worker=d.ctx.worker_id, server_time=utc_now(),
                 metrics=select_metrics(d, rates, names)))
 
     # ------------------------------------------------------------ saved dashboards
@@ -321,7 +323,7 @@ class AdminStreams:
                                "Required action: send the dashboard configuration as an object",
                                msg.id)
             return
-        store = d.node.require_store(conn, "dashboard_save", msg.id)
+        store = d.ctx.require_store(conn, "dashboard_save", msg.id)
         if store is None:
             return
         saved = await d.timed_query(store.save_dashboard(
@@ -336,7 +338,7 @@ class AdminStreams:
         d = self.domain
         if not d.require_permission(conn, "admin:monitor", "dashboard_list", msg.id):
             return
-        store = d.node.require_store(conn, "dashboard_list", msg.id)
+        store = d.ctx.require_store(conn, "dashboard_list", msg.id)
         if store is None:
             return
         dashboards = await d.timed_query(store.list_dashboards(conn.user or ""))
@@ -346,49 +348,41 @@ class AdminStreams:
 # ---------------------------------------------------------------- handlers
 
 
-@handler
 async def on_start_monitoring(d: Domain, conn: Connection, msg: StartMonitoring) -> None:
     """Router handler of ``start_monitoring``."""
     await d.admin.start_monitoring(conn, msg)
 
 
-@handler
 async def on_stop_monitoring(d: Domain, conn: Connection, msg: StopMonitoring) -> None:
     """Router handler of ``stop_monitoring``."""
     await d.admin.stop(conn, MONITORING, msg.id)
 
 
-@handler
 async def on_start_user_activity(d: Domain, conn: Connection, msg: StartUserActivity) -> None:
     """Router handler of ``start_user_activity``."""
     await d.admin.start_user_activity(conn, msg)
 
 
-@handler
 async def on_stop_user_activity(d: Domain, conn: Connection, msg: StopUserActivity) -> None:
     """Router handler of ``stop_user_activity``."""
     await d.admin.stop(conn, USER_ACTIVITY, msg.id)
 
 
-@handler
 async def on_start_performance(d: Domain, conn: Connection, msg: StartPerformance) -> None:
     """Router handler of ``start_performance``."""
     await d.admin.start_performance(conn, msg)
 
 
-@handler
 async def on_stop_performance(d: Domain, conn: Connection, msg: StopPerformance) -> None:
     """Router handler of ``stop_performance``."""
     await d.admin.stop(conn, PERFORMANCE, msg.id)
 
 
-@handler
 async def on_dashboard_save(d: Domain, conn: Connection, msg: DashboardSave) -> None:
     """Router handler of ``dashboard_save``."""
     await d.admin.dashboard_save(conn, msg)
 
 
-@handler
 async def on_dashboard_list(d: Domain, conn: Connection, msg: DashboardList) -> None:
     """Router handler of ``dashboard_list``."""
     await d.admin.dashboard_list(conn, msg)
@@ -397,10 +391,11 @@ async def on_dashboard_list(d: Domain, conn: Connection, msg: DashboardList) -> 
 # ---------------------------------------------------------------- GET /admin/health
 
 
-async def health_snapshot(node: Node) -> dict[str, Any]:
+async def health_snapshot(domain: Domain) -> dict[str, Any]:
     """System health with live values: node health, a database round trip, domain state."""
-    doc = node.health()
-    store = node.store
+    ctx = domain.ctx
+    doc = ctx.health()
+    store = ctx.store
     database: dict[str, Any]
     if store is None:
         database = {"configured": False, "ok": False,
@@ -418,45 +413,37 @@ async def health_snapshot(node: Node) -> dict[str, Any]:
             database = {"configured": True, "ok": False, "reason": str(exc),
                         "pool": msgspec.to_builtins(store.pool_state())}
     doc["database"] = database
-    domain = maybe_domain(node)
-    if domain is None:
-        doc["domain"] = {"started": False}
-    else:
-        doc["domain"] = {
-            "started": True,
-            "analytics_streams": len(domain.analytics.streams),
-            "analytics_intervals_computed": domain.analytics.computed,
-            "analytics_intervals_skipped": domain.analytics.skipped,
-            "monitoring_streams": domain.admin.count(MONITORING),
-            "user_activity_streams": domain.admin.count(USER_ACTIVITY),
-            "performance_streams": domain.admin.count(PERFORMANCE),
-            "alerts_pending_storage": len(domain.alerts.pending),
-            "handler_latency_ms": msgspec.to_builtins(domain.handler_latency.summary()),
-            "event_loop_lag_ms": msgspec.to_builtins(domain.loop_lag.summary()),
-        }
-        doc["fanout_stats"] = fanout_stats(domain)
-    doc["slow_consumers_total"] = int(SLOW_CONSUMERS.get())
-    doc["errors_total"] = int(sum(ERRORS.values.values()))
+    doc["domain"] = {
+        "started": True,
+        "analytics_streams": len(domain.analytics.streams),
+        "analytics_intervals_computed": domain.analytics.computed,
+        "analytics_intervals_skipped": domain.analytics.skipped,
+        "monitoring_streams": domain.admin.count(MONITORING),
+        "user_activity_streams": domain.admin.count(USER_ACTIVITY),
+        "performance_streams": domain.admin.count(PERFORMANCE),
+        "alerts_pending_storage": len(domain.alerts.pending),
+        "handler_latency_ms": msgspec.to_builtins(domain.handler_latency.summary()),
+        "event_loop_lag_ms": msgspec.to_builtins(domain.loop_lag.summary()),
+    }
+    stats = ctx.stats()
+    doc["fanout_stats"] = stats.fanout
+    doc["slow_consumers_total"] = int(stats.slow_consumers)
+    doc["errors_total"] = int(stats.errors)
     if store is not None and not database["ok"]:
         doc["status"] = "degraded"
         doc["reasons"] = {**doc["reasons"], "database": database["reason"]}
     return doc
 
 
-def admin_health_route(node: Node) -> Callable[[], Awaitable[Response]]:
-    """The ``GET /admin/health`` route for ``RtServer(http_routes=...)``.
+async def admin_health(domain: Domain, request: Request) -> Response:
+    """``GET /admin/health``: 200 with the JSON snapshot when healthy, 503 when degraded.
 
-    200 with the JSON snapshot when healthy, 503 when degraded. It carries no
-    secret but operational detail: expose it only where /metrics is exposed.
+    It carries no secret but operational detail: expose it only where /metrics is exposed.
     """
-
-    async def route() -> Response:
-        doc = await health_snapshot(node)
-        status = http.HTTPStatus.OK if doc["status"] == "ok" else (
-            http.HTTPStatus.SERVICE_UNAVAILABLE)
-        body = orjson.dumps(doc, default=str)
-        headers = Headers([("Content-Type", "application/json"),
-                           ("Content-Length", str(len(body))), ("Cache-Control", "no-store")])
-        return Response(status.value, status.phrase, headers, body)
-
-    return route
+    doc = await health_snapshot(domain)
+    status = http.HTTPStatus.OK if doc["status"] == "ok" else (
+        http.HTTPStatus.SERVICE_UNAVAILABLE)
+    body = orjson.dumps(doc, default=str)
+    headers = Headers([("Content-Type", "application/json"),
+                       ("Content-Length", str(len(body))), ("Cache-Control", "no-store")])
+    return Response(status.value, status.phrase, headers, body)

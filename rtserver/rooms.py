@@ -1,0 +1,299 @@
+"""Rooms on one worker: joining and leaving, the bus interest, publishing, delivery.
+
+The Hub holds the tables (room -> local members, each connection's rooms, the
+last delivered seq per room); this module holds the rules of changing them
+together with the bus: a connection joins the Hub's room table before any
+await (so no publication is missed while the bus interest and the room's seq
+are fetched), the first local member declares the bus interest and the last
+one drops it, presence and room events follow, and every publication of the
+bus is checked against the room's last delivered seq (a duplicate is dropped,
+a gap is logged and counted) before it is framed once for all members.
+
+It replies through the node (:class:`Replies`), never imports it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Sequence
+from typing import Any, Protocol
+
+import orjson
+
+from rtserver.auth import AccessDenied, AccessPolicy
+from rtserver.bus.base import Bus, BusUnavailable, InterestSnapshot, PresenceMember, with_seq
+from rtserver.config import Config, NamespaceConfig
+from rtserver.connection import Connection, ConnState
+from rtserver.core_metrics import DELIVERIES, ERRORS, PUBLICATIONS, STREAM_GAPS
+from rtserver.hub import Hub
+from rtserver.jsonlog import get_logger
+from rtserver.protocol.codec import Codec, ErrorCode
+from rtserver.protocol.messages import (
+    Ack,
+    MessageId,
+    PresenceMemberOut,
+    PresenceReply,
+    RoomEvent,
+    ServerMessage,
+    Subscribed,
+)
+from rtserver.router import Router
+
+__all__ = ["BROADCAST_ROOM", "Replies", "Rooms"]
+
+log = get_logger("rtserver.rooms")
+
+#: The reserved room every worker is interested in; broadcast() goes through it.
+BROADCAST_ROOM = "$broadcast"
+
+
+class Replies(Protocol):
+    """What the room table needs of the node to answer a connection."""
+
+    fanout: Any
+
+    def reply(self, conn: Connection, message: ServerMessage) -> None:
+        """Send ``message`` to ``conn``."""
+
+    def error(self, conn: Connection, code: str, message: str, action: str,
+              msg_id: MessageId = None) -> None:
+        """Send an ``error`` frame to ``conn``."""
+
+    async def run_hooks(self, conn: Connection, what: str,
+                        coros: list[Awaitable[None]]) -> None:
+        """Run domain hooks for ``conn`` through the one error-mapping wrapper."""
+
+
+class Rooms:
+    """Room membership and delivery of one worker (its tables live in the Hub)."""
+
+    def __init__(self, config: Config, hub: Hub, bus: Bus, codec: Codec, policy: AccessPolicy,
+                 router: Router, replies: Replies) -> None:
+        self.config = config
+        self.hub = hub
+        self.bus = bus
+        self.codec = codec
+        self.policy = policy
+        self.router = router
+        self.out = replies
+        self._interest: dict[str, asyncio.Future[None]] = {}
+        self._excludes: dict[tuple[str, bytes], tuple[Any, float]] = {}
+
+    # ------------------------------------------------------------ join / leave
+
+    async def _ensure_interest(self, room: str) -> None:
+        fut = self._interest.get(room)
+        if fut is None:
+            fut = asyncio.get_running_loop().create_future()
+            self._interest[room] = fut
+            try:
+                await self.bus.add_interest(room)
+            except BusUnavailable as exc:
+                del self._interest[room]
+                fut.set_exception(exc)
+                fut.exception()  # retrieved: every waiter gets it below
+                raise
+            fut.set_result(None)
+            return
+        if fut.done():  # the common case: the room already has the bus's interest
+            fut.result()
+            return
+        await asyncio.shield(fut)
+
+    async def subscribe(self, conn: Connection, rooms: Sequence[str], msg_id: MessageId,
+                        *, access_checked: bool = False) -> bool:
+        """Join ``rooms`` with access and the subscription limit checked once, here."""
+        needed = [r for r in dict.fromkeys(rooms) if r not in conn.rooms]
+        limit = self.config.limits.max_subscriptions
+        if len(conn.rooms) + len(needed) > limit:
+            self.out.error(conn, ErrorCode.TOO_MANY_SUBSCRIPTIONS,
+                           f"joining {len(needed)} more rooms would pass the limit of {limit} "
+                           "subscriptions",
+                           "Required action: unsubscribe from rooms you no longer need", msg_id)
+            return False
+        principal = conn.principal
+        if principal is None:
+            self.out.error(conn, ErrorCode.AUTH_REQUIRED,
+                           "the connection is not authenticated yet",
+                           'Required action: send {"type":"auth","token":JWT} first', msg_id)
+            return False
+        checked: list[tuple[str, NamespaceConfig]] = []
+        try:
+            for room in needed:
+                rules = (self.policy.namespace(room)[2] if access_checked
+                         else self.policy.check(principal, "subscribe", room))
+                checked.append((room, rules))
+        except AccessDenied as exc:
+            self.out.error(conn, exc.code, exc.message, exc.action, msg_id)
+            return False
+        for room, rules in checked:
+            if not await self.join(conn, room, rules, msg_id):
+                return False
+        return True
+
+    async def join(self, conn: Connection, room: str, rules: NamespaceConfig,
+                   msg_id: MessageId = None) -> bool:
+        """Join ``room`` (access already checked) and confirm with ``subscribed``.
+
+        The connection joins the room's local table before any await, so no
+        publication delivered while the bus interest and the room's last seq
+        are fetched is missed (some may arrive before the ``subscribed`` reply;
+        the room's seq stays gap-free), and a concurrent last leave does not
+        drop the room's bus interest.
+        """
+        self.hub.join(conn, room)
+        try:
+            await self._ensure_interest(room)
+            seq = await self.bus.last_seq(room)
+        except BusUnavailable as exc:
+            if self.hub.leave(conn, room):
+                self._interest.pop(room, None)
+                await self.bus_call(self.bus.remove_interest(room), "remove_interest")
+            self.bus_error(conn, exc, msg_id)
+            return False
+        if conn.state in (ConnState.CLOSING, ConnState.CLOSED):
+            return False  # connection_closed() leaves the room (it is in conn.rooms)
+        self.out.reply(conn, Subscribed(room=room, seq=seq, id=msg_id))
+        member = PresenceMember(user=conn.user or "", connection_id=conn.id)
+        if rules.presence:
+            await self.bus_call(self.bus.presence_join(room, member), "presence_join")
+        if rules.room_events:
+            event = RoomEvent(event="member_joined", room=room, user=conn.user,
+                              connection_id=conn.id)
+            await self.bus_call(self.bus.emit_room_event(room, self.codec.encode(event)),
+                                "emit_room_event")
+        await self.out.run_hooks(conn, "subscribe",
+                                 [h(conn, room) for h in self.router.subscribe_hooks])
+        return True
+
+    async def unsubscribe(self, conn: Connection, room: str) -> None:
+        """Leave ``room``."""
+        await self.after_leave(conn, room, self.hub.leave(conn, room))
+
+    async def after_leave(self, conn: Connection, room: str, last: bool) -> None:
+        """Bus interest, presence, room event and hooks after ``conn`` left ``room``."""
+        if last:
+            self._interest.pop(room, None)
+            await self.bus_call(self.bus.remove_interest(room), "remove_interest")
+        rules = self.policy.namespace(room)[2]
+        member = PresenceMember(user=conn.user or "", connection_id=conn.id)
+        if rules.presence:
+            await self.bus_call(self.bus.presence_leave(room, member), "presence_leave")
+        if rules.room_events:
+            event = RoomEvent(event="member_left", room=room, user=conn.user,
+                              connection_id=conn.id)
+            await self.bus_call(self.bus.emit_room_event(room, self.codec.encode(event)),
+                                "emit_room_event")
+        await self.out.run_hooks(conn, "unsubscribe",
+                                 [h(conn, room) for h in self.router.unsubscribe_hooks])
+
+    # ------------------------------------------------------------ publish / presence
+
+    async def client_publish(self, conn: Connection, room: str, data: bytes,
+                             msg_id: MessageId) -> None:
+        """A client ``publish`` (access already checked by the session): ``ack`` with the seq."""
+        body = b'{"type":"message","room":%b,"from":%b,"data":%b}' % (
+            orjson.dumps(room), orjson.dumps(conn.user), data)
+        try:
+            seq = await self.bus.publish(room, body)
+        except BusUnavailable as exc:
+            self.bus_error(conn, exc, msg_id)
+            return
+        self.out.reply(conn, Ack(room=room, seq=seq, id=msg_id))
+
+    async def publish(self, room: str, body: bytes, exclude: Connection | None) -> int:
+        """Publish ``body`` to ``room`` everywhere; ``exclude`` (local) does not receive it."""
+        if exclude is None or room not in exclude.rooms:
+            return await self.bus.publish(room, body)
+        # The publication comes back through on_publication (possibly after
+        # publish() returned, with Redis), which takes the exclusion out.
+        key = (room, body)
+        self._excludes[key] = (exclude.sink, time.monotonic())
+        try:
+            return await self.bus.publish(room, body)
+        except BusUnavailable:
+            self._excludes.pop(key, None)
+            raise
+
+    async def presence(self, conn: Connection, room: str, msg_id: MessageId) -> None:
+        """Answer a client ``presence`` request."""
+        limit = self.config.limits.presence_member_limit
+        try:
+            snap = await self.bus.presence(room, limit)
+        except BusUnavailable as exc:
+            self.bus_error(conn, exc, msg_id)
+            return
+        members = [PresenceMemberOut(user=m.user or None, connection_id=m.connection_id)
+                   for m in snap.members]
+        self.out.reply(conn, PresenceReply(room=room, count=snap.count, members=members,
+                                           truncated=snap.count > len(members), id=msg_id))
+
+    def drop_stale_excludes(self, now: float) -> None:
+        """An exclusion whose publication never came back (the room lost its last local
+        member meanwhile) is dropped after an idle timeout."""
+        if not self._excludes:
+            return
+        idle = self.config.heartbeat.idle_timeout
+        for key in [k for k, (_, t) in self._excludes.items() if now - t > idle]:
+            del self._excludes[key]
+
+    def bus_error(self, conn: Connection, exc: BusUnavailable, msg_id: MessageId) -> None:
+        """Answer ``bus_unavailable`` to ``conn``."""
+        self.out.error(conn, ErrorCode.BUS_UNAVAILABLE, f"the message bus is unavailable: {exc}",
+                       "Required action: retry with backoff; the server is reconnecting to its "
+                       "bus", msg_id)
+
+    async def bus_call(self, coro: Any, what: str) -> None:
+        """Await a bus declaration; a failure is logged and counted (the bus re-declares the
+        Hub's state after it reconnects)."""
+        try:
+            await coro
+        except BusUnavailable as exc:
+            ERRORS.inc(ErrorCode.BUS_UNAVAILABLE)
+            log.error("bus_call_failed", operation=what, error=str(exc))
+
+    # ------------------------------------------------------------ delivery (bus handler)
+
+    def on_publication(self, room: str, seq: int, body: bytes) -> None:
+        """Fan a room publication out to the local members, once per seq, in order."""
+        PUBLICATIONS.inc()
+        exclude = None
+        if self._excludes:
+            entry = self._excludes.pop((room, body), None)
+            if entry is not None:
+                exclude = entry[0]
+        sinks = self.hub.rooms.get(room)
+        if not sinks:
+            return
+        positions = self.hub.positions
+        last = positions.get(room)
+        if last is not None and seq != last + 1:
+            if seq <= last:
+                STREAM_GAPS.inc("duplicate")
+                log.warning("stream_duplicate_dropped", room=room, seq=seq, last_seq=last)
+                return
+            STREAM_GAPS.inc("missed")
+            log.error("stream_gap", room=room, last_seq=last, seq=seq, missed=seq - last - 1)
+        positions[room] = seq
+        n = self.out.fanout.send_many(sinks, with_seq(body, seq), exclude)
+        DELIVERIES.inc(amount=n)
+
+    def on_room_event(self, room: str, payload: bytes) -> None:
+        """Fan a room event (or a broadcast) out to the local members."""
+        sinks = self.hub.all_sinks if room == BROADCAST_ROOM else self.hub.rooms.get(room)
+        if sinks:
+            self.out.fanout.send_many(sinks, payload)
+
+    def interest_snapshot(self) -> InterestSnapshot:
+        """What the bus must re-declare after a reconnect, derived from the Hub."""
+        presence: list[tuple[str, PresenceMember]] = []
+        for conn in self.hub.connections.values():
+            if conn.state is ConnState.CLOSED:
+                continue
+            for room in conn.rooms:
+                if self.policy.namespace(room)[2].presence:
+                    presence.append(
+                        (room, PresenceMember(user=conn.user or "", connection_id=conn.id)))
+        return InterestSnapshot(rooms=[BROADCAST_ROOM, *self.hub.rooms],
+                                users=list(self.hub.by_user), presence=presence)
