@@ -33,7 +33,7 @@ import uuid
 
 import redis.asyncio as aioredis
 
-from rtserver.bus.base import Bus, BusHealth
+from rtserver.bus.base import Bus, BusHealth, InterestSnapshot
 from rtserver.bus.embedded import (
     BusHub,
     EmbeddedBus,
@@ -73,6 +73,10 @@ class Counter:
     def on_bus_state(self, health: BusHealth) -> None:
         if not health.ok:
             print(f"bus degraded during the bench: {health.reason}")
+
+    def interest_snapshot(self) -> InterestSnapshot:
+        """The bench re-declares nothing after a reconnect (a reconnect fails the run)."""
+        return InterestSnapshot(rooms=[], users=[], presence=[])
 
 
 def _hub_process(
@@ -322,6 +326,10 @@ class _Both:
 
     def on_bus_state(self, health: BusHealth) -> None:
         """Unused."""
+
+    def interest_snapshot(self) -> InterestSnapshot:
+        """Nothing to re-declare (one process)."""
+        return InterestSnapshot(rooms=[], users=[], presence=[])
 
 
 def main(argv: list[str] | None = None) -> None:
