@@ -27,6 +27,9 @@ def _serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     p.add_argument("--workers", help="worker processes, a number or auto (RTSERVER_WORKERS)")
     p.add_argument("--redis", help="Redis URL for a multi-machine bus (RTSERVER_REDIS)")
     p.add_argument("--database", help="PostgreSQL DSN (RTSERVER_DATABASE)")
+    p.add_argument("--domains",
+                   help="domain plugins, comma-separated; '' = the real-time core alone "
+                   "(RTSERVER_DOMAINS, domains.enabled)")
     p.add_argument("--fanout", choices=["compiled", "python"],
                    help="fan-out core (RTSERVER_FANOUT); python = the reference, for tests")
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"],
@@ -69,12 +72,19 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     config = _load(args, {
         "host": args.host, "port": args.port, "workers": args.workers, "redis": args.redis,
         "database": args.database, "fanout": args.fanout, "log_level": args.log_level,
-        "dev": args.dev,
+        "dev": args.dev, "domains": args.domains,
     })
     assert isinstance(config, Config)
     try:
         load_fanout(config.fanout.implementation)
     except FanoutUnavailable as exc:
+        print(f"rtserver: refusing to start: {exc}", file=sys.stderr)
+        return 2
+    from rtserver.plugin import DomainLoadError, load_domain_classes
+
+    try:
+        load_domain_classes(config.domains.enabled)
+    except DomainLoadError as exc:
         print(f"rtserver: refusing to start: {exc}", file=sys.stderr)
         return 2
     if config.workers.count > 1 or config.bus.redis_url:

@@ -232,6 +232,7 @@ ENV_FLAGS: dict[str, tuple[str, str]] = {
     "workers": ("workers", "count"),
     "redis": ("bus", "redis_url"),
     "database": ("database", "dsn"),
+    "domains": ("domains", "enabled"),
 }
 
 _SECRET_KEYS = {("auth", "jwt_secret")}
@@ -250,6 +251,9 @@ def _coerce_env(section: str, key: str, raw: str) -> Any:
         raise ConfigError(
             f"RTSERVER_{key.upper()}={raw!r} is not a boolean. Required action: use true or false"
         )
+    if field_type == list[str]:
+        # A comma-separated list; "" is the empty list.
+        return [item.strip() for item in raw.split(",") if item.strip()]
     if field_type is int:
         if section == "workers" and key == "count" and raw.strip() == "auto":
             from rtserver.supervisor import resolve_workers
@@ -274,6 +278,7 @@ _SECTION_TYPES: dict[str, type[_Section]] = {
     "bus": BusConfig,
     "database": DatabaseConfig,
     "notifications": NotificationsConfig,
+    "domains": DomainsConfig,
 }
 
 

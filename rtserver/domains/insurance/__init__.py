@@ -9,7 +9,7 @@ disconnect hook.
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from websockets.http11 import Request, Response
 
@@ -19,22 +19,11 @@ from rtserver.plugin import DomainPlugin
 from rtserver.router import Router
 from rtserver.store.ingress import AlertEvent, AnalyticsEvent, CalculationProgress, QuoteUpdate
 
-from .admin import (
-    AdminStreams,
-    admin_health,
-    health_snapshot,
-    on_dashboard_list,
-    on_dashboard_save,
-    on_start_monitoring,
-    on_start_performance,
-    on_start_user_activity,
-    on_stop_monitoring,
-    on_stop_performance,
-    on_stop_user_activity,
-)
-from .alerts import ALERTS_ROOM, Alerts, on_alerts_list, on_resolve_alert
-from .analytics import Analytics, on_start_analytics, on_stop_analytics
+from .admin import MONITORING, PERFORMANCE, USER_ACTIVITY, AdminStreams
+from .alerts import ALERTS_ROOM, Alerts
+from .analytics import Analytics
 from .domain import Domain
+from .health import admin_health_response, health_snapshot
 from .messages import (
     AlertsList,
     DashboardList,
@@ -54,7 +43,7 @@ from .messages import (
     StopUserActivity,
 )
 from .notifications import Notifications
-from .quotes import Quotes, on_field_focus, on_quote_edit, on_quote_subscribe
+from .quotes import Quotes
 
 __all__ = ["ALERTS_ROOM", "Domain", "InsuranceDomain", "health_snapshot"]
 
@@ -65,69 +54,51 @@ class InsuranceDomain(DomainPlugin):
     """The insurance domain on one node."""
 
     name: ClassVar[str] = "insurance"
+    #: Shared state of the parts (settings, context, latency windows, tasks).
     state: Domain
+    quotes: Quotes
+    analytics: Analytics
+    admin: AdminStreams
+    alerts: Alerts
+    notifications: Notifications
 
     def install(self, router: Router, ctx: HandlerContext) -> None:
         """Register every message handler, hook, ingress kind and the /admin/health route."""
         d = self.state = Domain(ctx, self.config.domain)
-        d.quotes = Quotes(d)
-        d.analytics = Analytics(d)
-        d.admin = AdminStreams(d)
-        d.alerts = Alerts(d)
-        d.notifications = Notifications(ctx)
-        d.notifications.install(router)
+        self.quotes = quotes = Quotes(d)
+        self.analytics = analytics = Analytics(d)
+        self.admin = admin = AdminStreams(d)
+        self.alerts = alerts = Alerts(d, admin.monitors)
+        self.notifications = Notifications(ctx)
+        self.notifications.install(router)
         for message_type, fn in (
-            (QuoteSubscribe, on_quote_subscribe), (QuoteEdit, on_quote_edit),
-            (FieldFocus, on_field_focus), (FieldBlur, on_field_focus),
-            (StartAnalytics, on_start_analytics), (StopAnalytics, on_stop_analytics),
-            (StartMonitoring, on_start_monitoring), (StopMonitoring, on_stop_monitoring),
-            (StartUserActivity, on_start_user_activity),
-            (StopUserActivity, on_stop_user_activity),
-            (StartPerformance, on_start_performance), (StopPerformance, on_stop_performance),
-            (DashboardSave, on_dashboard_save), (DashboardList, on_dashboard_list),
-            (ResolveAlert, on_resolve_alert), (AlertsList, on_alerts_list),
+            (QuoteSubscribe, quotes.subscribe), (QuoteEdit, quotes.edit),
+            (FieldFocus, quotes.focus_changed), (FieldBlur, quotes.focus_changed),
+            (StartAnalytics, analytics.start), (StopAnalytics, analytics.stop),
+            (StartMonitoring, admin.start_monitoring),
+            (StopMonitoring, lambda conn, msg: admin.stop(conn, MONITORING, msg.id)),
+            (StartUserActivity, admin.start_user_activity),
+            (StopUserActivity, lambda conn, msg: admin.stop(conn, USER_ACTIVITY, msg.id)),
+            (StartPerformance, admin.start_performance),
+            (StopPerformance, lambda conn, msg: admin.stop(conn, PERFORMANCE, msg.id)),
+            (DashboardSave, admin.dashboard_save), (DashboardList, admin.dashboard_list),
+            (ResolveAlert, alerts.resolve), (AlertsList, alerts.list),
         ):
             router.register(message_type, d.bind(fn))
         router.on_unsubscribe(self._on_unsubscribe)
         router.on_disconnect(self._on_disconnect)
-        router.register_ingress(QuoteUpdate, d.quotes.backend_update)
-        router.register_ingress(CalculationProgress, d.quotes.backend_update)
-        router.register_ingress(AnalyticsEvent, d.analytics.backend_event)
-        router.register_ingress(AlertEvent, d.alerts.backend_alert)
+        router.register_ingress(QuoteUpdate, quotes.backend_update)
+        router.register_ingress(CalculationProgress, quotes.backend_update)
+        router.register_ingress(AnalyticsEvent, analytics.backend_event)
+        router.register_ingress(AlertEvent, alerts.backend_alert)
         router.add_http_route("/admin/health", self._admin_health)
-        router.on_component_state(d.alerts.on_state)
-        router.on_alert(d.alerts.sink)
-
-    # Shortcuts to the parts (embedding code, tests).
-    @property
-    def quotes(self) -> Quotes:
-        """Quote handlers' state."""
-        return self.state.quotes
-
-    @property
-    def analytics(self) -> Analytics:
-        """Analytics streams."""
-        return self.state.analytics
-
-    @property
-    def admin(self) -> AdminStreams:
-        """Admin streams."""
-        return self.state.admin
-
-    @property
-    def alerts(self) -> Alerts:
-        """The alert manager."""
-        return self.state.alerts
-
-    @property
-    def notifications(self) -> Notifications:
-        """Notification delivery."""
-        return self.state.notifications
+        router.on_component_state(alerts.on_state)
+        router.on_alert(alerts.sink)
 
     async def start(self) -> None:
         """Start the alerts watchdog."""
         d = self.state
-        d.alerts.start()
+        self.alerts.start()
         log.info("insurance_domain_started", database=d.ctx.store is not None,
                  editable_fields=sorted(d.settings.editable_fields),
                  analytics_interval=d.settings.analytics_interval,
@@ -137,22 +108,23 @@ class InsuranceDomain(DomainPlugin):
 
     async def stop(self) -> None:
         """End every stream and task."""
-        d = self.state
-        await d.admin.close()
-        await d.analytics.close()
-        await d.cancel_tasks()
+        await self.admin.close()
+        await self.analytics.close()
+        await self.state.cancel_tasks()
+
+    async def snapshot(self) -> dict[str, Any]:
+        """The ``/admin/health`` document."""
+        return await health_snapshot(self.state, self.admin, self.analytics, self.alerts)
 
     async def _admin_health(self, request: Request) -> Response:
-        return await admin_health(self.state, request)
+        return admin_health_response(await self.snapshot())
 
     async def _on_unsubscribe(self, conn: Connection, room: str) -> None:
-        d = self.state
-        d.analytics.left_room(conn, room)
-        d.admin.left_room(conn, room)
-        await d.quotes.left_room(conn, room)
+        self.analytics.left_room(conn, room)
+        self.admin.left_room(conn, room)
+        await self.quotes.left_room(conn, room)
 
     async def _on_disconnect(self, conn: Connection) -> None:
-        d = self.state
-        d.analytics.forget(conn)
-        d.admin.forget(conn)
-        d.quotes.focus.pop(conn.id, None)
+        self.analytics.forget(conn)
+        self.admin.forget(conn)
+        self.quotes.focus.pop(conn.id, None)

@@ -10,20 +10,14 @@ alerts list), ``audit:read`` (user activity), ``admin:alerts`` (resolving).
 from __future__ import annotations
 
 import asyncio
-import http
-import time
 from collections.abc import Callable, Coroutine
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import msgspec
-import orjson
-from websockets.datastructures import Headers
-from websockets.http11 import Request, Response
 
 from rtserver.context import Connection
 from rtserver.jsonlog import get_logger
-from rtserver.metrics import REGISTRY
 from rtserver.protocol.messages import MessageId
 from rtserver.protocol.session import utc_now
 from rtserver.store import StoreUnavailable
@@ -44,32 +38,18 @@ from .messages import (
     StartMonitoring,
     StartPerformance,
     StartUserActivity,
-    StopMonitoring,
-    StopPerformance,
-    StopUserActivity,
     StreamStarted,
     StreamStopped,
     SystemMetrics,
     UserActivity,
 )
-from .queries import activity_after, unresolved_alert_count
+from .queries import activity_after
 
-__all__ = ["AdminStreams", "admin_health", "health_snapshot"]
+__all__ = ["MONITORING", "PERFORMANCE", "USER_ACTIVITY", "AdminStreams"]
 
 log = get_logger("rtserver.domains.insurance.admin")
 
-ACTIVITY_LOG_FAILURES = REGISTRY.counter(
-    "rtserver_admin_activity_log_failures_total",
-    "Admin actions done but not recorded in admin_activity_logs (database unavailable)")
-
 MONITORING, USER_ACTIVITY, PERFORMANCE = "monitoring", "user_activity", "performance"
-
-
-def _ip(remote: str) -> str | None:
-    if remote == "unknown" or ":" not in remote:
-        return None
-    host = remote.rsplit(":", 1)[0]
-    return host.strip("[]") or None
 
 
 class AdminStreams:
@@ -142,22 +122,6 @@ class AdminStreams:
         if name == MONITORING and ALERTS_ROOM in conn.rooms:
             await self.domain.ctx.unsubscribe(conn, ALERTS_ROOM)
         self.domain.reply(conn, StreamStopped(stream=name, was_running=was_running, id=msg_id))
-
-    async def log_activity(self, conn: Connection, action: str, resource_type: str | None,
-                           resource_id: str | None, details: object) -> None:
-        """Record an admin action in admin_activity_logs (failure logged and counted)."""
-        store = self.domain.ctx.store
-        if store is None:
-            return
-        try:
-            await store.log_admin_activity(
-                admin_user_id=conn.user or "", action=action, resource_type=resource_type,
-                resource_id=resource_id, status="success", details=details,
-                ip_address=_ip(conn.remote), user_agent=conn.user_agent or None)
-        except StoreUnavailable as exc:
-            ACTIVITY_LOG_FAILURES.inc()
-            log.error("admin_activity_not_logged", action=action, user=conn.user,
-                      error=str(exc), action_required="check the database")
 
     # ------------------------------------------------------------ monitoring
 
@@ -329,7 +293,7 @@ class AdminStreams:
         saved = await d.timed_query(store.save_dashboard(
             admin_user_id=conn.user or "", dashboard_name=msg.dashboard_name,
             configuration=msg.configuration, is_default=msg.is_default))
-        await self.log_activity(conn, "dashboard_save", "admin_dashboard", str(saved.id),
+        await self.domain.log_activity(conn, "dashboard_save", "admin_dashboard", str(saved.id),
                                 {"dashboard_name": saved.dashboard_name})
         d.reply(conn, DashboardSaved(dashboard=saved, id=msg.id))
 
@@ -343,107 +307,3 @@ class AdminStreams:
             return
         dashboards = await d.timed_query(store.list_dashboards(conn.user or ""))
         d.reply(conn, DashboardsReply(dashboards=dashboards, id=msg.id))
-
-
-# ---------------------------------------------------------------- handlers
-
-
-async def on_start_monitoring(d: Domain, conn: Connection, msg: StartMonitoring) -> None:
-    """Router handler of ``start_monitoring``."""
-    await d.admin.start_monitoring(conn, msg)
-
-
-async def on_stop_monitoring(d: Domain, conn: Connection, msg: StopMonitoring) -> None:
-    """Router handler of ``stop_monitoring``."""
-    await d.admin.stop(conn, MONITORING, msg.id)
-
-
-async def on_start_user_activity(d: Domain, conn: Connection, msg: StartUserActivity) -> None:
-    """Router handler of ``start_user_activity``."""
-    await d.admin.start_user_activity(conn, msg)
-
-
-async def on_stop_user_activity(d: Domain, conn: Connection, msg: StopUserActivity) -> None:
-    """Router handler of ``stop_user_activity``."""
-    await d.admin.stop(conn, USER_ACTIVITY, msg.id)
-
-
-async def on_start_performance(d: Domain, conn: Connection, msg: StartPerformance) -> None:
-    """Router handler of ``start_performance``."""
-    await d.admin.start_performance(conn, msg)
-
-
-async def on_stop_performance(d: Domain, conn: Connection, msg: StopPerformance) -> None:
-    """Router handler of ``stop_performance``."""
-    await d.admin.stop(conn, PERFORMANCE, msg.id)
-
-
-async def on_dashboard_save(d: Domain, conn: Connection, msg: DashboardSave) -> None:
-    """Router handler of ``dashboard_save``."""
-    await d.admin.dashboard_save(conn, msg)
-
-
-async def on_dashboard_list(d: Domain, conn: Connection, msg: DashboardList) -> None:
-    """Router handler of ``dashboard_list``."""
-    await d.admin.dashboard_list(conn, msg)
-
-
-# ---------------------------------------------------------------- GET /admin/health
-
-
-async def health_snapshot(domain: Domain) -> dict[str, Any]:
-    """System health with live values: node health, a database round trip, domain state."""
-    ctx = domain.ctx
-    doc = ctx.health()
-    store = ctx.store
-    database: dict[str, Any]
-    if store is None:
-        database = {"configured": False, "ok": False,
-                    "reason": "no database configured (--database)"}
-    else:
-        t0 = time.perf_counter()
-        try:
-            await store.ping()
-            latency = round((time.perf_counter() - t0) * 1000.0, 3)
-            unresolved = await unresolved_alert_count(store)
-            database = {"configured": True, "ok": True, "reason": None,
-                        "ping_ms": latency, "unresolved_alerts": unresolved,
-                        "pool": msgspec.to_builtins(store.pool_state())}
-        except StoreUnavailable as exc:
-            database = {"configured": True, "ok": False, "reason": str(exc),
-                        "pool": msgspec.to_builtins(store.pool_state())}
-    doc["database"] = database
-    doc["domain"] = {
-        "started": True,
-        "analytics_streams": len(domain.analytics.streams),
-        "analytics_intervals_computed": domain.analytics.computed,
-        "analytics_intervals_skipped": domain.analytics.skipped,
-        "monitoring_streams": domain.admin.count(MONITORING),
-        "user_activity_streams": domain.admin.count(USER_ACTIVITY),
-        "performance_streams": domain.admin.count(PERFORMANCE),
-        "alerts_pending_storage": len(domain.alerts.pending),
-        "handler_latency_ms": msgspec.to_builtins(domain.handler_latency.summary()),
-        "event_loop_lag_ms": msgspec.to_builtins(domain.loop_lag.summary()),
-    }
-    stats = ctx.stats()
-    doc["fanout_stats"] = stats.fanout
-    doc["slow_consumers_total"] = int(stats.slow_consumers)
-    doc["errors_total"] = int(stats.errors)
-    if store is not None and not database["ok"]:
-        doc["status"] = "degraded"
-        doc["reasons"] = {**doc["reasons"], "database": database["reason"]}
-    return doc
-
-
-async def admin_health(domain: Domain, request: Request) -> Response:
-    """``GET /admin/health``: 200 with the JSON snapshot when healthy, 503 when degraded.
-
-    It carries no secret but operational detail: expose it only where /metrics is exposed.
-    """
-    doc = await health_snapshot(domain)
-    status = http.HTTPStatus.OK if doc["status"] == "ok" else (
-        http.HTTPStatus.SERVICE_UNAVAILABLE)
-    body = orjson.dumps(doc, default=str)
-    headers = Headers([("Content-Type", "application/json"),
-                       ("Content-Length", str(len(body))), ("Cache-Control", "no-store")])
-    return Response(status.value, status.phrase, headers, body)

@@ -63,8 +63,11 @@ class _Pending(msgspec.Struct):
 class Alerts:
     """Alert manager of one node."""
 
-    def __init__(self, domain: Domain) -> None:
+    def __init__(self, domain: Domain, monitors: set[str]) -> None:
         self.domain = domain
+        #: Connections running start_monitoring on this worker (the admin streams' set):
+        #: the local delivery when the bus is down.
+        self.monitors = monitors
         self.pending: deque[_Pending] = deque()
         self._slow_samples: deque[tuple[float, float]] = deque()
         self._slow_alerted_at = -1e18
@@ -158,7 +161,7 @@ class Alerts:
             LOCAL_ONLY.inc()
             log.error("alert_local_only", error=str(exc),
                       note="admins on other workers do not get this alert")
-            for conn_id in self.domain.admin.monitors:
+            for conn_id in self.monitors:
                 if exclude is None or conn_id != exclude.id:
                     self.domain.ctx.send_to_connection(conn_id, frame)
 
@@ -248,7 +251,7 @@ class Alerts:
                     f"alert {alert.id} was already resolved by {alert.resolved_by} at "
                     f"{resolved_at}", "Required action: none", msg.id)
             return
-        await d.admin.log_activity(conn, "resolve_alert", "system_alert", str(alert.id),
+        await d.log_activity(conn, "resolve_alert", "system_alert", str(alert.id),
                                    {"alert_type": alert.alert_type})
         frame = AlertResolved(alert_id=alert.id, resolved_by=alert.resolved_by,
                               resolved_at=resolved_at)
@@ -266,13 +269,3 @@ class Alerts:
             return
         alerts = await d.timed_query(store.list_unresolved_alerts(d.settings.alerts_list_limit))
         d.reply(conn, AlertsReply(alerts=alerts, id=msg.id))
-
-
-async def on_resolve_alert(d: Domain, conn: Connection, msg: ResolveAlert) -> None:
-    """Router handler of ``resolve_alert``."""
-    await d.alerts.resolve(conn, msg)
-
-
-async def on_alerts_list(d: Domain, conn: Connection, msg: AlertsList) -> None:
-    """Router handler of ``alerts_list``."""
-    await d.alerts.list(conn, msg)

@@ -316,13 +316,3 @@ class Analytics:
             await self.domain.publish(f"analytics:{dashboard}", AnalyticsEventOut(
                 dashboard=dashboard, event=message.event, quote_id=message.quote_id,
                 data=message.data))
-
-
-async def on_start_analytics(d: Domain, conn: Connection, msg: StartAnalytics) -> None:
-    """Router handler of ``start_analytics``."""
-    await d.analytics.start(conn, msg)
-
-
-async def on_stop_analytics(d: Domain, conn: Connection, msg: StopAnalytics) -> None:
-    """Router handler of ``stop_analytics``."""
-    await d.analytics.stop(conn, msg)

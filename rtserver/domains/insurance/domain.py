@@ -3,9 +3,9 @@
 :class:`InsuranceDomain` (the plugin, ``__init__.py``) creates one
 :class:`Domain` per node (settings, the handler context, measurement windows);
 the parts (quotes, analytics, admin streams, alerts, notifications) hold a
-reference to it. :meth:`Domain.bind` turns a part's function into a router
-handler with its duration measured; errors are mapped by the node's one
-wrapper (store / bus unavailable, bugs), never here.
+reference to it (never the plugin's). :meth:`Domain.bind` turns a part's
+method into a router handler with its duration measured; errors are mapped by
+the node's one wrapper (store / bus unavailable, bugs), never here.
 """
 
 from __future__ import annotations
@@ -14,25 +14,19 @@ import asyncio
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 from rtserver.backoff import BackoffPolicy
-from rtserver.context import Connection, HandlerContext
+from rtserver.context import Connection, HandlerContext, StoreUnavailable
 from rtserver.domain_settings import DomainSettings
 from rtserver.jsonlog import get_logger
+from rtserver.metrics import REGISTRY
 from rtserver.protocol.codec import ErrorCode
 from rtserver.protocol.messages import MessageId, ServerMessage
 from rtserver.router import Handler
 from rtserver.tasks import TaskFailure
 
 from .messages import Latency, ValidationFailed
-
-if TYPE_CHECKING:
-    from .admin import AdminStreams
-    from .alerts import Alerts
-    from .analytics import Analytics
-    from .notifications import Notifications
-    from .quotes import Quotes
 
 __all__ = [
     "Domain",
@@ -46,6 +40,17 @@ VALIDATION_ERROR = "validation_error"
 NOT_FOUND = "not_found"
 
 M = TypeVar("M")
+
+ACTIVITY_LOG_FAILURES = REGISTRY.counter(
+    "rtserver_admin_activity_log_failures_total",
+    "Admin actions done but not recorded in admin_activity_logs (database unavailable)")
+
+
+def _ip(remote: str) -> str | None:
+    if remote == "unknown" or ":" not in remote:
+        return None
+    host = remote.rsplit(":", 1)[0]
+    return host.strip("[]") or None
 
 
 class LatencyWindow:
@@ -89,20 +94,15 @@ class Domain:
         self.query_latency = LatencyWindow(size)
         self.loop_lag = LatencyWindow(size)
         self.tasks: set[asyncio.Task[None]] = set()
-        # Filled by the plugin's install() (each module builds its part).
-        self.quotes: Quotes
-        self.analytics: Analytics
-        self.admin: AdminStreams
-        self.alerts: Alerts
-        self.notifications: Notifications
 
-    def bind(self, fn: Callable[[Domain, Connection, Any], Awaitable[None]]) -> Handler:
-        """``fn(domain, conn, message)`` as a router handler, its duration measured."""
+    def bind(self, fn: Callable[[Connection, Any], Awaitable[None]]) -> Handler:
+        """``fn(conn, message)`` (a part's method) as a router handler, its duration
+        measured."""
 
         async def run(conn: Connection, message: Any) -> None:
             t0 = time.perf_counter()
             try:
-                await fn(self, conn, message)
+                await fn(conn, message)
             finally:
                 self.handler_latency.add(time.perf_counter() - t0)
 
@@ -165,6 +165,22 @@ class Domain:
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
         return task
+
+    async def log_activity(self, conn: Connection, action: str, resource_type: str | None,
+                           resource_id: str | None, details: object) -> None:
+        """Record an admin action in admin_activity_logs (failure logged and counted)."""
+        store = self.ctx.store
+        if store is None:
+            return
+        try:
+            await store.log_admin_activity(
+                admin_user_id=conn.user or "", action=action, resource_type=resource_type,
+                resource_id=resource_id, status="success", details=details,
+                ip_address=_ip(conn.remote), user_agent=conn.user_agent or None)
+        except StoreUnavailable as exc:
+            ACTIVITY_LOG_FAILURES.inc()
+            log.error("admin_activity_not_logged", action=action, user=conn.user,
+                      error=str(exc), action_required="check the database")
 
     async def cancel_tasks(self) -> None:
         """Cancel every remaining domain task and wait for them."""

@@ -303,18 +303,3 @@ class Quotes:
             out = CalculationProgressOut(quote_id=message.quote_id, progress=message.progress,
                                          stage=message.stage)
         await self.domain.publish(quote_room(message.quote_id), out)
-
-
-async def on_quote_subscribe(d: Domain, conn: Connection, msg: QuoteSubscribe) -> None:
-    """Router handler of ``quote_subscribe``."""
-    await d.quotes.subscribe(conn, msg)
-
-
-async def on_quote_edit(d: Domain, conn: Connection, msg: QuoteEdit) -> None:
-    """Router handler of ``quote_edit``."""
-    await d.quotes.edit(conn, msg)
-
-
-async def on_field_focus(d: Domain, conn: Connection, msg: FieldFocus | FieldBlur) -> None:
-    """Router handler of ``field_focus`` and ``field_blur``."""
-    await d.quotes.focus_changed(conn, msg)
