@@ -19,6 +19,7 @@ from typing import Any, Literal
 import msgspec
 
 from rtserver.domain_settings import DomainSettings
+from rtserver.jsonlog import get_logger
 
 __all__ = [
     "DEFAULT_CONFIG_PATH",
@@ -38,9 +39,30 @@ __all__ = [
     "WorkersConfig",
     "load_config",
     "masked",
+    "resolve_workers",
 ]
 
 DEFAULT_CONFIG_PATH = Path(__file__).with_name("rtserver.toml")
+
+_log = get_logger("rtserver.config")
+
+
+def resolve_workers(value: str | int) -> int:
+    """``"auto"`` -> number of CPUs (logged); a positive int (or digit string) as is.
+
+    Raises :class:`ValueError` (with the required action) for anything else.
+    """
+    if value == "auto":
+        count = os.cpu_count()
+        if count is None:
+            raise ValueError(
+                "workers = auto but the CPU count is unknown. Required action: set a number")
+        _log.info("workers_auto", workers=count)
+        return count
+    number = int(value)
+    if number < 1:
+        raise ValueError(f"workers = {value!r}. Required action: use a number >= 1 or 'auto'")
+    return number
 
 
 class ConfigError(Exception):
@@ -240,8 +262,6 @@ def _coerce_env(section: str, key: str, raw: str) -> Any:
         )
     if field_type is int:
         if section == "workers" and key == "count" and raw.strip() == "auto":
-            from rtserver.supervisor import resolve_workers
-
             return resolve_workers("auto")
         try:
             return int(raw)

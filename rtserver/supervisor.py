@@ -46,7 +46,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.process import BaseProcess
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from rtserver import jsonlog
 from rtserver.bus.base import Bus
@@ -58,11 +58,9 @@ from rtserver.bus.embedded import (
     ReconnectPolicy,
 )
 from rtserver.bus.redis_bus import RedisBus, RedisBusSettings, default_node_id
+from rtserver.config import Config, masked, resolve_workers
 from rtserver.jsonlog import get_logger
 from rtserver.metrics import REGISTRY
-
-if TYPE_CHECKING:
-    from rtserver.config import Config
 
 __all__ = [
     "EXIT_CRASH_LOOP",
@@ -155,21 +153,6 @@ class WorkerContext:
     #: How this worker id's previous process ended ("exit code 1", "signal SIGKILL"),
     #: None on the first start: a respawned worker raises a worker_respawned alert.
     previous_exit: str | None = None
-
-
-def resolve_workers(value: str | int) -> int:
-    """``"auto"`` -> number of CPUs (logged); a positive int (or digit string) as is."""
-    if value == "auto":
-        count = os.cpu_count()
-        if count is None:
-            raise ValueError(
-                "workers = auto but the CPU count is unknown. Required action: set a number")
-        _log.info("workers_auto", workers=count)
-        return count
-    number = int(value)
-    if number < 1:
-        raise ValueError(f"workers = {value!r}. Required action: use a number >= 1 or 'auto'")
-    return number
 
 
 def make_reuseport_socket(host: str, port: int, backlog: int | None = None) -> socket.socket:
@@ -483,8 +466,6 @@ def run_worker_server(config: Config, plan: WorkerBusPlan, jwt_secret: str,
                       ctx: WorkerContext) -> None:
     """Body of one worker process: the lead's RtServer on the shared port, cluster HTTP."""
     import uvloop
-
-    from rtserver.config import masked
 
     jsonlog.configure(config.server.log_level)
     jsonlog.set_worker(ctx.worker_id)
