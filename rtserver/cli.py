@@ -103,12 +103,16 @@ if TYPE_CHECKING:
 
 
 def _serve_parser(sub: Sub) -> None:
-    host, port, _ = _shipped_defaults()
     p = sub.add_parser(
         "serve", help="run the server", formatter_class=_RAW,
         description="Run the WebSocket server (one process, or a supervisor with --workers).",
         epilog=_config_help() + "\n" + _EXIT_HELP)
     _add_config_flag(p)
+    _add_serve_flags(p)
+
+
+def _add_serve_flags(p: argparse.ArgumentParser) -> None:
+    host, port, _ = _shipped_defaults()
     p.add_argument("--host", help=f"listen address (RTSERVER_HOST, server.host; default {host})")
     p.add_argument("--port", type=int,
                    help=f"listen port, 0 = any free one (RTSERVER_PORT, server.port; "
@@ -160,8 +164,10 @@ def _config_parser(sub: Sub) -> None:
                        epilog=_config_help())
     csub = p.add_subparsers(dest="config_command", required=True, metavar="show|init|check")
     show = csub.add_parser("show", help="print every effective value with its source "
-                           "(shipped / file / env / flag), secrets masked")
+                           "(shipped / file / env / flag), secrets masked; takes the "
+                           "serve flags")
     _add_config_flag(show)
+    _add_serve_flags(show)
     init = csub.add_parser("init", help="write a full commented copy of the shipped "
                            "configuration to PATH")
     init.add_argument("path", metavar="PATH")
@@ -188,16 +194,20 @@ def _load(args: argparse.Namespace, flags: dict[str, object]) -> Any:
     return _load_layers(args.config, flags).config
 
 
+def _serve_flags(args: argparse.Namespace) -> dict[str, object]:
+    return {
+        "host": args.host, "port": args.port, "workers": args.workers, "redis": args.redis,
+        "database": args.database, "fanout": args.fanout, "log_level": args.log_level,
+        "dev": args.dev,
+    }
+
+
 def _cmd_serve(args: argparse.Namespace) -> int:
     from rtserver.config import ConfigError, load_layers
     from rtserver.fanout import FanoutUnavailable, load_fanout
     from rtserver.startup import EXIT_CONFIG, StartupError, report_startup_failure
 
-    flags: dict[str, object] = {
-        "host": args.host, "port": args.port, "workers": args.workers, "redis": args.redis,
-        "database": args.database, "fanout": args.fanout, "log_level": args.log_level,
-        "dev": args.dev,
-    }
+    flags = _serve_flags(args)
     try:
         try:
             loaded = load_layers(args.config, flags=flags)
@@ -390,7 +400,7 @@ def _toml_value(value: Any) -> str:
 def _cmd_config_show(args: argparse.Namespace) -> int:
     from rtserver.config import DEFAULT_CONFIG_PATH, effective_values
 
-    loaded = _load_layers(args.config, {}, validate=False)
+    loaded = _load_layers(args.config, _serve_flags(args), validate=False)
     values = effective_values(loaded.config)
     print(f"# effective rtserver configuration; base: {DEFAULT_CONFIG_PATH} (shipped)")
     print(f"# file: {loaded.file or 'none (no --config / RTSERVER_CONFIG)'}")
@@ -398,7 +408,7 @@ def _cmd_config_show(args: argparse.Namespace) -> int:
     for key, value in values.items():
         source = loaded.sources.get(key, "shipped")
         print(f"{key} = {_toml_value(value)}  # {source}")
-    _load_layers(args.config, {})
+    _load_layers(args.config, _serve_flags(args))
     return 0
 
 
