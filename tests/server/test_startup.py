@@ -161,3 +161,30 @@ def test_stale_sockets_removed_from_configured_runtime_dir(tmp_path: Path) -> No
     assert removed == [str(tmp_path / f"rtserver-{dead}.sock")]
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
         [f"rtserver-{alive}.sock", "other.sock"])
+
+
+def migrate(dsn: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RTSERVER_")}
+    return subprocess.run([sys.executable, "-m", "rtserver", "migrate", "--database", dsn],
+                          env=env, capture_output=True, text=True, timeout=60)
+
+
+def test_migrate_names_each_migration_it_applies() -> None:
+    from rtserver.store.migrations import latest_version, load_migrations
+
+    with TempDatabase(migrated=False) as dsn:
+        first = migrate(dsn)
+        again = migrate(dsn)
+    assert first.returncode == 0, first.stderr
+    applying = [ln for ln in first.stdout.splitlines() if ln.startswith("applying migration ")]
+    assert "@" in dsn and ":" not in dsn.split("//")[1].split("@")[0]  # no password to mask
+    assert applying == [f"applying migration {m.version} ({m.name}) to {dsn} ..."
+                        for m in load_migrations()]
+    assert again.returncode == 0 and again.stdout.strip() == (
+        f"nothing to do; schema is at version {latest_version()}")
+
+
+def test_migrate_unreachable_database() -> None:
+    out = migrate(f"postgresql://postgres@127.0.0.1:{free_port()}/nothing")
+    assert out.returncode == EXIT_DATABASE and "Traceback" not in out.stderr
+    assert "Required action:" in out.stderr
