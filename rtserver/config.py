@@ -1,11 +1,13 @@
-"""The one frozen configuration object of rtserver.
+"""The one frozen configuration object of rtserver, and how it is layered.
 
-Sources, later ones win: the TOML file (``--config``, default the shipped
-``rtserver.toml``), ``RTSERVER_*`` environment variables, command-line flags.
-Every key must be present in the file: a missing key is an error naming the
-key, never a hidden default. The effective configuration is logged at start
-(with secrets masked) and an invalid or contradictory one refuses to start
-with a message naming the key and the fix.
+Sources, later ones win: the shipped, commented ``rtserver.toml`` (the base,
+every key with its reason), the user's TOML file (``--config``: any subset of
+the shipped keys; an unknown key is refused with a did-you-mean naming the
+file), ``RTSERVER_*`` environment variables, command-line flags.
+:func:`load_layers` also returns where every value came from. The effective
+configuration is logged at start (secrets masked by :func:`mask_value`) and
+an invalid or contradictory one refuses to start with a message naming the
+key and the fix. This module imports nothing from the layers above it.
 """
 
 from __future__ import annotations
