@@ -22,6 +22,7 @@ import uvloop
 
 from bench import __version__
 from bench.peers import PEER_NAMES
+from bench.progress import PLAIN_INTERVAL
 from bench.report import (
     CLOCK_NOTE,
     Check,
@@ -58,9 +59,18 @@ def build_parser() -> argparse.ArgumentParser:
     """The argparse parser (also used by docs and tests)."""
     p = argparse.ArgumentParser(
         prog="rtserver bench",
+        usage="rtserver bench SCENARIO [options]   (rtserver bench --help lists them by group)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Load-test rtserver (and reference peers) over WebSocket on loopback.",
+        epilog=f"environment:\n  {SECRET_ENV}  the server's JWT secret (required with --url; "
+        "generated for --spawn when unset)\n\n"
+        "exit status: 0 all good; 1 integrity failure or a failed --check; 2 usage error or "
+        "a target that could not be started\n"
+        "docs/bench.md describes every scenario and figure.",
     )
-    p.add_argument("scenario", choices=[*SCENARIOS, "sweep"])
+    s = p.add_argument_group("scenario")
+    s.add_argument("scenario", choices=[*SCENARIOS, "sweep"],
+                   help="what to measure (sweep: one scenario for each --workers value)")
     t = p.add_argument_group("targets")
     t.add_argument("--spawn", action="store_true", help="start `python -m rtserver serve --port 0`")
     t.add_argument(
@@ -179,24 +189,36 @@ def build_parser() -> argparse.ArgumentParser:
         default=90.0,
         help="warn when a generator's CPU %% reaches this",
     )
-    o = p.add_argument_group("output and verdict")
+    o = p.add_argument_group("output")
     o.add_argument(
         "--report", default="bench-reports", help="directory for the JSON report, plots, logs"
     )
     o.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
-    o.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
-    o.add_argument("--check", action="store_true", help="exit non-zero when a threshold is missed")
     o.add_argument(
+        "--no-progress",
+        action="store_true",
+        help="no progress on stderr (default: a live line on a terminal, else plain lines)",
+    )
+    o.add_argument(
+        "--progress-interval",
+        type=float,
+        default=PLAIN_INTERVAL,
+        help=f"seconds between plain progress lines when stderr is not a terminal "
+        f"(default {PLAIN_INTERVAL:g})",
+    )
+    c = p.add_argument_group("checks (thresholds; --check makes a missed one exit 1)")
+    c.add_argument("--check", action="store_true", help="exit non-zero when a threshold is missed")
+    c.add_argument(
         "--check-connected",
         type=float,
         default=1.0,
         help="fraction of connections that must succeed (default 1.0)",
     )
-    o.add_argument("--check-p99-ms", type=float, default=50.0, help="per-delivery p99 limit (ms)")
-    o.add_argument("--check-fanout-p99-ms", type=float, help="fan-out completion p99 limit (ms)")
-    o.add_argument("--check-connect-s", type=float, help="time-to-all-subscribed limit (s)")
-    o.add_argument("--check-rss-kb", type=float, help="server RSS per connection limit (KiB)")
-    o.add_argument("--check-min-deliveries", type=float, help="minimum deliveries per second")
+    c.add_argument("--check-p99-ms", type=float, default=50.0, help="per-delivery p99 limit (ms)")
+    c.add_argument("--check-fanout-p99-ms", type=float, help="fan-out completion p99 limit (ms)")
+    c.add_argument("--check-connect-s", type=float, help="time-to-all-subscribed limit (s)")
+    c.add_argument("--check-rss-kb", type=float, help="server RSS per connection limit (KiB)")
+    c.add_argument("--check-min-deliveries", type=float, help="minimum deliveries per second")
     # Test-only fault injection, deliberately absent from --help and docs/bench.md:
     # passes `--inject SPEC` (drop-every=N | duplicate-every=N) to the `naive` peer so the
     # smoke tests can prove that loss and duplicates are detected.
@@ -214,6 +236,10 @@ def _config(args: argparse.Namespace, scenario: str) -> RunConfig:
         room_size = args.per_user
     if not 1 <= n <= MAX_CONNECTIONS:
         raise ValueError(f"--connections {n} outside 1..{MAX_CONNECTIONS}. Required action: fix it")
+    if args.progress_interval <= 0:
+        raise ValueError(
+            f"--progress-interval {args.progress_interval} must be > 0. Required action: fix it"
+        )
     if duration > MAX_DURATION or duration < 0:
         raise ValueError(
             f"--duration {duration} outside 0..{MAX_DURATION}. Required action: fix it"
@@ -241,6 +267,7 @@ def _config(args: argparse.Namespace, scenario: str) -> RunConfig:
         pad=max(0, args.payload_bytes),
         source_addrs=args.source_addrs,
         progress=not args.no_progress,
+        progress_interval=args.progress_interval,
         max_messages=args.max_messages,
         gen_cpu_warn=args.gen_cpu_warn,
     )

@@ -474,7 +474,8 @@ class Generator:
     def _progress_once(self) -> None:
         if self.phase == "connect":
             self.emit(
-                {"ev": "progress", "phase": "connect", "done": self.ready, "failed": self.failed}
+                {"ev": "progress", "phase": "connect", "done": self.ready, "failed": self.failed,
+                 "errors": self._error_count()}
             )
         elif self.phase in ("publish", "drain"):
             self.emit(
@@ -484,8 +485,14 @@ class Generator:
                     "done": self.recv_unique,
                     "sent": self.sent,
                     "expected": self.expected,
+                    "errors": self._error_count(),
                 }
             )
+
+    def _error_count(self) -> int:
+        """Failures so far: connects, lost connections, sends, server error frames."""
+        return (self.failed + self.lost_conns + self.send_errors
+                + sum(self.server_errors.values()))
 
     # ------------------------------------------------------------------ connect phase
     def _setup(self, cmd: dict[str, Any]) -> None:
@@ -726,6 +733,7 @@ class Generator:
             self._emit_published(complete=False)
 
     def _emit_published(self, complete: bool) -> None:
+        self._progress_once()  # the final counts, for the progress line
         self.phase = "published"
         self.emit(
             {

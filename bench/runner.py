@@ -17,6 +17,7 @@ from typing import IO, Any
 import orjson
 
 from bench.procstat import ProcSample, sample
+from bench.progress import PLAIN_INTERVAL, TTY_INTERVAL, Progress, Snapshot
 from bench.targets import PROJECT_ROOT, RUN_STAMP, Target
 from bench.tokens import user_id
 
@@ -53,6 +54,8 @@ class RunConfig:
     progress: bool
     gen_cpu_warn: float
     max_messages: int = 10_000_000
+    #: Seconds between plain progress lines when stderr is not a terminal.
+    progress_interval: float = PLAIN_INTERVAL
 
 
 @dataclass
@@ -122,6 +125,8 @@ class GenProc:
         self.log = log
         self.events: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
         self.progress: dict[str, Any] = {}
+        #: The last progress event of the connect phase (connections opened so far).
+        self.connect_progress: dict[str, Any] = {}
         self.reader = asyncio.create_task(self._read())
 
     @classmethod
@@ -153,6 +158,8 @@ class GenProc:
             ev = orjson.loads(line)
             if ev.get("ev") == "progress":
                 self.progress = ev
+                if ev.get("phase") == "connect":
+                    self.connect_progress = ev
             else:
                 await self.events.put(ev)
 
@@ -195,31 +202,33 @@ class GenProc:
         self.log.close()
 
 
-class Progress:
-    """A textual progress bar on stderr for one phase."""
+class _Watch:
+    """Builds the progress :class:`~bench.progress.Snapshot` of one target's run."""
 
-    def __init__(self, enabled: bool) -> None:
-        self.enabled = enabled
-        self.tty = sys.stderr.isatty()
-        self.last = 0.0
+    def __init__(self, label: str, gens: list[GenProc], recv: list[GenProc],
+                 pub: list[GenProc], asked: int) -> None:
+        self.label = label
+        self.gens = gens
+        self.recv = recv
+        self.pub = pub
+        self.asked = asked
+        self.t0 = time.monotonic()
 
-    def show(
-        self, label: str, done: float, total: float, extra: str = "", force: bool = False
-    ) -> None:
-        """Render (at most every 0.2 s on a tty, every 2 s otherwise)."""
-        if not self.enabled:
-            return
-        now = time.monotonic()
-        if not force and now - self.last < (0.2 if self.tty else 2.0):
-            return
-        self.last = now
-        frac = min(1.0, done / total) if total else 1.0
-        bar = "#" * int(frac * 30) + "-" * (30 - int(frac * 30))
-        text = f"[{label:<9}] {bar} {done:>9.0f}/{total:<9.0f} {extra}"
-        sys.stderr.write(("\r" + text) if self.tty else (text + "\n"))
-        if force and self.tty:
-            sys.stderr.write("\n")
-        sys.stderr.flush()
+    def snapshot(self, phase: str) -> Snapshot:
+        """Totals over the generators' latest progress events."""
+        later = ("publish", "drain")
+        return Snapshot(
+            target=self.label,
+            phase=phase,
+            opened=sum(g.connect_progress.get("done", 0) for g in self.gens),
+            asked=self.asked,
+            published=sum(g.progress.get("sent", 0) for g in self.pub
+                          if g.progress.get("phase") in later),
+            delivered=sum(g.progress.get("done", 0) for g in self.recv
+                          if g.progress.get("phase") in later),
+            errors=sum(g.progress.get("errors", 0) for g in self.gens),
+            elapsed=time.monotonic() - self.t0,
+        )
 
 
 async def _gather_events(
@@ -228,16 +237,14 @@ async def _gather_events(
     timeout: float,
     prog: Progress,
     label: str,
-    total_fn: Any,
+    watch: _Watch,
 ) -> list[dict[str, Any]]:
     tasks = [asyncio.create_task(g.expect(name, timeout)) for g in gens]
     try:
         while not all(t.done() for t in tasks):
-            await asyncio.wait(tasks, timeout=0.2)
-            done, total, extra = total_fn()
-            prog.show(label, done, total, extra)
-        done, total, extra = total_fn()
-        prog.show(label, done, total, extra, force=True)
+            await asyncio.wait(tasks, timeout=TTY_INTERVAL)
+            prog.show(watch.snapshot(label))
+        prog.show(watch.snapshot(label), force=True)
         return [t.result() for t in tasks]
     finally:
         for t in tasks:
@@ -247,7 +254,7 @@ async def _gather_events(
 async def run_target(target: Target, cfg: RunConfig, report_dir: Path) -> dict[str, Any]:
     """Run the scenario against ``target`` (already configured, not started); return metrics."""
     lay = layout(cfg)
-    prog = Progress(cfg.progress)
+    prog = Progress(cfg.progress, plain_interval=cfg.progress_interval)
     res: dict[str, Any] = {"target": target.label, "kind": target.kind}
     await target.start()
     try:
@@ -311,18 +318,10 @@ async def _run_started(
                 }
             )
         total_conns = sum(len(s) for s in specs)
-
-        def conn_progress() -> tuple[float, float, str]:
-            done = sum(
-                g.progress.get("done", 0) for g in gens if g.progress.get("phase") == "connect"
-            )
-            failed = sum(
-                g.progress.get("failed", 0) for g in gens if g.progress.get("phase") == "connect"
-            )
-            return done, total_conns, f"failed {failed}"
-
+        pub_gens = gens[n_recv:] if lay.open_loop else gens[:n_recv]
+        watch = _Watch(target.label, gens, gens[:n_recv], pub_gens, total_conns)
         connected = await _gather_events(
-            gens, "connected", cfg.connect_timeout + 30, prog, "connect", conn_progress
+            gens, "connected", cfg.connect_timeout + 30, prog, "connect", watch
         )
         res["connect_wall_s"] = time.monotonic() - t_connect0
         recv_conn = connected[:n_recv]
@@ -347,7 +346,7 @@ async def _run_started(
                 (after.rss - base.rss) / res["connected"] if res["connected"] else None
             )
         if cfg.scenario != "connect-storm":
-            await _publish_phase(target, cfg, lay, gens, n_recv, prog, res)
+            await _publish_phase(target, cfg, lay, gens, n_recv, prog, watch, res)
         for g in gens:
             g.send({"cmd": "collect", "dir": tmp})
         stats = [await g.expect("stats", 120.0) for g in gens]
@@ -368,6 +367,7 @@ async def _publish_phase(
     gens: list[GenProc],
     n_recv: int,
     prog: Progress,
+    watch: _Watch,
     res: dict[str, Any],
 ) -> None:
     pids = target.server_pids()
@@ -391,14 +391,8 @@ async def _publish_phase(
             cmd.update(mode="closed", window=cfg.window, max_messages=cfg.max_messages)
         g.send(cmd)
 
-    def pub_progress() -> tuple[float, float, str]:
-        el = max(0.0, (time.monotonic_ns() - start_ns) / 1e9)
-        recv = sum(g.progress.get("done", 0) for g in gens[:n_recv])
-        sent = sum(g.progress.get("sent", 0) for g in pub_gens)
-        return min(el, cfg.duration), cfg.duration, f"s  sent {sent} received {recv}"
-
     published = await _gather_events(
-        pub_gens, "published", cfg.duration + cfg.ack_timeout + 30, prog, "publish", pub_progress
+        pub_gens, "published", cfg.duration + cfg.ack_timeout + 30, prog, "publish", watch
     )
     final: dict[str, int] = {}
     pub_errors: dict[str, int] = {}
@@ -415,13 +409,8 @@ async def _publish_phase(
     for g in gens[:n_recv]:
         g.send({"cmd": "drain", "final": final, "timeout": cfg.drain_timeout})
 
-    def drain_progress() -> tuple[float, float, str]:
-        recv = sum(g.progress.get("done", 0) for g in gens[:n_recv])
-        exp = sum(g.progress.get("expected", 0) for g in gens[:n_recv])
-        return recv, exp, "deliveries"
-
     drained = await _gather_events(
-        gens[:n_recv], "drained", cfg.drain_timeout + 30, prog, "drain", drain_progress
+        gens[:n_recv], "drained", cfg.drain_timeout + 30, prog, "drain", watch
     )
     res["drain_complete"] = all(e["complete"] for e in drained)
     res["expected_deliveries"] = sum(e["expected"] for e in drained)

@@ -1,28 +1,35 @@
-"""The one frozen configuration object of rtserver.
+"""The one frozen configuration object of rtserver, and how it is layered.
 
-Sources, later ones win: the TOML file (``--config``, default the shipped
-``rtserver.toml``), ``RTSERVER_*`` environment variables, command-line flags.
-Every key must be present in the file: a missing key is an error naming the
-key, never a hidden default. The effective configuration is logged at start
-(with secrets masked) and an invalid or contradictory one refuses to start
-with a message naming the key and the fix.
+Sources, later ones win: the shipped, commented ``rtserver.toml`` (the base,
+every key with its reason), the user's TOML file (``--config``: any subset of
+the shipped keys; an unknown key is refused with a did-you-mean naming the
+file), ``RTSERVER_*`` environment variables, command-line flags.
+:func:`load_layers` also returns where every value came from. The effective
+configuration is logged at start (secrets masked by :func:`mask_value`) and
+an invalid or contradictory one refuses to start with a message naming the
+key and the fix. This module imports nothing from the layers above it.
 """
 
 from __future__ import annotations
 
+import copy
+import difflib
 import os
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import msgspec
 
 from rtserver.domain_settings import DomainSettings
+from rtserver.jsonlog import get_logger
 
 __all__ = [
     "DEFAULT_CONFIG_PATH",
     "ENV_FLAGS",
+    "SHIPPED",
     "AccessRule",
     "AuthConfig",
     "BusConfig",
@@ -33,15 +40,40 @@ __all__ = [
     "FanoutConfig",
     "HeartbeatConfig",
     "LimitsConfig",
+    "LoadedConfig",
     "NamespaceConfig",
     "NotificationsConfig",
     "ServerConfig",
     "WorkersConfig",
+    "effective_values",
     "load_config",
+    "load_layers",
+    "mask_value",
     "masked",
+    "resolve_workers",
 ]
 
 DEFAULT_CONFIG_PATH = Path(__file__).with_name("rtserver.toml")
+
+_log = get_logger("rtserver.config")
+
+
+def resolve_workers(value: str | int) -> int:
+    """``"auto"`` -> number of CPUs (logged); a positive int (or digit string) as is.
+
+    Raises :class:`ValueError` (with the required action) for anything else.
+    """
+    if value == "auto":
+        count = os.cpu_count()
+        if count is None:
+            raise ValueError(
+                "workers = auto but the CPU count is unknown. Required action: set a number")
+        _log.info("workers_auto", workers=count)
+        return count
+    number = int(value)
+    if number < 1:
+        raise ValueError(f"workers = {value!r}. Required action: use a number >= 1 or 'auto'")
+    return number
 
 
 class ConfigError(Exception):
@@ -235,7 +267,14 @@ ENV_FLAGS: dict[str, tuple[str, str]] = {
     "domains": ("domains", "enabled"),
 }
 
-_SECRET_KEYS = {("auth", "jwt_secret")}
+#: Keys whose values are never shown (logs, ``rtserver config show``).
+_SECRET_KEYS = frozenset({"auth.jwt_secret"})
+#: Tables whose entries are named by the user (a file may add entries).
+_OPEN_TABLES = frozenset({"namespaces"})
+#: Tables a file replaces as a whole (a map of names, not of settings).
+_REPLACED_TABLES = frozenset({"domain.editable_fields"})
+#: Source of a value that comes from the shipped rtserver.toml.
+SHIPPED = "shipped"
 
 
 def _coerce_env(section: str, key: str, raw: str) -> Any:
@@ -256,8 +295,6 @@ def _coerce_env(section: str, key: str, raw: str) -> Any:
         return [item.strip() for item in raw.split(",") if item.strip()]
     if field_type is int:
         if section == "workers" and key == "count" and raw.strip() == "auto":
-            from rtserver.supervisor import resolve_workers
-
             return resolve_workers("auto")
         try:
             return int(raw)
@@ -282,32 +319,136 @@ _SECTION_TYPES: dict[str, type[_Section]] = {
 }
 
 
-def load_config(
+class LoadedConfig(msgspec.Struct, frozen=True):
+    """A validated configuration and where each of its values came from."""
+
+    config: Config
+    #: Dotted key (``server.port``) -> ``shipped``, ``file PATH``, ``env RTSERVER_X``
+    #: or ``flag --x``, for every value.
+    sources: dict[str, str]
+    #: The user's file layered over the shipped one, None without ``--config``.
+    file: Path | None
+
+    def overrides(self) -> dict[str, str]:
+        """The keys not taken from the shipped file, with their source."""
+        return {k: v for k, v in self.sources.items() if v != SHIPPED}
+
+
+def _read_toml(path: Path, role: str) -> dict[str, Any]:
+    try:
+        return tomllib.loads(path.read_text())
+    except FileNotFoundError as exc:
+        raise ConfigError(
+            f"{role} {path} does not exist. Required action: pass --config (RTSERVER_CONFIG) "
+            "with a TOML file holding only the keys you change (`rtserver config init PATH` "
+            f"writes a commented copy of every key; the shipped base is {DEFAULT_CONFIG_PATH})"
+        ) from exc
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(
+            f"{role} {path} cannot be read ({type(exc).__name__}: {exc}). Required action: "
+            "make it a readable UTF-8 TOML file"
+        ) from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(
+            f"{role} {path} is not valid TOML: {exc}. Required action: fix the syntax there"
+        ) from exc
+
+
+def _leaves(table: Mapping[str, Any], prefix: str = "") -> Iterator[tuple[str, Any]]:
+    """``(dotted key, value)`` of every setting; replaced tables count as one value."""
+    for key, value in table.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, dict) and dotted not in _REPLACED_TABLES:
+            yield from _leaves(value, dotted + ".")
+        else:
+            yield dotted, value
+
+
+def _unknown_key(key: str, dotted: str, known: Mapping[str, Any], file: Path,
+                 shipped: Mapping[str, Any]) -> ConfigError:
+    close = difflib.get_close_matches(key, list(known), n=1, cutoff=0.6)
+    parent = dotted.rpartition(".")[0]
+    if close:
+        hint = f"did you mean {parent + '.' if parent else ''}{close[0]}?"
+    else:
+        elsewhere = [f"{section}.{key}" for section, table in shipped.items()
+                     if isinstance(table, dict) and key in table]
+        hint = (f"did you mean {elsewhere[0]}?" if elsewhere
+                else f"known keys here: {', '.join(sorted(known))}")
+    return ConfigError(
+        f"unknown key {dotted} in {file} ({hint}). Required action: fix or remove it "
+        f"(every key is listed in the shipped {DEFAULT_CONFIG_PATH})")
+
+
+def _check_keys(template: Mapping[str, Any], table: Mapping[str, Any], prefix: str, file: Path,
+                shipped: Mapping[str, Any]) -> None:
+    for key, value in table.items():
+        dotted = f"{prefix}{key}"
+        if key not in template:
+            raise _unknown_key(key, dotted, template, file, shipped)
+        if isinstance(template[key], dict) and isinstance(value, dict):
+            _check_keys(template[key], value, dotted + ".", file, shipped)
+
+
+def _merge(base: dict[str, Any], override: Mapping[str, Any], prefix: str, file: Path,
+           shipped: Mapping[str, Any], sources: dict[str, str]) -> None:
+    origin = f"file {file}"
+    for key, value in override.items():
+        dotted = f"{prefix}{key}"
+        if key not in base:
+            if prefix.rstrip(".") not in _OPEN_TABLES:
+                raise _unknown_key(key, dotted, base, file, shipped)
+            if base and isinstance(value, dict):
+                _check_keys(next(iter(base.values())), value, dotted + ".", file, shipped)
+            base[key] = value
+            sources.update((k, origin) for k, _ in _leaves({key: value}, prefix))
+        elif isinstance(base[key], dict) and dotted not in _REPLACED_TABLES:
+            if not isinstance(value, dict):
+                raise ConfigError(
+                    f"{dotted} in {file} is a {type(value).__name__}, but it is a table in the "
+                    f"shipped file. Required action: write it as [{dotted}] with its keys")
+            _merge(base[key], value, dotted + ".", file, shipped, sources)
+        else:
+            base[key] = value
+            sources[dotted] = origin
+
+
+def _flag_name(name: str) -> str:
+    return f"flag --{name.replace('_', '-')}"
+
+
+def load_layers(
     path: str | Path | None = None,
     env: Mapping[str, str] | None = None,
     flags: Mapping[str, Any] | None = None,
-) -> Config:
-    """Read the TOML file, apply ``RTSERVER_*`` variables then flags, validate.
+    *,
+    validate: bool = True,
+) -> LoadedConfig:
+    """The shipped file, the user's ``path`` over it, ``RTSERVER_*`` variables, flags.
 
-    ``flags`` maps flag names (keys of :data:`ENV_FLAGS`) to values; ``None``
-    values mean "not given". Raises :class:`ConfigError`.
+    The user's file may hold any subset of the shipped keys (a key it does not
+    know is refused with a did-you-mean); ``[namespaces.NAME]`` tables may be
+    added, ``domain.editable_fields`` is replaced as a whole. ``flags`` maps
+    flag names (keys of :data:`ENV_FLAGS`) to values; ``None`` values mean "not
+    given". ``env`` defaults to the process environment. ``validate=False``
+    skips the cross-key checks (types are always checked), for ``config show``
+    of a configuration that does not start yet. Raises :class:`ConfigError`.
     """
-    file_path = Path(path) if path is not None else DEFAULT_CONFIG_PATH
-    try:
-        raw: dict[str, Any] = tomllib.loads(file_path.read_text())
-    except FileNotFoundError as exc:
-        raise ConfigError(
-            f"config file {file_path} does not exist. Required action: pass --config with the "
-            "path of an rtserver.toml (the shipped one is rtserver/rtserver.toml)"
-        ) from exc
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"config file {file_path} is not valid TOML: {exc}") from exc
+    raw = _read_toml(DEFAULT_CONFIG_PATH, "shipped config file")
+    sources = {key: SHIPPED for key, _ in _leaves(raw)}
+    file_path = Path(path) if path is not None else None
+    if file_path is not None and file_path.resolve() != DEFAULT_CONFIG_PATH.resolve():
+        user = _read_toml(file_path, "config file")
+        shipped = copy.deepcopy(raw)
+        _merge(raw, user, "", file_path, shipped, sources)
 
     environ = os.environ if env is None else env
     for name, (section, key) in ENV_FLAGS.items():
-        value = environ.get(f"RTSERVER_{name.upper()}")
+        var = f"RTSERVER_{name.upper()}"
+        value = environ.get(var)
         if value is not None:
             raw.setdefault(section, {})[key] = _coerce_env(section, key, value)
+            sources[f"{section}.{key}"] = f"env {var}"
     for name, value in (flags or {}).items():
         if value is None:
             continue
@@ -317,16 +458,30 @@ def load_config(
         if isinstance(value, str) and section == "workers" and key == "count":
             value = _coerce_env(section, key, value)
         raw.setdefault(section, {})[key] = value
+        sources[f"{section}.{key}"] = _flag_name(name)
 
     try:
         config = msgspec.convert(raw, Config, strict=False)
     except msgspec.ValidationError as exc:
+        where = str(exc).rpartition("at `$.")[2].rstrip("`")
+        dotted = where.replace("[", ".").replace("]", "").replace("'", "").replace('"', "")
+        origin = sources.get(dotted) or (f"file {file_path}" if file_path else SHIPPED)
         raise ConfigError(
-            f"invalid configuration in {file_path}: {exc}. Required action: fix that key "
-            "(every key of the shipped rtserver.toml must be present, with its documented type)"
+            f"invalid configuration ({origin}): {exc}. Required action: fix that key "
+            "(its type and meaning are documented in the shipped rtserver.toml)"
         ) from exc
-    _validate(config)
-    return config
+    if validate:
+        _validate(config)
+    return LoadedConfig(config=config, sources=sources, file=file_path)
+
+
+def load_config(
+    path: str | Path | None = None,
+    env: Mapping[str, str] | None = None,
+    flags: Mapping[str, Any] | None = None,
+) -> Config:
+    """:func:`load_layers` without the sources: the validated :class:`Config`."""
+    return load_layers(path, env, flags).config
 
 
 def _require(cond: bool, key: str, problem: str, fix: str) -> None:
@@ -416,15 +571,50 @@ def _validate(c: Config) -> None:
                  "namespace names are lower-case identifiers", "rename the namespace")
 
 
+def _mask_url(url: str) -> str:
+    parts = urlsplit(url)
+    netloc = parts.netloc
+    if parts.password:
+        creds, _, host = netloc.rpartition("@")
+        user = creds.partition(":")[0]
+        netloc = f"{user}:***@{host}"
+    query = parts.query
+    if query:
+        pairs = parse_qsl(query, keep_blank_values=True)
+        query = urlencode([(k, "***" if "pass" in k.lower() else v) for k, v in pairs],
+                          safe="*")
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+
+
+def mask_value(key: str, value: Any) -> Any:
+    """``value`` of the dotted ``key`` as logs and ``config show`` may print it.
+
+    Secret keys (the JWT secret) become ``***``; a URL (DSN, Redis URL) keeps
+    everything but its password (in the credentials or a ``password=`` query).
+    """
+    if key in _SECRET_KEYS:
+        return "***" if value else value
+    if isinstance(value, str) and "://" in value:
+        return _mask_url(value)
+    return value
+
+
+def _mask_table(table: dict[str, Any], prefix: str) -> None:
+    for key, value in table.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, dict) and dotted not in _REPLACED_TABLES:
+            _mask_table(value, dotted + ".")
+        else:
+            table[key] = mask_value(dotted, value)
+
+
 def masked(config: Config) -> dict[str, Any]:
-    """The configuration as a dict with secrets replaced, for the startup log."""
+    """The configuration as a dict with every value passed through :func:`mask_value`."""
     data: dict[str, Any] = msgspec.to_builtins(config)
-    for section, key in _SECRET_KEYS:
-        if data[section][key]:
-            data[section][key] = "***"
-    dsn = data["database"]["dsn"]
-    if "@" in dsn and ":" in dsn.split("@", 1)[0].split("//", 1)[-1]:
-        scheme, rest = dsn.split("//", 1)
-        creds, host = rest.split("@", 1)
-        data["database"]["dsn"] = f"{scheme}//{creds.split(':', 1)[0]}:***@{host}"
+    _mask_table(data, "")
     return data
+
+
+def effective_values(config: Config) -> dict[str, Any]:
+    """Every setting by dotted key, masked (what ``rtserver config show`` prints)."""
+    return dict(_leaves(masked(config)))

@@ -18,7 +18,7 @@ import socket
 import time
 import traceback
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -41,6 +41,7 @@ from rtserver.plugin import DomainPlugin, load_domain_classes
 from rtserver.protocol.close_codes import CloseCode
 from rtserver.protocol.codec import ErrorCode
 from rtserver.router import HttpRoute
+from rtserver.startup import bind_failure
 
 __all__ = ["RtServer", "resolve_secret", "run_server"]
 
@@ -428,10 +429,14 @@ class RtServer:
             # also with a given socket: asyncio calls listen() again (default 100)
             backlog=cfg.server.backlog,
         )
-        if self.sock is not None:
-            self.server = await serve(self._handler, sock=self.sock, **kwargs)
-        else:
-            self.server = await serve(self._handler, cfg.server.host, cfg.server.port, **kwargs)
+        try:
+            if self.sock is not None:
+                self.server = await serve(self._handler, sock=self.sock, **kwargs)
+            else:
+                self.server = await serve(self._handler, cfg.server.host, cfg.server.port,
+                                          **kwargs)
+        except OSError as exc:
+            raise bind_failure(cfg.server.host, cfg.server.port, exc) from exc
         sockets = list(self.server.sockets)
         self.port = sockets[0].getsockname()[1]
         log.lifecycle("listening", host=cfg.server.host, port=self.port,
@@ -490,13 +495,19 @@ class RtServer:
             self._stopping.set()
 
 
-def run_server(config: Config, worker_id: int = 0, sock: socket.socket | None = None) -> int:
-    """Run one worker on uvloop until a signal; returns the exit status."""
+def run_server(config: Config, worker_id: int = 0, sock: socket.socket | None = None, *,
+               sources: Mapping[str, str]) -> int:
+    """Run one worker on uvloop until a signal; returns the exit status.
+
+    ``sources`` (dotted key -> where its value came from, only the keys not
+    taken from the shipped file) goes into the ``config`` log line. A failure
+    to listen raises :class:`~rtserver.startup.StartupError`.
+    """
     import uvloop
 
     jsonlog.configure(config.server.log_level)
     jsonlog.set_worker(worker_id)
-    log.lifecycle("config", effective=masked(config))
+    log.lifecycle("config", effective=masked(config), sources=dict(sources))
     if config.fanout.implementation == "python":
         log.warning("fanout_python_reference",
                     note="the pure-Python fan-out reference was selected explicitly; it is "

@@ -37,6 +37,7 @@ import dataclasses
 import functools
 import multiprocessing
 import os
+import re
 import shutil
 import signal
 import socket
@@ -46,7 +47,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.process import BaseProcess
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from rtserver import jsonlog
 from rtserver.bus.base import Bus
@@ -58,11 +59,10 @@ from rtserver.bus.embedded import (
     ReconnectPolicy,
 )
 from rtserver.bus.redis_bus import RedisBus, RedisBusSettings, default_node_id
+from rtserver.config import Config, masked, resolve_workers
 from rtserver.jsonlog import get_logger
 from rtserver.metrics import REGISTRY
-
-if TYPE_CHECKING:
-    from rtserver.config import Config
+from rtserver.startup import EXIT_RUNTIME_DIR, StartupError, bind_failure
 
 __all__ = [
     "EXIT_CRASH_LOOP",
@@ -75,6 +75,7 @@ __all__ = [
     "build_worker_bus",
     "make_reuseport_socket",
     "plan_from_config",
+    "remove_stale_runtime",
     "resolve_workers",
     "run_supervisor",
     "run_worker_server",
@@ -157,21 +158,6 @@ class WorkerContext:
     previous_exit: str | None = None
 
 
-def resolve_workers(value: str | int) -> int:
-    """``"auto"`` -> number of CPUs (logged); a positive int (or digit string) as is."""
-    if value == "auto":
-        count = os.cpu_count()
-        if count is None:
-            raise ValueError(
-                "workers = auto but the CPU count is unknown. Required action: set a number")
-        _log.info("workers_auto", workers=count)
-        return count
-    number = int(value)
-    if number < 1:
-        raise ValueError(f"workers = {value!r}. Required action: use a number >= 1 or 'auto'")
-    return number
-
-
 def make_reuseport_socket(host: str, port: int, backlog: int | None = None) -> socket.socket:
     """A TCP socket bound to ``host:port`` with ``SO_REUSEPORT`` (and ``SO_REUSEADDR``).
 
@@ -193,6 +179,94 @@ def make_reuseport_socket(host: str, port: int, backlog: int | None = None) -> s
         sock.close()
         raise
     return sock
+
+
+def _reserve_port(host: str, port: int) -> socket.socket:
+    """The supervisor's port placeholder; :class:`StartupError` when the port is taken.
+
+    A socket with ``SO_REUSEPORT`` binds even while another server of the same
+    user listens with ``SO_REUSEPORT`` on that port (the two would silently
+    share it), so a fixed port is first bound once without it.
+    """
+    try:
+        if port != 0:
+            infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+                                       flags=socket.AI_PASSIVE)
+            family, type_, proto, _, address = infos[0]
+            with socket.socket(family, type_, proto) as probe:
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                probe.bind(address)
+        return make_reuseport_socket(host, port)
+    except OSError as exc:
+        raise bind_failure(host, port, exc) from exc
+
+
+_HUB_SOCKET = re.compile(r"rtserver-(\d+)\.sock")
+_TEMP_DIR = re.compile(r"rtserver-(\d+)-")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_runtime(parent: str, temporary: bool) -> list[str]:
+    """Remove what supervisors that died without cleaning up left behind; return the paths.
+
+    ``temporary``: ``parent`` is the system temp folder and the candidates are
+    this user's ``rtserver-*`` directories whose supervisor pids (in the name
+    ``rtserver-<pid>-*`` or in a ``rtserver-<pid>.sock`` inside) are all gone.
+    Otherwise ``parent`` is the configured runtime directory and the candidates
+    are its ``rtserver-<pid>.sock`` files of dead pids. Each removal is logged
+    (``runtime_stale_removed``); one that fails is logged as an error with the
+    required action, and start-up continues (the new socket has its own name).
+    """
+    removed: list[str] = []
+    try:
+        entries = list(os.scandir(parent))
+    except FileNotFoundError:
+        return removed
+    for entry in entries:
+        pids: list[int] = []
+        if temporary:
+            if not entry.name.startswith("rtserver-") or not entry.is_dir(follow_symlinks=False):
+                continue
+            if entry.stat(follow_symlinks=False).st_uid != os.getuid():
+                continue
+            named = _TEMP_DIR.match(entry.name)
+            if named:
+                pids.append(int(named.group(1)))
+            try:
+                pids += [int(m.group(1)) for m in map(_HUB_SOCKET.fullmatch, os.listdir(entry))
+                         if m]
+            except OSError as exc:
+                _log.warning("runtime_stale_unreadable", path=entry.path, error=str(exc),
+                             action="Required action: remove it by hand if no rtserver uses it")
+                continue
+        else:
+            match = _HUB_SOCKET.fullmatch(entry.name)
+            if match is None:
+                continue
+            pids.append(int(match.group(1)))
+        if not pids or any(_pid_alive(pid) for pid in pids):
+            continue
+        try:
+            if temporary:
+                shutil.rmtree(entry.path)
+            else:
+                os.unlink(entry.path)
+        except OSError as exc:
+            _log.error("runtime_stale_unremovable", path=entry.path, error=str(exc),
+                       action="Required action: remove it by hand (its supervisor is gone)")
+            continue
+        removed.append(entry.path)
+        _log.info("runtime_stale_removed", path=entry.path, dead_pids=sorted(set(pids)))
+    return removed
 
 
 _PR_SET_PDEATHSIG = 1
@@ -266,21 +340,31 @@ class _Supervisor:
     async def run(self) -> int:
         self.loop = asyncio.get_running_loop()
         self.done = asyncio.Event()
-        placeholder = make_reuseport_socket(self.s.host, self.s.port)
+        placeholder = _reserve_port(self.s.host, self.s.port)
         self.port = placeholder.getsockname()[1]
         runtime_dir = self.s.runtime_dir
         temporary = not runtime_dir
-        if temporary:
-            runtime_dir = tempfile.mkdtemp(prefix="rtserver-")
-        else:
-            os.makedirs(runtime_dir, mode=0o700, exist_ok=True)
-        self.hub_socket = os.path.join(runtime_dir, f"rtserver-{os.getpid()}.sock")
-        hub = BusHub(
-            HubSettings(socket_path=self.hub_socket, expected_workers=self.s.workers,
-                        max_worker_buffer=self.s.hub_max_worker_buffer,
-                        collect_timeout=self.s.collect_timeout),
-            local_metrics=lambda: REGISTRY.render({"worker": "supervisor"}))
-        await hub.start()
+        try:
+            remove_stale_runtime(runtime_dir or tempfile.gettempdir(), temporary)
+            if temporary:
+                runtime_dir = tempfile.mkdtemp(prefix=f"rtserver-{os.getpid()}-")
+            else:
+                os.makedirs(runtime_dir, mode=0o700, exist_ok=True)
+            self.hub_socket = os.path.join(runtime_dir, f"rtserver-{os.getpid()}.sock")
+            hub = BusHub(
+                HubSettings(socket_path=self.hub_socket, expected_workers=self.s.workers,
+                            max_worker_buffer=self.s.hub_max_worker_buffer,
+                            collect_timeout=self.s.collect_timeout),
+                local_metrics=lambda: REGISTRY.render({"worker": "supervisor"}))
+            await hub.start()
+        except OSError as exc:
+            placeholder.close()
+            shown = runtime_dir or tempfile.gettempdir()
+            raise StartupError(
+                EXIT_RUNTIME_DIR,
+                f"runtime directory {shown} is not usable ({type(exc).__name__}: {exc})",
+                "make it a directory this user can write (workers.runtime_dir in the config "
+                "file; empty = a fresh directory in the system temp folder, TMPDIR)") from exc
         self.hub = hub
         for sig in (signal.SIGTERM, signal.SIGINT):
             self.loop.add_signal_handler(sig, self.on_signal, sig)
@@ -480,15 +564,16 @@ def build_worker_bus(ctx: WorkerContext, plan: WorkerBusPlan) -> tuple[Bus, Embe
 
 
 def run_worker_server(config: Config, plan: WorkerBusPlan, jwt_secret: str,
-                      ctx: WorkerContext) -> None:
-    """Body of one worker process: the lead's RtServer on the shared port, cluster HTTP."""
-    import uvloop
+                      sources: dict[str, str], ctx: WorkerContext) -> None:
+    """Body of one worker process: the lead's RtServer on the shared port, cluster HTTP.
 
-    from rtserver.config import masked
+    ``sources``: the non-shipped keys and where they came from (``config`` log line).
+    """
+    import uvloop
 
     jsonlog.configure(config.server.log_level)
     jsonlog.set_worker(ctx.worker_id)
-    _log.info("config", effective=masked(config))
+    _log.info("config", effective=masked(config), sources=sources)
     bus, hub = build_worker_bus(ctx, plan)
     sock = make_reuseport_socket(ctx.host, ctx.port, ctx.backlog)
     from rtserver.server import RtServer
@@ -520,7 +605,8 @@ def plan_from_config(config: Config) -> tuple[SupervisorSettings, WorkerBusPlan]
     return settings, plan
 
 
-def serve_workers(config: Config, settings: SupervisorSettings, plan: WorkerBusPlan) -> int:
+def serve_workers(config: Config, settings: SupervisorSettings, plan: WorkerBusPlan, *,
+                  sources: dict[str, str]) -> int:
     """``rtserver serve --workers N``: run the supervisor with real server workers.
 
     The JWT secret is resolved once here (``--dev`` generates one throw-away
@@ -532,5 +618,5 @@ def serve_workers(config: Config, settings: SupervisorSettings, plan: WorkerBusP
 
     jsonlog.configure(config.server.log_level)
     secret = resolve_secret(config)
-    main = functools.partial(run_worker_server, config, plan, secret)
+    main = functools.partial(run_worker_server, config, plan, secret, sources)
     return run_supervisor(settings, main, loop_factory=uvloop.new_event_loop)

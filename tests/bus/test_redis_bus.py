@@ -155,15 +155,28 @@ async def test_presence_of_a_dead_node_expires(make_bus, prefix: str) -> None:  
         assert proc.stdout is not None
         line = await asyncio.to_thread(proc.stdout.readline)
         assert line.strip() == b"joined"
-        await asyncio.sleep(1.2)  # longer than the TTL: the live node keeps refreshing
+        # The live node keeps refreshing: wait until its entry's expiry (the zset score)
+        # has been pushed forward twice, i.e. past the expiry it had when it joined, rather
+        # than sleeping for longer than the TTL (a stalled child would then miss it).
+        raw = aioredis.from_url(SHARED_URL)
+        try:
+            expiries: list[float] = []
+            async with asyncio.timeout(10):
+                while len(set(expiries)) < 3:
+                    scores = await raw.zrange(f"{prefix}:pres:p", 0, -1, withscores=True)
+                    assert len(scores) == 1, scores
+                    if not expiries or scores[0][1] > expiries[-1]:
+                        expiries.append(scores[0][1])
+                    await asyncio.sleep(0.05)
+        finally:
+            await raw.aclose()
+        assert expiries == sorted(expiries)
         assert (await a.presence("p", 10)).count == 1
         proc.send_signal(signal.SIGKILL)
         proc.wait()
-        for _ in range(40):
-            if (await a.presence("p", 10)).count == 0:
-                break
-            await asyncio.sleep(0.1)
-        assert (await a.presence("p", 10)).count == 0
+        async with asyncio.timeout(10):  # expires within presence_ttl (1 s) of the kill
+            while (await a.presence("p", 10)).count != 0:
+                await asyncio.sleep(0.1)
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -49,6 +49,11 @@ async def test_database_outage_degrades_and_recovers(private_pg: PgInstance,
     sub = await connect_client(token(rooms=["bench:*"]), srv=server)
     pub = await connect_client(token(perms=["publish"], rooms=["bench:*"]), srv=server)
     await sub.request({"type": "subscribe", "room": "bench:outage"}, "subscribed")
+    # The connect-time notification claim runs before the server reads a connection's
+    # first frame: a ping answered (and no error before it) proves both claims finished
+    # while the database was still up, so none of them can meet the outage below.
+    for client in (sub, pub):
+        await client.request({"type": "ping"}, "pong")
     assert (await asyncio.to_thread(healthz, port))[0] == 200
 
     await asyncio.to_thread(private_pg.stop)

@@ -86,7 +86,12 @@ async def test_monitoring_stream_content_and_stop(domain_server: Any, ws: Any) -
     assert stopped == {"type": "stream_stopped", "stream": "monitoring", "was_running": True,
                        "id": 2}
     assert not domain_tasks()
-    await asyncio.sleep(0.3)  # three intervals: nothing more may come
+    # Three intervals, counted by a second monitoring client instead of a sleep: the
+    # stopped stream may send nothing more meanwhile.
+    witness = await ws(server, admin())
+    await monitoring(witness)
+    for _ in range(3):
+        await recv_until(witness, "system_metrics")
     await nothing_but_pong(client)
 
 
