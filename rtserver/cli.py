@@ -126,6 +126,10 @@ def _add_serve_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--database", metavar="DSN",
                    help="PostgreSQL DSN: enables records, notifications, quotes, dashboards "
                    "(RTSERVER_DATABASE, database.dsn; default none)")
+    p.add_argument("--domains", metavar="LIST",
+                   help="domain plugins, comma-separated: built-in names or module:Class; "
+                   "'' runs the real-time core alone (RTSERVER_DOMAINS, domains.enabled; "
+                   "default insurance)")
     p.add_argument("--fanout", choices=["compiled", "python"],
                    help="fan-out core (RTSERVER_FANOUT); python = the slower reference")
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"],
