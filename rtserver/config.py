@@ -455,7 +455,9 @@ def load_layers(
         if name not in ENV_FLAGS:
             raise ConfigError(f"unknown flag {name!r}")
         section, key = ENV_FLAGS[name]
-        if isinstance(value, str) and section == "workers" and key == "count":
+        if isinstance(value, str) and (
+                (section == "workers" and key == "count") or (section, key) == ("domains",
+                                                                                  "enabled")):
             value = _coerce_env(section, key, value)
         raw.setdefault(section, {})[key] = value
         sources[f"{section}.{key}"] = _flag_name(name)
