@@ -14,6 +14,7 @@ from conftest import token
 from rtserver.handlers import domain_of
 from rtserver.store import Store
 from tests.handlers.helpers import recv_until
+from tests.store import pgutil
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -59,7 +60,7 @@ async def test_racing_editors_across_workers_see_the_winner(
     first, second = await two_workers(bus_hub, domain_server)
     store = first.node.store
     assert isinstance(store, Store)
-    quote = await store.insert_quote(customer_id=None, state="OR", status="draft",
+    quote = await pgutil.insert_quote(store, customer_id=None, state="OR", status="draft",
                                      total_premium=None, fields={}, created_at=None)
     qid = str(quote.id)
     tok = token(perms=["quote:read", "quote:write"], rooms=[f"quote:{qid}"])
