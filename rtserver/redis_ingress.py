@@ -10,18 +10,20 @@ server runs wait in the list.
 
 Invalid payloads are logged with the reason and counted; Redis errors are
 logged, reported through ``on_state_change`` (health, admin alert) and retried
-with backoff and jitter.
+with :class:`rtserver.backoff.BackoffPolicy` (``bus.reconnect_backoff_base``
+doubling up to ``bus.reconnect_backoff_max``, ``bus.reconnect_jitter``), each
+attempt logged (``redis_ingress_error``).
 """
 
 from __future__ import annotations
 
 import asyncio
-import random
 from collections.abc import Awaitable, Callable
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+from rtserver.backoff import BackoffPolicy
 from rtserver.jsonlog import get_logger
 from rtserver.metrics import REGISTRY
 from rtserver.store.ingress import IngressInvalid, IngressPayload, decode_ingress
@@ -38,18 +40,22 @@ FAILED = REGISTRY.counter("rtserver_redis_ingress_handler_errors_total",
 
 
 class RedisIngress:
-    """Take ingress payloads from a Redis list, one worker per payload."""
+    """Take ingress payloads from a Redis list, one worker per payload.
+
+    ``block_timeout`` is ``bus.ingress_block_timeout``; ``backoff_base``,
+    ``backoff_max`` and ``jitter`` are ``bus.reconnect_backoff_base``,
+    ``bus.reconnect_backoff_max`` and ``bus.reconnect_jitter``.
+    """
 
     def __init__(self, url: str, key: str,
                  handler: Callable[[IngressPayload], Awaitable[None]], *,
-                 block_timeout: float, backoff_base: float, backoff_max: float,
+                 block_timeout: float, backoff_base: float, backoff_max: float, jitter: float,
                  on_state_change: Callable[[bool, str | None], None]) -> None:
         self.url = url
         self.key = key
         self._handler = handler
         self._block_timeout = block_timeout
-        self._backoff_base = backoff_base
-        self._backoff_max = backoff_max
+        self._backoff = BackoffPolicy(backoff_base, backoff_max, jitter)
         self._on_state_change = on_state_change
         self._task: asyncio.Task[None] | None = None
         self._ok = True
@@ -88,8 +94,7 @@ class RedisIngress:
                     await self._handle(raw if isinstance(raw, bytes) else raw.encode())
             except (RedisError, OSError) as exc:
                 attempt += 1
-                delay = min(self._backoff_max, self._backoff_base * 2 ** min(attempt - 1, 20))
-                delay *= 0.5 + random.random() / 2
+                delay = self._backoff.delay(attempt)
                 reason = f"redis ingress unavailable: {exc}"
                 self._state(False, reason)
                 log.error("redis_ingress_error", key=self.key, error=str(exc), attempt=attempt,

@@ -338,7 +338,7 @@ class RtServer:
                 bus_cfg.redis_url, bus_cfg.ingress_key, dispatcher,
                 block_timeout=bus_cfg.ingress_block_timeout,
                 backoff_base=bus_cfg.reconnect_backoff_base,
-                backoff_max=bus_cfg.reconnect_backoff_max,
+                backoff_max=bus_cfg.reconnect_backoff_max, jitter=bus_cfg.reconnect_jitter,
                 on_state_change=lambda ok, reason: node.set_degraded("redis_ingress", not ok,
                                                                      reason))
             self.redis_ingress.start()

@@ -17,7 +17,6 @@ from rtserver.store.ingress import (
     AnalyticsEvent,
     CalculationProgress,
     IngressHandler,
-    IngressHealth,
     IngressInvalid,
     IngressListener,
     IngressPayload,
@@ -60,7 +59,7 @@ from rtserver.store.models import (
     decode_json,
 )
 from rtserver.store.postgres import ALERT_SEVERITIES, Store, StoreUnavailable
-from rtserver.store.recorder import CloseReport, ConnectionRecorder, RecorderHealth
+from rtserver.store.recorder import CloseReport, ConnectionRecorder
 
 __all__ = [
     "ALERT_SEVERITIES",
@@ -78,7 +77,6 @@ __all__ = [
     "Customer",
     "Dashboard",
     "IngressHandler",
-    "IngressHealth",
     "IngressInvalid",
     "IngressListener",
     "IngressPayload",
@@ -91,7 +89,6 @@ __all__ = [
     "QuoteNotFound",
     "QuoteUpdate",
     "QuotesDashboard",
-    "RecorderHealth",
     "RoomPublish",
     "SchemaAhead",
     "SchemaBehind",

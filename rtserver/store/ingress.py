@@ -45,19 +45,17 @@ from typing import Annotated, Literal
 import asyncpg
 import msgspec
 
+from rtserver.backoff import BackoffPolicy
 from rtserver.jsonlog import get_logger
 from rtserver.metrics import REGISTRY
-from rtserver.store.postgres import TRANSIENT_ERRORS, encode_json
+from rtserver.store.pool import TRANSIENT_ERRORS, encode_json
 
 __all__ = [
-    "DEFAULT_CHANNEL_DOC",
-    "INGRESS_MESSAGES",
     "NOTIFY_PAYLOAD_MAX",
     "AlertEvent",
     "AnalyticsEvent",
     "CalculationProgress",
     "IngressHandler",
-    "IngressHealth",
     "IngressInvalid",
     "IngressListener",
     "IngressMessage",
@@ -74,9 +72,6 @@ __all__ = [
     "send_user_notification",
     "validate_channel",
 ]
-
-DEFAULT_CHANNEL_DOC = "rtserver_ingress"
-"""The channel name documented for backends (configured as ``database.ingress_channel``)."""
 
 NOTIFY_PAYLOAD_MAX = 7999
 """Largest NOTIFY payload PostgreSQL accepts, in bytes (it must be shorter than 8000)."""
@@ -180,10 +175,6 @@ IngressPayload = (
     RoomPublish | UserNotify | QuoteUpdate | CalculationProgress | AnalyticsEvent | AlertEvent
 )
 """Every ingress message (a tagged union on ``type``)."""
-
-INGRESS_MESSAGES: tuple[type[IngressMessage], ...] = (
-    RoomPublish, UserNotify, QuoteUpdate, CalculationProgress, AnalyticsEvent, AlertEvent,
-)
 
 IngressHandler = Callable[[IngressPayload], Awaitable[None]]
 """Receives each valid ingress message, one at a time in arrival order."""
@@ -291,26 +282,6 @@ async def send_user_notification(
     return int(notification_id)
 
 
-class IngressHealth(msgspec.Struct, frozen=True):
-    """State of the listener for ``/healthz`` and admin metrics.
-
-    ``state``: ``starting``, ``listening`` (this process acts on NOTIFYs),
-    ``standby`` (another process holds the leader lock), ``reconnecting``
-    or ``closed``. ``ok`` is true when listening or standing by.
-    """
-
-    ok: bool
-    state: Literal["starting", "listening", "standby", "reconnecting", "closed"]
-    reason: str | None
-    channel: str
-    received: int
-    invalid: int
-    handled: int
-    handler_errors: int
-    dropped: int
-    reconnects: int
-
-
 class IngressListener:
     """Listen on ``channel`` and hand each valid message to ``handler``, in order.
 
@@ -325,7 +296,9 @@ class IngressListener:
     * ``keepalive_interval``: seconds between ``SELECT 1`` probes of the
       LISTEN connection (detects a dead connection without traffic).
     * ``reconnect_backoff_base`` / ``reconnect_backoff_max``: seconds before
-      reconnecting, doubling up to the maximum.
+      reconnecting, doubling up to the maximum (a
+      :class:`~rtserver.backoff.BackoffPolicy` without jitter); every attempt
+      is logged (``ingress_reconnecting``).
     * ``max_pending``: valid messages waiting for the handler; beyond it
       messages are dropped (counted and logged).
     * ``elect_leader``: hold the channel's advisory lock so that exactly one
@@ -363,8 +336,7 @@ class IngressListener:
         self._handler = handler
         self._connect_timeout = connect_timeout
         self._keepalive = keepalive_interval
-        self._backoff_base = reconnect_backoff_base
-        self._backoff_max = reconnect_backoff_max
+        self._backoff = BackoffPolicy(reconnect_backoff_base, reconnect_backoff_max)
         self._elect = elect_leader
         self._standby_retry = standby_retry_interval
         self._on_state_change = on_state_change
@@ -372,35 +344,13 @@ class IngressListener:
         self._state: Literal["starting", "listening", "standby", "reconnecting", "closed"] = (
             "starting"
         )
-        self._reason: str | None = None
         self._reported_ok = True
-        self._received = 0
-        self._invalid = 0
-        self._handled = 0
-        self._handler_errors = 0
-        self._dropped = 0
-        self._reconnects = 0
         self._stop: asyncio.Future[None] | None = None
         self._lost: asyncio.Future[None] | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._listening = asyncio.Event()
 
     # ------------------------------------------------------------ state
-
-    def health(self) -> IngressHealth:
-        """Current state and counters (no I/O)."""
-        return IngressHealth(
-            ok=self._state in ("listening", "standby"),
-            state=self._state,
-            reason=self._reason,
-            channel=self.channel,
-            received=self._received,
-            invalid=self._invalid,
-            handled=self._handled,
-            handler_errors=self._handler_errors,
-            dropped=self._dropped,
-            reconnects=self._reconnects,
-        )
 
     def _set_state(
         self,
@@ -409,7 +359,6 @@ class IngressListener:
     ) -> None:
         previous = self._state
         self._state = state
-        self._reason = reason
         if state == "listening":
             self._listening.set()
         else:
@@ -470,7 +419,6 @@ class IngressListener:
                     raise
         left = self._queue.qsize()
         if left:
-            self._dropped += left
             _dropped.inc(amount=left)
             _log.error("ingress_dropped_at_shutdown", count=left, channel=self.channel)
         self._set_state("closed", None)
@@ -480,13 +428,11 @@ class IngressListener:
     def _on_notify(
         self, conn: object, pid: int, channel: str, payload: object
     ) -> None:
-        self._received += 1
         _received.inc()
         text = payload if isinstance(payload, str) else str(payload)
         try:
             message = decode_ingress(text)
         except IngressInvalid as exc:
-            self._invalid += 1
             _invalid.inc(exc.kind)
             _log.warning("ingress_invalid", channel=channel, sender_pid=pid, kind=exc.kind,
                          reason=str(exc),
@@ -495,7 +441,6 @@ class IngressListener:
         try:
             self._queue.put_nowait(message)
         except asyncio.QueueFull:
-            self._dropped += 1
             _dropped.inc()
             _log.error("ingress_dropped", channel=channel, type=type(message).__name__,
                        reason="handler queue full",
@@ -507,12 +452,9 @@ class IngressListener:
             try:
                 await self._handler(message)
             except Exception as exc:  # noqa: BLE001 - one bad message must not stop ingress
-                self._handler_errors += 1
                 _handler_errors.inc()
                 _log.error("ingress_handler_failed", type=type(message).__name__,
                            error=repr(exc))
-            else:
-                self._handled += 1
 
     def _on_terminate(self, conn: object) -> None:
         if self._lost is not None and not self._lost.done():
@@ -527,7 +469,7 @@ class IngressListener:
     async def _run(self) -> None:
         failures = 0
         while True:
-            delay = self._backoff_base
+            delay = self._backoff.delay(1)
             conn: asyncpg.Connection | None = None
             try:
                 conn = await asyncpg.connect(
@@ -559,9 +501,8 @@ class IngressListener:
                     await conn.fetchval("SELECT 1", timeout=self._connect_timeout)
             except TRANSIENT_ERRORS as exc:  # ConnectionError is an OSError
                 failures += 1
-                self._reconnects += 1
                 _reconnects.inc()
-                delay = min(self._backoff_base * 2 ** (failures - 1), self._backoff_max)
+                delay = self._backoff.delay(failures)
                 reason = f"LISTEN connection failed: {exc!r}"
                 self._set_state("reconnecting", reason)
                 _log.warning("ingress_reconnecting", channel=self.channel, error=repr(exc),

@@ -278,11 +278,14 @@ async def test_ingress_reaches_room_and_user_across_two_workers(make_server: Ser
                 socket_path=path, worker_id=worker, request_timeout=5.0, connect_timeout=2.0,
                 reconnect=ReconnectPolicy(initial_delay=0.05, max_delay=0.3, jitter=0.2)))
             servers.append(await make_server(db_config(db_dsn), bus=bus, worker_id=worker))
-        leaders = [s for s in servers if s.ingress.health().state == "listening"]
-        async with asyncio.timeout(10):
-            while len(leaders) != 1:
-                await asyncio.sleep(0.05)
-                leaders = [s for s in servers if s.ingress.health().state == "listening"]
+        # Exactly one worker's listener holds the leader lock and listens.
+        waits = {asyncio.ensure_future(s.ingress.wait_listening(10)): s for s in servers}
+        done, pending = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+        leaders = [waits[t] for t in done if t.exception() is None]
+        assert len(leaders) == 1
         user = str(uuid.uuid4())
         members = []
         for srv in servers:

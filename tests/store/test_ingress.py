@@ -29,11 +29,17 @@ from rtserver.store import (
     send_ingress,
     send_user_notification,
 )
+from tests.store import pgutil
 from tests.store.pgutil import wait_until
 
 pytestmark = pytest.mark.timeout(60)
 
 Handler = Callable[[IngressPayload], object]
+
+# Process-wide counters (tests run one at a time: deltas are this test's).
+RECEIVED = REGISTRY.counter("rtserver_ingress_received_total", "")
+HANDLER_ERRORS = REGISTRY.counter("rtserver_ingress_handler_errors_total", "")
+DROPPED = REGISTRY.counter("rtserver_ingress_dropped_total", "")
 
 
 def _channel() -> str:
@@ -41,7 +47,8 @@ def _channel() -> str:
 
 
 def _listener(dsn: str, channel: str, received: list[IngressPayload], *,
-              elect_leader: bool = False, fail_on: str | None = None) -> IngressListener:
+              elect_leader: bool = False, fail_on: str | None = None,
+              states: list[tuple[bool, str | None]] | None = None) -> IngressListener:
     async def handler(message: IngressPayload) -> None:
         if fail_on is not None and isinstance(message, RoomPublish) and message.room == fail_on:
             raise RuntimeError("handler failure for the test")
@@ -50,8 +57,21 @@ def _listener(dsn: str, channel: str, received: list[IngressPayload], *,
     return IngressListener(
         dsn, channel, handler, connect_timeout=5.0, keepalive_interval=1.0,
         reconnect_backoff_base=0.05, reconnect_backoff_max=0.5, max_pending=100,
-        elect_leader=elect_leader, standby_retry_interval=0.1, on_state_change=None,
+        elect_leader=elect_leader, standby_retry_interval=0.1,
+        on_state_change=None if states is None else (
+            lambda ok, reason: states.append((ok, reason))),
     )
+
+
+async def _listen_connections(dsn: str, channel: str) -> int:
+    """How many LISTEN connections of ``channel``'s listeners are open (pg_stat_activity)."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        n = await conn.fetchval("SELECT count(*) FROM pg_stat_activity "
+                                "WHERE application_name = $1", f"rtserver-ingress-{channel}")
+    finally:
+        await conn.close()
+    return int(n)
 
 
 async def _send(dsn: str, channel: str, payload: bytes) -> None:
@@ -112,14 +132,17 @@ def test_decode_every_message_type() -> None:
 async def test_notify_reaches_handler_in_order_and_invalid_is_counted(pg_dsn: str) -> None:
     channel = _channel()
     received: list[IngressPayload] = []
-    listener = _listener(pg_dsn, channel, received, fail_on="boom:1")
+    states: list[tuple[bool, str | None]] = []
+    listener = _listener(pg_dsn, channel, received, fail_on="boom:1", states=states)
     invalid_metric = REGISTRY.counter("rtserver_ingress_invalid_total", "", ("kind",))
     schema_before = invalid_metric.get("schema")
     json_before = invalid_metric.get("not_json")
+    received_before, errors_before = RECEIVED.get(), HANDLER_ERRORS.get()
+    dropped_before = DROPPED.get()
     listener.start()
     try:
         await listener.wait_listening(10)
-        assert listener.health().ok and listener.health().state == "listening"
+        assert states == []  # listening, never reported unavailable
         for i in range(5):
             await _send(pg_dsn, channel,
                         b'{"type":"room_publish","room":"bench:r","data":%d}' % i)
@@ -128,11 +151,11 @@ async def test_notify_reaches_handler_in_order_and_invalid_is_counted(pg_dsn: st
         await _send(pg_dsn, channel, b'{"type":"room_publish","room":"boom:1","data":0}')
         await _send(pg_dsn, channel,
                     b'{"type":"user_notify","user":"u1","title":"t","body":"b","data":{"x":1}}')
-        await wait_until(lambda: listener.health().handled + listener.health().handler_errors
-                         == 7, 10, "all messages handled")
-        health = listener.health()
-        assert health.received == 9 and health.invalid == 2
-        assert health.handler_errors == 1 and health.handled == 6 and health.dropped == 0
+        await wait_until(lambda: len(received) + HANDLER_ERRORS.get() - errors_before == 7,
+                         10, "all messages handled")
+        assert RECEIVED.get() - received_before == 9
+        assert HANDLER_ERRORS.get() - errors_before == 1 and len(received) == 6
+        assert DROPPED.get() == dropped_before
         rooms = [bytes(m.data) for m in received if isinstance(m, RoomPublish)]
         assert rooms == [b"0", b"1", b"2", b"3", b"4"]
         assert isinstance(received[-1], UserNotify) and received[-1].user == "u1"
@@ -140,7 +163,8 @@ async def test_notify_reaches_handler_in_order_and_invalid_is_counted(pg_dsn: st
         assert invalid_metric.get("not_json") == json_before + 1
     finally:
         await listener.close()
-    assert listener.health().state == "closed"
+    with pytest.raises(TimeoutError):  # closed: no longer listening
+        await listener.wait_listening(0)
 
 
 async def test_send_rejects_too_large_and_invalid(pg_dsn: str) -> None:
@@ -185,7 +209,7 @@ async def test_send_user_notification_is_stored_and_announced(pg_dsn: str,
     message = received[0]
     assert isinstance(message, UserNotify) and message.notification_id == nid
     assert message.user == user and msgspec.json.decode(message.data) == {"quote": 1}
-    pending = await store.pending_notifications(user, limit=10)
+    pending = await pgutil.pending_notifications(store, user, limit=10)
     assert [(n.id, n.title) for n in pending] == [(nid, "Quote ready")]
     stored = await store.get_notification(nid)
     assert stored is not None and stored.user_id == user and stored.body == "Your quote is ready"
@@ -199,11 +223,18 @@ async def test_exactly_one_leader_acts_and_standby_takes_over(pg_dsn: str) -> No
     a = _listener(pg_dsn, channel, got_a, elect_leader=True)
     a.start()
     await a.wait_listening(10)
-    b = _listener(pg_dsn, channel, got_b, elect_leader=True)
+    b_states: list[tuple[bool, str | None]] = []
+    b = _listener(pg_dsn, channel, got_b, elect_leader=True, states=b_states)
+    assert await _listen_connections(pg_dsn, channel) == 1
     b.start()
     try:
-        await wait_until(lambda: b.health().state == "standby", 10, "standby")
-        assert b.health().ok
+        # b connected while a holds the leader lock: b stands by (and reports no failure).
+        async with asyncio.timeout(10):
+            while await _listen_connections(pg_dsn, channel) != 2:
+                await asyncio.sleep(0.02)
+        assert b_states == []
+        with pytest.raises(TimeoutError):
+            await b.wait_listening(0)
         for i in range(3):
             await _send(pg_dsn, channel, b'{"type":"room_publish","room":"r","data":%d}' % i)
         await wait_until(lambda: len(got_a) == 3, 10, "leader receives")
@@ -232,14 +263,15 @@ async def test_full_queue_drops_are_counted(pg_dsn: str) -> None:
         reconnect_backoff_base=0.05, reconnect_backoff_max=0.5, max_pending=2,
         elect_leader=False, standby_retry_interval=0.1, on_state_change=None,
     )
+    received_before, dropped_before = RECEIVED.get(), DROPPED.get()
     listener.start()
     try:
         await listener.wait_listening(10)
         for i in range(5):
             await _send(pg_dsn, channel, b'{"type":"room_publish","room":"r","data":%d}' % i)
         # One message is in the handler, two wait in the queue, two are dropped.
-        await wait_until(lambda: listener.health().received == 5, 10, "all received")
-        assert listener.health().dropped == 2
+        await wait_until(lambda: RECEIVED.get() - received_before == 5, 10, "all received")
+        assert DROPPED.get() - dropped_before == 2
         release.set()
         await wait_until(lambda: len(handled) == 3, 10, "queued ones handled")
         assert [bytes(m.data) for m in handled if isinstance(m, RoomPublish)] == [

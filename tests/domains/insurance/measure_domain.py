@@ -27,6 +27,7 @@ from conftest import SECRET, make_config, token
 from rtserver.domains.insurance.analytics import QUERIES
 from rtserver.server import RtServer
 from tests.domains.insurance.conftest import SETTINGS
+from tests.store import pgutil
 from tests.store.pgutil import create_database, drop_database, make_store, migrate
 
 EDITS = 1000
@@ -65,7 +66,7 @@ async def main() -> None:
 async def measure_edits(server: RtServer) -> None:
     store = server.node.store
     assert store is not None
-    quote = await store.insert_quote(customer_id=None, state="CA", status="draft",
+    quote = await pgutil.insert_quote(store, customer_id=None, state="CA", status="draft",
                                      total_premium=None, fields={}, created_at=None)
     tok = token(perms=["quote:read", "quote:write"], rooms=[f"quote:{quote.id}"])
     url = f"ws://127.0.0.1:{server.port}/ws?token={tok}"

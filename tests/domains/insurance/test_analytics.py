@@ -22,6 +22,7 @@ from tests.domains.insurance.helpers import (
     recv_until,
     wait_until,
 )
+from tests.store import pgutil
 from tests.store.pgutil import TempDatabase
 
 pytestmark = pytest.mark.timeout(60)
@@ -38,8 +39,8 @@ def analytics_dsn() -> Iterator[str]:
 
 async def seed(store: Store) -> None:
     now = datetime.now(UTC)
-    c1 = await store.insert_customer(email="c1@example.test", name="C1", state="CA")
-    c2 = await store.insert_customer(email="c2@example.test", name="C2", state="NY")
+    c1 = await pgutil.insert_customer(store, email="c1@example.test", name="C1", state="CA")
+    c2 = await pgutil.insert_customer(store, email="c2@example.test", name="C2", state="NY")
     rows = [
         (c1.id, "CA", "draft", 100.0, now - timedelta(minutes=10)),
         (c1.id, "CA", "quoted", 200.0, now - timedelta(minutes=20)),
@@ -48,7 +49,7 @@ async def seed(store: Store) -> None:
         (c2.id, "CA", "quoted", 50.0, now - timedelta(hours=48)),
     ]
     for customer_id, state, status, premium, created in rows:
-        await store.insert_quote(customer_id=customer_id, state=state, status=status,
+        await pgutil.insert_quote(store, customer_id=customer_id, state=state, status=status,
                                  total_premium=premium, fields={}, created_at=created)
 
 

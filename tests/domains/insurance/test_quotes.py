@@ -18,6 +18,7 @@ from tests.domains.insurance.helpers import (
     recv_until,
     wait_until,
 )
+from tests.store import pgutil
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -32,7 +33,7 @@ async def new_quote(server: RtServer, *, customer: uuid.UUID | None = None,
             await conn.execute("INSERT INTO customers (id, email, state) VALUES ($1, $2, 'CA')",
                                customer, f"{customer}@example.test")
         customer_id = customer
-    return await store.insert_quote(customer_id=customer_id, state="CA", status="draft",
+    return await pgutil.insert_quote(store, customer_id=customer_id, state="CA", status="draft",
                                     total_premium=None, fields=fields or {"driver_name": "Ann"},
                                     created_at=None)
 

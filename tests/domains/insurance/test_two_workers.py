@@ -13,6 +13,7 @@ import pytest
 from conftest import token
 from rtserver.store import Store
 from tests.domains.insurance.helpers import insurance, recv_until
+from tests.store import pgutil
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -58,7 +59,7 @@ async def test_racing_editors_across_workers_see_the_winner(
     first, second = await two_workers(bus_hub, domain_server)
     store = first.node.store
     assert isinstance(store, Store)
-    quote = await store.insert_quote(customer_id=None, state="OR", status="draft",
+    quote = await pgutil.insert_quote(store, customer_id=None, state="OR", status="draft",
                                      total_premium=None, fields={}, created_at=None)
     qid = str(quote.id)
     tok = token(perms=["quote:read", "quote:write"], rooms=[f"quote:{qid}"])
