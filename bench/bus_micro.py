@@ -33,20 +33,18 @@ import uuid
 
 import redis.asyncio as aioredis
 
-from rtserver.bus.base import Bus, BusHealth
-from rtserver.bus.embedded import (
-    BusHub,
-    EmbeddedBus,
-    EmbeddedBusSettings,
-    HubSettings,
-    ReconnectPolicy,
-)
+from rtserver.backoff import BackoffPolicy
+from rtserver.bus.base import Bus, BusHealth, InterestSnapshot
+from rtserver.bus.embedded_client import EmbeddedBus
+from rtserver.bus.embedded_server import EmbeddedBusServer
+from rtserver.bus.embedded_settings import EmbeddedBusServerSettings, EmbeddedBusSettings
 from rtserver.bus.local import LocalBus
-from rtserver.bus.redis_bus import RedisBus, RedisBusSettings, default_node_id
+from rtserver.bus.redis_bus import RedisBus
+from rtserver.bus.redis_settings import RedisBusSettings, default_node_id
 
 __all__ = ["main"]
 
-RECONNECT = ReconnectPolicy(initial_delay=0.1, max_delay=1.0, jitter=0.2)
+RECONNECT = BackoffPolicy(initial_delay=0.1, max_delay=1.0, jitter=0.2)
 BODY = b'{"type":"message","room":"bench:bus","from":"u","data":{"price":1234.5,"n":1}}'
 ROOM = "bench:bus"
 
@@ -74,6 +72,10 @@ class Counter:
         if not health.ok:
             print(f"bus degraded during the bench: {health.reason}")
 
+    def interest_snapshot(self) -> InterestSnapshot:
+        """Nothing to re-declare: a bench run with a reconnect is reported as degraded."""
+        return InterestSnapshot(rooms=[], users=[], presence=[])
+
 
 def _hub_process(
     path: str,
@@ -82,8 +84,8 @@ def _hub_process(
     use_uvloop: bool,
 ) -> None:
     async def run() -> None:
-        hub = BusHub(
-            HubSettings(
+        hub = EmbeddedBusServer(
+            EmbeddedBusServerSettings(
                 socket_path=path,
                 expected_workers=2,
                 max_worker_buffer=256 * 1024 * 1024,
@@ -322,6 +324,10 @@ class _Both:
 
     def on_bus_state(self, health: BusHealth) -> None:
         """Unused."""
+
+    def interest_snapshot(self) -> InterestSnapshot:
+        """LocalBus never reconnects."""
+        return InterestSnapshot(rooms=[], users=[], presence=[])
 
 
 def main(argv: list[str] | None = None) -> None:

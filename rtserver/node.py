@@ -30,6 +30,7 @@ from rtserver.bus.base import (
     BusUnavailable,
     InterestSnapshot,
     PresenceMember,
+    StreamPosition,
     with_seq,
 )
 from rtserver.config import Config, NamespaceConfig
@@ -132,6 +133,9 @@ class Node:
         self.fanout: Any = None
         self.degraded: dict[str, str] = {}
         self._interest: dict[str, asyncio.Future[None]] = {}
+        # The last position delivered per local room (re-declared to the bus after a
+        # reconnect: InterestSnapshot.positions).
+        self._positions: dict[str, StreamPosition] = {}
         self._excludes: dict[tuple[str, bytes], tuple[Any, float]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._heartbeat_task: asyncio.Task[None] | None = None
@@ -408,6 +412,7 @@ class Node:
     async def _after_leave(self, conn: Connection, room: str, last: bool) -> None:
         if last:
             self._interest.pop(room, None)
+            self._positions.pop(room, None)
             await self._bus_call(self.bus.remove_interest(room), "remove_interest")
         _, _, rules = self.policy.namespace(room)
         member = PresenceMember(user=conn.user or "", connection_id=conn.id)
@@ -539,6 +544,7 @@ class Node:
         sinks = self.hub.rooms.get(room)
         if not sinks:
             return
+        self._positions[room] = StreamPosition(epoch="", seq=seq)
         n = self.fanout.send_many(sinks, with_seq(body, seq), exclude)
         DELIVERIES.inc(amount=n)
 
@@ -574,8 +580,10 @@ class Node:
                 if self.policy.namespace(room)[2].presence:
                     presence.append(
                         (room, PresenceMember(user=conn.user or "", connection_id=conn.id)))
-        return InterestSnapshot(rooms=[BROADCAST_ROOM, *self.hub.rooms],
-                                users=list(self.hub.by_user), presence=presence)
+        rooms = self.hub.rooms
+        return InterestSnapshot(rooms=[BROADCAST_ROOM, *rooms],
+                                users=list(self.hub.by_user), presence=presence,
+                                positions={r: p for r, p in self._positions.items() if r in rooms})
 
     def set_degraded(self, component: str, degraded: bool, reason: str | None) -> None:
         """Mark ``component`` degraded (with ``reason``) or recovered; announce it."""

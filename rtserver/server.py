@@ -29,8 +29,8 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
 from rtserver import jsonlog
-from rtserver.bus.base import Bus, BusHealth, BusUnavailable
-from rtserver.bus.embedded import EmbeddedBus
+from rtserver.bus.base import Bus, BusHealth, BusUnavailable, InterestSnapshot
+from rtserver.bus.embedded_client import EmbeddedBus
 from rtserver.bus.local import LocalBus
 from rtserver.config import Config, masked
 from rtserver.fanout import load_fanout
@@ -89,6 +89,10 @@ class _HubStateHandler:
     def on_bus_state(self, health: BusHealth) -> None:
         """The hub connection degraded or recovered."""
         self._on_state(health)
+
+    def interest_snapshot(self) -> InterestSnapshot:
+        """Nothing to re-declare: this connection declares no interest."""
+        return InterestSnapshot(rooms=[], users=[], presence=[])
 
 
 # The headers every handled handshake request is left with (shared, empty).

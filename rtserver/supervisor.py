@@ -9,7 +9,7 @@ supervisor process
    (a non-listening socket receives no connections, so the kernel spreads
    connections over the workers' listening sockets only). Holding the
    placeholder also keeps the port reserved while a worker restarts.
-2. runs the :class:`~rtserver.bus.embedded.BusHub` on a Unix socket in the
+2. runs the :class:`~rtserver.bus.embedded_server.EmbeddedBusServer` on a Unix socket in the
    runtime dir (``rtserver-<supervisor pid>.sock``, so several servers may
    share one runtime dir),
 3. starts the workers with ``multiprocessing`` in *spawn* mode (a fresh
@@ -49,15 +49,13 @@ from multiprocessing.process import BaseProcess
 from typing import TYPE_CHECKING, Any
 
 from rtserver import jsonlog
+from rtserver.backoff import BackoffPolicy
 from rtserver.bus.base import Bus
-from rtserver.bus.embedded import (
-    BusHub,
-    EmbeddedBus,
-    EmbeddedBusSettings,
-    HubSettings,
-    ReconnectPolicy,
-)
-from rtserver.bus.redis_bus import RedisBus, RedisBusSettings, default_node_id
+from rtserver.bus.embedded_client import EmbeddedBus
+from rtserver.bus.embedded_server import EmbeddedBusServer
+from rtserver.bus.embedded_settings import EmbeddedBusServerSettings, EmbeddedBusSettings
+from rtserver.bus.redis_bus import RedisBus
+from rtserver.bus.redis_settings import RedisBusSettings, default_node_id
 from rtserver.jsonlog import get_logger
 from rtserver.metrics import REGISTRY
 
@@ -261,7 +259,7 @@ class _Supervisor:
         self.port = 0
         self.hub_socket = ""
         self.restart_handles: dict[int, asyncio.TimerHandle] = {}
-        self.hub: BusHub | None = None
+        self.hub: EmbeddedBusServer | None = None
 
     async def run(self) -> int:
         self.loop = asyncio.get_running_loop()
@@ -275,8 +273,8 @@ class _Supervisor:
         else:
             os.makedirs(runtime_dir, mode=0o700, exist_ok=True)
         self.hub_socket = os.path.join(runtime_dir, f"rtserver-{os.getpid()}.sock")
-        hub = BusHub(
-            HubSettings(socket_path=self.hub_socket, expected_workers=self.s.workers,
+        hub = EmbeddedBusServer(
+            EmbeddedBusServerSettings(socket_path=self.hub_socket, expected_workers=self.s.workers,
                         max_worker_buffer=self.s.hub_max_worker_buffer,
                         collect_timeout=self.s.collect_timeout),
             local_metrics=lambda: REGISTRY.render({"worker": "supervisor"}))
@@ -456,14 +454,14 @@ class WorkerBusPlan:
     The embedded hub connection always exists: it carries the messages when
     ``redis`` is None and the cluster ``/healthz`` and ``/metrics`` in both
     modes. With ``redis`` set, messages go through Redis (``node_id`` is
-    replaced by :func:`~rtserver.bus.redis_bus.default_node_id` per worker).
+    replaced by :func:`~rtserver.bus.redis_settings.default_node_id` per worker).
     """
 
     #: Seconds a hub request may wait ([bus] request_timeout).
     request_timeout: float
     #: Seconds one hub connection attempt may take ([bus] connect_timeout).
     connect_timeout: float
-    reconnect: ReconnectPolicy
+    reconnect: BackoffPolicy
     redis: RedisBusSettings | None
 
 
@@ -501,7 +499,7 @@ def run_worker_server(config: Config, plan: WorkerBusPlan, jwt_secret: str,
 def plan_from_config(config: Config) -> tuple[SupervisorSettings, WorkerBusPlan]:
     """The supervisor settings and the workers' bus plan from the configuration."""
     w, b, s = config.workers, config.bus, config.server
-    rc = ReconnectPolicy(initial_delay=b.reconnect_backoff_base,
+    rc = BackoffPolicy(initial_delay=b.reconnect_backoff_base,
                          max_delay=b.reconnect_backoff_max, jitter=b.reconnect_jitter)
     redis = RedisBusSettings(
         url=b.redis_url, key_prefix=b.redis_key_prefix, node_id="", history_size=b.history_size,

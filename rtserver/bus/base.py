@@ -18,7 +18,8 @@ Payload conventions (bytes, never re-encoded per hop):
 * A user payload and a room event payload are complete server messages.
 
 Implementations: :mod:`rtserver.bus.local` (one process, in memory),
-:mod:`rtserver.bus.embedded` (workers of one machine through the supervisor),
+:mod:`rtserver.bus.embedded_client` (workers of one machine through the
+supervisor's :mod:`rtserver.bus.embedded_server`),
 :mod:`rtserver.bus.redis_bus` (several machines through Redis).
 """
 
@@ -40,6 +41,7 @@ __all__ = [
     "InterestSnapshot",
     "PresenceMember",
     "PresenceSnapshot",
+    "StreamPosition",
     "announce_health",
     "with_seq",
 ]
@@ -71,6 +73,17 @@ class PresenceSnapshot(msgspec.Struct, frozen=True):
     members: list[PresenceMember]
 
 
+class StreamPosition(msgspec.Struct, frozen=True):
+    """A place in a room's stream: ``seq`` within the lineage named ``epoch``.
+
+    ``seq`` values are only comparable within one epoch; the epoch changes
+    whenever the seq authority may have lost the room's state.
+    """
+
+    epoch: str
+    seq: int
+
+
 class InterestSnapshot(msgspec.Struct, frozen=True):
     """What a worker must (re)declare to its bus, derived from the node's Hub.
 
@@ -82,6 +95,9 @@ class InterestSnapshot(msgspec.Struct, frozen=True):
     rooms: list[str]
     users: list[str]
     presence: list[tuple[str, PresenceMember]]
+    #: The last position the node delivered per local room (rooms absent when
+    #: nothing was delivered yet).
+    positions: dict[str, StreamPosition] = msgspec.field(default_factory=dict)
 
 
 class BusHealth(msgspec.Struct, frozen=True):

@@ -30,7 +30,6 @@ __all__ = [
     "K_ADD_USER",
     "K_COLLECT",
     "K_COLLECT_REPLY",
-    "K_ERROR",
     "K_EVENT",
     "K_HELLO",
     "K_LAST_SEQ",
@@ -60,7 +59,7 @@ _LEN: Final = struct.Struct("!I")
 #: Hard upper bound of one frame (64 MiB): a larger length means a corrupt stream.
 MAX_FRAME: Final = 64 * 1024 * 1024
 
-# worker -> hub requests (every one is answered by K_ACK or K_ERROR with the same req)
+# worker -> hub requests (every one is answered by K_ACK with the same req)
 K_HELLO: Final = 1
 K_PUBLISH: Final = 2
 K_LAST_SEQ: Final = 3
@@ -77,7 +76,6 @@ K_STATUS: Final = 13
 K_COLLECT_REPLY: Final = 14
 # hub -> worker
 K_ACK: Final = 32
-K_ERROR: Final = 33
 K_PUB: Final = 34
 K_EVENT: Final = 35
 K_USER: Final = 36
@@ -90,7 +88,7 @@ K_NAMES: Final[dict[int, str]] = {
     K_ADD_USER: "add_user", K_REMOVE_USER: "remove_user", K_ROOM_EVENT: "room_event",
     K_SEND_USER: "send_user", K_PRESENCE_JOIN: "presence_join",
     K_PRESENCE_LEAVE: "presence_leave", K_PRESENCE: "presence", K_STATUS: "status",
-    K_COLLECT_REPLY: "collect_reply", K_ACK: "ack", K_ERROR: "error", K_PUB: "pub",
+    K_COLLECT_REPLY: "collect_reply", K_ACK: "ack", K_PUB: "pub",
     K_EVENT: "event", K_USER: "user", K_COLLECT: "collect",
 }
 

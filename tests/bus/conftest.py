@@ -14,16 +14,13 @@ from typing import Any
 
 import pytest
 
-from rtserver.bus.base import BusHealth
-from rtserver.bus.embedded import (
-    BusHub,
-    EmbeddedBus,
-    EmbeddedBusSettings,
-    HubSettings,
-    ReconnectPolicy,
-)
+from rtserver.backoff import BackoffPolicy
+from rtserver.bus.base import BusHealth, InterestSnapshot, PresenceMember, StreamPosition
+from rtserver.bus.embedded_client import EmbeddedBus
+from rtserver.bus.embedded_server import EmbeddedBusServer
+from rtserver.bus.embedded_settings import EmbeddedBusServerSettings, EmbeddedBusSettings
 
-RECONNECT = ReconnectPolicy(initial_delay=0.05, max_delay=0.2, jitter=0.2)
+RECONNECT = BackoffPolicy(initial_delay=0.05, max_delay=0.2, jitter=0.2)
 
 
 class Recorder:
@@ -35,6 +32,11 @@ class Recorder:
         self.user_messages: list[tuple[str, bytes]] = []
         self.states: list[BusHealth] = []
         self.changed = asyncio.Event()
+        # What the worker holds (set by a test, as the node sets its Hub before calling
+        # the bus): the bus re-declares exactly this after a reconnect.
+        self.rooms: set[str] = set()
+        self.users: set[str] = set()
+        self.presence: set[tuple[str, PresenceMember]] = set()
 
     def on_publication(self, room: str, seq: int, body: bytes) -> None:
         self.publications.append((room, seq, body))
@@ -51,6 +53,14 @@ class Recorder:
     def on_bus_state(self, health: BusHealth) -> None:
         self.states.append(health)
         self.changed.set()
+
+    def interest_snapshot(self) -> InterestSnapshot:
+        positions: dict[str, StreamPosition] = {}
+        for room, seq, _ in self.publications:
+            if room in self.rooms:
+                positions[room] = StreamPosition(epoch="", seq=seq)
+        return InterestSnapshot(rooms=sorted(self.rooms), users=sorted(self.users),
+                                presence=list(self.presence), positions=positions)
 
     def seqs(self, room: str) -> list[int]:
         return [seq for r, seq, _ in self.publications if r == room]
@@ -71,9 +81,10 @@ def runtime_dir() -> Iterator[str]:
     shutil.rmtree(path, ignore_errors=True)
 
 
-def hub_settings(runtime_dir: str, workers: int = 2) -> HubSettings:
-    return HubSettings(socket_path=f"{runtime_dir}/bus.sock", expected_workers=workers,
-                       max_worker_buffer=64 * 1024 * 1024, collect_timeout=2.0)
+def hub_settings(runtime_dir: str, workers: int = 2) -> EmbeddedBusServerSettings:
+    return EmbeddedBusServerSettings(socket_path=f"{runtime_dir}/bus.sock",
+                                     expected_workers=workers,
+                                     max_worker_buffer=64 * 1024 * 1024, collect_timeout=2.0)
 
 
 def bus_settings(runtime_dir: str, worker: int) -> EmbeddedBusSettings:
@@ -82,15 +93,15 @@ def bus_settings(runtime_dir: str, worker: int) -> EmbeddedBusSettings:
 
 
 @pytest.fixture
-async def hub(runtime_dir: str) -> AsyncIterator[BusHub]:
-    h = BusHub(hub_settings(runtime_dir))
+async def hub(runtime_dir: str) -> AsyncIterator[EmbeddedBusServer]:
+    h = EmbeddedBusServer(hub_settings(runtime_dir))
     await h.start()
     yield h
     await h.close()
 
 
 @pytest.fixture
-async def pair(hub: BusHub, runtime_dir: str) -> AsyncIterator[
+async def pair(hub: EmbeddedBusServer, runtime_dir: str) -> AsyncIterator[
         tuple[tuple[EmbeddedBus, Recorder], tuple[EmbeddedBus, Recorder]]]:
     out = []
     for worker in (0, 1):

@@ -17,8 +17,8 @@ import sys
 from websockets.datastructures import Headers
 from websockets.http11 import Response
 
-from rtserver.bus.embedded import ReconnectPolicy
-from rtserver.bus.redis_bus import RedisBusSettings
+from rtserver.backoff import BackoffPolicy
+from rtserver.bus.redis_settings import RedisBusSettings
 from rtserver.config import Config, load_config
 from rtserver.supervisor import (
     SupervisorSettings,
@@ -62,7 +62,7 @@ def main() -> int:
     config = load_config(env={}, flags={
         "port": 0, "jwt_secret": SECRET,
         "fanout": os.environ.get("RTSERVER_TEST_FANOUT", "compiled")})
-    reconnect = ReconnectPolicy(initial_delay=config.bus.reconnect_backoff_base,
+    reconnect = BackoffPolicy(initial_delay=config.bus.reconnect_backoff_base,
                                 max_delay=config.bus.reconnect_backoff_max, jitter=0.5)
     redis = None
     if redis_url:

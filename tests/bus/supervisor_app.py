@@ -19,7 +19,10 @@ import os
 import signal
 import sys
 
-from rtserver.bus.embedded import EmbeddedBus, EmbeddedBusSettings, ReconnectPolicy
+from rtserver.backoff import BackoffPolicy
+from rtserver.bus.base import InterestSnapshot
+from rtserver.bus.embedded_client import EmbeddedBus
+from rtserver.bus.embedded_settings import EmbeddedBusSettings
 from rtserver.jsonlog import get_logger
 from rtserver.supervisor import (
     SupervisorSettings,
@@ -36,13 +39,15 @@ class _Null:
     def on_room_event(self, room: str, payload: bytes) -> None: ...
     def on_user_message(self, user: str, payload: bytes) -> None: ...
     def on_bus_state(self, health: object) -> None: ...
+    def interest_snapshot(self) -> InterestSnapshot:
+        return InterestSnapshot(rooms=[], users=[], presence=[])
 
 
 async def _serve(mode: str, ctx: WorkerContext) -> None:
     bus = EmbeddedBus(
         EmbeddedBusSettings(socket_path=ctx.hub_socket, worker_id=ctx.worker_id,
                             request_timeout=5.0, connect_timeout=2.0,
-                            reconnect=ReconnectPolicy(0.05, 0.5, 0.2)),
+                            reconnect=BackoffPolicy(0.05, 0.5, 0.2)),
         health_provider=lambda: {"ok": True, "pid": os.getpid()})
     await bus.start(_Null())
 

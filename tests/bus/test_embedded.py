@@ -8,7 +8,9 @@ import dataclasses
 import pytest
 
 from rtserver.bus.base import BusUnavailable, PresenceMember, with_seq
-from rtserver.bus.embedded import BusHub, EmbeddedBus, merge_metrics_texts
+from rtserver.bus.embedded_client import EmbeddedBus
+from rtserver.bus.embedded_server import EmbeddedBusServer
+from rtserver.bus.metrics_text import merge_metrics_texts
 from rtserver.bus.wire import K_ACK, K_HELLO, K_PUB, FrameReader, encode
 
 from .conftest import Recorder, bus_settings, hub_settings
@@ -86,7 +88,8 @@ async def test_user_routing(pair: Pair) -> None:
     assert len(rb.user_messages) == 1
 
 
-async def test_presence_union_and_cleanup_on_disconnect(hub: BusHub, runtime_dir: str) -> None:
+async def test_presence_union_and_cleanup_on_disconnect(hub: EmbeddedBusServer,
+                                                        runtime_dir: str) -> None:
     a = EmbeddedBus(bus_settings(runtime_dir, 0))
     b = EmbeddedBus(bus_settings(runtime_dir, 1))
     await a.start(Recorder())
@@ -115,14 +118,17 @@ async def test_presence_union_and_cleanup_on_disconnect(hub: BusHub, runtime_dir
 
 
 async def test_hub_loss_degrades_and_recovery_redeclares(runtime_dir: str) -> None:
-    hub = BusHub(hub_settings(runtime_dir))
+    hub = EmbeddedBusServer(hub_settings(runtime_dir))
     await hub.start()
     rec = Recorder()
     bus = EmbeddedBus(bus_settings(runtime_dir, 0))
     await bus.start(rec)
     try:
+        rec.rooms.add("room")
         await bus.add_interest("room")
+        rec.users.add("user")
         await bus.add_user_interest("user")
+        rec.presence.add(("room", PresenceMember(user="user", connection_id="c")))
         await bus.presence_join("room", PresenceMember(user="user", connection_id="c"))
         assert bus.health().ok
         await hub.close()
@@ -130,9 +136,11 @@ async def test_hub_loss_degrades_and_recovery_redeclares(runtime_dir: str) -> No
         assert not bus.health().ok and "hub connection lost" in (bus.health().reason or "")
         with pytest.raises(BusUnavailable, match="Required action"):
             await bus.publish("room", b'{"a":1}')
-        # A declaration while down is recorded and replayed on recovery.
+        # A declaration while down returns; the reconnect re-declares the handler's
+        # snapshot, which has it (the node adds the room to its Hub first).
+        rec.rooms.add("room2")
         await bus.add_interest("room2")
-        hub = BusHub(hub_settings(runtime_dir))
+        hub = EmbeddedBusServer(hub_settings(runtime_dir))
         await hub.start()
         await rec.wait_for(lambda: rec.states[-1].ok)
         assert bus.health().ok
@@ -157,7 +165,7 @@ async def test_start_without_hub_fails_explicitly(runtime_dir: str) -> None:
         await bus.start(Recorder())
 
 
-async def test_cluster_metrics_and_health(hub: BusHub, runtime_dir: str) -> None:
+async def test_cluster_metrics_and_health(hub: EmbeddedBusServer, runtime_dir: str) -> None:
     a = EmbeddedBus(bus_settings(runtime_dir, 0),
                     metrics_provider=lambda: "# HELP m x\n# TYPE m counter\nm{worker=\"0\"} 1\n",
                     health_provider=lambda: {"ok": True, "connections": 3})

@@ -19,13 +19,10 @@ import pytest
 from websockets.asyncio.client import ClientConnection, connect
 
 from conftest import SECRET, Client, make_config
-from rtserver.bus.embedded import (
-    BusHub,
-    EmbeddedBus,
-    EmbeddedBusSettings,
-    HubSettings,
-    ReconnectPolicy,
-)
+from rtserver.backoff import BackoffPolicy
+from rtserver.bus.embedded_client import EmbeddedBus
+from rtserver.bus.embedded_server import EmbeddedBusServer
+from rtserver.bus.embedded_settings import EmbeddedBusServerSettings, EmbeddedBusSettings
 from rtserver.handlers import DomainSettings, install_handlers
 from rtserver.router import Router
 from rtserver.server import RtServer
@@ -117,14 +114,14 @@ async def bus_hub() -> AsyncIterator[Callable[[int], EmbeddedBus]]:
     """
     runtime = tempfile.mkdtemp(prefix="rth")
     socket_path = f"{runtime}/bus.sock"
-    hub = BusHub(HubSettings(socket_path=socket_path, expected_workers=2,
+    hub = EmbeddedBusServer(EmbeddedBusServerSettings(socket_path=socket_path, expected_workers=2,
                              max_worker_buffer=64 * 1024 * 1024, collect_timeout=2.0))
     await hub.start()
 
     def bus_for(worker: int) -> EmbeddedBus:
         return EmbeddedBus(EmbeddedBusSettings(
             socket_path=socket_path, worker_id=worker, request_timeout=5.0, connect_timeout=2.0,
-            reconnect=ReconnectPolicy(initial_delay=0.05, max_delay=0.3, jitter=0.2)))
+            reconnect=BackoffPolicy(initial_delay=0.05, max_delay=0.3, jitter=0.2)))
 
     yield bus_for
     await hub.close()
