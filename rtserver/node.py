@@ -133,9 +133,9 @@ class Node:
         self.fanout: Any = None
         self.degraded: dict[str, str] = {}
         self._interest: dict[str, asyncio.Future[None]] = {}
-        # The last position delivered per local room (re-declared to the bus after a
-        # reconnect: InterestSnapshot.positions).
-        self._positions: dict[str, StreamPosition] = {}
+        # The last position (epoch, seq) delivered per local room (re-declared to the
+        # bus after a reconnect: InterestSnapshot.positions, so it fills the gap).
+        self._positions: dict[str, tuple[str, int]] = {}
         self._excludes: dict[tuple[str, bytes], tuple[Any, float]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._heartbeat_task: asyncio.Task[None] | None = None
@@ -382,7 +382,10 @@ class Node:
         self.hub.join(conn, room)
         try:
             await self._ensure_interest(room)
-            seq = await self.bus.last_seq(room)
+            pos = await self.bus.position(room)
+            seq = pos.seq
+            if room in self.hub.rooms:
+                self._positions.setdefault(room, (pos.epoch, pos.seq))
         except BusUnavailable as exc:
             if self.hub.leave(conn, room):
                 self._interest.pop(room, None)
@@ -431,11 +434,11 @@ class Node:
         body = b'{"type":"message","room":%b,"from":%b,"data":%b}' % (
             orjson.dumps(room), orjson.dumps(conn.user), data)
         try:
-            seq = await self.bus.publish(room, body)
+            pos = await self.bus.publish(room, body)
         except BusUnavailable as exc:
             self._bus_error(conn, exc, msg_id)
             return
-        self.reply(conn, Ack(room=room, seq=seq, id=msg_id))
+        self.reply(conn, Ack(room=room, seq=pos.seq, id=msg_id))
 
     async def _presence(self, conn: Connection, room: str, msg_id: MessageId) -> None:
         limit = self.config.limits.presence_member_limit
@@ -515,13 +518,13 @@ class Node:
         """
         body = message if isinstance(message, bytes) else self.codec.encode(message)
         if exclude is None or room not in exclude.rooms:
-            return await self.bus.publish(room, body)
+            return (await self.bus.publish(room, body)).seq
         # The publication comes back through on_publication (possibly after
         # publish() returned, with Redis), which takes the exclusion out.
         key = (room, body)
         self._excludes[key] = (exclude.sink, time.monotonic())
         try:
-            return await self.bus.publish(room, body)
+            return (await self.bus.publish(room, body)).seq
         except BusUnavailable:
             self._excludes.pop(key, None)
             raise
@@ -533,7 +536,7 @@ class Node:
 
     # ------------------------------------------------------------ bus handler
 
-    def on_publication(self, room: str, seq: int, body: bytes) -> None:
+    def on_publication(self, room: str, epoch: str, seq: int, body: bytes) -> None:
         """Fan a room publication out to the local members."""
         PUBLICATIONS.inc()
         exclude = None
@@ -544,9 +547,19 @@ class Node:
         sinks = self.hub.rooms.get(room)
         if not sinks:
             return
-        self._positions[room] = StreamPosition(epoch="", seq=seq)
+        self._positions[room] = (epoch, seq)
         n = self.fanout.send_many(sinks, with_seq(body, seq), exclude)
         DELIVERIES.inc(amount=n)
+
+    def on_stream_gap(self, room: str, epoch: str, from_seq: int, to_seq: int,
+                      reason: str) -> None:
+        """The bus could not deliver ``from_seq..to_seq`` of ``room``: logged, counted,
+        and the room's position moves past the hole (the bus logged it too)."""
+        ERRORS.inc(f"stream_gap_{reason}")
+        log.warning("stream_gap", room=room, epoch=epoch, from_seq=from_seq, to_seq=to_seq,
+                    reason=reason, members=len(self.hub.rooms.get(room) or ()))
+        if room in self.hub.rooms:
+            self._positions[room] = (epoch, to_seq)
 
     def on_room_event(self, room: str, payload: bytes) -> None:
         """Fan a room event (or a broadcast) out to the local members."""
@@ -583,7 +596,9 @@ class Node:
         rooms = self.hub.rooms
         return InterestSnapshot(rooms=[BROADCAST_ROOM, *rooms],
                                 users=list(self.hub.by_user), presence=presence,
-                                positions={r: p for r, p in self._positions.items() if r in rooms})
+                                positions={r: StreamPosition(epoch=e, seq=q)
+                                           for r, (e, q) in self._positions.items()
+                                           if r in rooms})
 
     def set_degraded(self, component: str, degraded: bool, reason: str | None) -> None:
         """Mark ``component`` degraded (with ``reason``) or recovered; announce it."""

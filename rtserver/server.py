@@ -77,7 +77,11 @@ class _HubStateHandler:
     def __init__(self, on_state: Callable[[BusHealth], None]) -> None:
         self._on_state = on_state
 
-    def on_publication(self, room: str, seq: int, body: bytes) -> None:
+    def on_publication(self, room: str, epoch: str, seq: int, body: bytes) -> None:
+        """Never called: this connection declares no interest."""
+
+    def on_stream_gap(self, room: str, epoch: str, from_seq: int, to_seq: int,
+                      reason: str) -> None:
         """Never called: this connection declares no interest."""
 
     def on_room_event(self, room: str, payload: bytes) -> None:
@@ -141,8 +145,9 @@ class RtServer:
         self.sock = sock
         fanout_module = load_fanout(config.fanout.implementation)
         secret = jwt_secret if jwt_secret is not None else resolve_secret(config)
-        self.node = Node(config, bus if bus is not None else LocalBus(), fanout_module,
-                         router if router is not None else build_router(), worker_id, secret,
+        self.node = Node(config,
+                         bus if bus is not None else LocalBus.from_config(config.bus),
+                         fanout_module, router if router is not None else build_router(), worker_id, secret,
                          store=store)
         self.http_routes = dict(http_routes or {})
         self.ingress: Any = None

@@ -56,6 +56,7 @@ from rtserver.bus.embedded_server import EmbeddedBusServer
 from rtserver.bus.embedded_settings import EmbeddedBusServerSettings, EmbeddedBusSettings
 from rtserver.bus.redis_bus import RedisBus
 from rtserver.bus.redis_settings import RedisBusSettings, default_node_id
+from rtserver.bus.room_streams import HistorySettings
 from rtserver.jsonlog import get_logger
 from rtserver.metrics import REGISTRY
 
@@ -123,6 +124,8 @@ class SupervisorSettings:
     collect_timeout: float
     #: Listen backlog of every worker's socket (passed on in WorkerContext).
     backlog: int
+    #: Bounds of the bus server's room streams ([bus] history_*, idempotency_window).
+    history: HistorySettings
 
     def __post_init__(self) -> None:
         if self.workers < 1:
@@ -276,7 +279,7 @@ class _Supervisor:
         hub = EmbeddedBusServer(
             EmbeddedBusServerSettings(socket_path=self.hub_socket, expected_workers=self.s.workers,
                         max_worker_buffer=self.s.hub_max_worker_buffer,
-                        collect_timeout=self.s.collect_timeout),
+                        collect_timeout=self.s.collect_timeout, history=self.s.history),
             local_metrics=lambda: REGISTRY.render({"worker": "supervisor"}))
         await hub.start()
         self.hub = hub
@@ -514,7 +517,9 @@ def plan_from_config(config: Config) -> tuple[SupervisorSettings, WorkerBusPlan]
         shutdown_grace=w.shutdown_grace, max_restarts=w.max_restarts,
         restart_window=w.restart_window, restart_delay=w.restart_delay,
         hub_max_worker_buffer=w.hub_max_worker_buffer, collect_timeout=w.collect_timeout,
-        backlog=s.backlog)
+        backlog=s.backlog, history=HistorySettings(
+            history_size=b.history_size, history_ttl=b.history_ttl,
+            history_max_bytes=b.history_max_bytes, idempotency_window=b.idempotency_window))
     return settings, plan
 
 

@@ -24,6 +24,7 @@ import asyncio
 import contextlib
 import os
 import time
+import uuid
 from collections.abc import Callable
 from typing import Any, cast
 
@@ -38,11 +39,14 @@ from rtserver.bus.base import (
     BusUnavailable,
     PresenceMember,
     PresenceSnapshot,
+    Recovery,
+    StreamPosition,
     announce_health,
 )
 from rtserver.bus.bus_metrics import RECONNECTS, REQUEST_FAILURES
 from rtserver.bus.embedded_settings import EmbeddedBusSettings, check_socket_path
 from rtserver.bus.metrics_text import merge_metrics_texts
+from rtserver.bus.stream_recovery import GapFiller
 from rtserver.jsonlog import get_logger
 from rtserver.metrics import REGISTRY
 
@@ -52,6 +56,13 @@ _log = get_logger("rtserver.bus.embedded")
 
 _enc = msgspec.msgpack.Encoder()
 _dec = msgspec.msgpack.Decoder()
+_PUB_HEAD = wire.PUBLISH_HEAD
+_ACK_PUB = wire.ACK_PUBLISH
+_ACK_POS = wire.ACK_POSITION
+
+LATE_ANSWERS = REGISTRY.counter(
+    "rtserver_bus_late_answers_total",
+    "Hub answers that arrived after their request had failed with its timeout")
 
 
 class _ClientConn(asyncio.Protocol):
@@ -104,8 +115,10 @@ class EmbeddedBus(Bus):
         self._conn: _ClientConn | None = None
         self._ready = False
         self._closing = False
-        # req -> (future, deadline, kind); insertion order = deadline order.
-        self._pending: dict[int, tuple[asyncio.Future[tuple[int, bytes]], float, int]] = {}
+        # req -> (future, deadline, kind, frame to resend after a reconnect or None);
+        # insertion order = deadline order.
+        self._pending: dict[int, tuple[asyncio.Future[tuple[int, bytes]], float, int,
+                                       bytes | None]] = {}
         self._sweeper: asyncio.TimerHandle | None = None
         self._req = 0
         self._out: list[bytes] = []
@@ -114,6 +127,12 @@ class EmbeddedBus(Bus):
         self._reconnect_task: asyncio.Task[None] | None = None
         # (rooms, users, presence) re-declared by the last (re)connect, for its log line.
         self._declared = (0, 0, 0)
+        # The server's instance id (from HELLO): epoch "<instance>.<n>".
+        self._instance = ""
+        self._gaps = GapFiller("embedded")
+        # Keys of publishes the caller gave none (for the retry after a reconnect).
+        self._key_prefix = f"\x01{uuid.uuid4().hex[:12]}:"
+        self._keys = 0
 
     # --- status providers
 
@@ -158,7 +177,7 @@ class EmbeddedBus(Bus):
                              timeout=self.settings.connect_timeout,
                              note="the hub connection did not report closed in time; "
                              "continuing the shutdown")
-        self._fail_pending("embedded bus closed")
+        self._fail_pending("embedded bus closed", keep_retriable=False)
         if self._sweeper is not None:
             self._sweeper.cancel()
             self._sweeper = None
@@ -170,25 +189,53 @@ class EmbeddedBus(Bus):
                 lambda: _ClientConn(self), self.settings.socket_path)
         self._conn = conn
         self._ready = True
+        retried = [entry[3] for entry in self._pending.values() if entry[3] is not None]
         try:
             async with asyncio.timeout(self.settings.request_timeout):
                 hello = _enc.encode({"worker": self.settings.worker_id, "pid": os.getpid()})
-                waits = [self._send_request(wire.K_HELLO, "", hello)]
+                hello_ack = self._send_request(wire.K_HELLO, "", hello)
                 # Taken and queued in one step: a declaration made after this point
                 # goes out on this connection behind it, in call order.
-                waits.extend(self._declare_snapshot())
+                waits, since = self._declare_snapshot()
+                recovering = None
+                if since:
+                    self._gaps.begin([room for room, _ in since])
+                    recovering = self._send_request(wire.K_RECOVER, "", _enc.encode(
+                        [(room, pos.epoch, pos.seq) for room, pos in since]))
+                # Publishes interrupted by the loss go again with their keys: one the
+                # server already sequenced is answered with its original position.
+                self._out.extend(retried)
+                _, payload = await hello_ack
+                try:
+                    self._instance = str(_dec.decode(payload)["instance"])
+                except (msgspec.DecodeError, KeyError, TypeError) as exc:
+                    raise BusUnavailable(
+                        f"embedded bus: the hub's HELLO answer has no instance id ({exc!r}). "
+                        "Required action: run workers and supervisor of the same version"
+                    ) from exc
                 await asyncio.gather(*waits)
+                if recovering is not None:
+                    _, payload = await recovering
+                    recoveries = [
+                        Recovery(position=StreamPosition(epoch=e, seq=q),
+                                 publications=[(int(a), bytes(b)) for a, b in pubs],
+                                 recovered=ok, reason=why)
+                        for e, q, pubs, ok, why in _dec.decode(payload)]
+                    self._gaps.finish(self._handler, since, recoveries)
         except BaseException:
             self._ready = False
+            self._gaps.abort()
             if conn.transport is not None:
                 conn.transport.abort()
             raise
 
-    def _declare_snapshot(self) -> list[asyncio.Future[tuple[int, bytes]]]:
-        """Queue the declaration of exactly the handler's interest snapshot."""
+    def _declare_snapshot(self) -> tuple[list[asyncio.Future[tuple[int, bytes]]],
+                                         list[tuple[str, StreamPosition]]]:
+        """Queue the declaration of exactly the handler's interest snapshot; the
+        positions of its rooms to recover."""
         handler = self._handler
         if handler is None:
-            return []
+            return [], []
         snap = handler.interest_snapshot()
         waits = [self._send_request(wire.K_ADD_INTEREST, room, b"") for room in snap.rooms]
         waits.extend(self._send_request(wire.K_ADD_USER, user, b"") for user in snap.users)
@@ -196,7 +243,8 @@ class EmbeddedBus(Bus):
                                         _enc.encode((m.user, m.connection_id)))
                      for room, m in snap.presence)
         self._declared = (len(snap.rooms), len(snap.users), len(snap.presence))
-        return waits
+        rooms = set(snap.rooms)
+        return waits, [(r, p) for r, p in snap.positions.items() if r in rooms]
 
     # --- health
 
@@ -217,7 +265,8 @@ class EmbeddedBus(Bus):
         was_ready = self._ready
         self._ready = False
         self._out.clear()
-        self._fail_pending("embedded bus: the hub connection was lost")
+        self._gaps.abort()
+        self._fail_pending("embedded bus: the hub connection was lost", keep_retriable=True)
         if self._closing:
             return
         reason = f"hub connection lost ({exc or 'closed by hub'})"
@@ -253,13 +302,20 @@ class EmbeddedBus(Bus):
             self._set_health(True, None)
             return
 
-    def _fail_pending(self, message: str) -> None:
+    def _fail_pending(self, message: str, keep_retriable: bool) -> None:
+        """Fail pending requests; with ``keep_retriable`` publishes stay pending (they
+        are sent again after the reconnect, until their deadline)."""
         pending = self._pending
         self._pending = {}
-        for fut, _, _ in pending.values():
-            if not fut.done():
-                fut.set_exception(BusUnavailable(
-                    f"{message}. Required action: retry after the bus recovers"))
+        for req, entry in pending.items():
+            fut = entry[0]
+            if fut.done():
+                continue
+            if keep_retriable and entry[3] is not None:
+                self._pending[req] = entry
+                continue
+            fut.set_exception(BusUnavailable(
+                f"{message}. Required action: retry after the bus recovers"))
 
     # --- frames
 
@@ -275,15 +331,17 @@ class EmbeddedBus(Bus):
         conn.transport.write(b"".join(out) if len(out) > 1 else out[0])
         out.clear()
 
-    def _send_request(self, kind: int, key: str,
-                      payload: bytes) -> asyncio.Future[tuple[int, bytes]]:
+    def _send_request(self, kind: int, key: str, payload: bytes,
+                      retriable: bool = False) -> asyncio.Future[tuple[int, bytes]]:
         self._req = (self._req + 1) & 0xFFFFFFFF or 1
         req = self._req
         fut: asyncio.Future[tuple[int, bytes]] = self._loop.create_future()
-        self._pending[req] = (fut, self._loop.time() + self.settings.request_timeout, kind)
+        frame = wire.encode(kind, req, 0, key, payload)
+        self._pending[req] = (fut, self._loop.time() + self.settings.request_timeout, kind,
+                              frame if retriable else None)
         if self._sweeper is None:
             self._sweeper = self._loop.call_later(self.settings.request_timeout / 4, self._sweep)
-        self._out.append(wire.encode(kind, req, 0, key, payload))
+        self._out.append(frame)
         if not self._flush_scheduled:
             self._flush_scheduled = True
             self._loop.call_soon(self._flush)
@@ -308,18 +366,21 @@ class EmbeddedBus(Bus):
         now = self._loop.time()
         pending = self._pending
         expired = []
-        for req, (_, deadline, _) in pending.items():
+        for req, (_, deadline, _, _) in pending.items():
             if deadline > now:
                 break
             expired.append(req)
         for req in expired:
-            fut, _, kind = pending.pop(req)
+            fut, _, kind, _ = pending.pop(req)
             if not fut.done():
                 REQUEST_FAILURES.inc("embedded", "timeout")
+                outcome = (" It is not applied later (the hub refuses it past its deadline); "
+                           "if it reached the hub before, a retry with the same key answers "
+                           "its original position." if kind == wire.K_PUBLISH else "")
                 fut.set_exception(BusUnavailable(
                     f"embedded bus: the hub did not answer {wire.K_NAMES[kind]} within "
-                    f"{self.settings.request_timeout}s. Required action: retry; check the "
-                    "supervisor's load and [bus] request_timeout"))
+                    f"{self.settings.request_timeout}s.{outcome} Required action: retry; check "
+                    "the supervisor's load and [bus] request_timeout"))
         if pending and not self._closing:
             self._sweeper = self._loop.call_later(self.settings.request_timeout / 4, self._sweep)
 
@@ -328,14 +389,27 @@ class EmbeddedBus(Bus):
         handler = self._handler
         if kind == wire.K_ACK:
             entry = self._pending.pop(f.req, None)
-            if entry is not None and not entry[0].done():
+            if entry is None:
+                LATE_ANSWERS.inc()
+                _log.error("bus_late_answer", bus="embedded", req=f.req, seq=f.seq,
+                           note="the hub answered a request that had already failed with "
+                           "its timeout (ignored; the hub refuses a publish past its deadline). "
+                           "Required action: check the supervisor's load and [bus] "
+                           "request_timeout")
+            elif not entry[0].done():
                 entry[0].set_result((f.seq, f.payload))
             return
         if handler is None:
             return
         try:
             if kind == wire.K_PUB:
-                handler.on_publication(f.key, f.seq, f.payload)
+                room = f.key
+                epoch = f"{self._instance}.{f.req}"
+                held = self._gaps.rooms
+                if held and room in held:
+                    held[room].append((epoch, f.seq, f.payload))
+                else:
+                    handler.on_publication(room, epoch, f.seq, f.payload)
             elif kind == wire.K_USER:
                 handler.on_user_message(f.key, f.payload)
             elif kind == wire.K_EVENT:
@@ -369,15 +443,52 @@ class EmbeddedBus(Bus):
 
     # --- Bus API
 
-    async def publish(self, room: str, body: bytes) -> int:
-        """Sequence and deliver ``body``; the publication reaches ``on_publication`` first."""
-        seq, _ = await self._request(wire.K_PUBLISH, room, body)
-        return seq
+    async def publish(self, room: str, body: bytes, key: str | None = None) -> StreamPosition:
+        """Sequence and deliver ``body``; the publication reaches ``on_publication`` first.
 
-    async def last_seq(self, room: str) -> int:
-        """The room's last seq as known by the hub."""
-        seq, _ = await self._request(wire.K_LAST_SEQ, room)
-        return seq
+        Interrupted by a connection loss, it is sent again after the reconnect
+        with its key (generated when ``key`` is None); the hub refuses it past
+        its deadline (``request_timeout``), when it fails with BusUnavailable.
+        """
+        if not self._ready:
+            REQUEST_FAILURES.inc("embedded", "disconnected")
+            raise BusUnavailable(
+                f"embedded bus: hub unreachable ({self._health.reason}); publish not carried "
+                "out. Required action: retry after the bus recovers")
+        if key is None:
+            self._keys += 1
+            key = f"{self._key_prefix}{self._keys}"
+        kb = key.encode()
+        payload = (_PUB_HEAD.pack(time.monotonic() + self.settings.request_timeout, len(kb))
+                   + kb + body)
+        seq, answer = await self._send_request(wire.K_PUBLISH, room, payload, retriable=True)
+        n, status = _ACK_PUB.unpack(answer)
+        if status == wire.PUBLISH_EXPIRED:
+            REQUEST_FAILURES.inc("embedded", "timeout")
+            raise BusUnavailable(
+                f"embedded bus: publish to {room!r} reached the hub after its deadline "
+                f"({self.settings.request_timeout}s) and was not applied. Required action: "
+                "retry; check the supervisor's load and [bus] request_timeout")
+        return StreamPosition(epoch=f"{self._instance}.{n}", seq=seq)
+
+    async def position(self, room: str) -> StreamPosition:
+        """The room's current position as known by the hub."""
+        seq, answer = await self._request(wire.K_POSITION, room)
+        (n,) = _ACK_POS.unpack(answer)
+        return StreamPosition(epoch=f"{self._instance}.{n}", seq=seq)
+
+    async def recover(self, room: str, since: StreamPosition) -> Recovery:
+        """What ``room`` published after ``since`` (from the hub's bounded history)."""
+        return (await self.recover_many([(room, since)]))[0]
+
+    async def recover_many(self, since: list[tuple[str, StreamPosition]]) -> list[Recovery]:
+        """:meth:`recover` for many rooms in one round trip."""
+        _, payload = await self._request(wire.K_RECOVER, "", _enc.encode(
+            [(room, pos.epoch, pos.seq) for room, pos in since]))
+        return [Recovery(position=StreamPosition(epoch=e, seq=q),
+                         publications=[(int(a), bytes(b)) for a, b in pubs],
+                         recovered=ok, reason=why)
+                for e, q, pubs, ok, why in _dec.decode(payload)]
 
     async def add_interest(self, room: str) -> None:
         """Receive ``room``'s publications and events here.

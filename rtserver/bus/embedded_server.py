@@ -27,13 +27,16 @@ import asyncio
 import contextlib
 import os
 import socket
+import time
 from collections.abc import Callable
 from typing import Any, cast
 
 import msgspec
 
 from rtserver.bus import wire
+from rtserver.bus.base import StreamPosition
 from rtserver.bus.embedded_settings import EmbeddedBusServerSettings, check_socket_path
+from rtserver.bus.room_streams import RoomStreams
 from rtserver.jsonlog import get_logger
 from rtserver.metrics import REGISTRY
 
@@ -48,6 +51,12 @@ _M_HUB_DISCONNECTS = REGISTRY.counter(
     ("reason",))
 _M_HUB_PUBLISHED = REGISTRY.counter(
     "rtserver_bus_hub_published_total", "Room publications sequenced by the hub")
+_M_HUB_EXPIRED = REGISTRY.counter(
+    "rtserver_bus_hub_publish_expired_total",
+    "Publishes refused by the hub because they arrived after their deadline (not applied)")
+_PUB_HEAD = wire.PUBLISH_HEAD
+_ACK_PUB = wire.ACK_PUBLISH
+_ACK_POS = wire.ACK_POSITION
 
 _enc = msgspec.msgpack.Encoder()
 _dec = msgspec.msgpack.Decoder()
@@ -152,7 +161,7 @@ class EmbeddedBusServer:
         self._local_metrics = local_metrics
         self._conns: set[_ServerConn] = set()
         self._by_worker: dict[int, _ServerConn] = {}
-        self._seqs: dict[str, int] = {}
+        self._streams = RoomStreams(settings.history, "embedded")
         self._rooms: dict[str, set[_ServerConn]] = {}
         self._users: dict[str, set[_ServerConn]] = {}
         self._presence: dict[str, dict[tuple[str, str], _ServerConn]] = {}
@@ -216,16 +225,7 @@ class EmbeddedBusServer:
         kind = f.kind
         _M_HUB_FRAMES.inc(wire.K_NAMES.get(kind, "unknown"))
         if kind == wire.K_PUBLISH:
-            room = f.key
-            seq = self._seqs.get(room, 0) + 1
-            self._seqs[room] = seq
-            _M_HUB_PUBLISHED.inc()
-            targets = self._rooms.get(room)
-            if targets:
-                frame = wire.encode(wire.K_PUB, 0, seq, room, f.payload)
-                for target in targets:
-                    target.send(frame)
-            conn.send(wire.encode(wire.K_ACK, f.req, seq))
+            self._publish(conn, f)
         elif kind == wire.K_SEND_USER:
             targets = self._users.get(f.key)
             if targets:
@@ -243,7 +243,7 @@ class EmbeddedBusServer:
         elif kind == wire.K_ADD_INTEREST:
             self._rooms.setdefault(f.key, set()).add(conn)
             conn.rooms.add(f.key)
-            self._reply(conn, f.req, self._seqs.get(f.key, 0))
+            self._reply(conn, f.req)
         elif kind == wire.K_REMOVE_INTEREST:
             self._discard(self._rooms, f.key, conn)
             conn.rooms.discard(f.key)
@@ -256,8 +256,13 @@ class EmbeddedBusServer:
             self._discard(self._users, f.key, conn)
             conn.users.discard(f.key)
             self._reply(conn, f.req)
-        elif kind == wire.K_LAST_SEQ:
-            self._reply(conn, f.req, self._seqs.get(f.key, 0))
+        elif kind == wire.K_POSITION:
+            now = time.monotonic()
+            self._streams.maybe_sweep(now, self._rooms.__contains__)
+            n, seq = self._streams.position_n(f.key, now)
+            self._reply(conn, f.req, seq, _ACK_POS.pack(n))
+        elif kind == wire.K_RECOVER:
+            self._recover(conn, f)
         elif kind == wire.K_PRESENCE_JOIN:
             user, cid = _dec.decode(f.payload)
             self._presence.setdefault(f.key, {})[(user, cid)] = conn
@@ -292,13 +297,55 @@ class EmbeddedBusServer:
             self._by_worker[worker] = conn
             _hub_log.info("hub_worker_connected", worker_id=worker, pid=conn.pid,
                           connected=len(self._by_worker))
-            self._reply(conn, f.req)
+            self._reply(conn, f.req, 0, _enc.encode({"instance": self._streams.instance}))
         elif kind == wire.K_STATUS:
             self._start_collection(conn, f.req)
         elif kind == wire.K_COLLECT_REPLY:
             self._collect_reply(conn, f.req, f.payload)
         else:
             conn.abort("protocol_error", f"unknown frame kind {kind} from worker")
+
+    def _publish(self, conn: _ServerConn, f: wire.Frame) -> None:
+        """Sequence a PUBLISH, queue PUB to every interested worker, then the ACK.
+
+        A key already applied within the idempotency window is answered with its
+        original position; a publish arriving after its deadline is refused (the
+        client reports it failed, so it must not be applied).
+        """
+        payload = f.payload
+        deadline, klen = _PUB_HEAD.unpack_from(payload)
+        start = _PUB_HEAD.size
+        key = payload[start:start + klen].decode() if klen else None
+        room = f.key
+        now = time.monotonic()
+        streams = self._streams
+        if now > deadline:
+            if key is None or streams.lookup(key, now) is None:
+                _M_HUB_EXPIRED.inc()
+                conn.send(wire.encode(wire.K_ACK, f.req, 0, "",
+                                      _ACK_PUB.pack(0, wire.PUBLISH_EXPIRED)))
+                return
+        streams.maybe_sweep(now, self._rooms.__contains__)
+        n, seq, applied = streams.publish(room, payload[start + klen:], key, now)
+        if applied:
+            _M_HUB_PUBLISHED.inc()
+            targets = self._rooms.get(room)
+            if targets:
+                frame = wire.encode(wire.K_PUB, n, seq, room, payload[start + klen:])
+                for target in targets:
+                    target.send(frame)
+        status = wire.PUBLISH_APPLIED if applied else wire.PUBLISH_DUPLICATE
+        conn.send(wire.encode(wire.K_ACK, f.req, seq, "", _ACK_PUB.pack(n, status)))
+
+    def _recover(self, conn: _ServerConn, f: wire.Frame) -> None:
+        """Answer RECOVER ``[[room, epoch, seq], ...]`` with one recovery per room."""
+        now = time.monotonic()
+        out = []
+        for room, epoch, seq in _dec.decode(f.payload):
+            rec = self._streams.recover(room, StreamPosition(epoch=epoch, seq=int(seq)), now)
+            out.append((rec.position.epoch, rec.position.seq, rec.publications, rec.recovered,
+                        rec.reason))
+        self._reply(conn, f.req, 0, _enc.encode(out))
 
     @staticmethod
     def _discard(table: dict[str, set[_ServerConn]], key: str, conn: _ServerConn) -> None:
@@ -391,7 +438,7 @@ class EmbeddedBusServer:
             "missing": missing,
             "expected_workers": self.settings.expected_workers,
             "supervisor_metrics": supervisor_metrics,
-            "rooms_sequenced": len(self._seqs),
+            "rooms_sequenced": len(self._streams),
         }
         if not coll.requester.closed:
             self._reply(coll.requester, coll.req, 0, _enc.encode(result))

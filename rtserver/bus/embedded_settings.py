@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from rtserver.backoff import BackoffPolicy
+from rtserver.bus.room_streams import HistorySettings
 
 __all__ = [
     "MAX_SOCKET_PATH",
@@ -30,6 +31,8 @@ class EmbeddedBusServerSettings:
     max_worker_buffer: int
     #: Seconds the server waits for every worker's metrics/health on a cluster request.
     collect_timeout: float
+    #: Bounds of the room streams (config ``[bus] history_*``, ``idempotency_window``).
+    history: HistorySettings
 
 
 @dataclass(frozen=True, slots=True)

@@ -19,7 +19,10 @@ from rtserver.bus.base import BusHealth, InterestSnapshot, PresenceMember, Strea
 from rtserver.bus.embedded_client import EmbeddedBus
 from rtserver.bus.embedded_server import EmbeddedBusServer
 from rtserver.bus.embedded_settings import EmbeddedBusServerSettings, EmbeddedBusSettings
+from rtserver.bus.room_streams import HistorySettings
 
+HISTORY = HistorySettings(history_size=100, history_ttl=300.0, history_max_bytes=1 << 20,
+                          idempotency_window=60.0)
 RECONNECT = BackoffPolicy(initial_delay=0.05, max_delay=0.2, jitter=0.2)
 
 
@@ -31,15 +34,25 @@ class Recorder:
         self.events: list[tuple[str, bytes]] = []
         self.user_messages: list[tuple[str, bytes]] = []
         self.states: list[BusHealth] = []
+        self.epochs: list[str] = []  # the epoch of each publication, in order
+        self.gaps: list[tuple[str, str, int, int, str]] = []
         self.changed = asyncio.Event()
         # What the worker holds (set by a test, as the node sets its Hub before calling
         # the bus): the bus re-declares exactly this after a reconnect.
         self.rooms: set[str] = set()
         self.users: set[str] = set()
         self.presence: set[tuple[str, PresenceMember]] = set()
+        # Positions at subscribe time (before any publication was delivered).
+        self.subscribed: dict[str, StreamPosition] = {}
 
-    def on_publication(self, room: str, seq: int, body: bytes) -> None:
+    def on_publication(self, room: str, epoch: str, seq: int, body: bytes) -> None:
         self.publications.append((room, seq, body))
+        self.epochs.append(epoch)
+        self.changed.set()
+
+    def on_stream_gap(self, room: str, epoch: str, from_seq: int, to_seq: int,
+                      reason: str) -> None:
+        self.gaps.append((room, epoch, from_seq, to_seq, reason))
         self.changed.set()
 
     def on_room_event(self, room: str, payload: bytes) -> None:
@@ -55,10 +68,12 @@ class Recorder:
         self.changed.set()
 
     def interest_snapshot(self) -> InterestSnapshot:
-        positions: dict[str, StreamPosition] = {}
-        for room, seq, _ in self.publications:
+        positions: dict[str, StreamPosition] = dict(self.subscribed)
+        for (room, seq, _), epoch in zip(self.publications, self.epochs, strict=True):
             if room in self.rooms:
-                positions[room] = StreamPosition(epoch="", seq=seq)
+                positions[room] = StreamPosition(epoch=epoch, seq=seq)
+        for room, epoch, _, to_seq, _ in self.gaps:
+            positions[room] = StreamPosition(epoch=epoch, seq=to_seq)
         return InterestSnapshot(rooms=sorted(self.rooms), users=sorted(self.users),
                                 presence=list(self.presence), positions=positions)
 
@@ -84,7 +99,8 @@ def runtime_dir() -> Iterator[str]:
 def hub_settings(runtime_dir: str, workers: int = 2) -> EmbeddedBusServerSettings:
     return EmbeddedBusServerSettings(socket_path=f"{runtime_dir}/bus.sock",
                                      expected_workers=workers,
-                                     max_worker_buffer=64 * 1024 * 1024, collect_timeout=2.0)
+                                     max_worker_buffer=64 * 1024 * 1024, collect_timeout=2.0,
+                                     history=HISTORY)
 
 
 def bus_settings(runtime_dir: str, worker: int) -> EmbeddedBusSettings:

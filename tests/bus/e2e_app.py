@@ -19,6 +19,7 @@ from websockets.http11 import Response
 
 from rtserver.backoff import BackoffPolicy
 from rtserver.bus.redis_settings import RedisBusSettings
+from rtserver.bus.room_streams import HistorySettings
 from rtserver.config import Config, load_config
 from rtserver.supervisor import (
     SupervisorSettings,
@@ -78,7 +79,11 @@ def main() -> int:
         host="127.0.0.1", port=0, workers=workers, runtime_dir=runtime_dir,
         shutdown_grace=config.server.shutdown_grace, max_restarts=config.workers.max_restarts,
         restart_window=config.workers.restart_window, restart_delay=0.2,
-        hub_max_worker_buffer=64 * 1024 * 1024, collect_timeout=2.0, backlog=1024)
+        hub_max_worker_buffer=64 * 1024 * 1024, collect_timeout=2.0, backlog=1024,
+        history=HistorySettings(
+            history_size=config.bus.history_size, history_ttl=config.bus.history_ttl,
+            history_max_bytes=config.bus.history_max_bytes,
+            idempotency_window=config.bus.idempotency_window))
     return run_supervisor(settings, functools.partial(e2e_worker, config, plan))
 
 

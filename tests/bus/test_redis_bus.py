@@ -139,6 +139,7 @@ class H:
     def on_room_event(self, *a): pass
     def on_user_message(self, *a): pass
     def on_bus_state(self, *a): pass
+    def on_stream_gap(self, *a): pass
     def interest_snapshot(self):
         return InterestSnapshot(rooms=[], users=[],
                                 presence=[("p", PresenceMember(user="ghost", connection_id="g1"))])

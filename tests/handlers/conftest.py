@@ -23,12 +23,15 @@ from rtserver.backoff import BackoffPolicy
 from rtserver.bus.embedded_client import EmbeddedBus
 from rtserver.bus.embedded_server import EmbeddedBusServer
 from rtserver.bus.embedded_settings import EmbeddedBusServerSettings, EmbeddedBusSettings
+from rtserver.bus.room_streams import HistorySettings
 from rtserver.handlers import DomainSettings, install_handlers
 from rtserver.router import Router
 from rtserver.server import RtServer
 from rtserver.store import Store
 from tests.store.pgutil import TempDatabase, make_store
 
+HISTORY = HistorySettings(history_size=100, history_ttl=300.0, history_max_bytes=1 << 20,
+                          idempotency_window=60.0)
 SETTINGS = DomainSettings(
     analytics_interval=0.25,
     analytics_top_states=5,
@@ -115,7 +118,8 @@ async def bus_hub() -> AsyncIterator[Callable[[int], EmbeddedBus]]:
     runtime = tempfile.mkdtemp(prefix="rth")
     socket_path = f"{runtime}/bus.sock"
     hub = EmbeddedBusServer(EmbeddedBusServerSettings(socket_path=socket_path, expected_workers=2,
-                             max_worker_buffer=64 * 1024 * 1024, collect_timeout=2.0))
+                             max_worker_buffer=64 * 1024 * 1024, collect_timeout=2.0,
+                             history=HISTORY))
     await hub.start()
 
     def bus_for(worker: int) -> EmbeddedBus:

@@ -261,11 +261,15 @@ async def test_ingress_reaches_room_and_user_across_two_workers(make_server: Ser
     from rtserver.bus.embedded_client import EmbeddedBus
     from rtserver.bus.embedded_server import EmbeddedBusServer
     from rtserver.bus.embedded_settings import EmbeddedBusServerSettings, EmbeddedBusSettings
+    from rtserver.bus.room_streams import HistorySettings
 
+    HISTORY = HistorySettings(history_size=100, history_ttl=300.0,  # noqa: N806
+                              history_max_bytes=1 << 20, idempotency_window=60.0)
     runtime = tempfile.mkdtemp(prefix="rti")
     path = f"{runtime}/bus.sock"
     hub = EmbeddedBusServer(EmbeddedBusServerSettings(socket_path=path, expected_workers=2,
-                             max_worker_buffer=64 * 1024 * 1024, collect_timeout=2.0))
+                             max_worker_buffer=64 * 1024 * 1024, collect_timeout=2.0,
+                             history=HISTORY))
     await hub.start()
     clients = []
     try:
