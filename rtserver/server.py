@@ -147,8 +147,8 @@ class RtServer:
         secret = jwt_secret if jwt_secret is not None else resolve_secret(config)
         self.node = Node(config,
                          bus if bus is not None else LocalBus.from_config(config.bus),
-                         fanout_module, router if router is not None else build_router(), worker_id, secret,
-                         store=store)
+                         fanout_module, router if router is not None else build_router(),
+                         worker_id, secret, store=store)
         self.http_routes = dict(http_routes or {})
         self.ingress: Any = None
         self.redis_ingress: Any = None

@@ -34,6 +34,7 @@ from rtserver.jsonlog import get_logger
 from rtserver.metrics import REGISTRY
 
 __all__ = [
+    "RECOVERY_REASONS",
     "Bus",
     "BusHandler",
     "BusHealth",
@@ -41,7 +42,6 @@ __all__ = [
     "InterestSnapshot",
     "PresenceMember",
     "PresenceSnapshot",
-    "RECOVERY_REASONS",
     "Recovery",
     "StreamPosition",
     "announce_health",

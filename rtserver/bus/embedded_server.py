@@ -319,12 +319,11 @@ class EmbeddedBusServer:
         room = f.key
         now = time.monotonic()
         streams = self._streams
-        if now > deadline:
-            if key is None or streams.lookup(key, now) is None:
-                _M_HUB_EXPIRED.inc()
-                conn.send(wire.encode(wire.K_ACK, f.req, 0, "",
-                                      _ACK_PUB.pack(0, wire.PUBLISH_EXPIRED)))
-                return
+        if now > deadline and (key is None or streams.lookup(key, now) is None):
+            _M_HUB_EXPIRED.inc()
+            conn.send(wire.encode(wire.K_ACK, f.req, 0, "",
+                                  _ACK_PUB.pack(0, wire.PUBLISH_EXPIRED)))
+            return
         streams.maybe_sweep(now, self._rooms.__contains__)
         n, seq, applied = streams.publish(room, payload[start + klen:], key, now)
         if applied:

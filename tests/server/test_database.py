@@ -263,7 +263,7 @@ async def test_ingress_reaches_room_and_user_across_two_workers(make_server: Ser
     from rtserver.bus.embedded_settings import EmbeddedBusServerSettings, EmbeddedBusSettings
     from rtserver.bus.room_streams import HistorySettings
 
-    HISTORY = HistorySettings(history_size=100, history_ttl=300.0,  # noqa: N806
+    HISTORY = HistorySettings(history_size=100, history_ttl=300.0,
                               history_max_bytes=1 << 20, idempotency_window=60.0)
     runtime = tempfile.mkdtemp(prefix="rti")
     path = f"{runtime}/bus.sock"
