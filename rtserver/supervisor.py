@@ -506,6 +506,8 @@ def plan_from_config(config: Config) -> tuple[SupervisorSettings, WorkerBusPlan]
                          max_delay=b.reconnect_backoff_max, jitter=b.reconnect_jitter)
     redis = RedisBusSettings(
         url=b.redis_url, key_prefix=b.redis_key_prefix, node_id="", history_size=b.history_size,
+        history_ttl=b.history_ttl, history_max_bytes=b.history_max_bytes,
+        idempotency_window=b.idempotency_window,
         presence_ttl=b.presence_ttl, presence_refresh_interval=b.presence_refresh_interval,
         request_timeout=b.request_timeout, connect_timeout=b.connect_timeout,
         max_connections=b.redis_max_connections, publish_batch_max=b.publish_batch_max,

@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 import uuid
 from typing import Any
 
@@ -46,8 +47,7 @@ import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError, RedisError, ResponseError
-from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.exceptions import RedisError
 
 from rtserver.bus.base import (
     HANDLER_ERRORS,
@@ -58,13 +58,22 @@ from rtserver.bus.base import (
     InterestSnapshot,
     PresenceMember,
     PresenceSnapshot,
+    Recovery,
+    StreamPosition,
     announce_health,
 )
 from rtserver.bus.bus_metrics import RECONNECTS, REQUEST_FAILURES
 from rtserver.bus.redis_presence import RedisPresence
+from rtserver.bus.redis_publish import CONN_ERRORS, RedisPublisher, err_text
 from rtserver.bus.redis_pubsub import Subscriber, open_subscriber
-from rtserver.bus.redis_scripts import PUBLISH_LUA, SCRIPTS
+from rtserver.bus.redis_scripts import SCRIPTS
 from rtserver.bus.redis_settings import RedisBusSettings, safe_url
+from rtserver.bus.redis_streams import (
+    parse_history_entry,
+    parse_publication,
+    recovery_from_reply,
+)
+from rtserver.bus.stream_recovery import GapFiller
 from rtserver.jsonlog import get_logger
 from rtserver.metrics import REGISTRY
 
@@ -75,13 +84,8 @@ _log = get_logger("rtserver.bus.redis")
 _M_EPOCH = REGISTRY.counter(
     "rtserver_bus_redis_epoch_changes_total",
     "Times Redis was found to have lost its data (epoch key changed)")
-_M_PUB_BATCHES = REGISTRY.counter(
-    "rtserver_bus_redis_publish_batches_total", "Pipelines of publishes sent to Redis")
-_M_PUBLISHED = REGISTRY.counter(
-    "rtserver_bus_redis_published_total", "Publications sequenced by Redis from this worker")
-
-_CONN_ERRORS = (RedisConnectionError, RedisTimeoutError, OSError, asyncio.TimeoutError)
-
+_CONN_ERRORS = CONN_ERRORS
+_err = err_text
 
 
 class _Down(Exception):
@@ -100,6 +104,8 @@ class RedisBus(Bus):
         self._k_epoch = f"{p}:epoch"
         self._k_seq = f"{p}:seq:"
         self._k_hist = f"{p}:hist:"
+        self._k_ep = f"{p}:ep:"
+        self._k_hbytes = f"{p}:hbytes:"
         self._ch_room = f"{p}:room:"
         self._ch_user = f"{p}:user:"
         self._ch_room_b = self._ch_room.encode()
@@ -112,8 +118,8 @@ class RedisBus(Bus):
         self._sub: Subscriber | None = None
         self._refresher: asyncio.Task[None] | None = None
         self._reconnector: asyncio.Task[None] | None = None
-        self._pub_task: asyncio.Task[None] | None = None
-        self._pub_queue: list[tuple[str, bytes, asyncio.Future[int]]] = []
+        self._publisher = RedisPublisher(settings, self._mark_down)
+        self._gaps = GapFiller("redis")
         self._sub_waiters: dict[bytes, list[asyncio.Future[None]]] = {}
         self._up = False
         self._started = False
@@ -159,12 +165,12 @@ class RedisBus(Bus):
     async def close(self) -> None:
         """Remove this worker's presence entries, unsubscribe and disconnect."""
         self._closing = True
-        for task in (self._reconnector, self._refresher, self._pub_task):
+        for task in (self._reconnector, self._refresher):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
-        self._fail_publishes("redis bus closed")
+        await self._publisher.close()
         if self._up and self._client is not None:
             try:
                 await self._presence.remove_all(self._client, self._snapshot().presence)
@@ -196,12 +202,25 @@ class RedisBus(Bus):
         self._declaring = True
         channels = [self._ch_room + r for r in snap.rooms] + [self._ch_user + u
                                                               for u in snap.users]
+        rooms = set(snap.rooms)
+        since = [(r, p) for r, p in snap.positions.items() if r in rooms]
+        # Live publications of the rooms to recover are held back from now on.
+        self._gaps.begin([r for r, _ in since])
         confirmed = self._send_subscribe(channels)
         await self._check_epoch(client, snap)
         await self._await_subscribed(confirmed)
         await self._presence.refresh(client, snap.presence)
+        t0 = time.monotonic()
+        secs, micros = await client.time()
+        offset_ms = secs * 1000 + micros // 1000 - time.monotonic() * 1000
+        if time.monotonic() - t0 > self.settings.request_timeout / 2:
+            raise _Down("Redis TIME took longer than half of request_timeout")
+        self._publisher.attach(client, self._sha, self._epoch or "", offset_ms)
+        if since:
+            self._gaps.finish(self._handler, since, await self._recover(client, since))
         self._declared = (len(snap.rooms), len(snap.users), len(snap.presence))
         self._up = True
+        self._publisher.resume()
 
     def _snapshot(self) -> InterestSnapshot:
         handler = self._handler
@@ -287,7 +306,8 @@ class RedisBus(Bus):
             _log.error("bus_disconnected", bus="redis", reason=reason,
                        action="reconnecting with backoff; publishes fail until recovery")
             self._set_health(False, f"redis unavailable: {reason}")
-            self._fail_publishes(f"redis bus down ({reason})")
+            self._gaps.abort()
+            self._publisher.hold()
             self._fail_sub_waiters()
         if self._reconnector is None or self._reconnector.done():
             self._reconnector = self._loop.create_task(self._reconnect_loop())
@@ -348,11 +368,13 @@ class RedisBus(Bus):
         try:
             kind = data[0]
             if kind == 0x50:  # P: publication
-                nl1 = data.index(b"\n", 1)
-                seq = int(data[1:nl1])
-                nl2 = data.index(b"\n", nl1 + 1)
+                seq, epoch, body = parse_publication(data)
                 room = channel[len(self._ch_room_b):].decode()
-                handler.on_publication(room, seq, data[nl2 + 1:])
+                held = self._gaps.rooms
+                if held and room in held:
+                    held[room].append((epoch, seq, body))
+                else:
+                    handler.on_publication(room, epoch, seq, body)
             elif kind == 0x45:  # E: room event
                 nl = data.index(b"\n", 1)
                 handler.on_room_event(channel[len(self._ch_room_b):].decode(), data[nl + 1:])
@@ -431,90 +453,46 @@ class RedisBus(Bus):
 
     # ------------------------------------------------------------------ publish
 
-    async def publish(self, room: str, body: bytes) -> int:
-        """Sequence + store + publish in one script call (batched per tick); returns the seq."""
+    async def publish(self, room: str, body: bytes, key: str | None = None) -> StreamPosition:
+        """Sequence + store + publish in one script call (batched per tick).
+
+        Idempotent by ``key``; interrupted by a connection loss it is sent again
+        after the reconnect, until ``request_timeout`` (:mod:`rtserver.bus.redis_publish`).
+        """
         if not self._up:
             raise self._unavailable("publish")
-        fut: asyncio.Future[int] = self._loop.create_future()
-        self._pub_queue.append((room, body, fut))
-        if self._pub_task is None or self._pub_task.done():
-            self._pub_task = self._loop.create_task(self._pub_flusher())
-        return await fut
+        position: StreamPosition = await self._publisher.submit(room, body, key)
+        return position
 
-    def _fail_publishes(self, reason: str) -> None:
-        queue, self._pub_queue = self._pub_queue, []
-        for _, _, fut in queue:
-            if not fut.done():
-                REQUEST_FAILURES.inc("redis", "down")
-                fut.set_exception(BusUnavailable(
-                    f"{reason}; publish not carried out. Required action: retry after the bus "
-                    "recovers"))
-
-    async def _pub_flusher(self) -> None:
-        limit = self.settings.publish_batch_max
-        while self._pub_queue:
-            batch = self._pub_queue[:limit]
-            del self._pub_queue[:limit]
-            try:
-                results = await self._run_publish_batch(batch)
-            except (*_CONN_ERRORS, RedisError) as exc:
-                for _, _, fut in batch:
-                    if not fut.done():
-                        fut.set_exception(BusUnavailable(
-                            f"redis bus: publish failed: {_err(exc)}. Required action: retry after "
-                            "the bus recovers"))
-                REQUEST_FAILURES.inc("redis", "connection", amount=len(batch))
-                if isinstance(exc, _CONN_ERRORS):
-                    self._mark_down(f"publish: {_err(exc)}")
-                self._fail_publishes(f"redis bus down ({_err(exc)})")
-                return
-            epoch_lost = False
-            for (_, _, fut), res in zip(batch, results, strict=True):
-                if fut.done():
-                    continue
-                if isinstance(res, Exception):
-                    if str(res).startswith("EPOCH"):
-                        epoch_lost = True
-                    REQUEST_FAILURES.inc("redis", "script")
-                    fut.set_exception(BusUnavailable(
-                        f"redis bus: publish refused: {res}. Required action: retry after the "
-                        "bus recovers"))
-                else:
-                    _M_PUBLISHED.inc()
-                    fut.set_result(int(res))
-            if epoch_lost:
-                self._mark_down("Redis lost its data (epoch changed); re-seeding on reconnect")
-                self._fail_publishes("redis bus: Redis lost its data")
-                return
-
-    async def _run_publish_batch(self,
-                                 batch: list[tuple[str, bytes, asyncio.Future[int]]]) -> list[Any]:
-        client = self._client
-        assert client is not None
-        s = self.settings
-        for attempt in (1, 2):
-            pipe = client.pipeline(transaction=False)
-            sha = self._sha["publish"]
-            for room, body, _ in batch:
-                pipe.evalsha(sha, 3, self._k_seq + room, self._k_hist + room, self._k_epoch,
-                             self._ch_room + room, self._origin, body, s.history_size,
-                             self._epoch or "")
-            _M_PUB_BATCHES.inc()
-            results: list[Any] = await pipe.execute(raise_on_error=False)
-            if attempt == 1 and results and all(isinstance(r, NoScriptError) for r in results):
-                # The script cache was flushed (SCRIPT FLUSH): nothing ran; load and redo once.
-                _log.warning("bus_script_reload", bus="redis")
-                self._sha["publish"] = str(await client.script_load(PUBLISH_LUA))
-                continue
-            return results
-        raise ResponseError("publish script missing after reload")
-
-    async def last_seq(self, room: str) -> int:
-        """The room's current seq counter in Redis."""
+    async def position(self, room: str) -> StreamPosition:
+        """The room's current position in Redis (a new epoch at seq 0 when it has none)."""
         if not self._up or self._client is None:
-            raise self._unavailable("last_seq")
-        raw = await self._command("last_seq", self._client.get(self._k_seq + room))
-        return int(raw) if raw is not None else 0
+            raise self._unavailable("position")
+        recs: list[Recovery] = await self._command("position", self._recover(
+            self._client, [(room, StreamPosition(epoch="", seq=0))]))
+        return recs[0].position
+
+    async def recover(self, room: str, since: StreamPosition) -> Recovery:
+        """What ``room`` published after ``since`` (from the bounded history)."""
+        return (await self.recover_many([(room, since)]))[0]
+
+    async def recover_many(self, since: list[tuple[str, StreamPosition]]) -> list[Recovery]:
+        """:meth:`recover` for many rooms in one pipeline."""
+        if not self._up or self._client is None:
+            raise self._unavailable("recover")
+        recs: list[Recovery] = await self._command("recover", self._recover(self._client, since))
+        return recs
+
+    async def _recover(self, client: aioredis.Redis,
+                       since: list[tuple[str, StreamPosition]]) -> list[Recovery]:
+        pipe = client.pipeline(transaction=False)
+        ttl_ms = int(self.settings.history_ttl * 1000)
+        new_epoch = uuid.uuid4().hex[:12]
+        for room, pos in since:
+            pipe.evalsha(self._sha["recover"], 3, self._k_seq + room, self._k_ep + room,
+                         self._k_hist + room, pos.epoch, pos.seq, new_epoch, ttl_ms)
+        return [recovery_from_reply(pos, reply)
+                for (_, pos), reply in zip(since, await pipe.execute(), strict=True)]
 
     async def history(self, room: str, limit: int) -> list[tuple[int, bytes]]:
         """Up to ``limit`` most recent ``(seq, body)`` of ``room``, oldest first (extension)."""
@@ -522,12 +500,7 @@ class RedisBus(Bus):
             raise self._unavailable("history")
         raw = await self._command("history",
                                   self._client.lrange(self._k_hist + room, 0, limit - 1))
-        out = []
-        for data in reversed(raw):
-            nl1 = data.index(b"\n", 1)
-            nl2 = data.index(b"\n", nl1 + 1)
-            out.append((int(data[1:nl1]), bytes(data[nl2 + 1:])))
-        return out
+        return [parse_history_entry(entry)[:2] for entry in reversed(raw)]
 
     async def emit_room_event(self, room: str, payload: bytes) -> None:
         """PUBLISH a room event to the room channel."""
@@ -568,6 +541,17 @@ class RedisBus(Bus):
             "presence", self._presence.query(self._client, room, limit))
         return snap
 
+    async def _touch_rooms(self, client: aioredis.Redis, rooms: list[str]) -> None:
+        """Renew the TTL of the streams of rooms this worker watches (they never expire
+        while watched; an unwatched idle room expires after history_ttl)."""
+        ttl_ms = int(self.settings.history_ttl * 1000)
+        pipe = client.pipeline(transaction=False)
+        for i in range(0, len(rooms), 250):
+            keys = [k + room for room in rooms[i:i + 250]
+                    for k in (self._k_seq, self._k_ep, self._k_hist, self._k_hbytes)]
+            pipe.evalsha(self._sha["touch_rooms"], len(keys), *keys, ttl_ms)
+        await pipe.execute()
+
     async def _refresh_loop(self) -> None:
         interval = self.settings.presence_refresh_interval
         while True:
@@ -582,13 +566,11 @@ class RedisBus(Bus):
                 sub = self._sub
                 if sub is not None:
                     await sub.request(self.settings.request_timeout, b"PING")
-                await self._presence.refresh(client, self._snapshot().presence)
+                snap = self._snapshot()
+                await self._presence.refresh(client, snap.presence)
+                await self._touch_rooms(client, snap.rooms)
             except (*_CONN_ERRORS, RedisError) as exc:
                 _log.warning("bus_presence_refresh_failed", bus="redis", error=_err(exc))
                 if isinstance(exc, _CONN_ERRORS):
                     self._mark_down(f"presence refresh: {_err(exc)}")
 
-
-def _err(exc: BaseException) -> str:
-    """``Type: message`` of an exception (redis-py's repr hides the message)."""
-    return f"{type(exc).__name__}: {exc}"

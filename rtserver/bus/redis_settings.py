@@ -29,6 +29,13 @@ class RedisBusSettings:
     node_id: str
     #: Messages kept per room history list (0 = no history).
     history_size: int
+    #: Seconds a history message is kept; a room unused (and unwatched) this long
+    #: loses its seq, history and epoch keys (TTL) and comes back with a new epoch.
+    history_ttl: float
+    #: Body bytes kept per room history (oldest evicted first).
+    history_max_bytes: int
+    #: Seconds a publish key is remembered (> request_timeout).
+    idempotency_window: float
     #: Seconds a presence entry lives without being refreshed.
     presence_ttl: float
     #: Seconds between refreshes of this worker's presence entries (< presence_ttl).
@@ -53,6 +60,12 @@ class RedisBusSettings:
             raise ValueError(
                 "publish_batch_max >= 1, max_connections >= 2 and history_size >= 0 are required. "
                 "Required action: fix [bus]")
+        if not (self.history_ttl > self.presence_refresh_interval and self.history_max_bytes > 0
+                and self.idempotency_window > self.request_timeout):
+            raise ValueError(
+                "history_ttl > presence_refresh_interval (watched rooms are kept alive at "
+                "every refresh), history_max_bytes > 0 and idempotency_window > "
+                "request_timeout are required. Required action: fix [bus]")
         if not self.key_prefix:
             raise ValueError("key_prefix must not be empty. Required action: fix [bus]")
 

@@ -69,6 +69,8 @@ def main() -> int:
     if redis_url:
         redis = RedisBusSettings(
             url=redis_url, key_prefix=prefix, node_id="", history_size=config.bus.history_size,
+            history_ttl=config.bus.history_ttl, history_max_bytes=config.bus.history_max_bytes,
+            idempotency_window=config.bus.idempotency_window,
             presence_ttl=config.bus.presence_ttl,
             presence_refresh_interval=config.bus.presence_ttl / 3,
             request_timeout=config.bus.request_timeout, connect_timeout=2.0, max_connections=16,

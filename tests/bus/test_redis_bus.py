@@ -14,7 +14,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from rtserver.backoff import BackoffPolicy
-from rtserver.bus.base import BusUnavailable, PresenceMember
+from rtserver.bus.base import BusUnavailable, PresenceMember, StreamPosition
 from rtserver.bus.redis_bus import RedisBus
 from rtserver.bus.redis_pubsub import Subscriber
 from rtserver.bus.redis_settings import RedisBusSettings, default_node_id
@@ -30,6 +30,7 @@ def make_settings(url: str, prefix: str, worker: int = 0, *, presence_ttl: float
                   refresh: float = 10.0) -> RedisBusSettings:
     return RedisBusSettings(
         url=url, key_prefix=prefix, node_id=default_node_id(worker), history_size=50,
+        history_ttl=300.0, history_max_bytes=1 << 20, idempotency_window=60.0,
         presence_ttl=presence_ttl, presence_refresh_interval=refresh, request_timeout=2.0,
         connect_timeout=1.0, max_connections=8, publish_batch_max=64,
         reconnect=BackoffPolicy(initial_delay=0.05, max_delay=0.3, jitter=0.2))
@@ -71,13 +72,14 @@ async def test_two_nodes_concurrent_publishers_consecutive_seq(make_bus) -> None
     body = b'{"type":"message","room":"r","data":{"k":1}}'
     seqs = await asyncio.gather(*[a.publish("r", body) for _ in range(150)],
                                 *[b.publish("r", body) for _ in range(150)])
-    assert sorted(seqs) == list(range(1, 301))
+    assert sorted(p.seq for p in seqs) == list(range(1, 301))
+    assert len({p.epoch for p in seqs}) == 1 and ra.epochs == [seqs[0].epoch] * 300
     await ra.wait_for(lambda: len(ra.publications) == 300)
     await rb.wait_for(lambda: len(rb.publications) == 300)
     assert ra.seqs("r") == list(range(1, 301))
     assert rb.seqs("r") == list(range(1, 301))
     assert all(p[2] == body for p in ra.publications)
-    assert await a.last_seq("r") == 300
+    assert await a.position("r") == StreamPosition(epoch=seqs[0].epoch, seq=300)
     history = await b.history("r", 3)
     assert [seq for seq, _ in history] == [298, 299, 300] and history[0][1] == body
 
@@ -145,8 +147,9 @@ class H:
                                 presence=[("p", PresenceMember(user="ghost", connection_id="g1"))])
 async def main():
     bus = RedisBus(RedisBusSettings(url=sys.argv[1], key_prefix=sys.argv[2], node_id="doomed",
-        history_size=10, presence_ttl=1.0, presence_refresh_interval=0.3, request_timeout=2.0,
-        connect_timeout=1.0, max_connections=4, publish_batch_max=8,
+        history_size=10, history_ttl=300.0, history_max_bytes=1 << 20,
+        idempotency_window=60.0, presence_ttl=1.0, presence_refresh_interval=0.3,
+        request_timeout=2.0, connect_timeout=1.0, max_connections=4, publish_batch_max=8,
         reconnect=BackoffPolicy(0.05, 0.3, 0.2)))
     await bus.start(H())
     await bus.presence_join("p", PresenceMember(user="ghost", connection_id="g1"))
@@ -209,8 +212,8 @@ async def test_redis_restart_degrades_then_recovers(  # type: ignore[no-untyped-
     await rec.wait_for(lambda: rec.states[-1].ok)
     assert bus.health().ok
     # Redis lost its data; the room's counter was re-seeded from what this node delivered.
-    seq = await bus.publish("room", b'{"x":3}')
-    assert seq == 4
+    pos = await bus.publish("room", b'{"x":3}')
+    assert pos.seq == 4
     await bus.publish("room2", b'{"y":1}')
     await bus.send_to_user("user", b'{"u":1}')
     await rec.wait_for(lambda: len(rec.publications) == 5 and rec.user_messages)

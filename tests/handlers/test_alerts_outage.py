@@ -67,7 +67,8 @@ async def test_redis_down_alert_reaches_admin_and_is_stored(domain_server: Any, 
                                                             db_dsn: str) -> None:
     bus = RedisBus(RedisBusSettings(
         url=f"redis://127.0.0.1:{redis_proc.port}/0", key_prefix=f"rth-{uuid.uuid4().hex[:8]}",
-        node_id=default_node_id(0), history_size=10, presence_ttl=30.0,
+        node_id=default_node_id(0), history_size=10,
+        history_ttl=300.0, history_max_bytes=1 << 20, idempotency_window=60.0, presence_ttl=30.0,
         presence_refresh_interval=10.0, request_timeout=1.0, connect_timeout=0.5,
         max_connections=4, publish_batch_max=16,
         reconnect=BackoffPolicy(initial_delay=0.05, max_delay=0.3, jitter=0.2)))
