@@ -87,6 +87,8 @@ class RedisPublisher:
         self._queue: list[_Publish] = []
         self._held: list[_Publish] = []
         self._task: asyncio.Task[None] | None = None
+        # True while the bus is down: nothing is sent until resume().
+        self._paused = False
         self._client: aioredis.Redis | None = None
         self._sha: dict[str, str] = {}
         self._dataset = ""
@@ -121,13 +123,14 @@ class RedisPublisher:
         fut: asyncio.Future[StreamPosition] = loop.create_future()
         self._queue.append(_Publish(room, body, key,
                                     time.monotonic() + self.settings.request_timeout, fut))
-        if self._task is None or self._task.done():
+        if not self._paused and (self._task is None or self._task.done()):
             self._task = loop.create_task(self._flusher())
         return fut
 
     def hold(self) -> None:
         """The connection failed: keep queued publishes for :meth:`resume`, each failing at
         its deadline."""
+        self._paused = True
         held, self._queue = self._queue, []
         for pub in held:
             self._hold(pub)
@@ -153,12 +156,10 @@ class RedisPublisher:
 
     def resume(self) -> None:
         """The bus is back: send the held publishes again (before newer ones)."""
+        self._paused = False
         held, self._held = self._held, []
-        pending = [p for p in held if not p.fut.done()]
-        if not pending:
-            return
-        self._queue[:0] = pending
-        if self._task is None or self._task.done():
+        self._queue[:0] = [p for p in held if not p.fut.done()]
+        if self._queue and (self._task is None or self._task.done()):
             self._task = asyncio.get_running_loop().create_task(self._flusher())
 
     def fail_all(self, reason: str) -> None:
@@ -175,7 +176,7 @@ class RedisPublisher:
 
     async def _flusher(self) -> None:
         limit = self.settings.publish_batch_max
-        while self._queue and self._client is not None:
+        while self._queue and self._client is not None and not self._paused:
             batch = self._queue[:limit]
             del self._queue[:limit]
             try:
@@ -191,19 +192,24 @@ class RedisPublisher:
     def _settle(self, batch: list[_Publish], results: list[Any]) -> None:
         dataset_lost = False
         for pub, res in zip(batch, results, strict=True):
-            if pub.timer is not None:
-                pub.timer.cancel()
             if pub.fut.done():
                 continue
             if isinstance(res, Exception):
                 text = str(res)
-                dataset_lost = dataset_lost or text.startswith("EPOCH")
+                if text.startswith("EPOCH"):
+                    # Not applied (Redis lost its data): sent again after the reconnect
+                    # re-seeded the counters, until its deadline.
+                    dataset_lost = True
+                    self._hold(pub)
+                    continue
                 REQUEST_FAILURES.inc("redis", "expired" if text.startswith("EXPIRED")
                                      else "script")
                 pub.fut.set_exception(BusUnavailable(
                     f"redis bus: publish refused, not applied: {res}. Required action: retry "
                     "after the bus recovers"))
                 continue
+            if pub.timer is not None:
+                pub.timer.cancel()
             seq, epoch, evicted, duplicate = res
             if duplicate:
                 _M_DUPLICATES.inc("redis")
@@ -214,6 +220,7 @@ class RedisPublisher:
             pub.fut.set_result(StreamPosition(
                 epoch=epoch.decode() if isinstance(epoch, bytes) else str(epoch), seq=int(seq)))
         if dataset_lost:
+            self.hold()
             self._mark_down("Redis lost its data (epoch changed); re-seeding on reconnect")
 
     def _evicted(self, room: str, count: int) -> None:

@@ -3,22 +3,27 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import shutil
 import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import AsyncIterator, Iterator
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import pytest
+import redis.asyncio as aioredis
 
 from rtserver.backoff import BackoffPolicy
 from rtserver.bus.base import BusHealth, InterestSnapshot, PresenceMember, StreamPosition
 from rtserver.bus.embedded_client import EmbeddedBus
 from rtserver.bus.embedded_server import EmbeddedBusServer
 from rtserver.bus.embedded_settings import EmbeddedBusServerSettings, EmbeddedBusSettings
+from rtserver.bus.redis_bus import RedisBus
+from rtserver.bus.redis_settings import RedisBusSettings, default_node_id
 from rtserver.bus.room_streams import HistorySettings
 
 HISTORY = HistorySettings(history_size=100, history_ttl=300.0, history_max_bytes=1 << 20,
@@ -233,3 +238,46 @@ def private_redis() -> Iterator[PrivateRedis]:
     server.start()
     yield server
     server.kill()
+
+
+SHARED_URL = "redis://127.0.0.1:6379/0"
+
+
+def make_settings(url: str, prefix: str, worker: int = 0, *, presence_ttl: float = 30.0,
+                  refresh: float = 10.0) -> RedisBusSettings:
+    return RedisBusSettings(
+        url=url, key_prefix=prefix, node_id=default_node_id(worker), history_size=50,
+        history_ttl=300.0, history_max_bytes=1 << 20, idempotency_window=60.0,
+        presence_ttl=presence_ttl, presence_refresh_interval=refresh, request_timeout=2.0,
+        connect_timeout=1.0, max_connections=8, publish_batch_max=64,
+        reconnect=BackoffPolicy(initial_delay=0.05, max_delay=0.3, jitter=0.2))
+
+
+@pytest.fixture
+async def prefix() -> AsyncIterator[str]:
+    value = f"rtbt-{uuid.uuid4().hex[:10]}"
+    yield value
+    client = aioredis.from_url(SHARED_URL)
+    keys = [k async for k in client.scan_iter(match=f"{value}:*", count=1000)]
+    if keys:
+        await client.delete(*keys)
+    await client.aclose()
+
+
+@pytest.fixture
+async def make_bus(prefix: str) -> AsyncIterator[Callable[..., object]]:
+    buses: list[RedisBus] = []
+
+    async def make(worker: int = 0, url: str = SHARED_URL, presence_ttl: float = 30.0,
+                   refresh: float = 10.0, **overrides: Any) -> tuple[RedisBus, Recorder]:
+        settings = make_settings(url, prefix, worker, presence_ttl=presence_ttl,
+                                 refresh=refresh)
+        bus = RedisBus(dataclasses.replace(settings, **overrides))
+        rec = Recorder()
+        await bus.start(rec)
+        buses.append(bus)
+        return bus, rec
+
+    yield make
+    for bus in buses:
+        await bus.close()

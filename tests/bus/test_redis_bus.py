@@ -7,61 +7,15 @@ import os
 import signal
 import subprocess
 import sys
-import uuid
-from collections.abc import AsyncIterator, Callable
 
 import pytest
-import redis.asyncio as aioredis
 
-from rtserver.backoff import BackoffPolicy
 from rtserver.bus.base import BusUnavailable, PresenceMember, StreamPosition
-from rtserver.bus.redis_bus import RedisBus
 from rtserver.bus.redis_pubsub import Subscriber
-from rtserver.bus.redis_settings import RedisBusSettings, default_node_id
 
-from .conftest import PrivateRedis, Recorder
+from .conftest import SHARED_URL, PrivateRedis
 
 pytestmark = pytest.mark.timeout(40)
-
-SHARED_URL = "redis://127.0.0.1:6379/0"
-
-
-def make_settings(url: str, prefix: str, worker: int = 0, *, presence_ttl: float = 30.0,
-                  refresh: float = 10.0) -> RedisBusSettings:
-    return RedisBusSettings(
-        url=url, key_prefix=prefix, node_id=default_node_id(worker), history_size=50,
-        history_ttl=300.0, history_max_bytes=1 << 20, idempotency_window=60.0,
-        presence_ttl=presence_ttl, presence_refresh_interval=refresh, request_timeout=2.0,
-        connect_timeout=1.0, max_connections=8, publish_batch_max=64,
-        reconnect=BackoffPolicy(initial_delay=0.05, max_delay=0.3, jitter=0.2))
-
-
-@pytest.fixture
-async def prefix() -> AsyncIterator[str]:
-    value = f"rtbt-{uuid.uuid4().hex[:10]}"
-    yield value
-    client = aioredis.from_url(SHARED_URL)
-    keys = [k async for k in client.scan_iter(match=f"{value}:*", count=1000)]
-    if keys:
-        await client.delete(*keys)
-    await client.aclose()
-
-
-@pytest.fixture
-async def make_bus(prefix: str) -> AsyncIterator[Callable[..., object]]:
-    buses: list[RedisBus] = []
-
-    async def make(worker: int = 0, **kwargs: float) -> tuple[RedisBus, Recorder]:
-        bus = RedisBus(make_settings(kwargs.pop("url", SHARED_URL), prefix,  # type: ignore[arg-type]
-                                     worker, **kwargs))
-        rec = Recorder()
-        await bus.start(rec)
-        buses.append(bus)
-        return bus, rec
-
-    yield make
-    for bus in buses:
-        await bus.close()
 
 
 async def test_two_nodes_concurrent_publishers_consecutive_seq(make_bus) -> None:  # type: ignore[no-untyped-def]
