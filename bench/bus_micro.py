@@ -33,20 +33,21 @@ import uuid
 
 import redis.asyncio as aioredis
 
+from rtserver.backoff import BackoffPolicy
 from rtserver.bus.base import Bus, BusHealth, InterestSnapshot
-from rtserver.bus.embedded import (
-    BusHub,
-    EmbeddedBus,
-    EmbeddedBusSettings,
-    HubSettings,
-    ReconnectPolicy,
-)
+from rtserver.bus.embedded_client import EmbeddedBus
+from rtserver.bus.embedded_server import EmbeddedBusServer
+from rtserver.bus.embedded_settings import EmbeddedBusServerSettings, EmbeddedBusSettings
 from rtserver.bus.local import LocalBus
-from rtserver.bus.redis_bus import RedisBus, RedisBusSettings, default_node_id
+from rtserver.bus.redis_bus import RedisBus
+from rtserver.bus.redis_settings import RedisBusSettings, default_node_id
+from rtserver.bus.room_streams import HistorySettings
 
 __all__ = ["main"]
 
-RECONNECT = ReconnectPolicy(initial_delay=0.1, max_delay=1.0, jitter=0.2)
+HISTORY = HistorySettings(history_size=100, history_ttl=300.0, history_max_bytes=1 << 20,
+                          idempotency_window=60.0)
+RECONNECT = BackoffPolicy(initial_delay=0.1, max_delay=1.0, jitter=0.2)
 BODY = b'{"type":"message","room":"bench:bus","from":"u","data":{"price":1234.5,"n":1}}'
 ROOM = "bench:bus"
 
@@ -59,10 +60,14 @@ class Counter:
         self.target = 0
         self.done: asyncio.Event = asyncio.Event()
 
-    def on_publication(self, room: str, seq: int, body: bytes) -> None:
+    def on_publication(self, room: str, epoch: str, seq: int, body: bytes) -> None:
         self.count += 1
         if self.count >= self.target:
             self.done.set()
+
+    def on_stream_gap(self, room: str, epoch: str, from_seq: int, to_seq: int,
+                      reason: str) -> None:
+        print(f"stream gap during the bench: {room} {from_seq}..{to_seq} ({reason})")
 
     def on_room_event(self, room: str, payload: bytes) -> None:
         """Unused."""
@@ -75,7 +80,7 @@ class Counter:
             print(f"bus degraded during the bench: {health.reason}")
 
     def interest_snapshot(self) -> InterestSnapshot:
-        """The bench re-declares nothing after a reconnect (a reconnect fails the run)."""
+        """Nothing to re-declare: a bench run with a reconnect is reported as degraded."""
         return InterestSnapshot(rooms=[], users=[], presence=[])
 
 
@@ -86,12 +91,13 @@ def _hub_process(
     use_uvloop: bool,
 ) -> None:
     async def run() -> None:
-        hub = BusHub(
-            HubSettings(
+        hub = EmbeddedBusServer(
+            EmbeddedBusServerSettings(
                 socket_path=path,
                 expected_workers=2,
                 max_worker_buffer=256 * 1024 * 1024,
                 collect_timeout=2.0,
+                history=HISTORY,
             )
         )
         await hub.start()
@@ -198,7 +204,7 @@ async def run(args: argparse.Namespace) -> None:
         echo.join()
 
         # local (in-process) floor
-        la, lb = LocalBus(), None
+        la, lb = LocalBus(HISTORY), None
         ca, cb = Counter(), Counter()
         await la.start(_Both(ca, cb))
         results["local"] = await measure(
@@ -255,6 +261,9 @@ async def run(args: argparse.Namespace) -> None:
                     key_prefix=prefix,
                     node_id=default_node_id(wid),
                     history_size=100,
+                    history_ttl=300.0,
+                    history_max_bytes=1 << 20,
+                    idempotency_window=60.0,
                     presence_ttl=60.0,
                     presence_refresh_interval=20.0,
                     request_timeout=10.0,
@@ -314,9 +323,13 @@ class _Both:
     def __init__(self, a: Counter, b: Counter) -> None:
         self.a, self.b = a, b
 
-    def on_publication(self, room: str, seq: int, body: bytes) -> None:
-        self.a.on_publication(room, seq, body)
-        self.b.on_publication(room, seq, body)
+    def on_publication(self, room: str, epoch: str, seq: int, body: bytes) -> None:
+        self.a.on_publication(room, epoch, seq, body)
+        self.b.on_publication(room, epoch, seq, body)
+
+    def on_stream_gap(self, room: str, epoch: str, from_seq: int, to_seq: int,
+                      reason: str) -> None:
+        """LocalBus never has a gap."""
 
     def on_room_event(self, room: str, payload: bytes) -> None:
         """Unused."""
@@ -328,7 +341,7 @@ class _Both:
         """Unused."""
 
     def interest_snapshot(self) -> InterestSnapshot:
-        """Nothing to re-declare (one process)."""
+        """LocalBus never reconnects."""
         return InterestSnapshot(rooms=[], users=[], presence=[])
 
 

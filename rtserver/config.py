@@ -163,6 +163,9 @@ class BusConfig(_Section, frozen=True):
     connect_timeout: float
     request_timeout: float
     history_size: int
+    history_ttl: float
+    history_max_bytes: int
+    idempotency_window: float
     presence_ttl: float
     presence_refresh_interval: float
     redis_key_prefix: str
@@ -548,6 +551,12 @@ def _validate(c: Config) -> None:
              "refresh presence entries before they expire")
     _require(0 <= c.bus.reconnect_jitter < 1, "bus.reconnect_jitter", "must be in [0, 1)",
              "use a fraction such as 0.5")
+    _require(c.bus.history_size >= 0 and c.bus.history_ttl > 0 and c.bus.history_max_bytes > 0,
+             "bus.history_size/history_ttl/history_max_bytes", "must be >= 0 / > 0 / > 0",
+             "set a history length, a positive age and a positive byte bound")
+    _require(c.bus.idempotency_window > c.bus.request_timeout, "bus.idempotency_window",
+             "must be longer than bus.request_timeout (a retried publish must be deduplicated)",
+             "raise bus.idempotency_window above bus.request_timeout")
     _require(c.workers.max_restarts >= 0 and c.workers.restart_window > 0,
              "workers.max_restarts/restart_window", "must be >= 0 / > 0",
              "set valid restart limits")

@@ -34,8 +34,9 @@ class Hub:
         self._next_slot = 0
         self.by_user: dict[str, set[Connection]] = {}
         self.rooms: dict[str, set[Any]] = {}
-        #: Room -> seq of the last publication delivered here (while it has local members).
-        self.positions: dict[str, int] = {}
+        #: Room -> (epoch, seq) of the last publication delivered here (while it has local
+        #: members): duplicates are dropped against it, and a bus fills the gap after it.
+        self.positions: dict[str, tuple[str, int]] = {}
         self.all_sinks: set[Any] = set()
         self.state_counts: dict[ConnState, int] = dict.fromkeys(ConnState, 0)
 

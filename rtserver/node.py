@@ -474,9 +474,25 @@ class Node(HandlerContext):
 
     # ------------------------------------------------------------ bus handler
 
-    def on_publication(self, room: str, seq: int, body: bytes) -> None:
+    def on_publication(self, room: str, epoch: str, seq: int, body: bytes) -> None:
         """Fan a room publication out to the local members."""
-        self.rooms.on_publication(room, seq, body)
+        self.rooms.on_publication(room, epoch, seq, body)
+
+    def on_stream_gap(self, room: str, epoch: str, from_seq: int, to_seq: int,
+                      reason: str) -> None:
+        """A gap the bus cannot fill: ``gap`` frames to the members, a log line, a metric,
+        and a system alert."""
+        told = self.rooms.on_stream_gap(room, epoch, from_seq, to_seq, reason)
+
+        async def alert() -> None:
+            await self.raise_alert(
+                "stream_gap", "medium",
+                f"room {room}: messages {from_seq}..{to_seq} ({reason}) lost on worker "
+                f"{self.worker_id}; {told} connections told",
+                {"room": room, "epoch": epoch, "from_seq": from_seq, "to_seq": to_seq,
+                 "reason": reason, "worker": self.worker_id, "connections": told})
+
+        self.spawn(alert, f"alert-stream-gap-{room}")
 
     def on_room_event(self, room: str, payload: bytes) -> None:
         """Fan a room event (or a broadcast) out to the local members."""

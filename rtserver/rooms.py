@@ -22,7 +22,14 @@ from typing import Any, Protocol
 import orjson
 
 from rtserver.auth import AccessDenied, AccessPolicy
-from rtserver.bus.base import Bus, BusUnavailable, InterestSnapshot, PresenceMember, with_seq
+from rtserver.bus.base import (
+    Bus,
+    BusUnavailable,
+    InterestSnapshot,
+    PresenceMember,
+    StreamPosition,
+    with_seq,
+)
 from rtserver.config import Config, NamespaceConfig
 from rtserver.connection import Connection, ConnState
 from rtserver.core_metrics import DELIVERIES, ERRORS, PUBLICATIONS, STREAM_GAPS
@@ -31,6 +38,7 @@ from rtserver.jsonlog import get_logger
 from rtserver.protocol.codec import Codec, ErrorCode
 from rtserver.protocol.messages import (
     Ack,
+    Gap,
     MessageId,
     PresenceMemberOut,
     PresenceReply,
@@ -145,16 +153,20 @@ class Rooms:
         self.hub.join(conn, room)
         try:
             await self._ensure_interest(room)
-            seq = await self.bus.last_seq(room)
+            pos = await self.bus.position(room)
         except BusUnavailable as exc:
             if self.hub.leave(conn, room):
                 self._interest.pop(room, None)
                 await self.bus_call(self.bus.remove_interest(room), "remove_interest")
             self.bus_error(conn, exc, msg_id)
             return False
+        if room in self.hub.rooms:
+            # The room's position here starts at the bus's (unless a publication came
+            # first); a reconnecting bus fills the gap after it.
+            self.hub.positions.setdefault(room, (pos.epoch, pos.seq))
         if conn.state in (ConnState.CLOSING, ConnState.CLOSED):
             return False  # connection_closed() leaves the room (it is in conn.rooms)
-        self.out.reply(conn, Subscribed(room=room, seq=seq, id=msg_id))
+        self.out.reply(conn, Subscribed(room=room, seq=pos.seq, epoch=pos.epoch, id=msg_id))
         member = PresenceMember(user=conn.user or "", connection_id=conn.id)
         if rules.presence:
             await self.bus_call(self.bus.presence_join(room, member), "presence_join")
@@ -196,22 +208,22 @@ class Rooms:
         body = b'{"type":"message","room":%b,"from":%b,"data":%b}' % (
             orjson.dumps(room), orjson.dumps(conn.user), data)
         try:
-            seq = await self.bus.publish(room, body)
+            pos = await self.bus.publish(room, body)
         except BusUnavailable as exc:
             self.bus_error(conn, exc, msg_id)
             return
-        self.out.reply(conn, Ack(room=room, seq=seq, id=msg_id))
+        self.out.reply(conn, Ack(room=room, seq=pos.seq, id=msg_id))
 
     async def publish(self, room: str, body: bytes, exclude: Connection | None) -> int:
         """Publish ``body`` to ``room`` everywhere; ``exclude`` (local) does not receive it."""
         if exclude is None or room not in exclude.rooms:
-            return await self.bus.publish(room, body)
+            return (await self.bus.publish(room, body)).seq
         # The publication comes back through on_publication (possibly after
         # publish() returned, with Redis), which takes the exclusion out.
         key = (room, body)
         self._excludes[key] = (exclude.sink, time.monotonic())
         try:
-            return await self.bus.publish(room, body)
+            return (await self.bus.publish(room, body)).seq
         except BusUnavailable:
             self._excludes.pop(key, None)
             raise
@@ -255,7 +267,7 @@ class Rooms:
 
     # ------------------------------------------------------------ delivery (bus handler)
 
-    def on_publication(self, room: str, seq: int, body: bytes) -> None:
+    def on_publication(self, room: str, epoch: str, seq: int, body: bytes) -> None:
         """Fan a room publication out to the local members, once per seq, in order."""
         PUBLICATIONS.inc()
         exclude = None
@@ -268,16 +280,36 @@ class Rooms:
             return
         positions = self.hub.positions
         last = positions.get(room)
-        if last is not None and seq != last + 1:
-            if seq <= last:
+        if last is not None and last[0] == epoch and seq != last[1] + 1:
+            if seq <= last[1]:
                 STREAM_GAPS.inc("duplicate")
-                log.warning("stream_duplicate_dropped", room=room, seq=seq, last_seq=last)
+                log.warning("stream_duplicate_dropped", room=room, epoch=epoch, seq=seq,
+                            last_seq=last[1])
                 return
-            STREAM_GAPS.inc("missed")
-            log.error("stream_gap", room=room, last_seq=last, seq=seq, missed=seq - last - 1)
-        positions[room] = seq
+            # The bus fills gaps or reports them (on_stream_gap); this is a bus bug.
+            STREAM_GAPS.inc("unannounced")
+            log.error("stream_gap_unannounced", room=room, epoch=epoch, last_seq=last[1],
+                      seq=seq, missed=seq - last[1] - 1)
+        positions[room] = (epoch, seq)
         n = self.out.fanout.send_many(sinks, with_seq(body, seq), exclude)
         DELIVERIES.inc(amount=n)
+
+    def on_stream_gap(self, room: str, epoch: str, from_seq: int, to_seq: int,
+                      reason: str) -> int:
+        """Publications ``from_seq..to_seq`` of ``room`` will never be delivered here: every
+        local member gets an explicit ``gap`` frame; returns how many did."""
+        STREAM_GAPS.inc(reason)
+        sinks = self.hub.rooms.get(room)
+        log.warning("stream_gap", room=room, epoch=epoch, from_seq=from_seq, to_seq=to_seq,
+                    reason=reason, members=len(sinks) if sinks else 0)
+        if not sinks:
+            return 0
+        self.hub.positions[room] = (epoch, to_seq)
+        frame = self.codec.encode(Gap(
+            room=room, from_seq=from_seq, to_seq=to_seq, epoch=epoch, reason=reason,
+            action="Required action: reload this room's state (its messages "
+            f"{from_seq}..{to_seq} are lost); the stream goes on from seq {to_seq + 1}"))
+        return int(self.out.fanout.send_many(sinks, frame))
 
     def on_room_event(self, room: str, payload: bytes) -> None:
         """Fan a room event (or a broadcast) out to the local members."""
@@ -295,5 +327,8 @@ class Rooms:
                 if self.policy.namespace(room)[2].presence:
                     presence.append(
                         (room, PresenceMember(user=conn.user or "", connection_id=conn.id)))
-        return InterestSnapshot(rooms=[BROADCAST_ROOM, *self.hub.rooms],
-                                users=list(self.hub.by_user), presence=presence)
+        rooms = self.hub.rooms
+        return InterestSnapshot(
+            rooms=[BROADCAST_ROOM, *rooms], users=list(self.hub.by_user), presence=presence,
+            positions={r: StreamPosition(epoch=e, seq=q)
+                       for r, (e, q) in self.hub.positions.items() if r in rooms})

@@ -30,7 +30,7 @@ from websockets.http11 import Request, Response
 
 from rtserver import jsonlog
 from rtserver.bus.base import Bus, BusHealth, BusUnavailable, InterestSnapshot
-from rtserver.bus.embedded import EmbeddedBus
+from rtserver.bus.embedded_client import EmbeddedBus
 from rtserver.bus.local import LocalBus
 from rtserver.config import Config, masked
 from rtserver.connection import ConnState
@@ -73,7 +73,11 @@ class _HubStateHandler:
     def __init__(self, on_state: Callable[[BusHealth], None]) -> None:
         self._on_state = on_state
 
-    def on_publication(self, room: str, seq: int, body: bytes) -> None:
+    def on_publication(self, room: str, epoch: str, seq: int, body: bytes) -> None:
+        """Never called: this connection declares no interest."""
+
+    def on_stream_gap(self, room: str, epoch: str, from_seq: int, to_seq: int,
+                      reason: str) -> None:
         """Never called: this connection declares no interest."""
 
     def on_room_event(self, room: str, payload: bytes) -> None:
@@ -132,7 +136,9 @@ class RtServer:
         secret = jwt_secret if jwt_secret is not None else resolve_secret(config)
         if domains is None:
             domains = load_domain_classes(config.domains.enabled)
-        self.node = Node(config, bus if bus is not None else LocalBus(), fanout_module,
+        self.node = Node(config,
+                         bus if bus is not None else LocalBus.from_config(config.bus),
+                         fanout_module,
                          domains, worker_id, secret, store=store)
         self.http_routes: dict[str, HttpRoute] = {**self.node.router.http_routes,
                                                   **(http_routes or {})}

@@ -9,7 +9,7 @@ supervisor process
    (a non-listening socket receives no connections, so the kernel spreads
    connections over the workers' listening sockets only). Holding the
    placeholder also keeps the port reserved while a worker restarts.
-2. runs the :class:`~rtserver.bus.embedded.BusHub` on a Unix socket in the
+2. runs the :class:`~rtserver.bus.embedded_server.EmbeddedBusServer` on a Unix socket in the
    runtime dir (``rtserver-<supervisor pid>.sock``, so several servers may
    share one runtime dir),
 3. starts the workers with ``multiprocessing`` in *spawn* mode (a fresh
@@ -50,15 +50,14 @@ from multiprocessing.process import BaseProcess
 from typing import Any
 
 from rtserver import jsonlog
+from rtserver.backoff import BackoffPolicy
 from rtserver.bus.base import Bus
-from rtserver.bus.embedded import (
-    BusHub,
-    EmbeddedBus,
-    EmbeddedBusSettings,
-    HubSettings,
-    ReconnectPolicy,
-)
-from rtserver.bus.redis_bus import RedisBus, RedisBusSettings, default_node_id
+from rtserver.bus.embedded_client import EmbeddedBus
+from rtserver.bus.embedded_server import EmbeddedBusServer
+from rtserver.bus.embedded_settings import EmbeddedBusServerSettings, EmbeddedBusSettings
+from rtserver.bus.redis_bus import RedisBus
+from rtserver.bus.redis_settings import RedisBusSettings, default_node_id
+from rtserver.bus.room_streams import HistorySettings
 from rtserver.config import Config, masked, resolve_workers
 from rtserver.jsonlog import get_logger
 from rtserver.metrics import REGISTRY
@@ -126,6 +125,8 @@ class SupervisorSettings:
     collect_timeout: float
     #: Listen backlog of every worker's socket (passed on in WorkerContext).
     backlog: int
+    #: Bounds of the bus server's room streams ([bus] history_*, idempotency_window).
+    history: HistorySettings
 
     def __post_init__(self) -> None:
         if self.workers < 1:
@@ -335,7 +336,7 @@ class _Supervisor:
         self.port = 0
         self.hub_socket = ""
         self.restart_handles: dict[int, asyncio.TimerHandle] = {}
-        self.hub: BusHub | None = None
+        self.hub: EmbeddedBusServer | None = None
 
     async def run(self) -> int:
         self.loop = asyncio.get_running_loop()
@@ -351,10 +352,11 @@ class _Supervisor:
             else:
                 os.makedirs(runtime_dir, mode=0o700, exist_ok=True)
             self.hub_socket = os.path.join(runtime_dir, f"rtserver-{os.getpid()}.sock")
-            hub = BusHub(
-                HubSettings(socket_path=self.hub_socket, expected_workers=self.s.workers,
-                            max_worker_buffer=self.s.hub_max_worker_buffer,
-                            collect_timeout=self.s.collect_timeout),
+            hub = EmbeddedBusServer(
+                EmbeddedBusServerSettings(
+                    socket_path=self.hub_socket, expected_workers=self.s.workers,
+                    max_worker_buffer=self.s.hub_max_worker_buffer,
+                    collect_timeout=self.s.collect_timeout, history=self.s.history),
                 local_metrics=lambda: REGISTRY.render({"worker": "supervisor"}))
             await hub.start()
         except OSError as exc:
@@ -540,14 +542,14 @@ class WorkerBusPlan:
     The embedded hub connection always exists: it carries the messages when
     ``redis`` is None and the cluster ``/healthz`` and ``/metrics`` in both
     modes. With ``redis`` set, messages go through Redis (``node_id`` is
-    replaced by :func:`~rtserver.bus.redis_bus.default_node_id` per worker).
+    replaced by :func:`~rtserver.bus.redis_settings.default_node_id` per worker).
     """
 
     #: Seconds a hub request may wait ([bus] request_timeout).
     request_timeout: float
     #: Seconds one hub connection attempt may take ([bus] connect_timeout).
     connect_timeout: float
-    reconnect: ReconnectPolicy
+    reconnect: BackoffPolicy
     redis: RedisBusSettings | None
 
 
@@ -586,10 +588,12 @@ def run_worker_server(config: Config, plan: WorkerBusPlan, jwt_secret: str,
 def plan_from_config(config: Config) -> tuple[SupervisorSettings, WorkerBusPlan]:
     """The supervisor settings and the workers' bus plan from the configuration."""
     w, b, s = config.workers, config.bus, config.server
-    rc = ReconnectPolicy(initial_delay=b.reconnect_backoff_base,
+    rc = BackoffPolicy(initial_delay=b.reconnect_backoff_base,
                          max_delay=b.reconnect_backoff_max, jitter=b.reconnect_jitter)
     redis = RedisBusSettings(
         url=b.redis_url, key_prefix=b.redis_key_prefix, node_id="", history_size=b.history_size,
+        history_ttl=b.history_ttl, history_max_bytes=b.history_max_bytes,
+        idempotency_window=b.idempotency_window,
         presence_ttl=b.presence_ttl, presence_refresh_interval=b.presence_refresh_interval,
         request_timeout=b.request_timeout, connect_timeout=b.connect_timeout,
         max_connections=b.redis_max_connections, publish_batch_max=b.publish_batch_max,
@@ -601,7 +605,9 @@ def plan_from_config(config: Config) -> tuple[SupervisorSettings, WorkerBusPlan]
         shutdown_grace=w.shutdown_grace, max_restarts=w.max_restarts,
         restart_window=w.restart_window, restart_delay=w.restart_delay,
         hub_max_worker_buffer=w.hub_max_worker_buffer, collect_timeout=w.collect_timeout,
-        backlog=s.backlog)
+        backlog=s.backlog, history=HistorySettings(
+            history_size=b.history_size, history_ttl=b.history_ttl,
+            history_max_bytes=b.history_max_bytes, idempotency_window=b.idempotency_window))
     return settings, plan
 
 

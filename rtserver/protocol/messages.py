@@ -26,6 +26,7 @@ __all__ = [
     "ClientMessage",
     "ConnectionWelcome",
     "Error",
+    "Gap",
     "Heartbeat",
     "Ping",
     "Pong",
@@ -132,11 +133,23 @@ class Pong(ServerMessage, tag="pong", frozen=True):
 
 
 class Subscribed(ServerMessage, tag="subscribed", frozen=True):
-    """The subscription is made; ``seq`` is the room's last seq at that moment."""
+    """The subscription is made; ``(epoch, seq)`` is the room's stream position then."""
 
     room: str
     seq: int
+    epoch: str
     id: MessageId = None
+
+
+class Gap(ServerMessage, tag="gap", frozen=True):
+    """Messages ``from_seq..to_seq`` of ``room`` (in ``epoch``) will never arrive."""
+
+    room: str
+    from_seq: int
+    to_seq: int
+    epoch: str
+    reason: str
+    action: str
 
 
 class Unsubscribed(ServerMessage, tag="unsubscribed", frozen=True):

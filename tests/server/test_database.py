@@ -257,18 +257,19 @@ async def test_ingress_reaches_room_and_user_across_two_workers(make_server: Ser
 
     from websockets.asyncio.client import connect
 
-    from rtserver.bus.embedded import (
-        BusHub,
-        EmbeddedBus,
-        EmbeddedBusSettings,
-        HubSettings,
-        ReconnectPolicy,
-    )
+    from rtserver.backoff import BackoffPolicy
+    from rtserver.bus.embedded_client import EmbeddedBus
+    from rtserver.bus.embedded_server import EmbeddedBusServer
+    from rtserver.bus.embedded_settings import EmbeddedBusServerSettings, EmbeddedBusSettings
+    from rtserver.bus.room_streams import HistorySettings
 
+    HISTORY = HistorySettings(history_size=100, history_ttl=300.0,
+                              history_max_bytes=1 << 20, idempotency_window=60.0)
     runtime = tempfile.mkdtemp(prefix="rti")
     path = f"{runtime}/bus.sock"
-    hub = BusHub(HubSettings(socket_path=path, expected_workers=2,
-                             max_worker_buffer=64 * 1024 * 1024, collect_timeout=2.0))
+    hub = EmbeddedBusServer(EmbeddedBusServerSettings(socket_path=path, expected_workers=2,
+                             max_worker_buffer=64 * 1024 * 1024, collect_timeout=2.0,
+                             history=HISTORY))
     await hub.start()
     clients = []
     try:
@@ -276,7 +277,7 @@ async def test_ingress_reaches_room_and_user_across_two_workers(make_server: Ser
         for worker in (0, 1):
             bus = EmbeddedBus(EmbeddedBusSettings(
                 socket_path=path, worker_id=worker, request_timeout=5.0, connect_timeout=2.0,
-                reconnect=ReconnectPolicy(initial_delay=0.05, max_delay=0.3, jitter=0.2)))
+                reconnect=BackoffPolicy(initial_delay=0.05, max_delay=0.3, jitter=0.2)))
             servers.append(await make_server(db_config(db_dsn), bus=bus, worker_id=worker))
         # Exactly one worker's listener holds the leader lock and listens.
         waits = {asyncio.ensure_future(s.ingress.wait_listening(10)): s for s in servers}

@@ -19,18 +19,18 @@ import pytest
 from websockets.asyncio.client import ClientConnection, connect
 
 from conftest import SECRET, Client, make_config
-from rtserver.bus.embedded import (
-    BusHub,
-    EmbeddedBus,
-    EmbeddedBusSettings,
-    HubSettings,
-    ReconnectPolicy,
-)
+from rtserver.backoff import BackoffPolicy
+from rtserver.bus.embedded_client import EmbeddedBus
+from rtserver.bus.embedded_server import EmbeddedBusServer
+from rtserver.bus.embedded_settings import EmbeddedBusServerSettings, EmbeddedBusSettings
+from rtserver.bus.room_streams import HistorySettings
 from rtserver.domain_settings import DomainSettings
 from rtserver.server import RtServer
 from rtserver.store import Store
 from tests.store.pgutil import TempDatabase, make_store
 
+HISTORY = HistorySettings(history_size=100, history_ttl=300.0, history_max_bytes=1 << 20,
+                          idempotency_window=60.0)
 SETTINGS = DomainSettings(
     analytics_interval=0.25,
     analytics_top_states=5,
@@ -114,14 +114,15 @@ async def bus_hub() -> AsyncIterator[Callable[[int], EmbeddedBus]]:
     """
     runtime = tempfile.mkdtemp(prefix="rth")
     socket_path = f"{runtime}/bus.sock"
-    hub = BusHub(HubSettings(socket_path=socket_path, expected_workers=2,
-                             max_worker_buffer=64 * 1024 * 1024, collect_timeout=2.0))
+    hub = EmbeddedBusServer(EmbeddedBusServerSettings(socket_path=socket_path, expected_workers=2,
+                             max_worker_buffer=64 * 1024 * 1024, collect_timeout=2.0,
+                             history=HISTORY))
     await hub.start()
 
     def bus_for(worker: int) -> EmbeddedBus:
         return EmbeddedBus(EmbeddedBusSettings(
             socket_path=socket_path, worker_id=worker, request_timeout=5.0, connect_timeout=2.0,
-            reconnect=ReconnectPolicy(initial_delay=0.05, max_delay=0.3, jitter=0.2)))
+            reconnect=BackoffPolicy(initial_delay=0.05, max_delay=0.3, jitter=0.2)))
 
     yield bus_for
     await hub.close()

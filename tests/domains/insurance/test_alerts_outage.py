@@ -14,8 +14,9 @@ import asyncpg
 import pytest
 
 from conftest import token
-from rtserver.bus.embedded import ReconnectPolicy
-from rtserver.bus.redis_bus import RedisBus, RedisBusSettings, default_node_id
+from rtserver.backoff import BackoffPolicy
+from rtserver.bus.redis_bus import RedisBus
+from rtserver.bus.redis_settings import RedisBusSettings, default_node_id
 from tests.domains.insurance.helpers import insurance, recv_until, wait_until
 from tests.store.pgutil import PgInstance, create_database, free_port, migrate
 
@@ -65,10 +66,11 @@ async def test_redis_down_alert_reaches_admin_and_is_stored(domain_server: Any, 
                                                             db_dsn: str) -> None:
     bus = RedisBus(RedisBusSettings(
         url=f"redis://127.0.0.1:{redis_proc.port}/0", key_prefix=f"rth-{uuid.uuid4().hex[:8]}",
-        node_id=default_node_id(0), history_size=10, presence_ttl=30.0,
+        node_id=default_node_id(0), history_size=10,
+        history_ttl=300.0, history_max_bytes=1 << 20, idempotency_window=60.0, presence_ttl=30.0,
         presence_refresh_interval=10.0, request_timeout=1.0, connect_timeout=0.5,
         max_connections=4, publish_batch_max=16,
-        reconnect=ReconnectPolicy(initial_delay=0.05, max_delay=0.3, jitter=0.2)))
+        reconnect=BackoffPolicy(initial_delay=0.05, max_delay=0.3, jitter=0.2)))
     server = await domain_server(bus=bus)
     client = await ws(server, token(perms=["admin:monitor"]))
     await client.send({"type": "start_monitoring", "update_interval": 30.0, "id": 1})
