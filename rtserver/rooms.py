@@ -305,10 +305,15 @@ class Rooms:
         if not sinks:
             return 0
         self.hub.positions[room] = (epoch, to_seq)
+        if reason == "epoch_changed":
+            lost = (f"the room's stream restarted as epoch {epoch} and the messages after "
+                    "your last one may be lost")
+        else:
+            lost = f"its messages {from_seq}..{to_seq} are lost"
         frame = self.codec.encode(Gap(
             room=room, from_seq=from_seq, to_seq=to_seq, epoch=epoch, reason=reason,
-            action="Required action: reload this room's state (its messages "
-            f"{from_seq}..{to_seq} are lost); the stream goes on from seq {to_seq + 1}"))
+            action=f"Required action: reload this room's state ({lost}); the stream goes on "
+            f"from seq {to_seq + 1}"))
         return int(self.out.fanout.send_many(sinks, frame))
 
     def on_room_event(self, room: str, payload: bytes) -> None:
