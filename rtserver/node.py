@@ -33,7 +33,6 @@ from rtserver.config import Config, NamespaceConfig
 from rtserver.connection import Connection, ConnState
 from rtserver.context import HandlerContext, NodeStats
 from rtserver.core_metrics import (
-    ALERTS,
     CLOSES,
     DELIVERIES,
     ERRORS,
@@ -76,8 +75,9 @@ from rtserver.protocol.session import (
 )
 from rtserver.rooms import BROADCAST_ROOM, Rooms
 from rtserver.router import Router
+from rtserver.status import ComponentStates
 from rtserver.store.postgres import StoreUnavailable
-from rtserver.tasks import TASK_FAILURES, TaskFailure, TaskGroup
+from rtserver.tasks import TaskFailure, TaskGroup
 
 if TYPE_CHECKING:
     from rtserver.store.postgres import Store
@@ -121,10 +121,11 @@ class Node(HandlerContext):
         self.policy = AccessPolicy(config.namespaces, config.limits.max_room_name_length)
         self.started_at = time.time()
         self.fanout: Any = None
-        self.degraded: dict[str, str] = {}
+        self.states = ComponentStates(self.router)
+        #: Degraded components (component -> reason), shown on /healthz.
+        self.degraded = self.states.degraded
         self.tasks = TaskGroup()
         self._heartbeat_task: asyncio.Task[None] | None = None
-        self._domains_started = False
         self.heartbeat = HeartbeatSweep(
             config.heartbeat, self.hub.sweep_slots, self.codec,
             lambda conn, code, message, action: self.error(conn, code, message, action),
@@ -168,13 +169,13 @@ class Node(HandlerContext):
         for domain in self.domains:
             await domain.start()
             log.info("domain_started", domain=domain.name, database=self._store is not None)
-        self._domains_started = True
+        self.states.announcing = True
 
     async def stop_domains(self) -> None:
         """Stop every domain, last started first (before :meth:`close`)."""
-        if not self._domains_started:
+        if not self.states.announcing:
             return
-        self._domains_started = False
+        self.states.announcing = False
         for domain in reversed(self.domains):
             await domain.stop()
             log.info("domain_stopped", domain=domain.name)
@@ -520,34 +521,13 @@ class Node(HandlerContext):
 
     def set_degraded(self, component: str, degraded: bool, reason: str | None) -> None:
         """Mark ``component`` degraded (with ``reason``) or recovered; announce it."""
-        if degraded:
-            if self.degraded.get(component) == reason:
-                return
-            self.degraded[component] = reason or "degraded"
-            log.error("component_degraded", component=component, reason=reason)
-        else:
-            if component not in self.degraded:
-                return
-            del self.degraded[component]
-            log.info("component_recovered", component=component)
-        if not self._domains_started:
-            return  # a stopped domain gets no more state changes (nor spawns tasks)
-        for listener in self.router.state_listeners:
-            listener(component, not degraded, reason)
+        self.states.set(component, degraded, reason)
 
     async def raise_alert(self, alert_type: str, severity: str, message: str,
                           details: object) -> None:
-        """Raise a system alert: logged and counted here, stored and shown to admins by the
+        """Raise a system alert: logged and counted, stored and shown to admins by the
         domains that registered an alert sink (``router.on_alert``)."""
-        ALERTS.inc(alert_type)
-        log.warning("system_alert", alert_type=alert_type, severity=severity, message=message,
-                    details=details, sinks=len(self.router.alert_sinks))
-        for sink in self.router.alert_sinks if self._domains_started else ():
-            try:
-                await sink(alert_type, severity, message, details)
-            except Exception as exc:  # noqa: BLE001 - logged and counted; other sinks go on
-                TASK_FAILURES.inc()
-                log.error("alert_sink_failed", alert_type=alert_type, error=repr(exc))
+        await self.states.raise_alert(alert_type, severity, message, details)
 
     # ------------------------------------------------------------ health & metrics
 

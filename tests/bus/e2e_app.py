@@ -26,9 +26,9 @@ from rtserver.supervisor import (
     WorkerBusPlan,
     WorkerContext,
     build_worker_bus,
-    make_reuseport_socket,
     run_supervisor,
 )
+from rtserver.worker_sockets import make_reuseport_socket
 
 SECRET = "test-secret-0123456789abcdef-0123456789"
 

@@ -28,9 +28,9 @@ from rtserver.jsonlog import get_logger
 from rtserver.supervisor import (
     SupervisorSettings,
     WorkerContext,
-    make_reuseport_socket,
     run_supervisor,
 )
+from rtserver.worker_sockets import make_reuseport_socket
 
 log = get_logger("test.worker")
 

@@ -25,7 +25,7 @@ from rtserver.startup import (
     EXIT_RUNTIME_DIR,
     EXIT_SCHEMA,
 )
-from rtserver.supervisor import remove_stale_runtime
+from rtserver.worker_sockets import remove_stale_runtime
 from tests.store.pgutil import TempDatabase, free_port
 
 
