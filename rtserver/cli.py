@@ -331,8 +331,14 @@ def _cmd_publish(args: argparse.Namespace) -> int:
 
     import orjson
 
-    from rtserver.redis_ingress import push_ingress
-    from rtserver.store.ingress import IngressInvalid, IngressPayloadTooLarge, send_ingress
+    from rtserver.ingress.payloads import (
+        CORE_KINDS,
+        IngressDecoder,
+        IngressInvalid,
+        IngressPayloadTooLarge,
+    )
+    from rtserver.ingress.postgres_notify import send_ingress
+    from rtserver.ingress.redis_list import push_ingress
 
     config = _load(args, {"database": args.database, "redis": args.redis, "dev": True})
     if not config.database.dsn and not config.bus.redis_url:
@@ -346,14 +352,16 @@ def _cmd_publish(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 2
     payload = orjson.dumps({"type": "room_publish", "room": args.room, "data": data})
+    decoder = IngressDecoder(CORE_KINDS)  # room_publish is the core's kind
     try:
         if config.bus.redis_url:
             asyncio.run(push_ingress(config.bus.redis_url, config.bus.ingress_key, payload,
-                                     timeout=config.bus.request_timeout))
+                                     decoder, timeout=config.bus.request_timeout))
             where = f"Redis list {config.bus.ingress_key}"
         else:
             asyncio.run(send_ingress(config.database.dsn, config.database.ingress_channel,
-                                     payload, connect_timeout=config.database.connect_timeout))
+                                     payload, decoder,
+                                     connect_timeout=config.database.connect_timeout))
             where = f"channel {config.database.ingress_channel}"
     except (IngressInvalid, IngressPayloadTooLarge, ValueError, OSError) as exc:
         print(f"rtserver: {exc}", file=sys.stderr)
@@ -367,11 +375,9 @@ def _cmd_notify(args: argparse.Namespace) -> int:
 
     import orjson
 
-    from rtserver.store.ingress import (
-        IngressInvalid,
-        IngressPayloadTooLarge,
-        send_user_notification,
-    )
+    # The CLI may import a domain: `rtserver notify` is the insurance domain's command.
+    from rtserver.domains.insurance.ingress_kinds import send_user_notification
+    from rtserver.ingress.payloads import IngressInvalid, IngressPayloadTooLarge
 
     got = _db_config(args)
     if isinstance(got, int):

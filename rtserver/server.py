@@ -328,8 +328,8 @@ class RtServer:
 
     async def _start_database(self) -> None:
         """Open the store, check the schema, start connection records and the ingress."""
-        from rtserver.ingress import IngressDispatcher
-        from rtserver.store.ingress import IngressListener
+        from rtserver.ingress.dispatch import IngressDispatcher
+        from rtserver.ingress.postgres_notify import IngressListener
         from rtserver.store.postgres import Store
         from rtserver.store.recorder import ConnectionRecorder
 
@@ -338,10 +338,10 @@ class RtServer:
         dispatcher = IngressDispatcher(node, node.router)
         bus_cfg = self.config.bus
         if bus_cfg.redis_url:
-            from rtserver.redis_ingress import RedisIngress
+            from rtserver.ingress.redis_list import RedisIngress
 
             self.redis_ingress = RedisIngress(
-                bus_cfg.redis_url, bus_cfg.ingress_key, dispatcher,
+                bus_cfg.redis_url, bus_cfg.ingress_key, dispatcher, decoder=dispatcher.decoder,
                 block_timeout=bus_cfg.ingress_block_timeout,
                 backoff_base=bus_cfg.reconnect_backoff_base,
                 backoff_max=bus_cfg.reconnect_backoff_max, jitter=bus_cfg.reconnect_jitter,
@@ -381,7 +381,7 @@ class RtServer:
             activity_interval=db.record_activity_interval)
         node.recorder.start()
         self.ingress = IngressListener(
-            db.dsn, db.ingress_channel, dispatcher,
+            db.dsn, db.ingress_channel, dispatcher, decoder=dispatcher.decoder,
             connect_timeout=db.connect_timeout, keepalive_interval=db.ingress_keepalive_interval,
             reconnect_backoff_base=db.retry_backoff_base,
             reconnect_backoff_max=db.retry_backoff_max, max_pending=db.ingress_max_pending,

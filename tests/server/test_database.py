@@ -12,13 +12,16 @@ import orjson
 import pytest
 
 from conftest import Client, ServerFactory, make_config, token
+from rtserver.domains.insurance.ingress_kinds import INSURANCE_KINDS, send_user_notification
+from rtserver.ingress.payloads import CORE_KINDS, IngressDecoder
+from rtserver.ingress.postgres_notify import send_ingress
 from rtserver.server import RtServer
-from rtserver.store.ingress import send_ingress, send_user_notification
 from rtserver.store.migrations import SchemaBehind
 from tests.store.pgutil import TempDatabase, create_database, drop_database
 
 Connect = Callable[..., Awaitable[Client]]
 CHANNEL = "rtserver_ingress"
+DECODER = IngressDecoder((*CORE_KINDS, *INSURANCE_KINDS))
 
 
 @pytest.fixture(scope="module")
@@ -132,7 +135,7 @@ async def test_ingress_room_publish_and_invalid(db_server: RtServer, connect_cli
     finally:
         await pg.close()
     await send_ingress(db_dsn, CHANNEL, orjson.dumps(
-        {"type": "room_publish", "room": "bench:ingress", "data": {"rate": 1.5}}),
+        {"type": "room_publish", "room": "bench:ingress", "data": {"rate": 1.5}}), DECODER,
         connect_timeout=5)
     msg = await member.recv_type("message")
     assert msg["data"] == {"rate": 1.5} and msg["from"] is None and msg["seq"] == 1
@@ -299,7 +302,8 @@ async def test_ingress_reaches_room_and_user_across_two_workers(make_server: Ser
             await c.request({"type": "subscribe", "room": "bench:two"}, "subscribed")
             members.append(c)
         await send_ingress(db_dsn, CHANNEL, orjson.dumps(
-            {"type": "room_publish", "room": "bench:two", "data": "both"}), connect_timeout=5)
+            {"type": "room_publish", "room": "bench:two", "data": "both"}), DECODER,
+            connect_timeout=5)
         nid = await send_user_notification(db_dsn, CHANNEL, user=user, title="t", body="b",
                                            data={}, connect_timeout=5)
         for c in members:

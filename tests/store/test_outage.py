@@ -11,15 +11,13 @@ from collections.abc import AsyncIterator
 
 import pytest
 
+from rtserver.ingress.payloads import CORE_KINDS, IngressDecoder, IngressMessage, RoomPublish
+from rtserver.ingress.postgres_notify import IngressListener, send_ingress
 from rtserver.metrics import REGISTRY
 from rtserver.store import (
     ConnectionRecorder,
-    IngressListener,
-    IngressPayload,
-    RoomPublish,
     Store,
     StoreUnavailable,
-    send_ingress,
 )
 from tests.store import pgutil
 from tests.store.pgutil import (
@@ -36,6 +34,7 @@ pytestmark = pytest.mark.timeout(90)
 # Process-wide counters (tests run one at a time: deltas are this test's).
 WRITTEN = REGISTRY.counter("rtserver_connection_records_written_total", "")
 FLUSH_FAILURES = REGISTRY.counter("rtserver_connection_record_flush_failures_total", "")
+DECODER = IngressDecoder(CORE_KINDS)
 RECONNECTS = REGISTRY.counter("rtserver_ingress_reconnects_total", "")
 
 
@@ -147,14 +146,15 @@ async def test_close_while_down_reports_lost(pg_instance: PgInstance, instance_d
 
 async def test_ingress_reconnects_after_outage(pg_instance: PgInstance,
                                                instance_dsn: str) -> None:
-    received: list[IngressPayload] = []
+    received: list[IngressMessage] = []
     states: list[tuple[bool, str | None]] = []
 
-    async def handler(message: IngressPayload) -> None:
+    async def handler(message: IngressMessage) -> None:
         received.append(message)
 
     listener = IngressListener(
-        instance_dsn, "outage_test", handler, connect_timeout=2.0, keepalive_interval=0.2,
+        instance_dsn, "outage_test", handler, decoder=DECODER, connect_timeout=2.0,
+        keepalive_interval=0.2,
         reconnect_backoff_base=0.05, reconnect_backoff_max=0.3, max_pending=100,
         elect_leader=True, standby_retry_interval=0.1,
         on_state_change=lambda ok, reason: states.append((ok, reason)),
@@ -164,7 +164,8 @@ async def test_ingress_reconnects_after_outage(pg_instance: PgInstance,
     try:
         await listener.wait_listening(10)
         await send_ingress(instance_dsn, "outage_test",
-                           b'{"type":"room_publish","room":"a:b","data":1}', connect_timeout=5)
+                           b'{"type":"room_publish","room":"a:b","data":1}', DECODER,
+                           connect_timeout=5)
         await wait_until(lambda: len(received) == 1, 10, "first message")
 
         pg_instance.stop()
@@ -178,7 +179,8 @@ async def test_ingress_reconnects_after_outage(pg_instance: PgInstance,
         await listener.wait_listening(20)
         assert states[-1] == (True, None)
         await send_ingress(instance_dsn, "outage_test",
-                           b'{"type":"room_publish","room":"a:b","data":2}', connect_timeout=5)
+                           b'{"type":"room_publish","room":"a:b","data":2}', DECODER,
+                           connect_timeout=5)
         await wait_until(lambda: len(received) == 2, 10, "message after recovery")
         second = received[1]
         assert isinstance(second, RoomPublish) and bytes(second.data) == b"2"

@@ -17,13 +17,13 @@ from rtserver.context import Connection, HandlerContext
 from rtserver.jsonlog import get_logger
 from rtserver.plugin import DomainPlugin
 from rtserver.router import Router
-from rtserver.store.ingress import AlertEvent, AnalyticsEvent, CalculationProgress, QuoteUpdate
 
 from .admin import MONITORING, PERFORMANCE, USER_ACTIVITY, AdminStreams
 from .alerts import ALERTS_ROOM, Alerts
 from .analytics import Analytics
 from .domain import Domain
 from .health import admin_health_response, health_snapshot
+from .ingress_kinds import AlertEvent, AnalyticsEvent, CalculationProgress, QuoteUpdate
 from .messages import (
     AlertsList,
     DashboardList,

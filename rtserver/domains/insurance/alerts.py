@@ -27,10 +27,11 @@ from rtserver.context import BusUnavailable, Connection
 from rtserver.jsonlog import get_logger
 from rtserver.metrics import REGISTRY
 from rtserver.protocol.session import utc_now
-from rtserver.store import AlertEvent, StoreUnavailable
+from rtserver.store import StoreUnavailable
 from rtserver.store.postgres import encode_json
 
 from .domain import NOT_FOUND, Domain
+from .ingress_kinds import AlertEvent
 from .messages import AdminAlert, AlertResolved, AlertsList, AlertsReply, ResolveAlert
 
 __all__ = ["ALERTS_ROOM", "Alerts"]

@@ -33,9 +33,10 @@ from rtserver.context import BusUnavailable, Connection
 from rtserver.jsonlog import get_logger
 from rtserver.metrics import REGISTRY
 from rtserver.protocol.codec import ErrorCode
-from rtserver.store import AnalyticsEvent, StoreUnavailable
+from rtserver.store import StoreUnavailable
 
 from .domain import Domain
+from .ingress_kinds import AnalyticsEvent
 from .measure import RateTracker, performance_snapshot
 from .messages import (
     AnalyticsError,

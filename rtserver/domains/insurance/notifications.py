@@ -23,12 +23,13 @@ from typing import TYPE_CHECKING
 import msgspec
 
 from rtserver.context import Connection, HandlerContext
-from rtserver.ingress import IngressRejected
+from rtserver.ingress.dispatch import IngressRejected
 from rtserver.jsonlog import get_logger
 from rtserver.metrics import REGISTRY
 from rtserver.protocol.messages import ClientMessage, MessageId, ServerMessage
 from rtserver.router import Router
-from rtserver.store.ingress import UserNotify
+
+from .ingress_kinds import UserNotify
 
 if TYPE_CHECKING:
     from rtserver.store.models import Notification as StoredNotification

@@ -31,15 +31,14 @@ from rtserver.jsonlog import get_logger
 from rtserver.metrics import REGISTRY
 from rtserver.protocol.codec import ErrorCode
 from rtserver.store import (
-    CalculationProgress,
     QuoteNotFound,
-    QuoteUpdate,
     StoreUnavailable,
     UpdateApplied,
     UpdateConflict,
 )
 
 from .domain import NOT_FOUND, Domain
+from .ingress_kinds import CalculationProgress, QuoteUpdate
 from .messages import (
     CalculationProgressOut,
     ConflictError,

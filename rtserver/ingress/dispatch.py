@@ -15,10 +15,10 @@ import orjson
 from rtserver.auth import AccessDenied
 from rtserver.bus.base import BusUnavailable
 from rtserver.context import HandlerContext
+from rtserver.ingress.payloads import CORE_KINDS, IngressDecoder, IngressMessage, RoomPublish
 from rtserver.jsonlog import get_logger
 from rtserver.metrics import REGISTRY
 from rtserver.router import Router
-from rtserver.store.ingress import IngressPayload, RoomPublish
 
 __all__ = ["IngressDispatcher", "IngressRejected"]
 
@@ -43,8 +43,10 @@ class IngressDispatcher:
     def __init__(self, ctx: HandlerContext, router: Router) -> None:
         self.ctx = ctx
         self.router = router
+        #: Decodes the core kinds and every kind a domain registered (built once).
+        self.decoder = IngressDecoder((*CORE_KINDS, *router.ingress_types()))
 
-    async def __call__(self, message: IngressPayload) -> None:
+    async def __call__(self, message: IngressMessage) -> None:
         """Handle one ingress message (called one at a time, in arrival order)."""
         try:
             match message:
@@ -73,7 +75,7 @@ class IngressDispatcher:
             return
         DELIVERED.inc(type(message).__name__)
 
-    def _reject(self, reason: str, message: IngressPayload, detail: str) -> None:
+    def _reject(self, reason: str, message: IngressMessage, detail: str) -> None:
         REJECTED.inc(reason)
         log.error("ingress_rejected", reason=reason, detail=detail,
                   message_type=type(message).__name__,

@@ -10,31 +10,38 @@ import asyncpg
 import msgspec
 import pytest
 
-from rtserver.metrics import REGISTRY
-from rtserver.store import (
-    NOTIFY_PAYLOAD_MAX,
+from rtserver.domains.insurance.ingress_kinds import (
+    INSURANCE_KINDS,
     AlertEvent,
     AnalyticsEvent,
     CalculationProgress,
-    IngressInvalid,
-    IngressListener,
-    IngressPayload,
-    IngressPayloadTooLarge,
     QuoteUpdate,
-    RoomPublish,
-    Store,
     UserNotify,
-    decode_ingress,
-    encode_ingress,
-    send_ingress,
     send_user_notification,
 )
+from rtserver.ingress.payloads import (
+    CORE_KINDS,
+    NOTIFY_PAYLOAD_MAX,
+    IngressDecoder,
+    IngressInvalid,
+    IngressMessage,
+    IngressPayloadTooLarge,
+    RoomPublish,
+    encode_ingress,
+)
+from rtserver.ingress.postgres_notify import IngressListener, send_ingress
+from rtserver.metrics import REGISTRY
+from rtserver.store import Store
 from tests.store import pgutil
 from tests.store.pgutil import wait_until
 
 pytestmark = pytest.mark.timeout(60)
 
-Handler = Callable[[IngressPayload], object]
+#: The kinds a server with the insurance domain accepts.
+DECODER = IngressDecoder((*CORE_KINDS, *INSURANCE_KINDS))
+decode_ingress = DECODER.decode
+
+Handler = Callable[[IngressMessage], object]
 
 # Process-wide counters (tests run one at a time: deltas are this test's).
 RECEIVED = REGISTRY.counter("rtserver_ingress_received_total", "")
@@ -46,16 +53,16 @@ def _channel() -> str:
     return f"test_{uuid.uuid4().hex[:16]}"
 
 
-def _listener(dsn: str, channel: str, received: list[IngressPayload], *,
+def _listener(dsn: str, channel: str, received: list[IngressMessage], *,
               elect_leader: bool = False, fail_on: str | None = None,
               states: list[tuple[bool, str | None]] | None = None) -> IngressListener:
-    async def handler(message: IngressPayload) -> None:
+    async def handler(message: IngressMessage) -> None:
         if fail_on is not None and isinstance(message, RoomPublish) and message.room == fail_on:
             raise RuntimeError("handler failure for the test")
         received.append(message)
 
     return IngressListener(
-        dsn, channel, handler, connect_timeout=5.0, keepalive_interval=1.0,
+        dsn, channel, handler, decoder=DECODER, connect_timeout=5.0, keepalive_interval=1.0,
         reconnect_backoff_base=0.05, reconnect_backoff_max=0.5, max_pending=100,
         elect_leader=elect_leader, standby_retry_interval=0.1,
         on_state_change=None if states is None else (
@@ -75,7 +82,7 @@ async def _listen_connections(dsn: str, channel: str) -> int:
 
 
 async def _send(dsn: str, channel: str, payload: bytes) -> None:
-    await send_ingress(dsn, channel, payload, connect_timeout=5.0)
+    await send_ingress(dsn, channel, payload, DECODER, connect_timeout=5.0)
 
 
 async def _notify_raw(dsn: str, channel: str, payload: str) -> None:
@@ -131,7 +138,7 @@ def test_decode_every_message_type() -> None:
 
 async def test_notify_reaches_handler_in_order_and_invalid_is_counted(pg_dsn: str) -> None:
     channel = _channel()
-    received: list[IngressPayload] = []
+    received: list[IngressMessage] = []
     states: list[tuple[bool, str | None]] = []
     listener = _listener(pg_dsn, channel, received, fail_on="boom:1", states=states)
     invalid_metric = REGISTRY.counter("rtserver_ingress_invalid_total", "", ("kind",))
@@ -180,7 +187,7 @@ async def test_send_rejects_too_large_and_invalid(pg_dsn: str) -> None:
     head = b'{"type":"room_publish","room":"r","data":"'
     exact = head + b"y" * (NOTIFY_PAYLOAD_MAX - len(head) - 2) + b'"}'
     assert len(exact) == NOTIFY_PAYLOAD_MAX
-    received: list[IngressPayload] = []
+    received: list[IngressMessage] = []
     listener = _listener(pg_dsn, channel, received)
     listener.start()
     try:
@@ -195,7 +202,7 @@ async def test_send_user_notification_is_stored_and_announced(pg_dsn: str,
                                                               store: Store) -> None:
     channel = _channel()
     user = f"user-{uuid.uuid4()}"
-    received: list[IngressPayload] = []
+    received: list[IngressMessage] = []
     listener = _listener(pg_dsn, channel, received)
     listener.start()
     try:
@@ -218,8 +225,8 @@ async def test_send_user_notification_is_stored_and_announced(pg_dsn: str,
 
 async def test_exactly_one_leader_acts_and_standby_takes_over(pg_dsn: str) -> None:
     channel = _channel()
-    got_a: list[IngressPayload] = []
-    got_b: list[IngressPayload] = []
+    got_a: list[IngressMessage] = []
+    got_b: list[IngressMessage] = []
     a = _listener(pg_dsn, channel, got_a, elect_leader=True)
     a.start()
     await a.wait_listening(10)
@@ -252,14 +259,15 @@ async def test_exactly_one_leader_acts_and_standby_takes_over(pg_dsn: str) -> No
 async def test_full_queue_drops_are_counted(pg_dsn: str) -> None:
     channel = _channel()
     release = asyncio.Event()
-    handled: list[IngressPayload] = []
+    handled: list[IngressMessage] = []
 
-    async def slow_handler(message: IngressPayload) -> None:
+    async def slow_handler(message: IngressMessage) -> None:
         await release.wait()
         handled.append(message)
 
     listener = IngressListener(
-        pg_dsn, channel, slow_handler, connect_timeout=5.0, keepalive_interval=1.0,
+        pg_dsn, channel, slow_handler, decoder=DECODER, connect_timeout=5.0,
+        keepalive_interval=1.0,
         reconnect_backoff_base=0.05, reconnect_backoff_max=0.5, max_pending=2,
         elect_leader=False, standby_retry_interval=0.1, on_state_change=None,
     )

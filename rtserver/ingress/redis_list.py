@@ -24,13 +24,13 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from rtserver.backoff import BackoffPolicy
+from rtserver.ingress.payloads import IngressDecoder, IngressInvalid, IngressMessage
 from rtserver.jsonlog import get_logger
 from rtserver.metrics import REGISTRY
-from rtserver.store.ingress import IngressInvalid, IngressPayload, decode_ingress
 
 __all__ = ["RedisIngress", "push_ingress"]
 
-log = get_logger("rtserver.redis_ingress")
+log = get_logger("rtserver.ingress.redis")
 RECEIVED = REGISTRY.counter("rtserver_redis_ingress_received_total",
                             "Payloads taken from the Redis ingress list")
 INVALID = REGISTRY.counter("rtserver_redis_ingress_invalid_total",
@@ -48,12 +48,14 @@ class RedisIngress:
     """
 
     def __init__(self, url: str, key: str,
-                 handler: Callable[[IngressPayload], Awaitable[None]], *,
-                 block_timeout: float, backoff_base: float, backoff_max: float, jitter: float,
+                 handler: Callable[[IngressMessage], Awaitable[None]], *,
+                 decoder: IngressDecoder, block_timeout: float, backoff_base: float,
+                 backoff_max: float, jitter: float,
                  on_state_change: Callable[[bool, str | None], None]) -> None:
         self.url = url
         self.key = key
         self._handler = handler
+        self._decoder = decoder
         self._block_timeout = block_timeout
         self._backoff = BackoffPolicy(backoff_base, backoff_max, jitter)
         self._on_state_change = on_state_change
@@ -106,7 +108,7 @@ class RedisIngress:
     async def _handle(self, raw: bytes) -> None:
         RECEIVED.inc()
         try:
-            message = decode_ingress(raw)
+            message = self._decoder.decode(raw)
         except IngressInvalid as exc:
             INVALID.inc()
             log.error("redis_ingress_invalid", key=self.key, reason=str(exc),
@@ -121,9 +123,11 @@ class RedisIngress:
                       message_type=type(message).__name__, error=repr(exc))
 
 
-async def push_ingress(url: str, key: str, payload: bytes, *, timeout: float) -> None:
-    """Validate ``payload`` and ``RPUSH`` it onto the ingress list (``publish --redis``)."""
-    decode_ingress(payload)
+async def push_ingress(url: str, key: str, payload: bytes, decoder: IngressDecoder, *,
+                       timeout: float) -> None:
+    """Validate ``payload`` (with ``decoder``: the kinds the receivers accept) and ``RPUSH``
+    it onto the ingress list (``publish --redis``)."""
+    decoder.decode(payload)
     client = aioredis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout)
     try:
         await client.rpush(key, payload)

@@ -3,22 +3,14 @@
 Backend services (quote service, rating engine, scripts, ``rtserver publish``
 / ``rtserver notify``) send a JSON object with ``pg_notify(channel, payload)``
 on the channel configured as ``database.ingress_channel`` (documented default
-``rtserver_ingress``). The object is one of the :data:`IngressPayload` Structs,
-tagged on ``type``; unknown types and unknown fields are rejected::
-
-    {"type": "room_publish", "room": "quote:…", "data": {...}}
-    {"type": "user_notify", "user": "…", "title": "…", "body": "…", "data": {...}}
-    {"type": "quote_update", "quote_id": "uuid", "update_type": "premium",
-     "data": {...}, "version": 7}
-    {"type": "calculation_progress", "quote_id": "uuid", "progress": 0.5, "stage": "rating"}
-    {"type": "analytics_event", "event": "quote_created", "quote_id": "uuid", "data": {...}}
-    {"type": "alert", "alert_type": "rating_engine", "severity": "high",
-     "message": "…", "details": {...}}
+``rtserver_ingress``). The object is one of the enabled ingress kinds (see
+:mod:`rtserver.ingress.payloads`), decoded by the node's
+:class:`~rtserver.ingress.payloads.IngressDecoder`.
 
 PostgreSQL limits a NOTIFY payload to less than 8000 bytes
-(:data:`NOTIFY_PAYLOAD_MAX`); :func:`send_ingress` rejects bigger payloads
-with :class:`IngressPayloadTooLarge` (store the data in a table and send its
-id instead).
+(:data:`~rtserver.ingress.payloads.NOTIFY_PAYLOAD_MAX`); :func:`send_ingress`
+rejects bigger payloads with ``IngressPayloadTooLarge`` (store the data in a
+table and send its id instead).
 
 Exactly one listener acts on each NOTIFY: every worker may run an
 :class:`IngressListener`, but with ``elect_leader`` only the one holding the
@@ -29,8 +21,8 @@ leader's handler publishes into the bus, which reaches every worker and node.
 
 ``LISTEN/NOTIFY`` is at-most-once: notifications sent while no listener is
 connected (restart, failover) are lost. Durable data therefore lives in
-tables first: :func:`send_user_notification` stores the notification and
-sends its id in the same transaction, so an offline user still gets it.
+tables first (the insurance domain's ``send_user_notification`` stores a
+notification and sends its id in the same transaction).
 """
 
 from __future__ import annotations
@@ -38,46 +30,31 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import re
-import uuid
 from collections.abc import Awaitable, Callable
-from typing import Annotated, Literal
+from typing import Literal
 
 import asyncpg
-import msgspec
 
 from rtserver.backoff import BackoffPolicy
+from rtserver.ingress.payloads import IngressDecoder, IngressInvalid, IngressMessage
 from rtserver.jsonlog import get_logger
 from rtserver.metrics import REGISTRY
-from rtserver.store.pool import TRANSIENT_ERRORS, encode_json
+from rtserver.store.pool import TRANSIENT_ERRORS
 
 __all__ = [
-    "NOTIFY_PAYLOAD_MAX",
-    "AlertEvent",
-    "AnalyticsEvent",
-    "CalculationProgress",
     "IngressHandler",
-    "IngressInvalid",
     "IngressListener",
-    "IngressMessage",
-    "IngressPayload",
-    "IngressPayloadTooLarge",
-    "QuoteUpdate",
-    "RoomPublish",
-    "UserNotify",
-    "decode_ingress",
-    "encode_ingress",
     "leader_lock_key",
     "send_ingress",
     "send_ingress_on",
-    "send_user_notification",
     "validate_channel",
 ]
 
-NOTIFY_PAYLOAD_MAX = 7999
-"""Largest NOTIFY payload PostgreSQL accepts, in bytes (it must be shorter than 8000)."""
+IngressHandler = Callable[[IngressMessage], Awaitable[None]]
+"""Receives each valid ingress message, one at a time in arrival order."""
 
 _CHANNEL_RE = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
-_log = get_logger("rtserver.store.ingress")
+_log = get_logger("rtserver.ingress.postgres")
 _received = REGISTRY.counter("rtserver_ingress_received_total", "Ingress NOTIFY payloads received")
 _invalid = REGISTRY.counter(
     "rtserver_ingress_invalid_total", "Ingress payloads rejected", ("kind",)
@@ -91,112 +68,6 @@ _handler_errors = REGISTRY.counter(
 _reconnects = REGISTRY.counter(
     "rtserver_ingress_reconnects_total", "LISTEN connections lost or failed to connect"
 )
-
-NonEmpty = Annotated[str, msgspec.Meta(min_length=1)]
-_EMPTY_OBJECT = msgspec.Raw(b"{}")
-
-
-class IngressInvalid(ValueError):
-    """An ingress payload is not valid JSON or does not match any ingress message.
-
-    ``kind`` is ``not_json`` or ``schema`` (the label of ``rtserver_ingress_invalid_total``).
-    """
-
-    def __init__(self, message: str, kind: Literal["not_json", "schema"]) -> None:
-        super().__init__(message)
-        self.kind = kind
-
-
-class IngressPayloadTooLarge(ValueError):
-    """An ingress payload exceeds the NOTIFY limit."""
-
-
-class IngressMessage(msgspec.Struct, tag_field="type", forbid_unknown_fields=True, frozen=True):
-    """Base of every ingress message; subclasses set ``tag``."""
-
-
-class RoomPublish(IngressMessage, tag="room_publish", frozen=True):
-    """Publish ``data`` (any JSON, passed through untouched) to ``room``."""
-
-    room: NonEmpty
-    data: msgspec.Raw
-
-
-class UserNotify(IngressMessage, tag="user_notify", frozen=True):
-    """A push notification for every connection of ``user``.
-
-    Without ``notification_id`` the receiver stores it first
-    (``Store.create_notification``); with it, it is already stored (see
-    :func:`send_user_notification`).
-    """
-
-    user: NonEmpty
-    title: str
-    body: str
-    data: msgspec.Raw = _EMPTY_OBJECT
-    notification_id: int | None = None
-
-
-class QuoteUpdate(IngressMessage, tag="quote_update", frozen=True):
-    """A backend changed a quote; goes to room ``quote:{quote_id}``."""
-
-    quote_id: uuid.UUID
-    update_type: NonEmpty
-    data: msgspec.Raw
-    version: Annotated[int, msgspec.Meta(ge=1)]
-
-
-class CalculationProgress(IngressMessage, tag="calculation_progress", frozen=True):
-    """Progress (0..1) of a rating calculation; goes to room ``quote:{quote_id}``."""
-
-    quote_id: uuid.UUID
-    progress: Annotated[float, msgspec.Meta(ge=0.0, le=1.0)]
-    stage: NonEmpty
-
-
-class AnalyticsEvent(IngressMessage, tag="analytics_event", frozen=True):
-    """A domain event that affects analytics dashboards."""
-
-    event: Literal["quote_created", "quote_converted", "calculation_complete"]
-    quote_id: uuid.UUID | None = None
-    data: msgspec.Raw = _EMPTY_OBJECT
-
-
-class AlertEvent(IngressMessage, tag="alert", frozen=True):
-    """An alert raised by a backend (stored in ``system_alerts`` by the receiver)."""
-
-    alert_type: NonEmpty
-    severity: Literal["low", "medium", "high", "critical"]
-    message: NonEmpty
-    details: msgspec.Raw = _EMPTY_OBJECT
-
-
-IngressPayload = (
-    RoomPublish | UserNotify | QuoteUpdate | CalculationProgress | AnalyticsEvent | AlertEvent
-)
-"""Every ingress message (a tagged union on ``type``)."""
-
-IngressHandler = Callable[[IngressPayload], Awaitable[None]]
-"""Receives each valid ingress message, one at a time in arrival order."""
-
-_decoder = msgspec.json.Decoder(IngressPayload)
-
-
-def decode_ingress(payload: bytes | str) -> IngressPayload:
-    """Decode and validate one payload; raises :class:`IngressInvalid` with the reason."""
-    try:
-        message: IngressPayload = _decoder.decode(payload)
-    except msgspec.ValidationError as exc:
-        raise IngressInvalid(f"invalid ingress payload: {exc}", "schema") from exc
-    except msgspec.DecodeError as exc:
-        raise IngressInvalid(f"ingress payload is not JSON: {exc}", "not_json") from exc
-    return message
-
-
-def encode_ingress(message: IngressPayload) -> bytes:
-    """The JSON payload of ``message`` (e.g. ``RoomPublish(room, msgspec.Raw(data))``)."""
-    return msgspec.json.encode(message)
-
 
 def validate_channel(channel: str) -> str:
     """Return ``channel`` if it is a plain lower-case identifier, else raise ValueError."""
@@ -214,72 +85,29 @@ def leader_lock_key(channel: str) -> int:
     return int.from_bytes(digest, "big") & 0x7FFFFFFFFFFFFFFF
 
 
-def _check_payload(payload: bytes) -> IngressPayload:
-    if len(payload) > NOTIFY_PAYLOAD_MAX:
-        raise IngressPayloadTooLarge(
-            f"ingress payload is {len(payload)} bytes, PostgreSQL NOTIFY accepts at most "
-            f"{NOTIFY_PAYLOAD_MAX}. Required action: store large data in the database and "
-            "send its id"
-        )
-    return decode_ingress(payload)
-
-
-async def send_ingress_on(conn: asyncpg.Connection, channel: str, payload: bytes) -> None:
-    """Validate ``payload`` and ``pg_notify`` it on an open connection.
+async def send_ingress_on(conn: asyncpg.Connection, channel: str, payload: bytes,
+                          decoder: IngressDecoder) -> None:
+    """Validate ``payload`` (with ``decoder``: the kinds the receivers accept) and
+    ``pg_notify`` it on an open connection.
 
     Raises :class:`IngressPayloadTooLarge` or :class:`IngressInvalid` before
     sending anything.
     """
     validate_channel(channel)
-    _check_payload(payload)
+    decoder.check_notify(payload)
     await conn.execute("SELECT pg_notify($1, $2)", channel, payload.decode())
 
 
-async def send_ingress(dsn: str, channel: str, payload: bytes, *, connect_timeout: float) -> None:
+async def send_ingress(dsn: str, channel: str, payload: bytes, decoder: IngressDecoder, *,
+                       connect_timeout: float) -> None:
     """Validate ``payload`` and send it on ``channel`` (used by ``rtserver publish``)."""
     validate_channel(channel)
-    _check_payload(payload)
+    decoder.check_notify(payload)
     conn = await asyncpg.connect(dsn, timeout=connect_timeout)
     try:
-        await send_ingress_on(conn, channel, payload)
+        await send_ingress_on(conn, channel, payload, decoder)
     finally:
         await conn.close()
-
-
-async def send_user_notification(
-    dsn: str,
-    channel: str,
-    *,
-    user: str,
-    title: str,
-    body: str,
-    data: object,
-    connect_timeout: float,
-) -> int:
-    """Store a notification and announce it on ``channel`` in one transaction.
-
-    Used by ``rtserver notify``. The NOTIFY is delivered only if the row is
-    committed, and the row exists even if no listener is connected (the user
-    gets it as pending on the next connect). Returns the notification id.
-    """
-    validate_channel(channel)
-    data_bytes = encode_json(data)
-    conn = await asyncpg.connect(dsn, timeout=connect_timeout)
-    try:
-        async with conn.transaction():
-            notification_id = await conn.fetchval(
-                "INSERT INTO notifications (user_id, title, body, data) "
-                "VALUES ($1, $2, $3, $4::text::jsonb) RETURNING id",
-                user, title, body, data_bytes.decode(),
-            )
-            message = UserNotify(
-                user=user, title=title, body=body, data=msgspec.Raw(data_bytes),
-                notification_id=int(notification_id),
-            )
-            await send_ingress_on(conn, channel, msgspec.json.encode(message))
-    finally:
-        await conn.close()
-    return int(notification_id)
 
 
 class IngressListener:
@@ -289,6 +117,7 @@ class IngressListener:
 
     * ``dsn``, ``channel``: where to LISTEN (a direct connection, not a
       transaction-pooling proxy).
+    * ``decoder``: the node's decoder of the enabled ingress kinds.
     * ``handler``: ``async def handler(message)``; called one message at a
       time in arrival order; an exception is logged and counted and the next
       message is handled.
@@ -313,6 +142,7 @@ class IngressListener:
         channel: str,
         handler: IngressHandler,
         *,
+        decoder: IngressDecoder,
         connect_timeout: float,
         keepalive_interval: float,
         reconnect_backoff_base: float,
@@ -334,13 +164,14 @@ class IngressListener:
         self.dsn = dsn
         self.channel = validate_channel(channel)
         self._handler = handler
+        self._decoder = decoder
         self._connect_timeout = connect_timeout
         self._keepalive = keepalive_interval
         self._backoff = BackoffPolicy(reconnect_backoff_base, reconnect_backoff_max)
         self._elect = elect_leader
         self._standby_retry = standby_retry_interval
         self._on_state_change = on_state_change
-        self._queue: asyncio.Queue[IngressPayload] = asyncio.Queue(maxsize=max_pending)
+        self._queue: asyncio.Queue[IngressMessage] = asyncio.Queue(maxsize=max_pending)
         self._state: Literal["starting", "listening", "standby", "reconnecting", "closed"] = (
             "starting"
         )
@@ -431,7 +262,7 @@ class IngressListener:
         _received.inc()
         text = payload if isinstance(payload, str) else str(payload)
         try:
-            message = decode_ingress(text)
+            message = self._decoder.decode(text)
         except IngressInvalid as exc:
             _invalid.inc(exc.kind)
             _log.warning("ingress_invalid", channel=channel, sender_pid=pid, kind=exc.kind,
