@@ -109,7 +109,7 @@ async def test_list_notifications_pages(store: Store) -> None:
 async def _quote(store: Store, **fields: object) -> uuid.UUID:
     customer = await pgutil.insert_customer(store, email=None, name="c", state="TX")
     quote = await pgutil.insert_quote(store, customer_id=customer.id, state="TX", status="draft",
-                                     total_premium=None, fields=fields, created_at=None)
+                                      total_premium=None, fields=fields, created_at=None)
     assert quote.version == 1
     return quote.id
 
@@ -195,10 +195,10 @@ async def test_quotes_dashboard_and_funnel(fresh_dsn: str) -> None:
         ids = []
         for customer, state, status, premium, created in rows:
             q = await pgutil.insert_quote(store, customer_id=customer, state=state, status=status,
-                                         total_premium=premium, fields={}, created_at=created)
+                                          total_premium=premium, fields={}, created_at=created)
             ids.append(q.id)
         converted = await pgutil.set_quote_status(store, ids[1], "converted", total_premium=None,
-                                                 set_premium=False, updated_by="svc")
+                                                  set_premium=False, updated_by="svc")
         assert converted is not None and converted.converted_at is not None
         assert converted.version == 2 and converted.total_premium == 100.0
 
@@ -258,7 +258,7 @@ async def test_empty_dashboard(fresh_dsn: str) -> None:
 
 async def test_admin_activity_filters(store: Store) -> None:
     admin = (await pgutil.create_admin_user(store, email=f"{uuid.uuid4()}@x", name="A",
-                                           permissions=["admin:monitor"])).id
+                                            permissions=["admin:monitor"])).id
     got = await pgutil.get_admin_user(store, admin)
     assert got is not None and got.permissions == ["admin:monitor"]
     first = await store.log_admin_activity(
@@ -375,7 +375,7 @@ async def test_list_alerts_filters(store: Store) -> None:
     assert [a.id for a in recent] == [crit.id, low.id]
     assert decode_json(recent[0].details) == {"raw": True}
     unresolved_critical = await pgutil.list_alerts(store, resolved=False, severity="critical",
-                                                  before_id=None, limit=100)
+                                                   before_id=None, limit=100)
     assert crit.id in [a.id for a in unresolved_critical]
     assert low.id not in [a.id for a in unresolved_critical]
     resolved = await pgutil.list_alerts(store, resolved=True, severity=None, before_id=crit.id,

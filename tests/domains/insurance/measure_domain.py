@@ -67,7 +67,7 @@ async def measure_edits(server: RtServer) -> None:
     store = server.node.store
     assert store is not None
     quote = await pgutil.insert_quote(store, customer_id=None, state="CA", status="draft",
-                                     total_premium=None, fields={}, created_at=None)
+                                      total_premium=None, fields={}, created_at=None)
     tok = token(perms=["quote:read", "quote:write"], rooms=[f"quote:{quote.id}"])
     url = f"ws://127.0.0.1:{server.port}/ws?token={tok}"
     async with connect(url, compression=None) as a, connect(url, compression=None) as b:

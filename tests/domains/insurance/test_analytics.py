@@ -50,7 +50,7 @@ async def seed(store: Store) -> None:
     ]
     for customer_id, state, status, premium, created in rows:
         await pgutil.insert_quote(store, customer_id=customer_id, state=state, status=status,
-                                 total_premium=premium, fields={}, created_at=created)
+                                  total_premium=premium, fields={}, created_at=created)
 
 
 async def start(client: Any, dashboard: str, filters: dict[str, Any],

@@ -34,8 +34,8 @@ async def new_quote(server: RtServer, *, customer: uuid.UUID | None = None,
                                customer, f"{customer}@example.test")
         customer_id = customer
     return await pgutil.insert_quote(store, customer_id=customer_id, state="CA", status="draft",
-                                    total_premium=None, fields=fields or {"driver_name": "Ann"},
-                                    created_at=None)
+                                     total_premium=None, fields=fields or {"driver_name": "Ann"},
+                                     created_at=None)
 
 
 def editor(quote: Quote, user: str | None = None, perms: tuple[str, ...] = (

@@ -60,7 +60,7 @@ async def test_racing_editors_across_workers_see_the_winner(
     store = first.node.store
     assert isinstance(store, Store)
     quote = await pgutil.insert_quote(store, customer_id=None, state="OR", status="draft",
-                                     total_premium=None, fields={}, created_at=None)
+                                      total_premium=None, fields={}, created_at=None)
     qid = str(quote.id)
     tok = token(perms=["quote:read", "quote:write"], rooms=[f"quote:{qid}"])
     a, b = await ws(first, tok), await ws(second, tok)
