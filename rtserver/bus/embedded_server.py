@@ -15,6 +15,13 @@ publications in seq order (and the publisher sees its own publication before
 presence (the union over workers) and removes everything of a worker whose
 connection closes. The worker side is :mod:`rtserver.bus.embedded_client`.
 
+Room streams (:class:`~rtserver.bus.room_streams.RoomStreams`): every room has
+an epoch, a seq and a bounded history; ``RECOVER`` answers what rooms
+published after given positions, in one frame for many rooms. A ``PUBLISH``
+carries a key (a key applied within ``idempotency_window`` is answered with
+its original position, not published again) and a deadline (one arriving
+later is refused, so a publish its client reported failed is never applied).
+
 Cluster ``/healthz`` and ``/metrics``: a worker's ``STATUS`` request makes the
 server ask every connected worker for its metrics text and health (a
 ``COLLECT`` frame), wait up to ``collect_timeout`` and answer with the
