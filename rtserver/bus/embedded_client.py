@@ -459,12 +459,14 @@ class EmbeddedBus(Bus):
             raise BusUnavailable(
                 f"embedded bus: hub unreachable ({self._health.reason}); publish not carried "
                 "out. Required action: retry after the bus recovers")
+        flags = 0
         if key is None:
             self._keys += 1
             key = f"{self._key_prefix}{self._keys}"
+            flags = wire.PUBLISH_KEY_GENERATED
         kb = key.encode()
-        payload = (_PUB_HEAD.pack(time.monotonic() + self.settings.request_timeout, len(kb))
-                   + kb + body)
+        deadline = time.monotonic() + self.settings.request_timeout
+        payload = _PUB_HEAD.pack(deadline, flags, len(kb)) + kb + body
         seq, answer = await self._send_request(wire.K_PUBLISH, room, payload, retriable=True)
         n, status = _ACK_PUB.unpack(answer)
         if status == wire.PUBLISH_EXPIRED:

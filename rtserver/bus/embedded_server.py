@@ -320,9 +320,10 @@ class EmbeddedBusServer:
         client reports it failed, so it must not be applied).
         """
         payload = f.payload
-        deadline, klen = _PUB_HEAD.unpack_from(payload)
+        deadline, flags, klen = _PUB_HEAD.unpack_from(payload)
         start = _PUB_HEAD.size
         key = payload[start:start + klen].decode() if klen else None
+        body = payload[start + klen:]
         room = f.key
         now = time.monotonic()
         streams = self._streams
@@ -332,12 +333,16 @@ class EmbeddedBusServer:
                                   _ACK_PUB.pack(0, wire.PUBLISH_EXPIRED)))
             return
         streams.maybe_sweep(now, self._rooms.__contains__)
-        n, seq, applied = streams.publish(room, payload[start + klen:], key, now)
+        # A generated key only serves the client's retry, which stops at the deadline:
+        # remembered for as long again past it, not for the whole idempotency window.
+        remember = (max(deadline - now, 0.0) * 2 if flags & wire.PUBLISH_KEY_GENERATED
+                    else None)
+        n, seq, applied = streams.publish(room, body, key, now, remember)
         if applied:
             _M_HUB_PUBLISHED.inc()
             targets = self._rooms.get(room)
             if targets:
-                frame = wire.encode(wire.K_PUB, n, seq, room, payload[start + klen:])
+                frame = wire.encode(wire.K_PUB, n, seq, room, body)
                 for target in targets:
                     target.send(frame)
         status = wire.PUBLISH_APPLIED if applied else wire.PUBLISH_DUPLICATE
