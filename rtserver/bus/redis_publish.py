@@ -107,6 +107,10 @@ class RedisPublisher:
         self._dataset = dataset_epoch
         self._offset_ms = offset_ms
 
+    def set_offset(self, offset_ms: float) -> None:
+        """A fresh measure of the Redis clock offset (see :meth:`attach`)."""
+        self._offset_ms = offset_ms
+
     async def close(self) -> None:
         """Fail everything pending and stop the flusher."""
         if self._task is not None:
