@@ -383,9 +383,6 @@ def _validate(c: Config) -> None:
     _require(c.bus.idempotency_window > c.bus.request_timeout, "bus.idempotency_window",
              "must be longer than bus.request_timeout (a retried publish must be deduplicated)",
              "raise bus.idempotency_window above bus.request_timeout")
-    _require(c.bus.history_ttl > c.bus.presence_refresh_interval, "bus.history_ttl",
-             "must be longer than bus.presence_refresh_interval (watched rooms' streams are "
-             "kept alive at every refresh)", "raise bus.history_ttl")
     _require(c.workers.max_restarts >= 0 and c.workers.restart_window > 0,
              "workers.max_restarts/restart_window", "must be >= 0 / > 0",
              "set valid restart limits")
