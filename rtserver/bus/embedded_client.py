@@ -7,8 +7,12 @@ connection is lost the bus reports degraded health through ``on_bus_state``,
 fails requests with :class:`~rtserver.bus.base.BusUnavailable`, reconnects
 with exponential backoff and jitter (every attempt logged), re-declares
 exactly the handler's :meth:`~rtserver.bus.base.BusHandler.interest_snapshot`
-(the bus keeps no copy of the worker's rooms, users or presence) and
-announces the recovery.
+(the bus keeps no copy of the worker's rooms, users or presence), recovers
+what its rooms missed since the snapshot's positions (delivered before newer
+live publications; an unfillable hole is reported through ``on_stream_gap``,
+see :mod:`rtserver.bus.stream_recovery`) and announces the recovery.
+Publishes interrupted by the loss are sent again with their keys until their
+deadline; other requests fail with :class:`~rtserver.bus.base.BusUnavailable`.
 
 ``/healthz`` and ``/metrics`` for the whole server: any worker calls
 :meth:`EmbeddedBus.cluster_health` / :meth:`EmbeddedBus.cluster_metrics`;
@@ -45,7 +49,7 @@ from rtserver.bus.base import (
 )
 from rtserver.bus.bus_metrics import RECONNECTS, REQUEST_FAILURES
 from rtserver.bus.embedded_settings import EmbeddedBusSettings, check_socket_path
-from rtserver.bus.metrics_text import merge_metrics_texts
+from rtserver.bus.metrics_text import cluster_health_doc, cluster_metrics_text
 from rtserver.bus.stream_recovery import GapFiller
 from rtserver.jsonlog import get_logger
 from rtserver.metrics import REGISTRY
@@ -455,12 +459,14 @@ class EmbeddedBus(Bus):
             raise BusUnavailable(
                 f"embedded bus: hub unreachable ({self._health.reason}); publish not carried "
                 "out. Required action: retry after the bus recovers")
+        flags = 0
         if key is None:
             self._keys += 1
             key = f"{self._key_prefix}{self._keys}"
+            flags = wire.PUBLISH_KEY_GENERATED
         kb = key.encode()
-        payload = (_PUB_HEAD.pack(time.monotonic() + self.settings.request_timeout, len(kb))
-                   + kb + body)
+        deadline = time.monotonic() + self.settings.request_timeout
+        payload = _PUB_HEAD.pack(deadline, flags, len(kb)) + kb + body
         seq, answer = await self._send_request(wire.K_PUBLISH, room, payload, retriable=True)
         n, status = _ACK_PUB.unpack(answer)
         if status == wire.PUBLISH_EXPIRED:
@@ -564,36 +570,8 @@ class EmbeddedBus(Bus):
 
     async def cluster_metrics(self) -> str:
         """Prometheus text for the whole server (every worker, labelled, plus the supervisor)."""
-        status = await self.cluster_status()
-        texts = [w["metrics"] for _, w in sorted(status["workers"].items(),
-                                                 key=lambda kv: int(kv[0]))]
-        if status["supervisor_metrics"]:
-            texts.append(status["supervisor_metrics"])
-        missing = status["missing"]
-        texts.append(
-            "# HELP rtserver_cluster_workers_missing Workers that did not answer the collection\n"
-            "# TYPE rtserver_cluster_workers_missing gauge\n"
-            f"rtserver_cluster_workers_missing {len(missing)}\n")
-        return merge_metrics_texts(texts)
+        return cluster_metrics_text(await self.cluster_status())
 
     async def cluster_health(self) -> dict[str, Any]:
         """Health of the whole server: ``status`` ok/degraded, per-worker health, reasons."""
-        status = await self.cluster_status()
-        reasons: list[str] = []
-        workers: dict[str, Any] = {}
-        for wid, info in status["workers"].items():
-            health = info["health"]
-            workers[wid] = health
-            # Either {"ok": bool, "reason": ...} or the node's {"status": ..., "reasons": ...}.
-            ok = health["ok"] if "ok" in health else health.get("status") == "ok"
-            if not ok:
-                why = health.get("reason") or health.get("reasons") or "not ok"
-                reasons.append(f"worker {wid}: {why}")
-        for wid in status["missing"]:
-            reasons.append(f"worker {wid}: not connected to the hub or did not answer")
-        return {
-            "status": "ok" if not reasons else "degraded",
-            "reasons": reasons,
-            "workers": workers,
-            "expected_workers": status["expected_workers"],
-        }
+        return cluster_health_doc(await self.cluster_status())

@@ -15,6 +15,13 @@ publications in seq order (and the publisher sees its own publication before
 presence (the union over workers) and removes everything of a worker whose
 connection closes. The worker side is :mod:`rtserver.bus.embedded_client`.
 
+Room streams (:class:`~rtserver.bus.room_streams.RoomStreams`): every room has
+an epoch, a seq and a bounded history; ``RECOVER`` answers what rooms
+published after given positions, in one frame for many rooms. A ``PUBLISH``
+carries a key (a key applied within ``idempotency_window`` is answered with
+its original position, not published again) and a deadline (one arriving
+later is refused, so a publish its client reported failed is never applied).
+
 Cluster ``/healthz`` and ``/metrics``: a worker's ``STATUS`` request makes the
 server ask every connected worker for its metrics text and health (a
 ``COLLECT`` frame), wait up to ``collect_timeout`` and answer with the
@@ -313,9 +320,10 @@ class EmbeddedBusServer:
         client reports it failed, so it must not be applied).
         """
         payload = f.payload
-        deadline, klen = _PUB_HEAD.unpack_from(payload)
+        deadline, flags, klen = _PUB_HEAD.unpack_from(payload)
         start = _PUB_HEAD.size
         key = payload[start:start + klen].decode() if klen else None
+        body = payload[start + klen:]
         room = f.key
         now = time.monotonic()
         streams = self._streams
@@ -325,12 +333,16 @@ class EmbeddedBusServer:
                                   _ACK_PUB.pack(0, wire.PUBLISH_EXPIRED)))
             return
         streams.maybe_sweep(now, self._rooms.__contains__)
-        n, seq, applied = streams.publish(room, payload[start + klen:], key, now)
+        # A generated key only serves the client's retry, which stops at the deadline:
+        # remembered for as long again past it, not for the whole idempotency window.
+        remember = (max(deadline - now, 0.0) * 2 if flags & wire.PUBLISH_KEY_GENERATED
+                    else None)
+        n, seq, applied = streams.publish(room, body, key, now, remember)
         if applied:
             _M_HUB_PUBLISHED.inc()
             targets = self._rooms.get(room)
             if targets:
-                frame = wire.encode(wire.K_PUB, n, seq, room, payload[start + klen:])
+                frame = wire.encode(wire.K_PUB, n, seq, room, body)
                 for target in targets:
                     target.send(frame)
         status = wire.PUBLISH_APPLIED if applied else wire.PUBLISH_DUPLICATE

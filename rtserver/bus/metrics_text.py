@@ -1,8 +1,11 @@
-"""Merging of Prometheus text expositions (the cluster ``/metrics`` of the supervisor)."""
+"""The cluster ``/metrics`` and ``/healthz`` of the supervisor: merging every worker's
+Prometheus text and health as collected by the embedded bus server."""
 
 from __future__ import annotations
 
-__all__ = ["merge_metrics_texts"]
+from typing import Any
+
+__all__ = ["cluster_health_doc", "cluster_metrics_text", "merge_metrics_texts"]
 
 
 def merge_metrics_texts(texts: list[str]) -> str:
@@ -41,3 +44,39 @@ def merge_metrics_texts(texts: list[str]) -> str:
         out.extend(head)
         out.extend(samples)
     return "\n".join(out) + "\n"
+
+
+def cluster_metrics_text(status: dict[str, Any]) -> str:
+    """Prometheus text of a collection (every worker, labelled, plus the supervisor)."""
+    texts = [w["metrics"] for _, w in sorted(status["workers"].items(),
+                                             key=lambda kv: int(kv[0]))]
+    if status["supervisor_metrics"]:
+        texts.append(status["supervisor_metrics"])
+    missing = status["missing"]
+    texts.append(
+        "# HELP rtserver_cluster_workers_missing Workers that did not answer the collection\n"
+        "# TYPE rtserver_cluster_workers_missing gauge\n"
+        f"rtserver_cluster_workers_missing {len(missing)}\n")
+    return merge_metrics_texts(texts)
+
+
+def cluster_health_doc(status: dict[str, Any]) -> dict[str, Any]:
+    """Health of a collection: ``status`` ok/degraded, per-worker health, reasons."""
+    reasons: list[str] = []
+    workers: dict[str, Any] = {}
+    for wid, info in status["workers"].items():
+        health = info["health"]
+        workers[wid] = health
+        # Either {"ok": bool, "reason": ...} or the node's {"status": ..., "reasons": ...}.
+        ok = health["ok"] if "ok" in health else health.get("status") == "ok"
+        if not ok:
+            why = health.get("reason") or health.get("reasons") or "not ok"
+            reasons.append(f"worker {wid}: {why}")
+    for wid in status["missing"]:
+        reasons.append(f"worker {wid}: not connected to the hub or did not answer")
+    return {
+        "status": "ok" if not reasons else "degraded",
+        "reasons": reasons,
+        "workers": workers,
+        "expected_workers": status["expected_workers"],
+    }

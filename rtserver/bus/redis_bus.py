@@ -210,17 +210,23 @@ class RedisBus(Bus):
         await self._check_epoch(client, snap)
         await self._await_subscribed(confirmed)
         await self._presence.refresh(client, snap.presence)
-        t0 = time.monotonic()
-        secs, micros = await client.time()
-        offset_ms = secs * 1000 + micros // 1000 - time.monotonic() * 1000
-        if time.monotonic() - t0 > self.settings.request_timeout / 2:
-            raise _Down("Redis TIME took longer than half of request_timeout")
+        offset_ms = await self._clock_offset(client)
         self._publisher.attach(client, self._sha, self._epoch or "", offset_ms)
         if since:
             self._gaps.finish(self._handler, since, await self._recover(client, since))
         self._declared = (len(snap.rooms), len(snap.users), len(snap.presence))
         self._up = True
         self._publisher.resume()
+
+    async def _clock_offset(self, client: aioredis.Redis) -> float:
+        """Redis ms minus local monotonic ms (measured after the answer: publish
+        deadlines converted with it fall slightly early on the Redis clock)."""
+        t0 = time.monotonic()
+        secs, micros = await client.time()
+        t1 = time.monotonic()
+        if t1 - t0 > self.settings.request_timeout / 2:
+            raise _Down("Redis TIME took longer than half of request_timeout")
+        return float(secs * 1000 + micros // 1000 - t1 * 1000)
 
     def _snapshot(self) -> InterestSnapshot:
         handler = self._handler
@@ -329,6 +335,7 @@ class RedisBus(Bus):
                 await self._connect()
             except (_Down, *_CONN_ERRORS, RedisError) as exc:
                 self._declaring = False
+                self._gaps.abort()
                 RECONNECTS.inc("redis", "failed")
                 _log.warning("bus_reconnect_failed", bus="redis", attempt=attempt,
                              error=_err(exc))
@@ -563,13 +570,16 @@ class RedisBus(Bus):
                 # Also a liveness probe of both connections: an idle bus notices a dead
                 # or hung Redis here.
                 await client.ping()
+                # Re-measured so that clock drift never moves publish deadlines.
+                self._publisher.set_offset(await self._clock_offset(client))
                 sub = self._sub
                 if sub is not None:
                     await sub.request(self.settings.request_timeout, b"PING")
                 snap = self._snapshot()
                 await self._presence.refresh(client, snap.presence)
                 await self._touch_rooms(client, snap.rooms)
-            except (*_CONN_ERRORS, RedisError) as exc:
+            except (_Down, *_CONN_ERRORS, RedisError) as exc:
+                # _Down here: Redis answered TIME too slowly; the offset is kept as it was.
                 _log.warning("bus_presence_refresh_failed", bus="redis", error=_err(exc))
                 if isinstance(exc, _CONN_ERRORS):
                     self._mark_down(f"presence refresh: {_err(exc)}")

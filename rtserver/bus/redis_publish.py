@@ -59,13 +59,14 @@ def err_text(exc: BaseException) -> str:
 
 
 class _Publish:
-    __slots__ = ("body", "deadline", "fut", "key", "room", "timer")
+    __slots__ = ("body", "deadline", "fut", "generated", "key", "room", "timer")
 
-    def __init__(self, room: str, body: bytes, key: str, deadline: float,
+    def __init__(self, room: str, body: bytes, key: str, generated: bool, deadline: float,
                  fut: asyncio.Future[StreamPosition]) -> None:
         self.room = room
         self.body = body
         self.key = key
+        self.generated = generated
         self.deadline = deadline
         self.fut = fut
         self.timer: asyncio.TimerHandle | None = None
@@ -106,6 +107,10 @@ class RedisPublisher:
         self._dataset = dataset_epoch
         self._offset_ms = offset_ms
 
+    def set_offset(self, offset_ms: float) -> None:
+        """A fresh measure of the Redis clock offset (see :meth:`attach`)."""
+        self._offset_ms = offset_ms
+
     async def close(self) -> None:
         """Fail everything pending and stop the flusher."""
         if self._task is not None:
@@ -117,11 +122,12 @@ class RedisPublisher:
     def submit(self, room: str, body: bytes, key: str | None) -> asyncio.Future[StreamPosition]:
         """Queue one publish (the bus checked it is up); its future answers the position."""
         loop = asyncio.get_running_loop()
+        generated = key is None
         if key is None:
             self._keys += 1
             key = f"{self._key_prefix}{self._keys}"
         fut: asyncio.Future[StreamPosition] = loop.create_future()
-        self._queue.append(_Publish(room, body, key,
+        self._queue.append(_Publish(room, body, key, generated,
                                     time.monotonic() + self.settings.request_timeout, fut))
         if not self._paused and (self._task is None or self._task.done()):
             self._task = loop.create_task(self._flusher())
@@ -241,6 +247,9 @@ class RedisPublisher:
         s = self.settings
         ttl_ms = int(s.history_ttl * 1000)
         window_ms = int(s.idempotency_window * 1000)
+        # A generated key only serves this publisher's retry, which stops at the
+        # deadline: kept twice request_timeout, not the whole window.
+        retry_ms = int(min(2 * s.request_timeout, s.idempotency_window) * 1000)
         for attempt in (1, 2):
             pipe = client.pipeline(transaction=False)
             sha = self._sha["publish"]
@@ -255,7 +264,7 @@ class RedisPublisher:
                     self._k_dataset, self._k_hbytes + room, self._k_idem + pub.key,
                     self._ch_room + room, self._origin, pub.body, s.history_size,
                     self._dataset, new_epoch, ttl_ms, s.history_max_bytes,
-                    deadline_ms, window_ms, pub.key)
+                    deadline_ms, retry_ms if pub.generated else window_ms, pub.key)
             _M_PUB_BATCHES.inc()
             results: list[Any] = await pipe.execute(raise_on_error=False)
             if attempt == 1 and results and all(isinstance(r, NoScriptError) for r in results):

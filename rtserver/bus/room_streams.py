@@ -18,7 +18,10 @@ supervisor); the Redis bus keeps the same state in Redis.
   ``history_ttl / 4`` seconds, from the calls that create state (publish,
   position, recover), so state only grows with calls and always shrinks back.
 * **Publish keys**: a key seen within ``idempotency_window`` seconds answers
-  its original position without publishing again.
+  its original position without publishing again. A key a bus client generated
+  for its own retry (the caller gave none) is kept only until that retry ends
+  (twice the time left to the publish's deadline), so the memory of keys scales
+  with the callers' keys, not with every publication.
 """
 
 from __future__ import annotations
@@ -91,8 +94,10 @@ class RoomStreams:
         self.instance = uuid.uuid4().hex[:12]
         self._streams: dict[str, _Stream] = {}
         self._created = 0
-        # key -> (epoch n, seq, expires at); insertion order is expiry order.
+        # key -> (epoch n, seq, expires at), insertion order = expiry order: callers'
+        # keys (the idempotency window) and keys kept only for a client's retry.
         self._keys: dict[str, tuple[int, int, float]] = {}
+        self._retry_keys: dict[str, tuple[int, int, float]] = {}
         self._next_sweep = 0.0
 
     def epoch_name(self, n: int) -> str:
@@ -110,13 +115,17 @@ class RoomStreams:
             self._streams[room] = st
         return st
 
-    def publish(self, room: str, body: bytes, key: str | None,
-                now: float) -> tuple[int, int, bool]:
+    def publish(self, room: str, body: bytes, key: str | None, now: float,
+                remember: float | None = None) -> tuple[int, int, bool]:
         """Sequence ``body``: ``(epoch n, seq, applied)``; ``applied`` is False for a
-        key already seen within the window (its original position is returned)."""
-        keys = self._keys
+        key already seen within the window (its original position is returned).
+
+        ``remember`` is how long the key is kept (seconds, at most the
+        idempotency window; None = the window): a key generated for a bus
+        client's own retry needs keeping only until that retry's deadline.
+        """
         if key is not None:
-            seen = keys.get(key)
+            seen = self._keys.get(key) or self._retry_keys.get(key)
             if seen is not None and seen[2] > now:
                 _M_DUPLICATES.inc(self.bus)
                 return seen[0], seen[1], False
@@ -144,13 +153,18 @@ class RoomStreams:
                                  "its history drained. Required action: raise "
                                  "bus.history_max_bytes if clients must recover further back")
         if key is not None:
-            keys.pop(key, None)
-            keys[key] = (st.n, seq, now + s.idempotency_window)
+            if remember is None:
+                self._keys.pop(key, None)
+                self._keys[key] = (st.n, seq, now + s.idempotency_window)
+            else:
+                self._retry_keys.pop(key, None)
+                self._retry_keys[key] = (st.n, seq,
+                                         now + min(remember, s.idempotency_window))
         return st.n, seq, True
 
     def lookup(self, key: str, now: float) -> tuple[int, int] | None:
         """``(epoch n, seq)`` of a key applied within the window, else None."""
-        seen = self._keys.get(key)
+        seen = self._keys.get(key) or self._retry_keys.get(key)
         if seen is not None and seen[2] > now:
             return seen[0], seen[1]
         return None
@@ -204,14 +218,14 @@ class RoomStreams:
     def sweep(self, now: float, interested: Callable[[str], bool]) -> None:
         """Drop expired publish keys, history older than history_ttl, and the streams of
         rooms unused for history_ttl that nobody is interested in."""
-        keys = self._keys
-        expired_keys = []
-        for key, (_, _, expires) in keys.items():
-            if expires > now:
-                break
-            expired_keys.append(key)
-        for key in expired_keys:
-            del keys[key]
+        for keys in (self._keys, self._retry_keys):
+            expired_keys = []
+            for key, (_, _, expires) in keys.items():
+                if expires > now:
+                    break
+                expired_keys.append(key)
+            for key in expired_keys:
+                del keys[key]
         ttl = self.settings.history_ttl
         released = []
         for room, st in self._streams.items():

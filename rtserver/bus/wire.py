@@ -16,7 +16,9 @@ instance is in the HELLO answer (msgpack ``{"instance": ...}``), ``n`` travels
 as the ``req`` of a ``PUB`` and as :data:`ACK_POSITION` (``u32 n``) in the
 answers to POSITION, or :data:`ACK_PUBLISH` (``u32 n, u8 status``) to PUBLISH.
 A PUBLISH payload is :data:`PUBLISH_HEAD` (``f64 deadline`` on the machine's
-monotonic clock, ``u16 keylen``), the idempotency key, then the body. RECOVER
+monotonic clock, ``u8 flags`` (:data:`PUBLISH_KEY_GENERATED`: the key was made
+by the client for its own retry, not given by the caller), ``u16 keylen``),
+the idempotency key, then the body. RECOVER
 and its answer are msgpack.
 
 Room bodies and user payloads are never decoded or re-encoded by the hub: it
@@ -61,6 +63,7 @@ __all__ = [
     "PUBLISH_DUPLICATE",
     "PUBLISH_EXPIRED",
     "PUBLISH_HEAD",
+    "PUBLISH_KEY_GENERATED",
     "Frame",
     "FrameError",
     "FrameReader",
@@ -72,7 +75,9 @@ HEADER_SIZE: Final = HEADER.size
 _REST: Final = struct.Struct("!BIQH")
 _LEN: Final = struct.Struct("!I")
 #: PUBLISH payload head: deadline (monotonic seconds), key length.
-PUBLISH_HEAD: Final = struct.Struct("!dH")
+PUBLISH_HEAD: Final = struct.Struct("!dBH")
+#: PUBLISH flag: the key only serves the client's retry until the deadline.
+PUBLISH_KEY_GENERATED: Final = 1
 #: ACK payload of PUBLISH: epoch number, status (``PUBLISH_*``).
 ACK_PUBLISH: Final = struct.Struct("!IB")
 #: ACK payload of POSITION: epoch number.

@@ -28,8 +28,9 @@ async def test_two_nodes_concurrent_publishers_consecutive_seq(make_bus) -> None
     seqs = await asyncio.gather(*[a.publish("r", body) for _ in range(150)],
                                 *[b.publish("r", body) for _ in range(150)])
     assert sorted(p.seq for p in seqs) == list(range(1, 301))
-    assert len({p.epoch for p in seqs}) == 1 and ra.epochs == [seqs[0].epoch] * 300
+    assert len({p.epoch for p in seqs}) == 1
     await ra.wait_for(lambda: len(ra.publications) == 300)
+    assert ra.epochs == [seqs[0].epoch] * 300
     await rb.wait_for(lambda: len(rb.publications) == 300)
     assert ra.seqs("r") == list(range(1, 301))
     assert rb.seqs("r") == list(range(1, 301))

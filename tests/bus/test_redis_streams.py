@@ -4,6 +4,7 @@ real Redis (127.0.0.1:6379 with a random key prefix, or a private redis-server).
 from __future__ import annotations
 
 import asyncio
+import signal
 from typing import Any
 
 import pytest
@@ -106,10 +107,14 @@ async def test_redis_restart_is_an_epoch_change_and_a_held_publish_completes(
     first = await bus.publish("g", b'{"i":1}')
     await bus.publish("g", b'{"i":2}')
     await rec.wait_for(lambda: len(rec.publications) == 2)
-    private_redis.kill()
-    # The bus has not noticed yet: this publish fails on the wire, is held, and goes again
-    # once Redis is back (within request_timeout), instead of failing.
+    assert private_redis.proc is not None
+    private_redis.proc.send_signal(signal.SIGSTOP)  # frozen: the bus cannot notice yet
     held = asyncio.ensure_future(bus.publish("g", b'{"i":3}'))
+    await asyncio.sleep(0)  # one loop step: the publish is accepted (the bus is still up)
+    assert not held.done() and bus.health().ok
+    private_redis.kill()
+    # The publish fails on the wire, is held, and goes again once Redis is back (within
+    # request_timeout), instead of failing.
     await rec.wait_for(lambda: any(not s.ok for s in rec.states))
     private_redis.start()
     pos = await asyncio.wait_for(held, 10)

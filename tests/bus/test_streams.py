@@ -100,6 +100,16 @@ def test_publish_key_applies_once_within_the_window() -> None:
     assert later[2] is True and later[1] == 2
 
 
+def test_retry_keys_are_kept_only_for_the_retry() -> None:
+    streams = RoomStreams(dataclasses.replace(HISTORY, idempotency_window=60.0), "local")
+    streams.publish("r", b"a", "generated", now=0.0, remember=1.0)
+    streams.publish("r", b"b", "caller", now=0.0)
+    streams.sweep(2.0, lambda room: True)
+    assert streams.lookup("generated", 2.0) is None
+    assert streams.lookup("caller", 2.0) is not None
+    assert streams.publish("r", b"a", "generated", now=2.0)[1:] == (3, True)
+
+
 async def test_local_bus_positions_and_idempotent_publish() -> None:
     bus = LocalBus(HISTORY)
     rec = Recorder()
