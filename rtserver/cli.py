@@ -220,6 +220,13 @@ def _cmd_serve(args: argparse.Namespace) -> int:
             raise StartupError(EXIT_CONFIG, f"configuration error: {problem}",
                                action or "fix the configuration") from exc
         config = loaded.config
+        from rtserver.requirements import RequirementError, check_requirements
+
+        try:
+            check_requirements()
+        except RequirementError as exc:
+            problem, _, action = str(exc).partition(" Required action: ")
+            raise StartupError(EXIT_CONFIG, problem.rstrip(". "), action) from exc
         try:
             load_fanout(config.fanout.implementation)
         except FanoutUnavailable as exc:
