@@ -14,7 +14,7 @@ import orjson
 import pytest
 
 from conftest import token
-from rtserver.store import AlertEvent
+from rtserver.domains.insurance.ingress_kinds import AlertEvent
 from tests.domains.insurance.helpers import (
     domain_ingress,
     domain_tasks,

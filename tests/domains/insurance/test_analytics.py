@@ -14,7 +14,8 @@ import pytest
 
 from conftest import token
 from rtserver.domains.insurance.analytics import QUERIES
-from rtserver.store import AnalyticsEvent, Store
+from rtserver.domains.insurance.ingress_kinds import AnalyticsEvent
+from rtserver.store import Store
 from tests.domains.insurance.helpers import (
     domain_ingress,
     domain_tasks,

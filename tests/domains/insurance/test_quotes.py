@@ -10,8 +10,9 @@ import msgspec
 import pytest
 
 from conftest import token
+from rtserver.domains.insurance.ingress_kinds import CalculationProgress, QuoteUpdate
 from rtserver.server import RtServer
-from rtserver.store import CalculationProgress, Quote, QuoteUpdate, Store
+from rtserver.store import Quote, Store
 from tests.domains.insurance.helpers import (
     domain_ingress,
     nothing_but_pong,
