@@ -77,6 +77,11 @@ class AuthConfig(_Section, frozen=True):
     jwt_private_key_file: str
     auth_timeout: float
     allow_anonymous: bool
+    jwt_previous_secret: str
+    jwt_audience: str
+    jwt_issuer: str
+    leeway: float
+    max_token_lifetime: float
 
 
 class LimitsConfig(_Section, frozen=True):
@@ -216,13 +221,14 @@ ENV_FLAGS: dict[str, tuple[str, str]] = {
     "log_level": ("server", "log_level"),
     "dev": ("server", "dev"),
     "jwt_secret": ("auth", "jwt_secret"),
+    "jwt_previous_secret": ("auth", "jwt_previous_secret"),
     "fanout": ("fanout", "implementation"),
     "workers": ("workers", "count"),
     "redis": ("bus", "redis_url"),
     "database": ("database", "dsn"),
 }
 
-_SECRET_KEYS = {("auth", "jwt_secret")}
+_SECRET_KEYS = {("auth", "jwt_secret"), ("auth", "jwt_previous_secret")}
 
 
 def _coerce_env(section: str, key: str, raw: str) -> Any:
@@ -334,13 +340,19 @@ def _validate(c: Config) -> None:
                  "no JWT signing secret is configured",
                  "set RTSERVER_JWT_SECRET (or auth.jwt_secret in the config file), or start "
                  "with --dev to generate a throw-away secret")
-        if a.jwt_secret:
-            _require(len(a.jwt_secret) >= 32, "auth.jwt_secret", "shorter than 32 characters",
-                     "use a random secret of at least 32 characters")
+        for key, value in (("jwt_secret", a.jwt_secret),
+                           ("jwt_previous_secret", a.jwt_previous_secret)):
+            if value:
+                _require(len(value.encode()) >= 32, f"auth.{key}", "shorter than 32 bytes",
+                         "use a random secret of at least 32 bytes (UTF-8 encoded)")
     else:
         _require(bool(a.jwt_public_key_file), "auth.jwt_public_key_file",
                  "RS256 needs a public key", "set the path of a PEM public key")
     _require(a.auth_timeout > 0, "auth.auth_timeout", "must be > 0", "set a positive number")
+    _require(0 <= a.leeway <= 300, "auth.leeway", "must be in [0, 300] seconds",
+             "allow a small clock skew such as 1")
+    _require(a.max_token_lifetime > a.leeway, "auth.max_token_lifetime",
+             "must be longer than auth.leeway", "set the longest lifetime a token may have")
     _require(lim.max_room_name_length >= 3, "limits.max_room_name_length", "too small",
              "allow at least 3 characters")
     _require(lim.max_subscriptions >= 1, "limits.max_subscriptions", "must be >= 1",
