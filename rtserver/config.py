@@ -94,6 +94,8 @@ class LimitsConfig(_Section, frozen=True):
     max_errors_per_minute: int
     presence_member_limit: int
     outbound_buffer_limit: int
+    max_json_depth: int
+    client_error_log_interval: float
 
 
 class HeartbeatConfig(_Section, frozen=True):
@@ -363,6 +365,10 @@ def _validate(c: Config) -> None:
              "set a positive burst")
     _require(lim.max_errors_per_minute >= 1, "limits.max_errors_per_minute", "must be >= 1",
              "set a positive number")
+    _require(1 <= lim.max_json_depth <= 256, "limits.max_json_depth", "must be in 1..256",
+             "allow the nesting your messages need, such as 32")
+    _require(lim.client_error_log_interval > 0, "limits.client_error_log_interval",
+             "must be > 0", "set the seconds between summary lines, such as 10")
     _require(lim.presence_member_limit >= 0, "limits.presence_member_limit", "must be >= 0",
              "set 0 or more")
     _require(lim.outbound_buffer_limit >= s.max_message_bytes, "limits.outbound_buffer_limit",

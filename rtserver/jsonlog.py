@@ -20,7 +20,7 @@ from typing import Any, TextIO
 
 import orjson
 
-__all__ = ["JsonLogger", "configure", "get_logger", "set_worker"]
+__all__ = ["JsonLogger", "SummaryLog", "configure", "get_logger", "set_worker"]
 
 _worker_id = 0
 _stream: TextIO = sys.stderr
@@ -91,7 +91,16 @@ class JsonLogger:
             "worker": _worker_id,
         }
         record.update(fields)
-        line = orjson.dumps(record, default=_default, option=orjson.OPT_NON_STR_KEYS)
+        try:
+            line = orjson.dumps(record, default=_default, option=orjson.OPT_NON_STR_KEYS)
+        except (TypeError, orjson.JSONEncodeError) as exc:
+            # A value orjson cannot carry (an integer beyond 64 bits, a string with
+            # a lone surrogate): the line is still written, with every field as
+            # its ASCII repr, and says so.
+            safe = {str(k): v if k in ("ts", "level", "logger", "event", "worker")
+                    else ascii(v) for k, v in record.items()}
+            safe["log_encoding_error"] = str(exc)
+            line = orjson.dumps(safe)
         try:
             _stream.write(line.decode() + "\n")
             _stream.flush()
@@ -125,6 +134,38 @@ class JsonLogger:
     def error(self, event: str, **fields: Any) -> None:
         """Write an error line."""
         self._write(logging.ERROR, "error", event, fields)
+
+
+class SummaryLog:
+    """Counts repeated events by code and writes one warning line per interval.
+
+    For events a client can cause at will (malformed frames): the first one
+    is written at once, later ones are counted and written as one line
+    (``counts`` by code, ``interval``) once ``interval`` seconds have passed
+    since the previous line. One instance per component (per node), not
+    module state.
+    """
+
+    __slots__ = ("_counts", "_event", "_log", "_next")
+
+    def __init__(self, logger: JsonLogger, event: str) -> None:
+        self._log = logger
+        self._event = event
+        self._counts: dict[str, int] = {}
+        self._next = 0.0
+
+    def note(self, code: str, now: float, interval: float) -> None:
+        """Count one event with ``code`` at monotonic time ``now``."""
+        counts = self._counts
+        counts[code] = counts.get(code, 0) + 1
+        if now >= self._next:
+            self._next = now + interval
+            self._log.warning(self._event, counts=dict(counts), total=sum(counts.values()),
+                              interval=interval,
+                              note="counts since the previous summary line; every failure "
+                              "was answered with an error frame and counted in "
+                              "rtserver_errors_total")
+            counts.clear()
 
 
 def get_logger(name: str) -> JsonLogger:

@@ -7,15 +7,23 @@ the one msgspec decoder for that union and one reused encoder.
 
 from __future__ import annotations
 
+import functools
 import re
+import time
 from collections.abc import Iterable
 from typing import Any
 
 import msgspec
 
+from rtserver.jsonlog import SummaryLog, get_logger
 from rtserver.protocol.messages import CLIENT_MESSAGES, ClientMessage, ServerMessage
 
-__all__ = ["Codec", "DecodeFailure", "ErrorCode"]
+__all__ = ["INT64_MAX", "INT64_MIN", "Codec", "DecodeFailure", "ErrorCode", "json_too_deep"]
+
+log = get_logger("rtserver.protocol")
+
+INT64_MIN = -(2**63)
+INT64_MAX = 2**63 - 1
 
 
 class ErrorCode:
@@ -28,6 +36,8 @@ class ErrorCode:
     UNKNOWN_TYPE = "unknown_type"
     MISSING_FIELD = "missing_field"
     INVALID_FIELD = "invalid_field"
+    NESTING_TOO_DEEP = "nesting_too_deep"
+    NUMBER_OUT_OF_RANGE = "number_out_of_range"
     UNKNOWN_FIELD = "unknown_field"
     INVALID_ROOM = "invalid_room"
     UNKNOWN_NAMESPACE = "unknown_namespace"
@@ -65,6 +75,51 @@ _MISSING = re.compile(r"Object missing required field `([^`]+)`(?: - at `\$(.*)`
 _UNKNOWN = re.compile(r"Object contains unknown field `([^`]+)`")
 _BAD_TAG = re.compile(r"Invalid value '([^']*)' - at `\$\.type`")
 _AT = re.compile(r" - at `\$\.?([^`]*)`")
+# JSON strings (unrolled, linear) and runs of anything but brackets and quotes.
+_NOT_BRACKETS = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"|[^\[\]{}"]+')
+_INNERMOST = re.compile(r"\[\]|\{\}")
+_LONG_DIGITS = re.compile(r"[0-9]{19}")
+
+
+def json_too_deep(frame: str, max_depth: int) -> bool:
+    """Whether arrays/objects in ``frame`` nest deeper than ``max_depth``.
+
+    Costs two C-level counts for ordinary frames (fewer brackets than the
+    limit cannot nest deeper than it). Otherwise strings are removed and the
+    innermost empty pairs are stripped once per level, each pass in C. A
+    malformed (unbalanced) sequence is too deep when it holds more than
+    ``max_depth`` consecutive openings; otherwise the decoder reports it as
+    invalid JSON.
+    """
+    if frame.count("[") + frame.count("{") <= max_depth:
+        return False
+    brackets = _NOT_BRACKETS.sub("", frame)
+    for _ in range(max_depth):
+        shorter = _INNERMOST.sub("", brackets)
+        if not shorter:
+            return False
+        if shorter == brackets:
+            return _opening_run(max_depth).search(brackets) is not None
+        brackets = shorter
+    return True
+
+
+@functools.lru_cache(maxsize=8)
+def _opening_run(max_depth: int) -> re.Pattern[str]:
+    return re.compile(rf"[\[{{]{{{max_depth + 1}}}")
+
+
+def _out_of_range_int(value: Any) -> bool:
+    """Whether a decoded value holds an integer outside the signed 64-bit range."""
+    if isinstance(value, int):
+        return not INT64_MIN <= value <= INT64_MAX
+    if isinstance(value, msgspec.Struct):
+        return any(_out_of_range_int(v) for v in msgspec.structs.astuple(value))
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return any(_out_of_range_int(v) for v in value)
+    if isinstance(value, dict):
+        return any(_out_of_range_int(k) or _out_of_range_int(v) for k, v in value.items())
+    return False
 
 
 class Codec:
@@ -83,16 +138,36 @@ class Codec:
         self._decoder = msgspec.json.Decoder(union)
         self._encoder = msgspec.json.Encoder()
         self._id_probe = msgspec.json.Decoder(dict[str, Any])
+        #: Decode failures, logged as one warning summary per interval (per node).
+        self.failures = SummaryLog(log, "client_decode_failures")
 
     def encode(self, message: ServerMessage) -> bytes:
         """Encode a server message to JSON bytes."""
         return self._encoder.encode(message)
 
-    def decode(self, frame: str | bytes) -> ClientMessage:
-        """Decode and validate one client text frame or raise :class:`DecodeFailure`."""
+    def decode(self, frame: str, max_depth: int, log_interval: float) -> ClientMessage:
+        """Decode and validate one client text frame or raise :class:`DecodeFailure`.
+
+        Frames nested deeper than ``max_depth`` (``limits.max_json_depth``) and
+        integers outside the signed 64-bit range are refused before they reach
+        the decoder's stack or a log line; every failure is counted in the
+        warning summary written at most once per ``log_interval`` seconds.
+        """
+        try:
+            return self._decode(frame, max_depth)
+        except DecodeFailure as exc:
+            self.failures.note(exc.code, time.monotonic(), log_interval)
+            raise
+
+    def _decode(self, frame: str, max_depth: int) -> ClientMessage:
+        if json_too_deep(frame, max_depth):
+            raise DecodeFailure(
+                ErrorCode.NESTING_TOO_DEEP,
+                f"the frame nests arrays/objects deeper than {max_depth} levels",
+                f"Required action: send messages nested at most {max_depth} levels deep "
+                "(limits.max_json_depth)", None)
         try:
             message: ClientMessage = self._decoder.decode(frame)
-            return message
         except msgspec.ValidationError as exc:
             raise self._classify(str(exc), frame) from exc
         except msgspec.DecodeError as exc:
@@ -100,14 +175,33 @@ class Codec:
                 ErrorCode.INVALID_JSON, f"the frame is not valid JSON: {exc}",
                 "Required action: send one JSON object per text frame", None,
             ) from exc
+        except RecursionError as exc:
+            # Only reachable if the stack is already deep: the depth check above
+            # bounds nesting well below Python's recursion limit.
+            raise DecodeFailure(
+                ErrorCode.NESTING_TOO_DEEP, "the frame nests arrays/objects too deeply",
+                f"Required action: send messages nested at most {max_depth} levels deep "
+                "(limits.max_json_depth)", None) from exc
+        if _LONG_DIGITS.search(frame) is not None and _out_of_range_int(message):
+            msg_id = getattr(message, "id", None)
+            raise DecodeFailure(
+                ErrorCode.NUMBER_OUT_OF_RANGE,
+                "an integer in the message is outside the signed 64-bit range",
+                "Required action: send integers between -2^63 and 2^63-1 (ids: prefer "
+                "strings)",
+                msg_id if isinstance(msg_id, str) else None)
+        return message
 
     def _probe_id(self, frame: str | bytes) -> str | int | None:
         try:
             obj = self._id_probe.decode(frame)
-        except msgspec.MsgspecError:
+        except (msgspec.MsgspecError, RecursionError):
             return None
         value = obj.get("id")
-        return value if isinstance(value, (str, int)) and not isinstance(value, bool) else None
+        if isinstance(value, bool) or (isinstance(value, int)
+                                       and not INT64_MIN <= value <= INT64_MAX):
+            return None
+        return value if isinstance(value, (str, int)) else None
 
     def _classify(self, text: str, frame: str | bytes) -> DecodeFailure:
         msg_id = self._probe_id(frame)
