@@ -418,14 +418,16 @@ def _validate(c: Config) -> None:
 
 
 def masked(config: Config) -> dict[str, Any]:
-    """The configuration as a dict with secrets replaced, for the startup log."""
-    data: dict[str, Any] = msgspec.to_builtins(config)
+    """The configuration as a dict with secrets replaced, for the startup log.
+
+    Secret keys are replaced whole; every other string has URL passwords and
+    password-like query values masked (``database.dsn``, ``bus.redis_url``,
+    any URL added later).
+    """
+    from rtserver.redact import MASK, mask_credentials_in
+
+    data: dict[str, Any] = mask_credentials_in(msgspec.to_builtins(config))
     for section, key in _SECRET_KEYS:
         if data[section][key]:
-            data[section][key] = "***"
-    dsn = data["database"]["dsn"]
-    if "@" in dsn and ":" in dsn.split("@", 1)[0].split("//", 1)[-1]:
-        scheme, rest = dsn.split("//", 1)
-        creds, host = rest.split("@", 1)
-        data["database"]["dsn"] = f"{scheme}//{creds.split(':', 1)[0]}:***@{host}"
+            data[section][key] = MASK
     return data

@@ -20,6 +20,8 @@ from typing import Any, TextIO
 
 import orjson
 
+from rtserver.redact import MASK, redact_text
+
 __all__ = ["JsonLogger", "SummaryLog", "configure", "get_logger", "set_worker"]
 
 _worker_id = 0
@@ -27,15 +29,45 @@ _stream: TextIO = sys.stderr
 _level = logging.INFO
 
 
+#: websockets' per-connection info lines (one per handshake, one per ``curl /healthz``):
+#: written at debug. rtserver's own connection_state lines say the same with context.
+_WEBSOCKETS_CHATTER = frozenset({
+    "connection open", "connection closed", "HTTP response sent (%d %s)",
+    "connection rejected (%d %s)",
+})
+#: Field names whose values are never written (whatever the level).
+_SECRET_FIELDS = frozenset({"token", "secret", "password", "jwt_secret", "authorization"})
+
+
 class _StdlibBridge(logging.Handler):
-    """Writes the standard library's log records (websockets, asyncio, asyncpg) as JSON lines."""
+    """Writes the standard library's log records (websockets, asyncio, asyncpg) as JSON lines.
+
+    Every message and traceback is passed through :func:`rtserver.redact.redact_text`
+    (``token`` query values, ``Authorization`` headers, JWTs, URL passwords), and
+    websockets' per-connection info chatter is demoted to debug.
+    """
 
     def emit(self, record: logging.LogRecord) -> None:
-        fields: dict[str, Any] = {"message": record.getMessage()}
+        levelno, levelname = record.levelno, record.levelname.lower()
+        if (levelno == logging.INFO and record.name.startswith("websockets")
+                and record.msg in _WEBSOCKETS_CHATTER):
+            levelno, levelname = logging.DEBUG, "debug"
+        if levelno < _level:
+            return
+        fields: dict[str, Any] = {"message": redact_text(record.getMessage())}
         if record.exc_info:
-            fields["exception"] = self.format(record).split("\n", 1)[-1]
-        JsonLogger(record.name)._write(record.levelno, record.levelname.lower(), "library_log",
-                                       fields)
+            fields["exception"] = redact_text(self.format(record).split("\n", 1)[-1])
+        JsonLogger(record.name)._write(levelno, levelname, "library_log", fields)
+
+
+def _clean(key: str, value: Any) -> Any:
+    """A field value as it may be written: secrets by name masked, credentials in text hidden."""
+    if key in _SECRET_FIELDS:
+        return MASK
+    if isinstance(value, str) and ("@" in value or "eyJ" in value or "token=" in value
+                                   or "uthorization" in value):
+        return redact_text(value)
+    return value
 
 
 def configure(level: str = "info", stream: TextIO | None = None) -> None:
@@ -90,7 +122,8 @@ class JsonLogger:
             "event": event,
             "worker": _worker_id,
         }
-        record.update(fields)
+        for key, value in fields.items():
+            record[key] = _clean(key, value)
         try:
             line = orjson.dumps(record, default=_default, option=orjson.OPT_NON_STR_KEYS)
         except (TypeError, orjson.JSONEncodeError) as exc:

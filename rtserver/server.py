@@ -15,6 +15,7 @@ import http
 import secrets
 import signal
 import socket
+import sys
 import time
 import traceback
 import uuid
@@ -58,9 +59,17 @@ def resolve_secret(config: Config) -> str:
         return config.auth.jwt_secret
     if config.server.dev:
         secret = secrets.token_urlsafe(32)
-        log.warning("dev_secret_generated", secret=secret,
+        # Shown once on the terminal, never in the JSON log (which may be shipped).
+        terminal = sys.stderr.isatty()
+        if terminal:
+            sys.stderr.write(f"rtserver --dev: throw-away JWT secret (not logged): {secret}\n")
+            sys.stderr.flush()
+        log.warning("dev_secret_generated", shown_on_terminal=terminal,
                     note="--dev generated a throw-away JWT secret; tokens die with this process. "
-                    "Use it with: RTSERVER_JWT_SECRET=<secret> rtserver token ...")
+                    + ("It was printed on the terminal, not logged; use it with: "
+                       "RTSERVER_JWT_SECRET=<secret> rtserver token ..." if terminal else
+                       "stderr is not a terminal, so it was not shown. Required action: set "
+                       "RTSERVER_JWT_SECRET to mint tokens for this server"))
         return secret
     raise RuntimeError("no JWT secret (validated config should have refused to start)")
 
