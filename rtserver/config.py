@@ -66,6 +66,13 @@ class ServerConfig(_Section, frozen=True):
     max_incoming_queue: int
     shutdown_grace: float
     dev: bool
+    allowed_origins: list[str]
+    max_connections: int
+    max_connections_per_address: int
+    max_unauthenticated: int
+    connect_rate_per_second: float
+    connect_rate_burst: int
+    admission_retry_after: float
 
 
 class AuthConfig(_Section, frozen=True):
@@ -335,6 +342,20 @@ def _validate(c: Config) -> None:
         _require(getattr(s, key) > 0, f"server.{key}", "must be > 0", "set a positive number")
     _require(s.backlog >= 1, "server.backlog", "must be >= 1",
              "set the listen backlog (the kernel caps it at net.core.somaxconn)")
+    from rtserver.admission import OriginPolicy
+
+    try:
+        OriginPolicy(s.allowed_origins)
+    except ValueError as exc:
+        raise ConfigError(f"server.allowed_origins: {exc}. Required action: fix the pattern "
+                          "(docs/security.md)") from exc
+    for key in ("max_connections", "max_connections_per_address", "max_unauthenticated",
+                "connect_rate_burst"):
+        _require(getattr(s, key) >= 1, f"server.{key}", "must be >= 1", "set a positive number")
+    _require(s.connect_rate_per_second > 0, "server.connect_rate_per_second", "must be > 0",
+             "set the connection attempts per second a worker accepts")
+    _require(s.admission_retry_after > 0, "server.admission_retry_after", "must be > 0",
+             "set the Retry-After seconds of a refused handshake")
     _require(s.max_incoming_queue >= 1, "server.max_incoming_queue", "must be >= 1",
              "set a positive number")
     if a.jwt_algorithm == "HS256":

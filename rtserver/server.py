@@ -30,6 +30,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
 from rtserver import jsonlog
+from rtserver.admission import Admission
 from rtserver.bus.base import Bus, BusHealth, BusUnavailable
 from rtserver.bus.embedded import EmbeddedBus
 from rtserver.bus.local import LocalBus
@@ -51,6 +52,9 @@ from rtserver.router import Router
 __all__ = ["RtServer", "build_router", "resolve_secret", "run_server"]
 
 log = jsonlog.get_logger("rtserver.server")
+ADMISSION_REFUSED = REGISTRY.counter(
+    "rtserver_handshakes_refused_total", "WebSocket handshakes refused before the upgrade",
+    ("reason",))
 
 
 def resolve_secret(config: Config) -> str:
@@ -105,9 +109,18 @@ _NO_HEADERS = Headers()
 
 
 class RtConnection(ServerConnection):
-    """A websockets server connection that records when it last received a pong."""
+    """A websockets server connection that records when it last received a pong and
+    gives its admission slot back when the TCP connection ends."""
 
     last_pong = 0.0
+    on_lost: Callable[[], None] | None = None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        """Release the admission slot, then let websockets finish."""
+        release, self.on_lost = self.on_lost, None
+        if release is not None:
+            release()
+        super().connection_lost(exc)
 
     def acknowledge_pings(self, data: bytes) -> None:
         """Record the pong (ours are unsolicited for websockets, which ignores them)."""
@@ -160,6 +173,10 @@ class RtServer:
         if hub_bus is not None:
             hub_bus.set_status_providers(
                 lambda: REGISTRY.render({"worker": str(self.worker_id)}), self.node.health)
+        self.admission = Admission(config.server, time.monotonic())
+        self._refusals = jsonlog.SummaryLog(log, "handshakes_refused")
+        for warning in self.admission.origins.warnings:
+            log.warning("allowed_origins_any", note=warning)
         self.server: Server | None = None
         self.port: int | None = None
         self._stopping: asyncio.Event | None = None
@@ -170,7 +187,7 @@ class RtServer:
                                request: Request) -> Response | None:
         path = urlsplit(request.path).path
         if path == self.config.server.ws_path:
-            return None
+            return self._admit(connection, request)
         if self.hub_bus is not None and parse_qs(urlsplit(request.path).query).get(
                 "scope") != ["worker"] and path in ("/healthz", "/metrics"):
             return await self._cluster_status(path)
@@ -191,6 +208,27 @@ class RtServer:
                              "action": f"Required action: connect WebSockets to "
                              f"{self.config.server.ws_path}; HTTP serves /healthz and /metrics"})
         return _response(http.HTTPStatus.NOT_FOUND, body, "application/json")
+
+    def _admit(self, connection: ServerConnection, request: Request) -> Response | None:
+        """Admission before the upgrade (rtserver/admission.py): None admits."""
+        remote = connection.remote_address
+        address = str(remote[0]) if remote else "unknown"
+        refusal = self.admission.check(
+            request.headers.get_all("Origin"), address, time.monotonic(),
+            self.node.hub.state_counts[ConnState.CONNECTING])
+        if refusal is None:
+            assert isinstance(connection, RtConnection)
+            connection.on_lost = lambda: self.admission.release(address)
+            return None
+        ADMISSION_REFUSED.inc(refusal.reason)
+        self._refusals.note(refusal.reason, time.monotonic(),
+                            self.config.limits.client_error_log_interval)
+        response = _response(http.HTTPStatus(refusal.status), orjson.dumps(
+            {"error": refusal.reason, "message": refusal.message, "action": refusal.action}),
+            "application/json")
+        if refusal.retry_after is not None:
+            response.headers["Retry-After"] = str(refusal.retry_after)
+        return response
 
     async def _cluster_status(self, path: str) -> Response:
         """/healthz or /metrics for every worker, collected through the bus hub; this
