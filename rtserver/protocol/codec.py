@@ -7,7 +7,8 @@ the one msgspec decoder for that union and one reused encoder.
 
 from __future__ import annotations
 
-import functools
+import itertools
+import operator
 import re
 import time
 from collections.abc import Iterable
@@ -75,38 +76,51 @@ _MISSING = re.compile(r"Object missing required field `([^`]+)`(?: - at `\$(.*)`
 _UNKNOWN = re.compile(r"Object contains unknown field `([^`]+)`")
 _BAD_TAG = re.compile(r"Invalid value '([^']*)' - at `\$\.type`")
 _AT = re.compile(r" - at `\$\.?([^`]*)`")
-# JSON strings (unrolled, linear) and runs of anything but brackets and quotes.
-_NOT_BRACKETS = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"|[^\[\]{}"]+')
-_INNERMOST = re.compile(r"\[\]|\{\}")
+# JSON strings (unrolled form: linear on valid JSON).
+_STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"')
+# Brackets to parentheses (valid JSON pairs them correctly), everything else deleted.
+_PAREN_TABLE = bytes.maketrans(b"[{]}", b"(())")
+_NOT_BRACKET = bytes(c for c in range(256) if c not in b"[]{}")
+_OPEN_RUNS = re.compile(rb"\(+")
+_CLOSE_RUNS = re.compile(rb"\)+")
+#: Leaf-pair removal passes before the run-length scan (each pass is one C replace).
+_LEAF_PASSES = 4
 _LONG_DIGITS = re.compile(r"[0-9]{19}")
 
 
 def json_too_deep(frame: str, max_depth: int) -> bool:
-    """Whether arrays/objects in ``frame`` nest deeper than ``max_depth``.
+    """Whether arrays/objects in ``frame`` (syntactically valid JSON) nest deeper than
+    ``max_depth``.
 
-    Costs two C-level counts for ordinary frames (fewer brackets than the
-    limit cannot nest deeper than it). Otherwise strings are removed and the
-    innermost empty pairs are stripped once per level, each pass in C. A
-    malformed (unbalanced) sequence is too deep when it holds more than
-    ``max_depth`` consecutive openings; otherwise the decoder reports it as
-    invalid JSON.
+    Ordinary frames cost two C-level counts (fewer brackets than the limit
+    cannot nest deeper than it). Otherwise, all in C but the last step:
+    strings are removed, brackets become parentheses and everything else is
+    deleted; a few passes strip the innermost ``()`` pairs (one level each);
+    the depth of what is left is the largest prefix sum over its runs of
+    ``(`` and ``)``. About 2 ms for the worst 64 KiB frame. Check the syntax
+    first: the string pattern is quadratic on many unterminated strings.
     """
     if frame.count("[") + frame.count("{") <= max_depth:
         return False
-    brackets = _NOT_BRACKETS.sub("", frame)
-    for _ in range(max_depth):
-        shorter = _INNERMOST.sub("", brackets)
-        if not shorter:
-            return False
-        if shorter == brackets:
-            return _opening_run(max_depth).search(brackets) is not None
-        brackets = shorter
-    return True
-
-
-@functools.lru_cache(maxsize=8)
-def _opening_run(max_depth: int) -> re.Pattern[str]:
-    return re.compile(rf"[\[{{]{{{max_depth + 1}}}")
+    if '"' in frame:
+        frame = _STRING.sub("", frame)
+    parens = frame.encode().translate(_PAREN_TABLE, _NOT_BRACKET)
+    removed = 0
+    while removed < _LEAF_PASSES:
+        shorter = parens.replace(b"()", b"")
+        if shorter == parens:
+            break
+        parens = shorter
+        removed += 1
+        if not parens:
+            return removed > max_depth
+    opens: Iterable[int] = map(len, _OPEN_RUNS.findall(parens))
+    if parens.startswith(b")"):
+        opens = itertools.chain((0,), opens)
+    closes = itertools.chain((0,), map(len, _CLOSE_RUNS.findall(parens)))
+    deepest = max(map(operator.sub, itertools.accumulate(opens), itertools.accumulate(closes)),
+                  default=0)
+    return deepest + removed > max_depth
 
 
 def _out_of_range_int(value: Any) -> bool:
@@ -138,6 +152,7 @@ class Codec:
         self._decoder = msgspec.json.Decoder(union)
         self._encoder = msgspec.json.Encoder()
         self._id_probe = msgspec.json.Decoder(dict[str, Any])
+        self._syntax = msgspec.json.Decoder(msgspec.Raw)
         #: Decode failures, logged as one warning summary per interval (per node).
         self.failures = SummaryLog(log, "client_decode_failures")
 
@@ -160,12 +175,26 @@ class Codec:
             raise
 
     def _decode(self, frame: str, max_depth: int) -> ClientMessage:
-        if json_too_deep(frame, max_depth):
-            raise DecodeFailure(
-                ErrorCode.NESTING_TOO_DEEP,
-                f"the frame nests arrays/objects deeper than {max_depth} levels",
-                f"Required action: send messages nested at most {max_depth} levels deep "
-                "(limits.max_json_depth)", None)
+        if frame.count("[") + frame.count("{") > max_depth:
+            # Syntax first (C, linear; a RecursionError means far too deep), then
+            # the depth scan, which is linear on valid JSON only.
+            try:
+                self._syntax.decode(frame)
+            except msgspec.DecodeError as exc:
+                raise DecodeFailure(
+                    ErrorCode.INVALID_JSON, f"the frame is not valid JSON: {exc}",
+                    "Required action: send one JSON object per text frame", None,
+                ) from exc
+            except RecursionError:
+                too_deep = True
+            else:
+                too_deep = json_too_deep(frame, max_depth)
+            if too_deep:
+                raise DecodeFailure(
+                    ErrorCode.NESTING_TOO_DEEP,
+                    f"the frame nests arrays/objects deeper than {max_depth} levels",
+                    f"Required action: send messages nested at most {max_depth} levels deep "
+                    "(limits.max_json_depth)", None)
         try:
             message: ClientMessage = self._decoder.decode(frame)
         except msgspec.ValidationError as exc:
