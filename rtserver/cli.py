@@ -272,9 +272,15 @@ def _cmd_token(args: argparse.Namespace) -> int:
                   "action: set it in the config file", file=sys.stderr)
             return 2
         key = Path(config.auth.jwt_private_key_file).read_text()
+    if not 0 < args.ttl <= config.auth.max_token_lifetime:
+        print(f"rtserver: --ttl {args.ttl:g} is outside 0..{config.auth.max_token_lifetime:g} "
+              "s, the lifetime the server accepts (auth.max_token_lifetime). Required action: "
+              "pass a shorter --ttl", file=sys.stderr)
+        return 2
     try:
         token = mint_token(key, args.user, args.perm, args.room, args.ttl,
-                           config.auth.jwt_algorithm)
+                           config.auth.jwt_algorithm, audience=config.auth.jwt_audience,
+                           issuer=config.auth.jwt_issuer)
     except ValueError as exc:
         print(f"rtserver: invalid --user: {exc}. Required action: give a UUID", file=sys.stderr)
         return 2

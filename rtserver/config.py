@@ -19,12 +19,12 @@ import tomllib
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import msgspec
 
 from rtserver.domain_settings import DomainSettings
 from rtserver.jsonlog import get_logger
+from rtserver.redact import mask_url_credentials
 
 __all__ = [
     "DEFAULT_CONFIG_PATH",
@@ -99,6 +99,13 @@ class ServerConfig(_Section, frozen=True):
     max_incoming_queue: int
     shutdown_grace: float
     dev: bool
+    allowed_origins: list[str]
+    max_connections: int
+    max_connections_per_address: int
+    max_unauthenticated: int
+    connect_rate_per_second: float
+    connect_rate_burst: int
+    admission_retry_after: float
 
 
 class AuthConfig(_Section, frozen=True):
@@ -110,6 +117,11 @@ class AuthConfig(_Section, frozen=True):
     jwt_private_key_file: str
     auth_timeout: float
     allow_anonymous: bool
+    jwt_previous_secret: str
+    jwt_audience: str
+    jwt_issuer: str
+    leeway: float
+    max_token_lifetime: float
 
 
 class LimitsConfig(_Section, frozen=True):
@@ -122,6 +134,8 @@ class LimitsConfig(_Section, frozen=True):
     max_errors_per_minute: int
     presence_member_limit: int
     outbound_buffer_limit: int
+    max_json_depth: int
+    client_error_log_interval: float
 
 
 class HeartbeatConfig(_Section, frozen=True):
@@ -263,6 +277,7 @@ ENV_FLAGS: dict[str, tuple[str, str]] = {
     "log_level": ("server", "log_level"),
     "dev": ("server", "dev"),
     "jwt_secret": ("auth", "jwt_secret"),
+    "jwt_previous_secret": ("auth", "jwt_previous_secret"),
     "fanout": ("fanout", "implementation"),
     "workers": ("workers", "count"),
     "redis": ("bus", "redis_url"),
@@ -271,7 +286,7 @@ ENV_FLAGS: dict[str, tuple[str, str]] = {
 }
 
 #: Keys whose values are never shown (logs, ``rtserver config show``).
-_SECRET_KEYS = frozenset({"auth.jwt_secret"})
+_SECRET_KEYS = frozenset({"auth.jwt_secret", "auth.jwt_previous_secret"})
 #: Tables whose entries are named by the user (a file may add entries).
 _OPEN_TABLES = frozenset({"namespaces"})
 #: Tables a file replaces as a whole (a map of names, not of settings).
@@ -504,6 +519,20 @@ def _validate(c: Config) -> None:
         _require(getattr(s, key) > 0, f"server.{key}", "must be > 0", "set a positive number")
     _require(s.backlog >= 1, "server.backlog", "must be >= 1",
              "set the listen backlog (the kernel caps it at net.core.somaxconn)")
+    from rtserver.admission import OriginPolicy
+
+    try:
+        OriginPolicy(s.allowed_origins)
+    except ValueError as exc:
+        raise ConfigError(f"server.allowed_origins: {exc}. Required action: fix the pattern "
+                          "(docs/security.md)") from exc
+    for key in ("max_connections", "max_connections_per_address", "max_unauthenticated",
+                "connect_rate_burst"):
+        _require(getattr(s, key) >= 1, f"server.{key}", "must be >= 1", "set a positive number")
+    _require(s.connect_rate_per_second > 0, "server.connect_rate_per_second", "must be > 0",
+             "set the connection attempts per second a worker accepts")
+    _require(s.admission_retry_after > 0, "server.admission_retry_after", "must be > 0",
+             "set the Retry-After seconds of a refused handshake")
     _require(s.max_incoming_queue >= 1, "server.max_incoming_queue", "must be >= 1",
              "set a positive number")
     if a.jwt_algorithm == "HS256":
@@ -511,13 +540,19 @@ def _validate(c: Config) -> None:
                  "no JWT signing secret is configured",
                  "set RTSERVER_JWT_SECRET (or auth.jwt_secret in the config file), or start "
                  "with --dev to generate a throw-away secret")
-        if a.jwt_secret:
-            _require(len(a.jwt_secret) >= 32, "auth.jwt_secret", "shorter than 32 characters",
-                     "use a random secret of at least 32 characters")
+        for key, value in (("jwt_secret", a.jwt_secret),
+                           ("jwt_previous_secret", a.jwt_previous_secret)):
+            if value:
+                _require(len(value.encode()) >= 32, f"auth.{key}", "shorter than 32 bytes",
+                         "use a random secret of at least 32 bytes (UTF-8 encoded)")
     else:
         _require(bool(a.jwt_public_key_file), "auth.jwt_public_key_file",
                  "RS256 needs a public key", "set the path of a PEM public key")
     _require(a.auth_timeout > 0, "auth.auth_timeout", "must be > 0", "set a positive number")
+    _require(0 <= a.leeway <= 300, "auth.leeway", "must be in [0, 300] seconds",
+             "allow a small clock skew such as 1")
+    _require(a.max_token_lifetime > a.leeway, "auth.max_token_lifetime",
+             "must be longer than auth.leeway", "set the longest lifetime a token may have")
     _require(lim.max_room_name_length >= 3, "limits.max_room_name_length", "too small",
              "allow at least 3 characters")
     _require(lim.max_subscriptions >= 1, "limits.max_subscriptions", "must be >= 1",
@@ -528,6 +563,10 @@ def _validate(c: Config) -> None:
              "set a positive burst")
     _require(lim.max_errors_per_minute >= 1, "limits.max_errors_per_minute", "must be >= 1",
              "set a positive number")
+    _require(1 <= lim.max_json_depth <= 256, "limits.max_json_depth", "must be in 1..256",
+             "allow the nesting your messages need, such as 32")
+    _require(lim.client_error_log_interval > 0, "limits.client_error_log_interval",
+             "must be > 0", "set the seconds between summary lines, such as 10")
     _require(lim.presence_member_limit >= 0, "limits.presence_member_limit", "must be >= 0",
              "set 0 or more")
     _require(lim.outbound_buffer_limit >= s.max_message_bytes, "limits.outbound_buffer_limit",
@@ -582,21 +621,6 @@ def _validate(c: Config) -> None:
                  "namespace names are lower-case identifiers", "rename the namespace")
 
 
-def _mask_url(url: str) -> str:
-    parts = urlsplit(url)
-    netloc = parts.netloc
-    if parts.password:
-        creds, _, host = netloc.rpartition("@")
-        user = creds.partition(":")[0]
-        netloc = f"{user}:***@{host}"
-    query = parts.query
-    if query:
-        pairs = parse_qsl(query, keep_blank_values=True)
-        query = urlencode([(k, "***" if "pass" in k.lower() else v) for k, v in pairs],
-                          safe="*")
-    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
-
-
 def mask_value(key: str, value: Any) -> Any:
     """``value`` of the dotted ``key`` as logs and ``config show`` may print it.
 
@@ -605,8 +629,8 @@ def mask_value(key: str, value: Any) -> Any:
     """
     if key in _SECRET_KEYS:
         return "***" if value else value
-    if isinstance(value, str) and "://" in value:
-        return _mask_url(value)
+    if isinstance(value, str):
+        return mask_url_credentials(value)
     return value
 
 

@@ -15,6 +15,7 @@ import http
 import secrets
 import signal
 import socket
+import sys
 import time
 import traceback
 import uuid
@@ -29,6 +30,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
 from rtserver import jsonlog
+from rtserver.admission import Admission
 from rtserver.bus.base import Bus, BusHealth, BusUnavailable, InterestSnapshot
 from rtserver.bus.embedded_client import EmbeddedBus
 from rtserver.bus.local import LocalBus
@@ -46,6 +48,9 @@ from rtserver.startup import bind_failure
 __all__ = ["RtServer", "resolve_secret", "run_server"]
 
 log = jsonlog.get_logger("rtserver.server")
+ADMISSION_REFUSED = REGISTRY.counter(
+    "rtserver_handshakes_refused_total", "WebSocket handshakes refused before the upgrade",
+    ("reason",))
 
 
 def resolve_secret(config: Config) -> str:
@@ -54,9 +59,17 @@ def resolve_secret(config: Config) -> str:
         return config.auth.jwt_secret
     if config.server.dev:
         secret = secrets.token_urlsafe(32)
-        log.warning("dev_secret_generated", secret=secret,
+        # Shown once on the terminal, never in the JSON log (which may be shipped).
+        terminal = sys.stderr.isatty()
+        if terminal:
+            sys.stderr.write(f"rtserver --dev: throw-away JWT secret (not logged): {secret}\n")
+            sys.stderr.flush()
+        log.warning("dev_secret_generated", shown_on_terminal=terminal,
                     note="--dev generated a throw-away JWT secret; tokens die with this process. "
-                    "Use it with: RTSERVER_JWT_SECRET=<secret> rtserver token ...")
+                    + ("It was printed on the terminal, not logged; use it with: "
+                       "RTSERVER_JWT_SECRET=<secret> rtserver token ..." if terminal else
+                       "stderr is not a terminal, so it was not shown. Required action: set "
+                       "RTSERVER_JWT_SECRET to mint tokens for this server"))
         return secret
     raise RuntimeError("no JWT secret (validated config should have refused to start)")
 
@@ -100,9 +113,18 @@ _NO_HEADERS = Headers()
 
 
 class RtConnection(ServerConnection):
-    """A websockets server connection that records when it last received a pong."""
+    """A websockets server connection that records when it last received a pong and
+    gives its admission slot back when the TCP connection ends."""
 
     last_pong = 0.0
+    on_lost: Callable[[], None] | None = None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        """Release the admission slot, then let websockets finish."""
+        release, self.on_lost = self.on_lost, None
+        if release is not None:
+            release()
+        super().connection_lost(exc)
 
     def acknowledge_pings(self, data: bytes) -> None:
         """Record the pong (ours are unsolicited for websockets, which ignores them)."""
@@ -150,6 +172,10 @@ class RtServer:
         if hub_bus is not None:
             hub_bus.set_status_providers(
                 lambda: REGISTRY.render({"worker": str(self.worker_id)}), self.node.health)
+        self.admission = Admission(config.server, time.monotonic())
+        self._refusals = jsonlog.SummaryLog(log, "handshakes_refused")
+        for warning in self.admission.origins.warnings:
+            log.warning("allowed_origins_any", note=warning)
         self.server: Server | None = None
         self.port: int | None = None
         self._stopping: asyncio.Event | None = None
@@ -160,7 +186,7 @@ class RtServer:
                                request: Request) -> Response | None:
         path = urlsplit(request.path).path
         if path == self.config.server.ws_path:
-            return None
+            return self._admit(connection, request)
         if self.hub_bus is not None and parse_qs(urlsplit(request.path).query).get(
                 "scope") != ["worker"] and path in ("/healthz", "/metrics"):
             return await self._cluster_status(path)
@@ -181,6 +207,27 @@ class RtServer:
                              "action": f"Required action: connect WebSockets to "
                              f"{self.config.server.ws_path}; HTTP serves /healthz and /metrics"})
         return _response(http.HTTPStatus.NOT_FOUND, body, "application/json")
+
+    def _admit(self, connection: ServerConnection, request: Request) -> Response | None:
+        """Admission before the upgrade (rtserver/admission.py): None admits."""
+        remote = connection.remote_address
+        address = str(remote[0]) if remote else "unknown"
+        refusal = self.admission.check(
+            request.headers.get_all("Origin"), address, time.monotonic(),
+            self.node.hub.state_counts[ConnState.CONNECTING])
+        if refusal is None:
+            assert isinstance(connection, RtConnection)
+            connection.on_lost = lambda: self.admission.release(address)
+            return None
+        ADMISSION_REFUSED.inc(refusal.reason)
+        self._refusals.note(refusal.reason, time.monotonic(),
+                            self.config.limits.client_error_log_interval)
+        response = _response(http.HTTPStatus(refusal.status), orjson.dumps(
+            {"error": refusal.reason, "message": refusal.message, "action": refusal.action}),
+            "application/json")
+        if refusal.retry_after is not None:
+            response.headers["Retry-After"] = str(refusal.retry_after)
+        return response
 
     async def _cluster_status(self, path: str) -> Response:
         """/healthz or /metrics for every worker, collected through the bus hub; this

@@ -192,7 +192,10 @@ class FrameReader:
                 fend = pos + 4 + length
                 if pstart > fend:
                     raise FrameError(f"bus frame key length {keylen} exceeds frame length {length}")
-                key = str(mv[kstart:pstart], "utf-8") if keylen else ""
+                try:
+                    key = str(mv[kstart:pstart], "utf-8") if keylen else ""
+                except UnicodeDecodeError as exc:
+                    raise FrameError(f"bus frame key is not UTF-8 ({exc})") from exc
                 frames.append(Frame(kind, req, seq, key, bytes(mv[pstart:fend])))
                 pos = fend
         finally:

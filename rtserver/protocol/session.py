@@ -128,7 +128,7 @@ Action = (Reply | Fail | CloseConnection | Authenticate | DoSubscribe | DoUnsubs
 class Session:
     """Protocol state of one connection: identity, rooms, rate and error budgets."""
 
-    __slots__ = ("_errors", "_publish_allowed", "_tokens", "_updated", "codec",
+    __slots__ = ("_closed", "_errors", "_publish_allowed", "_tokens", "_updated", "codec",
                  "connection_id", "last_activity", "limits", "policy", "principal", "rooms",
                  "verifier")
 
@@ -155,6 +155,13 @@ class Session:
         self._updated = now
         self._errors: deque[float] | None = None  # allocated on the first error
         self._publish_allowed: set[str] | None = None  # allocated on the first publish
+        #: Set once the session asked for a close: later frames produce no action.
+        self._closed = False
+
+    @property
+    def closed(self) -> bool:
+        """Whether the session asked for the connection to be closed."""
+        return self._closed
 
     # ------------------------------------------------------------ helpers
 
@@ -181,6 +188,7 @@ class Session:
                 None,
             ))
             out.append(CloseConnection(CLOSE_POLICY, "too many errors"))
+            self._closed = True
         return out
 
     def _take_token(self, now: float) -> bool:
@@ -198,6 +206,7 @@ class Session:
         try:
             principal = self.verifier.verify(token)
         except TokenError as exc:
+            self._closed = True
             return [Fail(exc.code, exc.message, exc.action, msg_id),
                     CloseConnection(CLOSE_AUTH_FAILED, exc.code)]
         return [Authenticate(principal, msg_id)]
@@ -205,7 +214,15 @@ class Session:
     # ------------------------------------------------------------ entry point
 
     def on_frame(self, frame: str | bytes, now: float) -> list[Action]:
-        """Turn one client frame into actions."""
+        """Turn one client frame into actions.
+
+        After the session asked for a close (error budget spent, failed
+        authentication) every later frame yields no action: the error frame
+        is sent once and nothing more from that client is carried out while
+        the close handshake completes.
+        """
+        if self._closed:
+            return []
         self.last_activity = now
         if not self._take_token(now):
             retry = 1.0 / self.limits.rate_limit_per_second
@@ -219,7 +236,8 @@ class Session:
                 ErrorCode.BINARY_NOT_SUPPORTED, "binary frames are not part of the protocol",
                 "Required action: send JSON in text frames", None, now)
         try:
-            message = self.codec.decode(frame)
+            message = self.codec.decode(frame, self.limits.max_json_depth,
+                                        self.limits.client_error_log_interval)
         except DecodeFailure as exc:
             return self.error(exc.code, exc.message, exc.action, exc.msg_id, now)
         return self.on_message(message, now)
