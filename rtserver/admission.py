@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Literal
 import msgspec
 
 if TYPE_CHECKING:
-    from rtserver.config import ServerConfig
+    from rtserver.config_sections import ServerConfig
 
 __all__ = ["REFUSAL_REASONS", "Admission", "OriginPolicy", "Refusal"]
 

@@ -16,15 +16,12 @@ from typing import Literal
 
 import msgspec
 
-__all__ = ["ANALYTICS_MAX_HOURS", "DomainSettings", "FieldType"]
+__all__ = ["DomainSettings", "FieldType"]
 
 FieldType = Literal["string", "number", "integer", "boolean", "date"]
 """Type of an editable quote field: ``string`` (at most ``edit_max_string_length``
 characters), ``number`` (finite JSON number), ``integer``, ``boolean``,
 ``date`` (ISO ``YYYY-MM-DD`` string)."""
-
-ANALYTICS_MAX_HOURS = 720
-"""Largest ``hours`` analytics and activity filter (30 days; part of the protocol)."""
 
 
 class DomainSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):

@@ -16,6 +16,7 @@ import msgspec
 
 from rtserver.auth import AccessDenied, AccessPolicy, Principal, TokenError, TokenVerifier
 from rtserver.config import LimitsConfig, NamespaceConfig
+from rtserver.protocol.close_codes import CloseCode
 from rtserver.protocol.codec import Codec, DecodeFailure, ErrorCode
 from rtserver.protocol.messages import (
     Auth,
@@ -45,10 +46,8 @@ __all__ = [
     "utc_now",
 ]
 
-CLOSE_AUTH_FAILED = 4001
 #: Rooms whose publish permission a session remembers (a fixed bound per connection).
 PUBLISH_DECISIONS_KEPT = 16
-CLOSE_POLICY = 1008
 
 
 def utc_now() -> str:
@@ -187,7 +186,7 @@ class Session:
                 "Required action: fix the client's messages before reconnecting",
                 None,
             ))
-            out.append(CloseConnection(CLOSE_POLICY, "too many errors"))
+            out.append(CloseConnection(CloseCode.POLICY, "too many errors"))
             self._closed = True
         return out
 
@@ -208,7 +207,7 @@ class Session:
         except TokenError as exc:
             self._closed = True
             return [Fail(exc.code, exc.message, exc.action, msg_id),
-                    CloseConnection(CLOSE_AUTH_FAILED, exc.code)]
+                    CloseConnection(CloseCode.AUTH_FAILED, exc.code)]
         return [Authenticate(principal, msg_id)]
 
     # ------------------------------------------------------------ entry point

@@ -27,7 +27,6 @@ from rtserver.store.models import (
 )
 
 __all__ = [
-    "DOMAIN_CLIENT_MESSAGES",
     "ActivityFilters",
     "AdminAlert",
     "AlertResolved",
@@ -204,11 +203,6 @@ class AlertsList(ClientMessage, tag="alerts_list", frozen=True):
     id: MessageId = None
 
 
-DOMAIN_CLIENT_MESSAGES: tuple[type[ClientMessage], ...] = (
-    QuoteSubscribe, QuoteEdit, FieldFocus, FieldBlur, StartAnalytics, StopAnalytics,
-    StartMonitoring, StopMonitoring, StartUserActivity, StopUserActivity, StartPerformance,
-    StopPerformance, DashboardSave, DashboardList, ResolveAlert, AlertsList,
-)
 
 
 # ================================================================ filters
