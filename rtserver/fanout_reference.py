@@ -136,10 +136,6 @@ class Sink:
         self.queued = False
         self.closed = False
 
-    def buffered(self) -> int:
-        """Bytes queued here plus bytes the transport has not written yet."""
-        return self.pending_bytes + int(self.transport.get_write_buffer_size())
-
 
 class Fanout:
     """Frame once, cork per loop tick, write to many connections."""
