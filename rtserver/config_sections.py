@@ -85,6 +85,7 @@ class LimitsConfig(Section, frozen=True):
 
     max_room_name_length: int
     max_subscriptions: int
+    max_publish_key_length: int
     rate_limit_per_second: float
     rate_limit_burst: int
     max_errors_per_minute: int

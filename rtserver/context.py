@@ -91,7 +91,7 @@ class HandlerContext(abc.ABC):
 
     @abc.abstractmethod
     def error(self, conn: Connection, code: str, message: str, action: str,
-              msg_id: MessageId = None) -> None:
+              msg_id: MessageId = None, room: str | None = None) -> None:
         """Send an ``error`` frame (``action`` starts with "Required action:"), log, count."""
 
     @abc.abstractmethod

@@ -17,6 +17,7 @@ __all__ = [
     "MESSAGES_IN",
     "MESSAGES_OUT",
     "PUBLICATIONS",
+    "RECOVERIES",
     "SLOW_CONSUMERS",
     "STREAM_GAPS",
     "total",
@@ -39,6 +40,9 @@ HANDLER_FAILURES = REGISTRY.counter(
     ("type", "cause"))
 ALERTS = REGISTRY.counter(
     "rtserver_system_alerts_total", "System alerts raised by the core", ("type",))
+RECOVERIES = REGISTRY.counter(
+    "rtserver_recoveries_total", "Subscribes with since, by outcome (recovered or the reason)",
+    ("outcome",))
 STREAM_GAPS = REGISTRY.counter(
     "rtserver_stream_gaps_total", "Room publications that arrived out of seq order", ("reason",))
 

@@ -67,6 +67,7 @@ from rtserver.protocol.session import (
     DoPresence,
     DoPublish,
     DoSubscribe,
+    DoSubscribeMany,
     DoUnsubscribe,
     Fail,
     Reply,
@@ -158,7 +159,7 @@ class Node(HandlerContext):
         """Create the fan-out core, connect the bus, start the heartbeat."""
         loop = asyncio.get_running_loop()
         self.fanout = self.fanout_module.Fanout(
-            loop, self.config.limits.outbound_buffer_limit, self._on_slow_consumer)
+            loop, self.config.limits.outbound_buffer_limit, self.slow_consumer)
         self.heartbeat.fanout = self.fanout
         await self.bus.start(self)
         await self.bus.add_interest(BROADCAST_ROOM)
@@ -260,7 +261,8 @@ class Node(HandlerContext):
         self.fanout.flush()
         self.tasks.run(conn.ws.close(code, reason), f"close-{conn.id}")
 
-    def _on_slow_consumer(self, sink: Any, buffered: int) -> None:
+    def slow_consumer(self, sink: Any, buffered: int) -> None:
+        """Close the connection of ``sink`` with 1013: it cannot keep up (logged, counted)."""
         conn: Connection = sink.owner
         SLOW_CONSUMERS.inc()
         log.warning("slow_consumer", connection_id=conn.id, user=conn.user,
@@ -292,22 +294,26 @@ class Node(HandlerContext):
             match action:
                 case Reply(message=message):
                     self.reply(conn, message)
-                case Fail(code=code, message=message, action=todo, id=msg_id):
-                    self.error(conn, code, message, todo, msg_id)
+                case Fail(code=code, message=message, action=todo, id=msg_id, room=room):
+                    self.error(conn, code, message, todo, msg_id, room)
                 case CloseConnection(code=code, reason=reason):
                     self.close_connection(conn, code, reason)
                 case Authenticate(principal=principal, id=msg_id):
                     await self._authenticated(conn, principal, msg_id)
-                case DoSubscribe(room=room, rules=rules, id=msg_id):
+                case DoSubscribe(room=room, rules=rules, id=msg_id, since=since):
                     MESSAGES_IN.inc("subscribe")
-                    await self.rooms.join(conn, room, rules, msg_id)
+                    await self.rooms.join(conn, room, rules, msg_id, since)
+                case DoSubscribeMany(targets=targets, id=msg_id):
+                    MESSAGES_IN.inc("subscribe")
+                    await self.rooms.join_many(
+                        conn, [(t.room, t.rules, t.since) for t in targets], msg_id)
                 case DoUnsubscribe(room=room, id=msg_id):
                     MESSAGES_IN.inc("unsubscribe")
                     await self.unsubscribe(conn, room)
                     self.reply(conn, Unsubscribed(room=room, id=msg_id))
-                case DoPublish(room=room, data=data, id=msg_id):
+                case DoPublish(room=room, data=data, id=msg_id, key=key):
                     MESSAGES_IN.inc("publish")
-                    await self.rooms.client_publish(conn, room, data, msg_id)
+                    await self.rooms.client_publish(conn, room, data, msg_id, key)
                 case DoPresence(room=room, id=msg_id):
                     MESSAGES_IN.inc("presence")
                     await self.rooms.presence(conn, room, msg_id)
@@ -413,13 +419,14 @@ class Node(HandlerContext):
         self.fanout.send(conn.sink, self.codec.encode(message))
 
     def error(self, conn: Connection, code: str, message: str, action: str,
-              msg_id: MessageId = None) -> None:
-        """Send an ``error`` frame to ``conn``, log it and count it by code."""
+              msg_id: MessageId = None, room: str | None = None) -> None:
+        """Send an ``error`` frame to ``conn`` (``room``: the room of a many-room subscribe it
+        is about), log it and count it by code."""
         ERRORS.inc(code)
         if log.enabled(20):
             log.info("client_error", connection_id=conn.id, user=conn.user, code=code,
                      message=message)
-        self.reply(conn, Error(code=code, message=message, action=action, id=msg_id))
+        self.reply(conn, Error(code=code, message=message, action=action, id=msg_id, room=room))
 
     def require_store(self, conn: Connection, feature: str, msg_id: MessageId) -> Store | None:
         """The store, or None after answering ``feature_unavailable`` to ``conn``."""

@@ -32,7 +32,7 @@ from rtserver.bus.base import (
 )
 from rtserver.config import Config, NamespaceConfig
 from rtserver.connection import Connection, ConnState
-from rtserver.core_metrics import DELIVERIES, ERRORS, PUBLICATIONS, STREAM_GAPS
+from rtserver.core_metrics import DELIVERIES, ERRORS, PUBLICATIONS, RECOVERIES, STREAM_GAPS
 from rtserver.hub import Hub
 from rtserver.jsonlog import get_logger
 from rtserver.protocol.codec import Codec, ErrorCode
@@ -44,6 +44,7 @@ from rtserver.protocol.messages import (
     PresenceReply,
     RoomEvent,
     ServerMessage,
+    Since,
     Subscribed,
 )
 from rtserver.router import Router
@@ -65,12 +66,15 @@ class Replies(Protocol):
         """Send ``message`` to ``conn``."""
 
     def error(self, conn: Connection, code: str, message: str, action: str,
-              msg_id: MessageId = None) -> None:
+              msg_id: MessageId = None, room: str | None = None) -> None:
         """Send an ``error`` frame to ``conn``."""
 
     async def run_hooks(self, conn: Connection, what: str,
                         coros: list[Awaitable[None]]) -> None:
         """Run domain hooks for ``conn`` through the one error-mapping wrapper."""
+
+    def slow_consumer(self, sink: Any, buffered: int) -> None:
+        """Close the connection of ``sink`` with 1013 (logged, counted)."""
 
 
 class Rooms:
@@ -86,6 +90,8 @@ class Rooms:
         self.router = router
         self.out = replies
         self._interest: dict[str, asyncio.Future[None]] = {}
+        #: room -> joining sink -> its live publications held until its ``subscribed``.
+        self._held: dict[str, dict[Any, _Held]] = {}
         self._excludes: dict[tuple[str, bytes], tuple[Any, float]] = {}
 
     # ------------------------------------------------------------ join / leave
@@ -135,38 +141,97 @@ class Rooms:
         except AccessDenied as exc:
             self.out.error(conn, exc.code, exc.message, exc.action, msg_id)
             return False
-        for room, rules in checked:
-            if not await self.join(conn, room, rules, msg_id):
-                return False
-        return True
+        if not checked:
+            return True
+        return await self.join_many(conn, [(r, rules, None) for r, rules in checked], msg_id)
 
     async def join(self, conn: Connection, room: str, rules: NamespaceConfig,
-                   msg_id: MessageId = None) -> bool:
-        """Join ``room`` (access already checked) and confirm with ``subscribed``.
+                   msg_id: MessageId = None, since: Since | None = None) -> bool:
+        """Join one room (access already checked): :meth:`join_many` with one target."""
+        return await self.join_many(conn, [(room, rules, since)], msg_id)
 
-        The connection joins the room's local table before any await, so no
-        publication delivered while the bus interest and the room's last seq
-        are fetched is missed (some may arrive before the ``subscribed`` reply;
-        the room's seq stays gap-free), and a concurrent last leave does not
-        drop the room's bus interest.
+    async def join_many(self, conn: Connection,
+                        targets: Sequence[tuple[str, NamespaceConfig, Since | None]],
+                        msg_id: MessageId) -> bool:
+        """Join rooms (access already checked), each confirmed with ``subscribed``.
+
+        The connection joins each room's local table before any await (so a
+        concurrent last leave does not drop the room's bus interest), and the
+        room's live publications for it are held until its ``subscribed`` is
+        sent. Then, in this order and without any await between: ``subscribed``
+        (with the recovery outcome when ``since`` was given), the replayed
+        messages after ``since``, and the held live ones not already covered:
+        no gap and no duplicate at the replay/live boundary. The interests are
+        declared concurrently and every recovery is one bus round trip.
         """
-        self.hub.join(conn, room)
+        sink = conn.sink
+        rooms = [t[0] for t in targets]
+        for room in rooms:
+            self.hub.join(conn, room)
+            self._held.setdefault(room, {})[sink] = _Held()
+        recover = [(r, StreamPosition(epoch=s.epoch, seq=s.seq)) for r, _, s in targets
+                   if s is not None]
+        plain = [r for r, _, s in targets if s is None]
         try:
-            await self._ensure_interest(room)
-            pos = await self.bus.position(room)
+            _raise_first(await asyncio.gather(*(self._ensure_interest(r) for r in rooms),
+                                              return_exceptions=True))
+            recoveries = await self.bus.recover_many(recover) if recover else []
+            found = await asyncio.gather(*(self.bus.position(r) for r in plain),
+                                         return_exceptions=True)
+            positions: list[StreamPosition] = _raise_first(found)
         except BusUnavailable as exc:
-            if self.hub.leave(conn, room):
-                self._interest.pop(room, None)
-                await self.bus_call(self.bus.remove_interest(room), "remove_interest")
+            for room in rooms:
+                self._release(room, sink)
+                if self.hub.leave(conn, room):
+                    self._interest.pop(room, None)
+                    await self.bus_call(self.bus.remove_interest(room), "remove_interest")
             self.bus_error(conn, exc, msg_id)
             return False
-        if room in self.hub.rooms:
-            # The room's position here starts at the bus's (unless a publication came
-            # first); a reconnecting bus fills the gap after it.
-            self.hub.positions.setdefault(room, (pos.epoch, pos.seq))
         if conn.state in (ConnState.CLOSING, ConnState.CLOSED):
-            return False  # connection_closed() leaves the room (it is in conn.rooms)
-        self.out.reply(conn, Subscribed(room=room, seq=pos.seq, epoch=pos.epoch, id=msg_id))
+            for room in rooms:
+                self._release(room, sink)
+            return False  # connection_closed() leaves the rooms (they are in conn.rooms)
+        fanout = self.out.fanout
+        by_room = dict(zip((r for r, _ in recover), recoveries, strict=True))
+        plain_pos = dict(zip(plain, positions, strict=True))
+        for room, _, since in targets:
+            held = self._release(room, sink)
+            recovery = by_room.get(room)
+            if recovery is None:
+                pos = plain_pos[room]
+                reply = Subscribed(room=room, seq=pos.seq, epoch=pos.epoch, id=msg_id)
+                replay: list[tuple[int, bytes]] = []
+            else:
+                pos = recovery.position
+                replay = recovery.publications if recovery.recovered else []
+                reply = Subscribed(
+                    room=room, seq=pos.seq, epoch=pos.epoch, recovered=recovery.recovered,
+                    replayed=len(replay) if recovery.recovered else None,
+                    reason=recovery.reason,
+                    action=None if recovery.recovered else _reload_action(recovery.reason, since),
+                    id=msg_id)
+                RECOVERIES.inc("recovered" if recovery.recovered else str(recovery.reason))
+            # The room's position here starts at the bus's (unless a publication came first).
+            self.hub.positions.setdefault(room, (pos.epoch, pos.seq))
+            self.out.reply(conn, reply)
+            for seq, body in replay:
+                fanout.send(sink, with_seq(body, seq))
+            for epoch, seq, payload in held.items:
+                if epoch != pos.epoch or seq > pos.seq:
+                    fanout.send(sink, payload)
+        for room, rules, _ in targets:
+            await self._joined(conn, room, rules)
+        return True
+
+    def _release(self, room: str, sink: Any) -> _Held:
+        """Stop holding ``room``'s live publications for ``sink``; what was held."""
+        per_room = self._held.get(room)
+        held = per_room.pop(sink, None) if per_room is not None else None
+        if per_room is not None and not per_room:
+            del self._held[room]
+        return held if held is not None else _Held()
+
+    async def _joined(self, conn: Connection, room: str, rules: NamespaceConfig) -> None:
         member = PresenceMember(user=conn.user or "", connection_id=conn.id)
         if rules.presence:
             await self.bus_call(self.bus.presence_join(room, member), "presence_join")
@@ -177,7 +242,6 @@ class Rooms:
                                 "emit_room_event")
         await self.out.run_hooks(conn, "subscribe",
                                  [h(conn, room) for h in self.router.subscribe_hooks])
-        return True
 
     async def unsubscribe(self, conn: Connection, room: str) -> None:
         """Leave ``room``."""
@@ -203,12 +267,17 @@ class Rooms:
     # ------------------------------------------------------------ publish / presence
 
     async def client_publish(self, conn: Connection, room: str, data: bytes,
-                             msg_id: MessageId) -> None:
-        """A client ``publish`` (access already checked by the session): ``ack`` with the seq."""
+                             msg_id: MessageId, key: str | None = None) -> None:
+        """A client ``publish`` (access already checked by the session): ``ack`` with the seq.
+
+        With the client's ``key``, the bus applies (user, room, key) once within
+        ``bus.idempotency_window``; a retry is acknowledged with the original seq.
+        """
         body = b'{"type":"message","room":%b,"from":%b,"data":%b}' % (
             orjson.dumps(room), orjson.dumps(conn.user), data)
+        bus_key = None if key is None else f"{conn.user or ''}\x00{room}\x00{key}"
         try:
-            pos = await self.bus.publish(room, body)
+            pos = await self.bus.publish(room, body, bus_key)
         except BusUnavailable as exc:
             self.bus_error(conn, exc, msg_id)
             return
@@ -291,8 +360,26 @@ class Rooms:
             log.error("stream_gap_unannounced", room=room, epoch=epoch, last_seq=last[1],
                       seq=seq, missed=seq - last[1] - 1)
         positions[room] = (epoch, seq)
-        n = self.out.fanout.send_many(sinks, with_seq(body, seq), exclude)
+        payload = with_seq(body, seq)
+        held = self._held.get(room) if self._held else None
+        if held:
+            # Members still joining get it after their ``subscribed`` (see join_many).
+            self._hold(held, epoch, seq, payload)
+            n = self.out.fanout.send_many([s for s in sinks if s not in held], payload, exclude)
+        else:
+            n = self.out.fanout.send_many(sinks, payload, exclude)
         DELIVERIES.inc(amount=n)
+
+    def _hold(self, held: dict[Any, _Held], epoch: str, seq: int, payload: bytes) -> None:
+        limit = self.config.limits.outbound_buffer_limit
+        for sink, h in list(held.items()):
+            h.items.append((epoch, seq, payload))
+            h.size += len(payload)
+            if h.size > limit:
+                # A joining connection that cannot keep up is a slow consumer (1013).
+                h.items.clear()
+                h.size = 0
+                self.out.slow_consumer(sink, limit + 1)
 
     def on_stream_gap(self, room: str, epoch: str, from_seq: int, to_seq: int,
                       reason: str) -> int:
@@ -337,3 +424,30 @@ class Rooms:
             rooms=[BROADCAST_ROOM, *rooms], users=list(self.hub.by_user), presence=presence,
             positions={r: StreamPosition(epoch=e, seq=q)
                        for r, (e, q) in self.hub.positions.items() if r in rooms})
+
+
+class _Held:
+    """A joining connection's live publications of one room, until its ``subscribed``."""
+
+    __slots__ = ("items", "size")
+
+    def __init__(self) -> None:
+        self.items: list[tuple[str, int, bytes]] = []
+        self.size = 0
+
+
+def _raise_first(results: list[Any]) -> list[Any]:
+    """``asyncio.gather(..., return_exceptions=True)`` results, raising the first error."""
+    for result in results:
+        if isinstance(result, BaseException):
+            raise result
+    return results
+
+
+def _reload_action(reason: str | None, since: Since | None) -> str:
+    after = f" after seq {since.seq} of epoch {since.epoch!r}" if since is not None else ""
+    why = {"epoch_changed": "the room's stream restarted (a new epoch)",
+           "history_trimmed": "the history no longer holds every message" + after,
+           "invalid_position": "that position was never assigned"}.get(reason or "", reason)
+    return (f"Required action: reload this room's state ({why}); new messages follow "
+            "from the seq of this reply")

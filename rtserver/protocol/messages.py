@@ -14,7 +14,7 @@ that their ``data`` is never decoded and re-encoded.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 import msgspec
 
@@ -36,7 +36,9 @@ __all__ = [
     "Publish",
     "RoomEvent",
     "ServerMessage",
+    "Since",
     "Subscribe",
+    "SubscribeItem",
     "Subscribed",
     "Unsubscribe",
     "Unsubscribed",
@@ -66,10 +68,31 @@ class Ping(ClientMessage, tag="ping", frozen=True):
     id: MessageId = None
 
 
-class Subscribe(ClientMessage, tag="subscribe", frozen=True):
-    """Join a room (``namespace:key``)."""
+class Since(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """A stream position the client already has: recover what followed it."""
+
+    epoch: str
+    seq: Annotated[int, msgspec.Meta(ge=0)]
+
+
+class SubscribeItem(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """One room of a many-room ``subscribe``."""
 
     room: str
+    since: Since | None = None
+
+
+class Subscribe(ClientMessage, tag="subscribe", frozen=True):
+    """Join a room (``namespace:key``), or many rooms in one frame (``rooms``).
+
+    With ``since`` the messages published after that position are replayed
+    (``recovered: true``) or the reply says why they cannot be
+    (``recovered: false`` with ``reason``).
+    """
+
+    room: str | None = None
+    since: Since | None = None
+    rooms: list[SubscribeItem] | None = None
     id: MessageId = None
 
 
@@ -81,10 +104,15 @@ class Unsubscribe(ClientMessage, tag="unsubscribe", frozen=True):
 
 
 class Publish(ClientMessage, tag="publish", frozen=True):
-    """Publish ``data`` (any JSON value, passed through untouched) to a room."""
+    """Publish ``data`` (any JSON value, passed through untouched) to a room.
+
+    ``key``: the same (user, room, key) within ``bus.idempotency_window`` is
+    applied once; a retry gets the original ``ack`` (same seq).
+    """
 
     room: str
     data: msgspec.Raw
+    key: str | None = None
     id: MessageId = None
 
 
@@ -133,11 +161,20 @@ class Pong(ServerMessage, tag="pong", frozen=True):
 
 
 class Subscribed(ServerMessage, tag="subscribed", frozen=True):
-    """The subscription is made; ``(epoch, seq)`` is the room's stream position then."""
+    """The subscription is made; ``(epoch, seq)`` is the room's stream position then.
+
+    Answering a ``since``: ``recovered`` true with ``replayed`` (that many
+    ``message`` frames follow, before any live one), or false with ``reason``
+    (``epoch_changed``, ``history_trimmed``, ``invalid_position``) and ``action``.
+    """
 
     room: str
     seq: int
     epoch: str
+    recovered: bool | None = None
+    replayed: int | None = None
+    reason: str | None = None
+    action: str | None = None
     id: MessageId = None
 
 
@@ -200,12 +237,16 @@ class Heartbeat(ServerMessage, tag="heartbeat", frozen=True):
 
 
 class Error(ServerMessage, tag="error", frozen=True):
-    """Something the client sent, or asked for, failed: ``action`` says what to do."""
+    """Something the client sent, or asked for, failed: ``action`` says what to do.
+
+    ``room`` names the room of a many-room ``subscribe`` that failed.
+    """
 
     code: str
     message: str
     action: str
     id: MessageId = None
+    room: str | None = None
 
 
 def message_tag(message: object) -> str:

@@ -27,7 +27,9 @@ from rtserver.protocol.messages import (
     Presence,
     Publish,
     ServerMessage,
+    Since,
     Subscribe,
+    SubscribeItem,
     Unsubscribe,
 )
 
@@ -39,6 +41,7 @@ __all__ = [
     "DoPresence",
     "DoPublish",
     "DoSubscribe",
+    "DoSubscribeMany",
     "DoUnsubscribe",
     "Fail",
     "Reply",
@@ -68,6 +71,8 @@ class Fail(msgspec.Struct, frozen=True):
     message: str
     action: str
     id: MessageId
+    #: The room of a many-room ``subscribe`` the error is about.
+    room: str | None = None
 
 
 class CloseConnection(msgspec.Struct, frozen=True):
@@ -85,10 +90,19 @@ class Authenticate(msgspec.Struct, frozen=True):
 
 
 class DoSubscribe(msgspec.Struct, frozen=True):
-    """Subscribe the connection to ``room`` (access already checked)."""
+    """Subscribe the connection to ``room`` (access already checked); with ``since``,
+    recover what was published after that position."""
 
     room: str
     rules: NamespaceConfig
+    id: MessageId
+    since: Since | None = None
+
+
+class DoSubscribeMany(msgspec.Struct, frozen=True):
+    """Subscribe the connection to several rooms in one step (one bus round trip)."""
+
+    targets: list[DoSubscribe]
     id: MessageId
 
 
@@ -100,11 +114,13 @@ class DoUnsubscribe(msgspec.Struct, frozen=True):
 
 
 class DoPublish(msgspec.Struct, frozen=True):
-    """Publish ``data`` (raw JSON bytes) to ``room`` (access already checked)."""
+    """Publish ``data`` (raw JSON bytes) to ``room`` (access already checked); ``key`` makes
+    it idempotent."""
 
     room: str
     data: bytes
     id: MessageId
+    key: str | None = None
 
 
 class DoPresence(msgspec.Struct, frozen=True):
@@ -120,8 +136,8 @@ class Dispatch(msgspec.Struct, frozen=True):
     message: ClientMessage
 
 
-Action = (Reply | Fail | CloseConnection | Authenticate | DoSubscribe | DoUnsubscribe
-          | DoPublish | DoPresence | Dispatch)
+Action = (Reply | Fail | CloseConnection | Authenticate | DoSubscribe | DoSubscribeMany
+          | DoUnsubscribe | DoPublish | DoPresence | Dispatch)
 
 
 class Session:
@@ -170,9 +186,9 @@ class Session:
         self._publish_allowed = None
 
     def error(self, code: str, message: str, action: str, msg_id: MessageId,
-              now: float) -> list[Action]:
+              now: float, room: str | None = None) -> list[Action]:
         """An error reply, plus a 1008 close when the error budget is spent."""
-        out: list[Action] = [Fail(code, message, action, msg_id)]
+        out: list[Action] = [Fail(code, message, action, msg_id, room)]
         window = self._errors
         if window is None:
             window = self._errors = deque()
@@ -188,6 +204,55 @@ class Session:
             ))
             out.append(CloseConnection(CloseCode.POLICY, "too many errors"))
             self._closed = True
+        return out
+
+    def _subscribe(self, principal: Principal, room: str | None, since: Since | None,
+                   items: list[SubscribeItem] | None, msg_id: MessageId,
+                   now: float) -> list[Action]:
+        """``subscribe``: one ``room`` (with its ``since``) or many ``rooms``, each with access
+        checked; the subscription limit counts every room of the request."""
+        if (room is None) == (items is None) or (items is not None and since is not None):
+            return self.error(
+                ErrorCode.INVALID_FIELD, "subscribe takes either `room` (and `since`) or `rooms`",
+                'Required action: send {"type":"subscribe","room":R} or '
+                '{"type":"subscribe","rooms":[{"room":R,"since":{...}}, ...]}', msg_id, now)
+        many = items is not None
+        wanted = [(room, since)] if items is None else [(i.room, i.since) for i in items]
+        out: list[Action] = []
+        targets: list[DoSubscribe] = []
+        seen: set[str] = set()
+        for name, position in wanted:
+            assert name is not None
+            problem: tuple[str, str, str] | None = None
+            if name in seen:
+                problem = (ErrorCode.INVALID_FIELD, f"room {name!r} is listed twice",
+                           "Required action: list each room once")
+            else:
+                seen.add(name)
+                try:
+                    rules = self.policy.check(principal, "subscribe", name)
+                except AccessDenied as exc:
+                    problem = (exc.code, exc.message, exc.action)
+                else:
+                    if name in self.rooms:
+                        problem = (ErrorCode.ALREADY_SUBSCRIBED, f"already subscribed to {name!r}",
+                                   "Required action: none; do not subscribe twice")
+            if problem is not None:
+                out += self.error(*problem, msg_id, now, name if many else None)
+                if self._closed:
+                    return out
+                continue
+            targets.append(DoSubscribe(name, rules, msg_id, position))
+        if len(self.rooms) + len(targets) > self.limits.max_subscriptions:
+            return out + self.error(
+                ErrorCode.TOO_MANY_SUBSCRIPTIONS,
+                f"{len(targets)} more rooms would pass the limit of "
+                f"{self.limits.max_subscriptions} subscriptions",
+                "Required action: unsubscribe from rooms you no longer need", msg_id, now)
+        if not many:
+            return out + targets
+        if targets:
+            out.append(DoSubscribeMany(targets, msg_id))
         return out
 
     def _take_token(self, now: float) -> bool:
@@ -259,21 +324,8 @@ class Session:
                 ErrorCode.AUTH_REQUIRED, "the connection is not authenticated yet",
                 'Required action: send {"type":"auth","token":JWT} first', msg_id, now)
         match message:
-            case Subscribe(room=room, id=msg_id):
-                try:
-                    rules = self.policy.check(principal, "subscribe", room)
-                except AccessDenied as exc:
-                    return self.error(exc.code, exc.message, exc.action, msg_id, now)
-                if room in self.rooms:
-                    return self.error(
-                        ErrorCode.ALREADY_SUBSCRIBED, f"already subscribed to {room!r}",
-                        "Required action: none; do not subscribe twice", msg_id, now)
-                if len(self.rooms) >= self.limits.max_subscriptions:
-                    return self.error(
-                        ErrorCode.TOO_MANY_SUBSCRIPTIONS,
-                        f"the limit of {self.limits.max_subscriptions} subscriptions is reached",
-                        "Required action: unsubscribe from rooms you no longer need", msg_id, now)
-                return [DoSubscribe(room, rules, msg_id)]
+            case Subscribe(room=room, since=since, rooms=items, id=msg_id):
+                return self._subscribe(principal, room, since, items, msg_id, now)
             case Unsubscribe(room=room, id=msg_id):
                 if room not in self.rooms:
                     return self.error(
@@ -281,7 +333,12 @@ class Session:
                         "Required action: unsubscribe only from rooms you subscribed to",
                         msg_id, now)
                 return [DoUnsubscribe(room, msg_id)]
-            case Publish(room=room, data=data, id=msg_id):
+            case Publish(room=room, data=data, key=key, id=msg_id):
+                if key is not None and not 0 < len(key) <= self.limits.max_publish_key_length:
+                    return self.error(
+                        ErrorCode.INVALID_FIELD,
+                        f"field `key` must be 1..{self.limits.max_publish_key_length} characters",
+                        "Required action: send a shorter idempotency key (or none)", msg_id, now)
                 allowed = self._publish_allowed
                 if allowed is None or room not in allowed:
                     try:
@@ -294,7 +351,7 @@ class Session:
                         allowed = self._publish_allowed = set()
                     if len(allowed) < PUBLISH_DECISIONS_KEPT:
                         allowed.add(room)
-                return [DoPublish(room, bytes(data), msg_id)]
+                return [DoPublish(room, bytes(data), msg_id, key)]
             case Presence(room=room, id=msg_id):
                 try:
                     _, _, rules = self.policy.namespace(room)

@@ -44,7 +44,7 @@ CLASSES: list[tuple[str, str | bytes, str]] = [
     ("not_an_object", "[1,2,3]", "invalid_message"),
     ("unknown_type", '{"type":"explode"}', "unknown_type"),
     ("unknown_field", '{"type":"ping","pwn":1}', "unknown_field"),
-    ("missing_field", '{"type":"subscribe"}', "missing_field"),
+    ("missing_field", '{"type":"unsubscribe"}', "missing_field"),
     ("not_json", "{", "invalid_json"),
     ("nul_bytes", "\x00\x00", "invalid_json"),
     ("binary_frame", b"\x00\xff", "binary_not_supported"),

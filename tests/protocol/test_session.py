@@ -62,7 +62,7 @@ def test_messages_before_auth_need_auth() -> None:
     ("[1,2]", "invalid_message"),
     ('{"room":"bench:a"}', "missing_field"),
     ('{"type":"nope"}', "unknown_type"),
-    ('{"type":"subscribe"}', "missing_field"),
+    ('{"type":"unsubscribe"}', "missing_field"),
     ('{"type":"subscribe","room":5}', "invalid_field"),
     ('{"type":"subscribe","room":"bench:a","extra":1}', "unknown_field"),
     ('{"type":"subscribe","room":"no-colon"}', "invalid_room"),

@@ -130,7 +130,7 @@ async def test_ping_pong(connect_client: Connect) -> None:
 @pytest.mark.parametrize(("frame", "code"), [
     ("{not json", "invalid_json"),
     ('{"type":"launch"}', "unknown_type"),
-    ('{"type":"subscribe"}', "missing_field"),
+    ('{"type":"unsubscribe"}', "missing_field"),
     ('{"type":"subscribe","room":42}', "invalid_field"),
     ('{"type":"subscribe","room":"bench:a","colour":"red"}', "unknown_field"),
     ('{"type":"subscribe","room":"bench:' + "k" * 300 + '"}', "invalid_room"),
