@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 
 import orjson
 
-from bench.procstat import descendants
+from rtserver.bench.procstat import descendants
 
 __all__ = [
     "PEERS_DIR",
@@ -65,7 +65,7 @@ def node_peer_problem(install: bool, npm_timeout: float) -> str | None:
         return None
     npm = shutil.which("npm")
     if npm is None or not install:
-        return "the ws package is not installed in bench/peers/node_modules and npm is unavailable"
+        return "the ws package is not installed in rtserver/bench/peers/node_modules and npm is unavailable"
     sys.stderr.write(f"bench: installing the ws package with npm into {PEERS_DIR}/node_modules\n")
     import subprocess
 

@@ -1,4 +1,4 @@
-"""Command line of the load harness: ``python -m bench SCENARIO [options]``.
+"""Command line of the load harness: ``python -m rtserver.bench SCENARIO [options]``.
 
 The rtserver CLI delegates ``rtserver bench ...`` to :func:`main`.
 Exit status: 0 all good; 1 integrity failure (loss, duplicates, out-of-order, dropped
@@ -20,10 +20,10 @@ from typing import Any
 import orjson
 import uvloop
 
-from bench import __version__
-from bench.peers import PEER_NAMES
-from bench.progress import PLAIN_INTERVAL
-from bench.report import (
+from rtserver.bench import __version__
+from rtserver.bench.peers import PEER_NAMES
+from rtserver.bench.progress import PLAIN_INTERVAL
+from rtserver.bench.report import (
     CLOCK_NOTE,
     Check,
     Thresholds,
@@ -36,9 +36,16 @@ from bench.report import (
     summarize,
     write_report,
 )
-from bench.runner import SCENARIOS, GeneratorError, RunConfig, run_target
-from bench.targets import PEERS_DIR, PROJECT_ROOT, Target, TargetError, node_peer_problem, parse_url
-from bench.tokens import SECRET_ENV
+from rtserver.bench.runner import SCENARIOS, GeneratorError, RunConfig, run_target
+from rtserver.bench.targets import (
+    PEERS_DIR,
+    PROJECT_ROOT,
+    Target,
+    TargetError,
+    node_peer_problem,
+    parse_url,
+)
+from rtserver.bench.tokens import SECRET_ENV
 
 __all__ = ["build_parser", "main"]
 
@@ -300,7 +307,7 @@ def bench_server_config(report_dir: Path) -> Path:
         if n != 1:
             raise TargetError(
                 f"{shipped}: expected exactly one `{key} = ...` line, found {n}. Required "
-                "action: update BENCH_CONFIG_OVERRIDES in bench/cli.py or pass --server-config"
+                "action: update BENCH_CONFIG_OVERRIDES in rtserver/bench/cli.py or pass --server-config"
             )
     out = report_dir / "rtserver-bench.toml"
     out.write_text(text)
@@ -343,7 +350,7 @@ def _peer_target(name: str, args: argparse.Namespace, log_dir: Path) -> Target |
         argv = ["node", str(PEERS_DIR / "ws_peer.js"), "--port", "0"]
     else:
         mode = "broadcast" if name == "websockets-broadcast" else "naive"
-        argv = [sys.executable, "-m", "bench.peers.pyserver", "--mode", mode, "--port", "0"]
+        argv = [sys.executable, "-m", "rtserver.bench.peers.pyserver", "--mode", mode, "--port", "0"]
         if name == "naive":
             for spec in args.inject_peer_fault:
                 argv += ["--inject", spec]

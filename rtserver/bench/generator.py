@@ -1,13 +1,13 @@
 """Load generator process: holds up to ~15,000 WebSocket client connections.
 
-Run by the controller as ``python -m bench.generator``; it reads one JSON command per
+Run by the controller as ``python -m rtserver.bench.generator``; it reads one JSON command per
 line on stdin and writes one JSON event per line on stdout (logs go to stderr).
 
 Design (lean on purpose, so the generator measures the server and not itself):
 
 * raw non-blocking sockets driven by uvloop ``add_reader``/``add_writer`` callbacks:
   no task, future or protocol object per connection, one small ``__slots__`` object;
-* hand-written handshake and frame parser (:mod:`bench.wsproto`); client frames masked;
+* hand-written handshake and frame parser (:mod:`rtserver.bench.wsproto`); client frames masked;
 * ``recvmsg`` with ``SO_TIMESTAMPNS``: the kernel's receive timestamp (CLOCK_REALTIME)
   is converted to CLOCK_MONOTONIC with an offset measured in this process, so the
   latency ``receive - publish`` is not inflated by the generator's own lag;
@@ -15,7 +15,7 @@ Design (lean on purpose, so the generator measures the server and not itself):
   decoding on the delivery path.
 
 Commands: ``setup``, ``publish``, ``drain``, ``collect``, ``close`` (see the controller
-in :mod:`bench.runner`).
+in :mod:`rtserver.bench.runner`).
 """
 
 from __future__ import annotations
@@ -34,8 +34,8 @@ from typing import Any
 import orjson
 import uvloop
 
-from bench.tokens import mint
-from bench.wsproto import (
+from rtserver.bench.tokens import mint
+from rtserver.bench.wsproto import (
     OP_CLOSE,
     OP_CONT,
     OP_PING,
@@ -439,10 +439,8 @@ class Generator:
 
     def log(self, event: str, message: str) -> None:
         """A structured line on stderr."""
-        sys.stderr.write(
-            orjson.dumps({"logger": "bench.generator", "event": event, "message": message}).decode()
-            + "\n"
-        )
+        line = {"logger": "rtserver.bench.generator", "event": event, "message": message}
+        sys.stderr.write(orjson.dumps(line).decode() + "\n")
 
     def command(self, cmd: dict[str, Any]) -> None:
         """Dispatch one controller command."""
@@ -462,7 +460,7 @@ class Generator:
             self._close_all()
         else:
             raise SystemExit(
-                f"unknown generator command {name!r}. Required action: fix bench.runner"
+                f"unknown generator command {name!r}. Required action: fix rtserver.bench.runner"
             )
 
     def _progress(self) -> None:

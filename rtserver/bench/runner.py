@@ -16,10 +16,10 @@ from typing import IO, Any
 
 import orjson
 
-from bench.procstat import ProcSample, sample
-from bench.progress import PLAIN_INTERVAL, TTY_INTERVAL, Progress, Snapshot
-from bench.targets import PROJECT_ROOT, RUN_STAMP, Target
-from bench.tokens import user_id
+from rtserver.bench.procstat import ProcSample, sample
+from rtserver.bench.progress import PLAIN_INTERVAL, TTY_INTERVAL, Progress, Snapshot
+from rtserver.bench.targets import PROJECT_ROOT, RUN_STAMP, Target
+from rtserver.bench.tokens import user_id
 
 __all__ = ["GeneratorError", "Layout", "RunConfig", "layout", "run_target"]
 
@@ -131,12 +131,12 @@ class GenProc:
 
     @classmethod
     async def start(cls, index: int, log_path: Path, env: dict[str, str]) -> GenProc:
-        """Start ``python -m bench.generator``."""
+        """Start ``python -m rtserver.bench.generator``."""
         log = open(log_path, "wb")  # noqa: SIM115 - closed in finish()
         proc = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
-            "bench.generator",
+            "rtserver.bench.generator",
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
             stderr=log,
@@ -203,7 +203,7 @@ class GenProc:
 
 
 class _Watch:
-    """Builds the progress :class:`~bench.progress.Snapshot` of one target's run."""
+    """Builds the progress :class:`~rtserver.bench.progress.Snapshot` of one target's run."""
 
     def __init__(self, label: str, gens: list[GenProc], recv: list[GenProc],
                  pub: list[GenProc], asked: int) -> None:
