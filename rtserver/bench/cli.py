@@ -136,13 +136,14 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--payload-bytes", type=int, default=0, help="extra padding bytes per message")
     g = p.add_argument_group("generator")
     g.add_argument(
-        "--per-generator", type=int, default=15000, help="max sockets per generator process"
+        "--per-generator", type=int, default=15000,
+        help="max sockets per generator process (also bounded by the fd hard limit - 64)",
     )
     g.add_argument(
         "--generators",
         type=int,
         default=0,
-        help="receiver generator processes (0 = connections / --per-generator, rounded up)",
+        help="receiver generator processes (0 = as few as the per-process limit allows)",
     )
     g.add_argument(
         "--connect-window",
@@ -170,7 +171,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--source-addrs",
         choices=["auto", "on", "off"],
         default="auto",
-        help="bind generator i to 127.0.0.(2+i) (auto: above 25,000 connections)",
+        help="bind generator i to 127.0.0.(2+i) (auto: when the connections exceed 90%% of "
+        "the ephemeral port range)",
     )
     g.add_argument(
         "--gen-cpu-warn",
