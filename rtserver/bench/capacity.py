@@ -237,14 +237,16 @@ def server_fd_problem(label: str, connections: int, processes: int,
     need = math.ceil(connections / max(1, processes)) + FD_RESERVE
     if need <= limits.fd_soft:
         return None
-    more = ("; or use --workers "
-            f"{math.ceil(connections / (limits.fd_soft - FD_RESERVE))}"
-            if label.startswith("rtserver") and limits.fd_soft > FD_RESERVE else "")
+    if limits.fd_soft < limits.fd_hard:
+        action = f"raise `ulimit -n` (up to {limits.fd_hard}) before running the harness"
+    else:
+        action = "raise the hard descriptor limit (ulimit -Hn as root, LimitNOFILE=)"
+    if label.startswith("rtserver") and limits.fd_soft > FD_RESERVE:
+        action += f", or use --workers {math.ceil(connections / (limits.fd_soft - FD_RESERVE))}"
     return (
         f"{label}: {connections:,} connections over {processes} server process(es) need "
         f"about {need:,} descriptors per process, above the soft limit {limits.fd_soft} it "
-        f"inherits (hard {limits.fd_hard}). Required action: raise `ulimit -n` before "
-        f"running the harness{more}"
+        f"inherits (hard {limits.fd_hard}). Required action: {action}"
     )
 
 

@@ -327,9 +327,14 @@ def main(argv: list[str]) -> int:
                              "Required action: give an existing TOML file\n")
             return 2
         args.server_config = str(server_config)
-    report_dir.mkdir(parents=True, exist_ok=True)
     sys.stderr.write(f"bench: generators: {plan.describe()}\n")
     total = cfg.connections + plan.publisher_connections
+    for w in worker_counts if args.spawn else []:
+        problem = server_fd_problem(f"rtserver --workers {w}", total, w, limits)
+        if problem is not None:
+            sys.stderr.write(f"bench: {problem}\n")
+            return 2
+    report_dir.mkdir(parents=True, exist_ok=True)
 
     targets: list[Target] = []
     skipped: dict[str, str] = {}
@@ -337,9 +342,6 @@ def main(argv: list[str]) -> int:
         try:
             for w in worker_counts:
                 label = f"rtserver-w{w}" if args.scenario == "sweep" else "rtserver"
-                problem = server_fd_problem(label, total, w, limits)
-                if problem is not None:
-                    raise TargetError(problem)
                 targets.append(spawn_target(w, args, report_dir, label))
         except TargetError as exc:
             sys.stderr.write(f"bench: {exc}\n")

@@ -76,9 +76,10 @@ def test_limits_are_explicit_errors() -> None:
 def test_a_spawned_server_needs_descriptors_for_its_share() -> None:
     assert server_fd_problem("rtserver", 30_000, 2, HOST) is None
     problem = server_fd_problem("rtserver", 100_001, 2, HOST)
-    assert problem is not None and "--workers 6" in problem and "ulimit -n" in problem
-    peer = server_fd_problem("naive", 25_000, 1, HOST)
-    assert peer is not None and "--workers" not in peer
+    assert problem is not None and "--workers 6" in problem and "hard descriptor" in problem
+    soft = HostLimits(fd_hard=20_000, fd_soft=1_024, ports=28_232)
+    peer = server_fd_problem("naive", 2_000, 1, soft)
+    assert peer is not None and "--workers" not in peer and "up to 20000" in peer
 
 
 def test_this_machine_has_readable_limits() -> None:
