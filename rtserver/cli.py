@@ -472,7 +472,7 @@ def _cmd_config_check(args: argparse.Namespace) -> int:
 
 
 def _cmd_bench(argv: list[str]) -> int:
-    from bench.cli import main as bench_main
+    from rtserver.bench.cli import main as bench_main
 
     return bench_main(argv)
 

@@ -34,7 +34,7 @@ FLOORS: dict[str, Floor] = {
         "16.1",
         "16.0 added Connection.send_in_progress (the fan-out core skips a connection while a "
         "fragmented send is in progress) and Server.close(code=, reason=) (shutdown close "
-        "code); 16.1 added broadcast(text=) (bench/fanout_micro.py)"),
+        "code); 16.1 added broadcast(text=) (rtserver/bench/fanout_micro.py)"),
     "uvloop": Floor(
         "0.23.0",
         "before 0.23 a write to a reset socket does not mark the transport closing at once, "

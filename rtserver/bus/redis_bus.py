@@ -145,7 +145,7 @@ class RedisBus(Bus):
             s.url, max_connections=s.max_connections, timeout=s.request_timeout,
             socket_timeout=s.request_timeout, socket_connect_timeout=s.connect_timeout,
             # RESP2: redis-py's pub/sub parsing was faster than with RESP3 in back-to-back
-            # runs of bench/bus_micro.py (19.1k vs 15.4k msgs/s); nothing here needs RESP3.
+            # runs of rtserver/bench/bus_micro.py (19.1k vs 15.4k msgs/s); nothing here needs RESP3.
             retry=Retry(NoBackoff(), 0), decode_responses=False, protocol=2)
         self._client = aioredis.Redis(connection_pool=pool, retry=Retry(NoBackoff(), 0))
         try:

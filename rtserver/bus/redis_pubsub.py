@@ -1,7 +1,7 @@
 """The Redis bus's pub/sub connection: a minimal RESP2 reader (no redis-py).
 
 :class:`Subscriber` parses the receive buffer in place (about twice the
-throughput of redis-py's PubSub in ``bench/bus_micro.py``) and hands each
+throughput of redis-py's PubSub in ``rtserver/bench/bus_micro.py``) and hands each
 ``message`` push and subscription confirmation to its :class:`SubscriberOwner`.
 """
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from bench.cli import build_parser
+from rtserver.bench.cli import build_parser
 
 
 def test_bench_help_is_grouped() -> None:

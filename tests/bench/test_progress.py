@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.progress import Progress, Snapshot
+from rtserver.bench.progress import Progress, Snapshot
 
 ROOT = Path(__file__).resolve().parents[2]
 SECRET = "bench-progress-secret-0123456789abcdef0123456789"
@@ -84,8 +84,8 @@ def test_live_line_on_a_terminal() -> None:
 
 
 def bench_argv(tmp_path: Path) -> list[str]:
-    return [sys.executable, "-m", "bench", "broadcast", "--peer", "naive", "-n", "20", "-r", "5",
-            "-d", "1", "--drain-timeout", "2", "--ack-timeout", "3", "--no-plots",
+    return [sys.executable, "-m", "rtserver.bench", "broadcast", "--peer", "naive", "-n", "20",
+            "-r", "5", "-d", "1", "--drain-timeout", "2", "--ack-timeout", "3", "--no-plots",
             "--progress-interval", "0.3", "--report", str(tmp_path / "report")]
 
 

@@ -1,4 +1,4 @@
-"""rtserver load-test harness (``python -m bench SCENARIO ...`` / ``rtserver bench ...``).
+"""rtserver load-test harness (``python -m rtserver.bench SCENARIO ...`` / ``rtserver bench ...``).
 
 The harness starts (or targets) an rtserver and small reference peers, drives
 them from lean generator processes and reports latency, fan-out completion,

@@ -17,13 +17,15 @@ from urllib.parse import urlsplit
 
 import orjson
 
-from bench.procstat import descendants
+import rtserver
+from rtserver.bench.procstat import descendants
 
 __all__ = [
+    "PACKAGE_ROOT",
     "PEERS_DIR",
-    "PROJECT_ROOT",
     "Target",
     "TargetError",
+    "child_env",
     "node_peer_problem",
     "parse_url",
 ]
@@ -33,7 +35,22 @@ __all__ = [
 RUN_STAMP = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
 
 PEERS_DIR = Path(__file__).resolve().parent / "peers"
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
+#: The directory holding the ``rtserver`` package this harness runs from (site-packages
+#: when installed, the checkout otherwise).
+PACKAGE_ROOT = Path(rtserver.__file__).resolve().parent.parent
+
+
+def child_env() -> dict[str, str]:
+    """Environment of every process the harness starts (servers, peers, generators).
+
+    ``PACKAGE_ROOT`` goes first on ``PYTHONPATH`` so that ``python -m rtserver ...`` in
+    the child imports the same rtserver as the harness, whatever its working directory.
+    """
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(PACKAGE_ROOT) + (
+        os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else ""
+    )
+    return env
 
 
 class TargetError(Exception):
@@ -65,7 +82,7 @@ def node_peer_problem(install: bool, npm_timeout: float) -> str | None:
         return None
     npm = shutil.which("npm")
     if npm is None or not install:
-        return "the ws package is not installed in bench/peers/node_modules and npm is unavailable"
+        return f"the ws package is not installed in {PEERS_DIR}/node_modules and npm is unavailable"
     sys.stderr.write(f"bench: installing the ws package with npm into {PEERS_DIR}/node_modules\n")
     import subprocess
 
@@ -96,6 +113,7 @@ class Target:
     workers: int = 1
     argv: list[str] = field(default_factory=list)
     server_pid: int | None = None
+    #: Absolute directory for the log file; also the process's working directory.
     log_dir: Path | None = None
     start_timeout: float = 30.0
     stop_timeout: float = 10.0
@@ -120,11 +138,12 @@ class Target:
         if self.kind == "url":
             await self._wait_tcp(time.monotonic() + self.start_timeout)
             return
-        env = dict(os.environ)
-        env["PYTHONPATH"] = str(PROJECT_ROOT) + (
-            os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else ""
-        )
-        log_path = (self.log_dir or Path(".")) / f"server-{self.name}-{RUN_STAMP}.log"
+        if self.log_dir is None or not self.log_dir.is_absolute():
+            raise TargetError(
+                f"{self.name}: log directory {self.log_dir} is not absolute. Required action: "
+                "resolve it before starting the target (rtserver.bench.cli does)"
+            )
+        log_path = self.log_dir / f"server-{self.name}-{RUN_STAMP}.log"
         # stdout and stderr go straight to the log file: the server never waits on a pipe
         # that the harness has to drain, and the log is complete even if the harness dies.
         self._log = open(log_path, "wb")  # noqa: SIM115 - closed in stop()
@@ -133,8 +152,8 @@ class Target:
             stdin=asyncio.subprocess.DEVNULL,
             stdout=self._log,
             stderr=self._log,
-            env=env,
-            cwd=str(PROJECT_ROOT),
+            env=child_env(),
+            cwd=str(self.log_dir),
             start_new_session=True,
         )
         deadline = time.monotonic() + self.start_timeout

@@ -1,4 +1,4 @@
-"""Reader process for ``bench/fanout_micro.py``: opens N WebSocket connections and drains them.
+"""Reader process of :mod:`rtserver.bench.fanout_micro`: opens N WebSocket connections, drains them.
 
 It does the opening handshake by hand on raw asyncio protocols (uvloop) and
 then only counts the bytes it receives, so it costs the sending server nothing

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import math
-import os
 import sys
 import tempfile
 import time
@@ -16,14 +14,18 @@ from typing import IO, Any
 
 import orjson
 
-from bench.procstat import ProcSample, sample
-from bench.progress import PLAIN_INTERVAL, TTY_INTERVAL, Progress, Snapshot
-from bench.targets import PROJECT_ROOT, RUN_STAMP, Target
-from bench.tokens import user_id
+from rtserver.bench.capacity import GeneratorPlan
+from rtserver.bench.procstat import ProcSample, sample
+from rtserver.bench.progress import PLAIN_INTERVAL, TTY_INTERVAL, Progress, Snapshot
+from rtserver.bench.targets import RUN_STAMP, Target, child_env
+from rtserver.bench.tokens import user_id
 
-__all__ = ["GeneratorError", "Layout", "RunConfig", "layout", "run_target"]
+__all__ = ["OPEN_LOOP", "SCENARIOS", "GeneratorError", "Layout", "RunConfig", "layout",
+           "run_target"]
 
 SCENARIOS = ("broadcast", "rooms", "throughput", "users", "connect-storm")
+#: Scenarios whose publishers send at a fixed rate from a generator process of their own.
+OPEN_LOOP = ("broadcast", "rooms", "users")
 
 
 class GeneratorError(Exception):
@@ -70,12 +72,12 @@ class Layout:
     members: dict[int, int] = field(default_factory=dict)
 
 
-def layout(cfg: RunConfig) -> Layout:
-    """Assign connections to rooms and generators for the scenario."""
+def layout(cfg: RunConfig, plan: GeneratorPlan) -> Layout:
+    """Assign connections to rooms and to the receiver generators of ``plan``."""
     n = cfg.connections
     conns: list[tuple[int, str, bool]] = []
     rooms: dict[int, str] = {}
-    open_loop = cfg.scenario in ("broadcast", "rooms", "users")
+    open_loop = cfg.scenario in OPEN_LOOP
     if cfg.scenario == "broadcast":
         rooms[0] = "bench:broadcast"
         conns = [(0, user_id(i), False) for i in range(n)]
@@ -105,14 +107,16 @@ def layout(cfg: RunConfig) -> Layout:
     members: dict[int, int] = {}
     for r, _u, _p in conns:
         members[r] = members.get(r, 0) + 1
-    g = cfg.generators or max(1, math.ceil(n / cfg.per_generator))
-    if n / g > cfg.per_generator:
+    if sum(plan.receivers) != n:
         raise ValueError(
-            f"{n} connections over {g} generators exceed --per-generator {cfg.per_generator}. "
-            "Required action: raise --generators"
+            f"the generator plan holds {sum(plan.receivers)} connections, the run {n}. "
+            "Required action: plan the generators for this RunConfig"
         )
-    chunk = math.ceil(n / g) if n else 0
-    gen_conns = [conns[i * chunk : (i + 1) * chunk] for i in range(g)]
+    gen_conns = []
+    start = 0
+    for size in plan.receivers:
+        gen_conns.append(conns[start : start + size])
+        start += size
     return Layout(rooms, gen_conns, open_loop, sorted(rooms), cfg.publishers, members)
 
 
@@ -130,18 +134,18 @@ class GenProc:
         self.reader = asyncio.create_task(self._read())
 
     @classmethod
-    async def start(cls, index: int, log_path: Path, env: dict[str, str]) -> GenProc:
-        """Start ``python -m bench.generator``."""
+    async def start(cls, index: int, log_path: Path, env: dict[str, str], cwd: Path) -> GenProc:
+        """Start ``python -m rtserver.bench.generator`` in the (absolute) directory ``cwd``."""
         log = open(log_path, "wb")  # noqa: SIM115 - closed in finish()
         proc = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
-            "bench.generator",
+            "rtserver.bench.generator",
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
             stderr=log,
             env=env,
-            cwd=str(PROJECT_ROOT),
+            cwd=str(cwd),
             limit=1 << 24,
         )
         g = cls(index, proc, log)
@@ -203,7 +207,7 @@ class GenProc:
 
 
 class _Watch:
-    """Builds the progress :class:`~bench.progress.Snapshot` of one target's run."""
+    """Builds the progress :class:`~rtserver.bench.progress.Snapshot` of one target's run."""
 
     def __init__(self, label: str, gens: list[GenProc], recv: list[GenProc],
                  pub: list[GenProc], asked: int) -> None:
@@ -251,14 +255,17 @@ async def _gather_events(
             t.cancel()
 
 
-async def run_target(target: Target, cfg: RunConfig, report_dir: Path) -> dict[str, Any]:
-    """Run the scenario against ``target`` (already configured, not started); return metrics."""
-    lay = layout(cfg)
+async def run_target(
+    target: Target, cfg: RunConfig, plan: GeneratorPlan, report_dir: Path
+) -> dict[str, Any]:
+    """Run the scenario against ``target`` (configured, not started) with the generators
+    of ``plan``; ``report_dir`` is absolute. Returns the metrics."""
+    lay = layout(cfg, plan)
     prog = Progress(cfg.progress, plain_interval=cfg.progress_interval)
     res: dict[str, Any] = {"target": target.label, "kind": target.kind}
     await target.start()
     try:
-        return await _run_started(target, cfg, lay, prog, res, report_dir)
+        return await _run_started(target, cfg, plan, lay, prog, res, report_dir)
     finally:
         await target.stop()
 
@@ -266,6 +273,7 @@ async def run_target(target: Target, cfg: RunConfig, report_dir: Path) -> dict[s
 async def _run_started(
     target: Target,
     cfg: RunConfig,
+    plan: GeneratorPlan,
     lay: Layout,
     prog: Progress,
     res: dict[str, Any],
@@ -278,25 +286,25 @@ async def _run_started(
             "no server pid known (use --spawn, or --server-pid with --url)"
         )
     base: ProcSample | None = sample(pids) if pids else None
-    env = dict(os.environ)
-    env["PYTHONPATH"] = str(PROJECT_ROOT) + (
-        os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else ""
-    )
+    env = child_env()
     n_recv = len(lay.gen_conns)
     specs = list(lay.gen_conns)
     if lay.open_loop:
         specs.append([(-1, user_id(10_000_000 + i), True) for i in range(lay.publishers)])
+    if len(specs) != plan.processes:
+        raise GeneratorError(
+            f"{len(specs)} generator processes laid out, {plan.processes} planned. "
+            "Required action: plan with the publisher connections of this scenario"
+        )
     gens: list[GenProc] = []
     tmp = tempfile.mkdtemp(prefix="bench-", dir=str(report_dir))
     try:
         for i in range(len(specs)):
             gens.append(
                 await GenProc.start(
-                    i, report_dir / f"generator-{target.label}-{i}-{RUN_STAMP}.log", env)
+                    i, report_dir / f"generator-{target.label}-{i}-{RUN_STAMP}.log", env,
+                    report_dir)
             )
-        multi_src = cfg.source_addrs == "on" or (
-            cfg.source_addrs == "auto" and cfg.connections > 25000
-        )
         t_connect0 = time.monotonic()
         for i, (g, spec) in enumerate(zip(gens, specs, strict=True)):
             room_ids = sorted({r for r, _u, _p in spec if r >= 0}) if i < n_recv else lay.pub_rooms
@@ -312,7 +320,7 @@ async def _run_started(
                     if cfg.scenario != "connect-storm"
                     else max(1, len(spec)),
                     "connect_timeout": cfg.connect_timeout,
-                    "source": f"127.0.0.{2 + i}" if multi_src else None,
+                    "source": plan.sources[i],
                     "rooms": [[r, lay.rooms[r]] for r in room_ids],
                     "conns": [[r, u, p] for r, u, p in spec],
                 }

@@ -105,7 +105,7 @@ wss.on('connection', (ws, req) => {
   });
 });
 wss.on('listening', () => {
-  console.error(JSON.stringify({ event: 'listening', logger: 'bench.peer', port: wss.address().port,
+  console.error(JSON.stringify({ event: 'listening', logger: 'rtserver.bench.peer', port: wss.address().port,
     mode: 'node-ws', pid: process.pid }));
 });
 function stop() { wss.close(); for (const c of wss.clients) c.terminate(); process.exit(0); }

@@ -1,8 +1,9 @@
 """Reference peer servers speaking the bench subset of the rtserver protocol.
 
-* ``websockets-broadcast``: websockets ``broadcast()`` on uvloop (:mod:`bench.peers.pyserver`).
+* ``websockets-broadcast``: websockets ``broadcast()`` on uvloop
+  (:mod:`rtserver.bench.peers.pyserver`).
 * ``naive``: one ``await ws.send()`` per member, the FastAPI connection-manager pattern
-  (:mod:`bench.peers.pyserver`).
+  (:mod:`rtserver.bench.peers.pyserver`).
 * ``node-ws``: Node.js with the ``ws`` package (``ws_peer.js``).
 """
 

@@ -2,11 +2,11 @@
 
 Usage::
 
-    python bench/fanout_micro.py --connections 1000,10000
+    python -m rtserver.bench.fanout_micro --connections 1000,10000
 
 For each N, one websockets server (uvloop, compression off, the configuration
 rtserver runs with) accepts N real loopback connections opened by a separate
-reader process (``bench/fanout_reader.py``) that drains them. The same small
+reader process (:mod:`rtserver.bench.fanout_reader`) that drains them. The same small
 JSON message is then delivered to all N connections by each method, and the
 server process's CPU time (``time.process_time``) is divided by the number of
 deliveries:
@@ -48,12 +48,8 @@ import orjson
 import uvloop
 from websockets.asyncio.server import ServerConnection, broadcast, serve
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from rtserver import fanout_reference  # noqa: E402
-from rtserver.fanout import load_fanout  # noqa: E402
+from rtserver import fanout_reference
+from rtserver.fanout import load_fanout
 
 __all__ = ["main"]
 
@@ -351,7 +347,7 @@ def _table(result: dict[str, Any]) -> str:
 async def _main(args: argparse.Namespace) -> int:
     ns = [int(x) for x in args.connections.split(",")]
     print(
-        f"# python bench/fanout_micro.py --connections {args.connections} "
+        f"# python -m rtserver.bench.fanout_micro --connections {args.connections} "
         f"--deliveries {args.deliveries} --repeat {args.repeat}"
     )
     print(

@@ -1,13 +1,14 @@
 """Load generator process: holds up to ~15,000 WebSocket client connections.
 
-Run by the controller as ``python -m bench.generator``; it reads one JSON command per
+Run by the controller as ``python -m rtserver.bench.generator``; it reads one JSON command per
 line on stdin and writes one JSON event per line on stdout (logs go to stderr).
 
 Design (lean on purpose, so the generator measures the server and not itself):
 
 * raw non-blocking sockets driven by uvloop ``add_reader``/``add_writer`` callbacks:
   no task, future or protocol object per connection, one small ``__slots__`` object;
-* hand-written handshake and frame parser (:mod:`bench.wsproto`); client frames masked;
+* hand-written handshake and frame parser (:mod:`rtserver.bench.wsproto`) in
+  :mod:`rtserver.bench.connection`; client frames masked;
 * ``recvmsg`` with ``SO_TIMESTAMPNS``: the kernel's receive timestamp (CLOCK_REALTIME)
   is converted to CLOCK_MONOTONIC with an offset measured in this process, so the
   latency ``receive - publish`` is not inflated by the generator's own lag;
@@ -15,17 +16,14 @@ Design (lean on purpose, so the generator measures the server and not itself):
   decoding on the delivery path.
 
 Commands: ``setup``, ``publish``, ``drain``, ``collect``, ``close`` (see the controller
-in :mod:`bench.runner`).
+in :mod:`rtserver.bench.runner`).
 """
 
 from __future__ import annotations
 
-import errno
 import os
 import re
 import resource
-import socket
-import struct
 import sys
 import time
 from array import array
@@ -34,36 +32,15 @@ from typing import Any
 import orjson
 import uvloop
 
-from bench.tokens import mint
-from bench.wsproto import (
-    OP_CLOSE,
-    OP_CONT,
-    OP_PING,
-    OP_PONG,
-    OP_TEXT,
-    FrameError,
-    handshake_request,
-    masked_frame,
-    parse_frames,
-    parse_handshake_response,
-)
+from rtserver.bench.capacity import FD_RESERVE, raise_nofile
+from rtserver.bench.connection import DEAD, READY, STATE_NAMES, Conn
+from rtserver.bench.tokens import mint
+from rtserver.bench.wsproto import masked_frame
 
-__all__ = ["SO_TIMESTAMPNS", "Generator", "clock_offset_ns", "main", "raise_nofile"]
+__all__ = ["Generator", "clock_offset_ns", "main"]
 
-SO_TIMESTAMPNS = 35  # Linux asm-generic; also the SCM type of the control message
-IP_BIND_ADDRESS_NO_PORT = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24)
-RECV_SIZE = 65536  # above glibc's mmap threshold each recvmsg would cost an mmap+munmap
-CMSG_SIZE = socket.CMSG_SPACE(16)
-_TS = struct.Struct("qq")
-
-_TYPE_RE = re.compile(rb'"type":\s*"(\w+)"')
 _SEQ_RE = re.compile(rb'"seq":\s*(\d+)')
-_BT_RE = re.compile(rb'"bt":\s*(\d+)')
-_CODE_RE = re.compile(rb'"code":\s*"([^"]*)"')
-
-# connection states
-CONNECTING, HANDSHAKE, AUTH, SUBSCRIBING, READY, DEAD = range(6)
-STATE_NAMES = ("connecting", "handshake", "auth", "subscribing", "ready", "dead")
+_ROOM_RE = re.compile(rb'"room":\s*"([^"]*)"')
 
 
 def clock_offset_ns(samples: int = 9) -> int:
@@ -78,305 +55,6 @@ def clock_offset_ns(samples: int = 9) -> int:
             best = (width, (r1 + r2) // 2 - m)
     assert best is not None
     return best[1]
-
-
-def raise_nofile(needed: int) -> int:
-    """Raise the RLIMIT_NOFILE soft limit to the hard limit; return the new soft limit."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft < hard:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-        soft = hard
-    if needed > soft:
-        raise SystemExit(
-            f"this generator needs {needed} descriptors but RLIMIT_NOFILE allows {soft}. "
-            "Required action: lower --per-generator"
-        )
-    return soft
-
-
-class Conn:
-    """One client connection; all I/O happens in its reader/writer callbacks."""
-
-    __slots__ = (
-        "accept",
-        "buf",
-        "frag",
-        "gen",
-        "inflight",
-        "is_pub",
-        "missing",
-        "next",
-        "path",
-        "request",
-        "room",
-        "room_name",
-        "sock",
-        "state",
-        "sub_seq",
-        "wbuf",
-    )
-
-    def __init__(self, gen: Generator, room: int, room_name: str, is_pub: bool) -> None:
-        self.gen = gen
-        self.room = room
-        self.room_name = room_name
-        self.is_pub = is_pub
-        self.sock: socket.socket | None = None
-        self.state = CONNECTING
-        self.buf = b""
-        self.frag: bytes | None = None
-        self.wbuf = b""
-        self.request = b""
-        self.path = ""
-        self.accept = b""
-        self.sub_seq = 0
-        self.next = 0
-        self.missing: set[int] | None = None
-        self.inflight = 0
-
-    # ------------------------------------------------------------------ lifecycle
-    def start(self, host: str, port: int, path: str, source: str | None) -> None:
-        """Open the socket and start a non-blocking connect."""
-        gen = self.gen
-        try:
-            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        except OSError as exc:
-            gen.conn_failed(self, f"socket(): {exc.strerror}")
-            return
-        self.sock = s
-        s.setblocking(False)
-        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        s.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
-        if source is not None:
-            s.setsockopt(socket.SOL_IP, IP_BIND_ADDRESS_NO_PORT, 1)
-            s.bind((source, 0))
-        self.request, self.accept = handshake_request(host, port, path)
-        err = s.connect_ex((host, port))
-        if err not in (0, errno.EINPROGRESS):
-            gen.conn_failed(self, f"connect: {os.strerror(err)}")
-            return
-        gen.loop.add_writer(s.fileno(), self._on_connected)
-
-    def _on_connected(self) -> None:
-        s = self.sock
-        assert s is not None
-        self.gen.loop.remove_writer(s.fileno())
-        err = s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-        if err:
-            self.gen.conn_failed(self, f"connect: {os.strerror(err)}")
-            return
-        self.state = HANDSHAKE
-        self.gen.loop.add_reader(s.fileno(), self.on_readable)
-        self.write(self.request)
-
-    def write(self, data: bytes) -> None:
-        """Send ``data`` now or queue it behind earlier unsent bytes."""
-        s = self.sock
-        if s is None or self.state == DEAD:
-            self.gen.send_errors += 1
-            return
-        if self.wbuf:
-            self.wbuf += data
-            return
-        try:
-            n = s.send(data)
-        except BlockingIOError:
-            n = 0
-        except OSError as exc:
-            self.gen.conn_failed(self, f"send: {exc.strerror}")
-            return
-        if n < len(data):
-            self.wbuf = data[n:]
-            self.gen.loop.add_writer(s.fileno(), self._flush)
-
-    def _flush(self) -> None:
-        s = self.sock
-        assert s is not None
-        try:
-            n = s.send(self.wbuf)
-        except BlockingIOError:
-            return
-        except OSError as exc:
-            self.gen.conn_failed(self, f"send: {exc.strerror}")
-            return
-        self.wbuf = self.wbuf[n:]
-        if not self.wbuf:
-            self.gen.loop.remove_writer(s.fileno())
-
-    def close(self) -> None:
-        """Send a 1000 close frame (best effort, counted on failure) and close."""
-        s = self.sock
-        if s is None:
-            return
-        loop = self.gen.loop
-        fd = s.fileno()
-        loop.remove_reader(fd)
-        loop.remove_writer(fd)
-        if self.state in (AUTH, SUBSCRIBING, READY) and not self.wbuf:
-            try:
-                s.send(masked_frame(b"\x03\xe8", OP_CLOSE))
-            except OSError:
-                self.gen.close_send_errors += 1
-        s.close()
-        self.sock = None
-        self.state = DEAD
-
-    # ------------------------------------------------------------------ receive path
-    def on_readable(self) -> None:
-        """Reader callback: recvmsg with the kernel timestamp, then parse frames."""
-        s = self.sock
-        if s is None:
-            return
-        try:
-            data, anc, _flags, _addr = s.recvmsg(RECV_SIZE, CMSG_SIZE)
-        except BlockingIOError:
-            return
-        except OSError as exc:
-            self.gen.conn_lost(self, f"recv: {exc.strerror}")
-            return
-        if not data:
-            self.gen.conn_lost(
-                self, f"server closed the TCP connection in state {STATE_NAMES[self.state]}"
-            )
-            return
-        gen = self.gen
-        if anc:
-            sec, nsec = _TS.unpack(anc[0][2][:16])
-            rts = sec * 1_000_000_000 + nsec - gen.offset
-        else:
-            rts = time.monotonic_ns()
-            gen.user_clock += 1
-        if self.buf:
-            data = self.buf + data
-            self.buf = b""
-        if self.state == HANDSHAKE:
-            end = data.find(b"\r\n\r\n")
-            if end < 0:
-                self.buf = data
-                return
-            problem = parse_handshake_response(data[:end], self.accept)
-            if problem is not None:
-                gen.conn_failed(self, problem)
-                return
-            self.state = AUTH
-            data = data[end + 4 :]
-            if not data:
-                return
-        frames: list[tuple[int, bool, bytes]] = []
-        try:
-            used = parse_frames(data, frames)
-        except FrameError as exc:
-            gen.conn_lost(self, str(exc))
-            return
-        if used < len(data):
-            self.buf = data[used:]
-        for op, fin, payload in frames:
-            if op in (OP_TEXT, OP_CONT):
-                if not fin:
-                    self.frag = payload if op == OP_TEXT else (self.frag or b"") + payload
-                    continue
-                if op == OP_CONT:
-                    payload = (self.frag or b"") + payload
-                    self.frag = None
-                self.on_text(payload, rts)
-                if self.sock is None:
-                    return
-            elif op == OP_PING:
-                self.write(masked_frame(payload, OP_PONG))
-            elif op == OP_CLOSE:
-                code = int.from_bytes(payload[:2], "big") if len(payload) >= 2 else 1005
-                gen.conn_lost(
-                    self, f"server closed with code {code} in state {STATE_NAMES[self.state]}"
-                )
-                return
-            elif op != OP_PONG:
-                gen.conn_lost(self, f"unexpected opcode {op}")
-                return
-
-    def on_text(self, p: bytes, rts: int) -> None:
-        """Handle one text message."""
-        gen = self.gen
-        if self.state == READY:
-            m = _TYPE_RE.search(p)
-            kind = m.group(1) if m is not None else b""
-            if kind == b"message":
-                seq = int(_SEQ_RE.search(p).group(1))  # type: ignore[union-attr]
-                t = int(_BT_RE.search(p).group(1))  # type: ignore[union-attr]
-                gen.lat.append(rts - t)
-                key = (self.room << 32) | seq
-                e = gen.fanout.get(key)
-                if e is None:
-                    gen.fanout[key] = [t, rts, 1]
-                else:
-                    if rts > e[1]:
-                        e[1] = rts
-                    e[2] += 1
-                nxt = self.next
-                if seq == nxt:
-                    self.next = nxt + 1
-                    gen.recv_unique += 1
-                elif seq > nxt:
-                    if self.missing is None:
-                        self.missing = set()
-                    self.missing.update(range(nxt, seq))
-                    self.next = seq + 1
-                    gen.recv_unique += 1
-                elif self.missing is not None and seq in self.missing:
-                    self.missing.discard(seq)
-                    gen.out_of_order += 1
-                    gen.recv_unique += 1
-                else:
-                    gen.duplicates += 1
-                gen.deliveries += 1
-                if self.is_pub and gen.closed_loop:
-                    self.inflight -= 1
-                    gen.closed_loop_next(self)
-            elif kind == b"ack":
-                gen.on_ack(self, p)
-            elif kind == b"error":
-                c = _CODE_RE.search(p)
-                gen.count_error(c.group(1).decode() if c else "unknown")
-            # heartbeat, pong, presence: nothing to measure
-            return
-        m = _TYPE_RE.search(p)
-        kind = m.group(1) if m is not None else b""
-        if kind in (b"heartbeat", b"pong"):
-            return
-        if kind == b"error":
-            gen.conn_failed(
-                self,
-                "server error in state "
-                + STATE_NAMES[self.state]
-                + ": "
-                + p[:200].decode(errors="replace"),
-            )
-            return
-        if self.state == AUTH:
-            if kind == b"connection":
-                return
-            if kind == b"authenticated":
-                if self.room < 0:
-                    gen.conn_ready(self)
-                else:
-                    self.state = SUBSCRIBING
-                    self.write(
-                        masked_frame(
-                            b'{"type":"subscribe","room":"' + self.room_name.encode() + b'","id":1}'
-                        )
-                    )
-                return
-        elif self.state == SUBSCRIBING and kind == b"subscribed":
-            sm = _SEQ_RE.search(p)
-            if sm is None:
-                gen.conn_failed(self, "subscribed frame without seq")
-                return
-            self.sub_seq = int(sm.group(1))
-            self.next = self.sub_seq + 1
-            gen.conn_ready(self)
-            return
-        gen.conn_failed(
-            self, f"unexpected {kind.decode(errors='replace')!r} in state {STATE_NAMES[self.state]}"
-        )
 
 
 class Generator:
@@ -439,10 +117,8 @@ class Generator:
 
     def log(self, event: str, message: str) -> None:
         """A structured line on stderr."""
-        sys.stderr.write(
-            orjson.dumps({"logger": "bench.generator", "event": event, "message": message}).decode()
-            + "\n"
-        )
+        line = {"logger": "rtserver.bench.generator", "event": event, "message": message}
+        sys.stderr.write(orjson.dumps(line).decode() + "\n")
 
     def command(self, cmd: dict[str, Any]) -> None:
         """Dispatch one controller command."""
@@ -462,7 +138,7 @@ class Generator:
             self._close_all()
         else:
             raise SystemExit(
-                f"unknown generator command {name!r}. Required action: fix bench.runner"
+                f"unknown generator command {name!r}. Required action: fix rtserver.bench.runner"
             )
 
     def _progress(self) -> None:
@@ -504,7 +180,7 @@ class Generator:
         tokens: dict[str, str] = {}
         path = cmd["path"]
         conns_spec = cmd["conns"]
-        raise_nofile(len(conns_spec) + 64)
+        raise_nofile(len(conns_spec) + FD_RESERVE)
         for room, user, is_pub in conns_spec:
             tok = tokens.get(user)
             if tok is None:
@@ -702,7 +378,7 @@ class Generator:
             seq = int(sm.group(1))
             room = c.room
             if room < 0:
-                rm = re.search(rb'"room":\s*"([^"]*)"', p)
+                rm = _ROOM_RE.search(p)
                 name = rm.group(1).decode() if rm else ""
                 room = self.room_index(name)
             if seq > self.acks.get(room, 0):

@@ -23,7 +23,7 @@ Fault injection (test-only; intentionally absent from ``docs/bench.md`` and from
 The harness's smoke tests use it (through the harness's equally hidden
 ``--inject-peer-fault`` option) to prove that loss and duplicates are detected.
 
-Run: ``python -m bench.peers.pyserver --mode naive --port 0``; the listening port is
+Run: ``python -m rtserver.bench.peers.pyserver --mode naive --port 0``; the listening port is
 printed on stderr as a JSON line ``{"event": "listening", "port": N, ...}``.
 """
 
@@ -52,7 +52,8 @@ __all__ = ["Injector", "PeerServer", "main"]
 
 
 def _log(event: str, **fields: Any) -> None:
-    sys.stderr.write(orjson.dumps({"event": event, "logger": "bench.peer", **fields}).decode())
+    line = {"event": event, "logger": "rtserver.bench.peer", **fields}
+    sys.stderr.write(orjson.dumps(line).decode())
     sys.stderr.write("\n")
     sys.stderr.flush()
 
@@ -312,7 +313,7 @@ async def _serve(args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Run a Python reference peer until SIGTERM/SIGINT."""
-    parser = argparse.ArgumentParser(prog="python -m bench.peers.pyserver")
+    parser = argparse.ArgumentParser(prog="python -m rtserver.bench.peers.pyserver")
     parser.add_argument("--mode", choices=["broadcast", "naive"], required=True)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0)

@@ -1,6 +1,6 @@
 """Bus micro-benchmark: embedded hub vs Redis vs the in-process bus, in one run.
 
-    python -m bench.bus_micro [--messages 20000] [--window 256] [--latency-samples 2000]
+    python -m rtserver.bench.bus_micro [--messages 20000] [--window 256] [--latency-samples 2000]
 
 What it measures, for each bus (two bus clients A and B, both interested in
 the room; A publishes):

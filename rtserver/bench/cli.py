@@ -1,4 +1,4 @@
-"""Command line of the load harness: ``python -m bench SCENARIO [options]``.
+"""Command line of the load harness: ``python -m rtserver.bench SCENARIO [options]``.
 
 The rtserver CLI delegates ``rtserver bench ...`` to :func:`main`.
 Exit status: 0 all good; 1 integrity failure (loss, duplicates, out-of-order, dropped
@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import secrets
 import sys
 import time
@@ -20,10 +19,11 @@ from typing import Any
 import orjson
 import uvloop
 
-from bench import __version__
-from bench.peers import PEER_NAMES
-from bench.progress import PLAIN_INTERVAL
-from bench.report import (
+from rtserver.bench import __version__
+from rtserver.bench.capacity import GeneratorPlan, HostLimits, host_limits, server_fd_problem
+from rtserver.bench.peers import PEER_NAMES
+from rtserver.bench.progress import PLAIN_INTERVAL
+from rtserver.bench.report import (
     CLOCK_NOTE,
     Check,
     Thresholds,
@@ -36,24 +36,13 @@ from bench.report import (
     summarize,
     write_report,
 )
-from bench.runner import SCENARIOS, GeneratorError, RunConfig, run_target
-from bench.targets import PEERS_DIR, PROJECT_ROOT, Target, TargetError, node_peer_problem, parse_url
-from bench.tokens import SECRET_ENV
+from rtserver.bench.runner import SCENARIOS, GeneratorError, RunConfig, run_target
+from rtserver.bench.spawn import BENCH_CONFIG_OVERRIDES, peer_target, spawn_target
+from rtserver.bench.targets import Target, TargetError, parse_url
+from rtserver.bench.tokens import SECRET_ENV
+from rtserver.bench.workload import generator_plan, run_config
 
 __all__ = ["build_parser", "main"]
-
-# Per-scenario defaults: connections, rate (publishes/s), duration (s), room size.
-DEFAULTS: dict[str, dict[str, float]] = {
-    "broadcast": {"connections": 10000, "rate": 5, "duration": 10, "room_size": 10000},
-    "rooms": {"connections": 10000, "rate": 2000, "duration": 10, "room_size": 5},
-    "throughput": {"connections": 2000, "rate": 0, "duration": 10, "room_size": 10},
-    "users": {"connections": 6000, "rate": 1000, "duration": 10, "room_size": 3},
-    "connect-storm": {"connections": 10000, "rate": 0, "duration": 0, "room_size": 10},
-}
-MAX_CONNECTIONS = 60000
-MAX_DURATION = 600.0
-MAX_RATE = 200000.0
-
 
 def build_parser() -> argparse.ArgumentParser:
     """The argparse parser (also used by docs and tests)."""
@@ -147,13 +136,14 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--payload-bytes", type=int, default=0, help="extra padding bytes per message")
     g = p.add_argument_group("generator")
     g.add_argument(
-        "--per-generator", type=int, default=15000, help="max sockets per generator process"
+        "--per-generator", type=int, default=15000,
+        help="max sockets per generator process (also bounded by the fd hard limit - 64)",
     )
     g.add_argument(
         "--generators",
         type=int,
         default=0,
-        help="receiver generator processes (0 = connections / --per-generator, rounded up)",
+        help="receiver generator processes (0 = as few as the per-process limit allows)",
     )
     g.add_argument(
         "--connect-window",
@@ -181,7 +171,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--source-addrs",
         choices=["auto", "on", "off"],
         default="auto",
-        help="bind generator i to 127.0.0.(2+i) (auto: above 25,000 connections)",
+        help="bind generator i to 127.0.0.(2+i) (auto: when the connections exceed 90%% of "
+        "the ephemeral port range)",
     )
     g.add_argument(
         "--gen-cpu-warn",
@@ -226,144 +217,14 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _config(args: argparse.Namespace, scenario: str) -> RunConfig:
-    d = DEFAULTS[scenario]
-    n = int(args.connections if args.connections is not None else d["connections"])
-    rate = float(args.rate if args.rate is not None else d["rate"])
-    duration = float(args.duration if args.duration is not None else d["duration"])
-    room_size = int(args.room_size if args.room_size is not None else d["room_size"])
-    if scenario == "users":
-        room_size = args.per_user
-    if not 1 <= n <= MAX_CONNECTIONS:
-        raise ValueError(f"--connections {n} outside 1..{MAX_CONNECTIONS}. Required action: fix it")
-    if args.progress_interval <= 0:
-        raise ValueError(
-            f"--progress-interval {args.progress_interval} must be > 0. Required action: fix it"
-        )
-    if duration > MAX_DURATION or duration < 0:
-        raise ValueError(
-            f"--duration {duration} outside 0..{MAX_DURATION}. Required action: fix it"
-        )
-    if scenario in ("broadcast", "rooms", "users") and not 0 < rate <= MAX_RATE:
-        raise ValueError(f"--rate {rate} outside (0, {MAX_RATE}]. Required action: fix it")
-    if scenario in ("broadcast", "rooms", "users", "throughput") and duration <= 0:
-        raise ValueError("--duration must be > 0 for this scenario. Required action: fix it")
-    return RunConfig(
-        scenario=scenario,
-        connections=n,
-        rate=rate,
-        duration=duration,
-        room_size=room_size,
-        per_user=args.per_user,
-        publishers=1 if scenario == "broadcast" else max(1, args.publishers),
-        window=max(1, args.window),
-        per_generator=args.per_generator,
-        generators=args.generators,
-        connect_window=max(1, args.connect_window),
-        connect_timeout=args.connect_timeout,
-        drain_timeout=args.drain_timeout,
-        ack_timeout=args.ack_timeout,
-        token_ttl=args.token_ttl,
-        pad=max(0, args.payload_bytes),
-        source_addrs=args.source_addrs,
-        progress=not args.no_progress,
-        progress_interval=args.progress_interval,
-        max_messages=args.max_messages,
-        gen_cpu_warn=args.gen_cpu_warn,
-    )
-
-
-# Keys the harness changes in the shipped rtserver.toml for a spawned server (unless
-# --server-config is given): per-connection publish rate limits would otherwise throttle
-# the bench publishers and the idle timeout would close silent receivers in long runs.
-# The log level stays as shipped (info): the harness needs the "listening" line, and the
-# per-connection log lines are part of the server's real cost.
-BENCH_CONFIG_OVERRIDES: dict[str, str] = {
-    "rate_limit_per_second": "1000000.0",
-    "rate_limit_burst": "1000000",
-    "idle_timeout": "3600.0",
-}
-
-
-def bench_server_config(report_dir: Path) -> Path:
-    """Write the shipped rtserver.toml with :data:`BENCH_CONFIG_OVERRIDES` applied."""
-    shipped = PROJECT_ROOT / "rtserver" / "rtserver.toml"
-    try:
-        text = shipped.read_text()
-    except FileNotFoundError as exc:
-        raise TargetError(
-            f"{shipped} not found. Required action: run from an rtserver checkout or pass "
-            "--server-config"
-        ) from exc
-    for key, value in BENCH_CONFIG_OVERRIDES.items():
-        text, n = re.subn(rf"(?m)^{re.escape(key)}\s*=.*$", f"{key} = {value}", text)
-        if n != 1:
-            raise TargetError(
-                f"{shipped}: expected exactly one `{key} = ...` line, found {n}. Required "
-                "action: update BENCH_CONFIG_OVERRIDES in bench/cli.py or pass --server-config"
-            )
-    out = report_dir / "rtserver-bench.toml"
-    out.write_text(text)
-    return out
-
-
-def _spawn_target(workers: int, args: argparse.Namespace, log_dir: Path, label: str) -> Target:
-    config = Path(args.server_config) if args.server_config else bench_server_config(log_dir)
-    argv = [
-        sys.executable,
-        "-m",
-        "rtserver",
-        "serve",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        "0",
-        "--workers",
-        str(workers),
-        "--config",
-        str(config),
-        *args.server_arg,
-    ]
-    return Target(
-        name=label,
-        kind="spawn",
-        workers=workers,
-        argv=argv,
-        log_dir=log_dir,
-        start_timeout=args.start_timeout,
-        stop_timeout=args.stop_timeout,
-    )
-
-
-def _peer_target(name: str, args: argparse.Namespace, log_dir: Path) -> Target | str:
-    if name == "node-ws":
-        problem = node_peer_problem(not args.no_npm_install, 180.0)
-        if problem is not None:
-            return problem
-        argv = ["node", str(PEERS_DIR / "ws_peer.js"), "--port", "0"]
-    else:
-        mode = "broadcast" if name == "websockets-broadcast" else "naive"
-        argv = [sys.executable, "-m", "bench.peers.pyserver", "--mode", mode, "--port", "0"]
-        if name == "naive":
-            for spec in args.inject_peer_fault:
-                argv += ["--inject", spec]
-    return Target(
-        name=name,
-        kind="peer",
-        argv=argv,
-        log_dir=log_dir,
-        start_timeout=args.start_timeout,
-        stop_timeout=args.stop_timeout,
-    )
-
-
-async def _run_all(targets: list[Target], cfg: RunConfig, report_dir: Path) -> list[dict[str, Any]]:
+async def _run_all(targets: list[Target], cfg: RunConfig, plan: GeneratorPlan,
+                   report_dir: Path) -> list[dict[str, Any]]:
     results = []
     for t in targets:
         sys.stderr.write(
             f"bench: {cfg.scenario} against {t.label} ({cfg.connections} connections)\n"
         )
-        results.append(await run_target(t, cfg, report_dir))
+        results.append(await run_target(t, cfg, plan, report_dir))
     return results
 
 
@@ -394,15 +255,22 @@ def _sweep_advice(summaries: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
+def _peer_fd_problem(name: str, connections: int, limits: HostLimits) -> str | None:
+    """Why the one-process peer ``name`` cannot hold the run's connections (None: it can)."""
+    return server_fd_problem(name, connections, 1, limits)
+
+
 def main(argv: list[str]) -> int:
     """Run the harness; returns the exit status (see module docstring)."""
     parser = build_parser()
     args = parser.parse_args(argv)
     scenario = args.sweep_scenario if args.scenario == "sweep" else args.scenario
     try:
-        cfg = _config(args, scenario)
+        cfg = run_config(args, scenario)
         worker_counts = [int(x) for x in str(args.workers).split(",") if x.strip()]
-    except ValueError as exc:
+        limits = host_limits()
+        plan = generator_plan(cfg, limits)
+    except ValueError as exc:  # CapacityError included
         sys.stderr.write(f"bench: {exc}\n")
         return 2
     if not worker_counts or min(worker_counts) < 1:
@@ -445,7 +313,27 @@ def main(argv: list[str]) -> int:
         sys.stderr.write(
             f"bench: {SECRET_ENV} unset; generated a random secret for spawned servers\n"
         )
-    report_dir = Path(args.report)
+    if any(a == "--config" or a.startswith("--config=") for a in args.server_arg):
+        sys.stderr.write("bench: --server-arg --config: the spawned server's config file is "
+                         "--server-config. Required action: pass --server-config FILE\n")
+        return 2
+    # Every user path is made absolute against the user's directory here, before any
+    # process starts: spawned processes run in the report directory.
+    report_dir = Path(args.report).resolve()
+    if args.server_config:
+        server_config = Path(args.server_config).resolve()
+        if not server_config.is_file():
+            sys.stderr.write(f"bench: --server-config {server_config} does not exist. "
+                             "Required action: give an existing TOML file\n")
+            return 2
+        args.server_config = str(server_config)
+    sys.stderr.write(f"bench: generators: {plan.describe()}\n")
+    total = cfg.connections + plan.publisher_connections
+    for w in worker_counts if args.spawn else []:
+        problem = server_fd_problem(f"rtserver --workers {w}", total, w, limits)
+        if problem is not None:
+            sys.stderr.write(f"bench: {problem}\n")
+            return 2
     report_dir.mkdir(parents=True, exist_ok=True)
 
     targets: list[Target] = []
@@ -454,7 +342,7 @@ def main(argv: list[str]) -> int:
         try:
             for w in worker_counts:
                 label = f"rtserver-w{w}" if args.scenario == "sweep" else "rtserver"
-                targets.append(_spawn_target(w, args, report_dir, label))
+                targets.append(spawn_target(w, args, report_dir, label))
         except TargetError as exc:
             sys.stderr.write(f"bench: {exc}\n")
             return 2
@@ -476,7 +364,7 @@ def main(argv: list[str]) -> int:
             )
         )
     for name in dict.fromkeys(args.peer):
-        pt = _peer_target(name, args, report_dir)
+        pt = _peer_fd_problem(name, total, limits) or peer_target(name, args, report_dir)
         if isinstance(pt, str):
             skipped[name] = pt
             sys.stderr.write(f"bench: NOTICE: skipping peer {name}: {pt}\n")
@@ -490,7 +378,7 @@ def main(argv: list[str]) -> int:
 
     started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     try:
-        results = uvloop.run(_run_all(targets, cfg, report_dir))
+        results = uvloop.run(_run_all(targets, cfg, plan, report_dir))
     except (TargetError, GeneratorError, RuntimeError) as exc:
         sys.stderr.write(f"\nbench: run aborted: {exc}\n")
         return 2
@@ -586,6 +474,8 @@ def main(argv: list[str]) -> int:
         "scenario": scenario,
         "sweep": args.scenario == "sweep",
         "config": vars(cfg),
+        "generator_plan": plan.as_dict(),
+        "report_dir": str(report_dir),
         "spawned_server_config": None
         if not args.spawn
         else (args.server_config or {"shipped rtserver.toml with": BENCH_CONFIG_OVERRIDES}),
