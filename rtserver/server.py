@@ -46,6 +46,7 @@ from rtserver.metrics import REGISTRY
 from rtserver.node import CLOSE_AUTH, Node
 from rtserver.protocol.codec import ErrorCode
 from rtserver.router import Router
+from rtserver.static_files import StaticFiles
 
 __all__ = ["RtServer", "build_router", "resolve_secret", "run_server"]
 
@@ -146,6 +147,7 @@ class RtServer:
         self._owns_store = False
         self.domain_ingress: Any = handle_domain_ingress
         self.http_routes.setdefault("/admin/health", admin_health_route(self.node))
+        self.static_files = StaticFiles(dev=config.server.dev)
         self.hub_bus = hub_bus
         self.previous_exit = previous_exit
         if hub_bus is not None:
@@ -178,6 +180,9 @@ class RtServer:
         route = self.http_routes.get(path)
         if route is not None:
             return await route()
+        static = self.static_files.response(path, request.headers)
+        if static is not None:
+            return static
         body = orjson.dumps({"error": "not_found", "message": f"no endpoint at {path}",
                              "action": f"Required action: connect WebSockets to "
                              f"{self.config.server.ws_path}; HTTP serves /healthz and /metrics"})

@@ -1,9 +1,11 @@
 // Backoff: full-jitter distribution with a seeded RNG, and the reconnect
 // schedule of RtClient against a real rtserver under fake timers.
 import assert from "node:assert/strict";
-import { describe, mock, test } from "node:test";
+import { afterEach, describe, mock, test } from "node:test";
 import { Backoff, RtClient, seededRandom } from "../src/rtserver-client.js";
-import { Server, WebSocket, recordingLogger, token, until } from "./harness.js";
+import { Server, WebSocket, closeAll, recordingLogger, token, track, until } from "./harness.js";
+
+afterEach(closeAll);
 
 describe("Backoff", () => {
   test("delays are uniform in [0, min(maxDelay, minDelay * 2^attempt))", () => {
@@ -54,10 +56,10 @@ describe("reconnect schedule (fake timers, seeded RNG, real server)", () => {
     mock.timers.enable({ apis: ["setTimeout", "Date"], now: Date.now() });
     try {
       const expected = new Backoff({ minDelay: 500, maxDelay: 4000, random: seededRandom(99) });
-      const client = new RtClient({
+      const client = track(new RtClient({
         url: server.url, WebSocket, getToken: async () => token(), logger: recordingLogger(),
         reconnect: { minDelay: 500, maxDelay: 4000, stableAfter: 10000 }, random: seededRandom(99),
-        heartbeatInterval: 600000, pingInterval: 600000 });
+        heartbeatInterval: 600000, pingInterval: 600000 }));
       const reconnects = [];
       client.on("reconnect", (r) => reconnects.push(r));
       await client.connect();
@@ -100,10 +102,10 @@ describe("reconnect schedule (fake timers, seeded RNG, real server)", () => {
     await server.start();
     mock.timers.enable({ apis: ["setTimeout", "Date"], now: Date.now() });
     try {
-      const client = new RtClient({
+      const client = track(new RtClient({
         url: server.url, WebSocket, getToken: async () => token(), logger: recordingLogger(),
         reconnect: { minDelay: 500, maxDelay: 64000, stableAfter: 10000 }, random: () => 0.999,
-        heartbeatInterval: 600000, pingInterval: 600000 });
+        heartbeatInterval: 600000, pingInterval: 600000 }));
       const reconnects = [];
       client.on("reconnect", (r) => reconnects.push(r));
       await client.connect();

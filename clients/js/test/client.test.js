@@ -2,21 +2,23 @@
 // errors, drain (1012) -> reconnect -> resubscribe, SIGKILL of the workers,
 // liveness (SIGSTOP), idle 4008, token refresh, terminal codes.
 import assert from "node:assert/strict";
-import { after, before, describe, test } from "node:test";
+import { after, afterEach, before, describe, test } from "node:test";
 import { RtClient, RtError } from "../src/rtserver-client.js";
-import { Server, WebSocket, connected, once, recordingLogger, sleep, token, until } from "./harness.js";
+import { Server, WebSocket, closeAll, connected, once, recordingLogger, token, track, until } from "./harness.js";
+
+afterEach(closeAll);
 
 function makeClient(server, extra = {}) {
   const logger = recordingLogger();
   const calls = { getToken: 0 };
   const tok = extra.token ?? token();
-  const client = new RtClient({
+  const client = track(new RtClient({
     url: server.url, WebSocket, logger,
     getToken: async () => { calls.getToken += 1; return typeof tok === "function" ? tok(calls.getToken) : tok; },
     reconnect: { minDelay: 50, maxDelay: 400 },
     heartbeatInterval: 1000, heartbeatGrace: 1500,
     ...extra.options,
-  });
+  }));
   const states = [];
   const reconnects = [];
   const errors = [];
@@ -96,8 +98,8 @@ describe("against a real rtserver", () => {
   });
 
   test("getToken rejecting is reported and stops the client", async () => {
-    const client = new RtClient({ url: server.url, WebSocket, logger: recordingLogger(),
-                                  getToken: async () => { throw new Error("auth service down"); } });
+    const client = track(new RtClient({ url: server.url, WebSocket, logger: recordingLogger(),
+                                        getToken: async () => { throw new Error("auth service down"); } }));
     const errors = [];
     client.on("error", (e) => errors.push(e));
     await assert.rejects(client.connect(), (e) => e.code === "token_unavailable" && /auth service down/.test(e.message));
@@ -205,7 +207,7 @@ describe("server restarts under the client", () => {
       await until(() => reconnects.length >= 2, "a failed attempt while the server is down");
       assert.equal(reconnects[1].code, 1006);
       await server.start(server.port);
-      await once(client, "state", (s) => s.state === "connected");
+      await connected(client);
       await until(() => recovers.length === 1, "the recovery report");
       // A restarted embedded hub starts the room's seq lineage again.
       assert.equal(recovers[0].recovered, false);
@@ -306,8 +308,10 @@ test("timers are back to baseline after close (no leaked handles)", async () => 
     const during = process.getActiveResourcesInfo().filter((r) => r === "Timeout").length;
     assert.ok(during > before, "a connected client holds its liveness timer");
     client.close();
-    await sleep(0);
-    const afterClose = process.getActiveResourcesInfo().filter((r) => r === "Timeout").length;
+    // ws's closing-handshake timer ends when the server answers the close.
+    const timers = () => process.getActiveResourcesInfo().filter((r) => r === "Timeout").length;
+    await until(() => timers() <= before, "timers back to baseline", 5000);
+    const afterClose = timers();
     assert.equal(afterClose, before);
   } finally {
     await server.dispose();

@@ -47,6 +47,17 @@ function configFile(dir, { heartbeat = 1.0, idleTimeout = 60.0, dev = false, ext
   return path;
 }
 
+// Servers still running when the test process exits are killed with it.
+const running = new Set();
+process.on("exit", () => {
+  for (const proc of running) { try { proc.kill("SIGKILL"); } catch { /* already gone */ } }
+});
+
+/** Clients made by tests, closed by closeAll() (afterEach) even when a test failed. */
+const clients = new Set();
+export function track(client) { clients.add(client); return client; }
+export function closeAll() { for (const c of clients) c.close(); clients.clear(); }
+
 export class Server {
   /**
    * @param {{workers?: number, port?: number, heartbeat?: number, idleTimeout?: number,
@@ -74,7 +85,8 @@ export class Server {
     delete env.RTSERVER_PORT;
     const proc = spawn(PYTHON, args, { cwd: REPO, env, stdio: ["ignore", "ignore", "pipe"] });
     this.proc = proc;
-    this.exited = new Promise((res) => proc.on("exit", (code, signal) => res({ code, signal })));
+    running.add(proc);
+    this.exited = new Promise((res) => proc.on("exit", (code, signal) => { running.delete(proc); res({ code, signal }); }));
     let pending = "";
     let listening = 0;
     const want = o.workers;

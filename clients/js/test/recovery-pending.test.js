@@ -3,10 +3,12 @@
 // those exact shapes with a tiny in-test fake so the SDK side is exercised now;
 // replace them with real-server tests when issue 11 lands.
 import assert from "node:assert/strict";
-import { after, before, describe, test } from "node:test";
+import { after, afterEach, before, describe, test } from "node:test";
 import { WebSocketServer } from "ws";
 import { RtClient } from "../src/rtserver-client.js";
-import { WebSocket, connected, once, recordingLogger, token, until } from "./harness.js";
+import { WebSocket, closeAll, connected, once, recordingLogger, token, track, until } from "./harness.js";
+
+afterEach(closeAll);
 
 class FakeServer {
   constructor() {
@@ -42,8 +44,8 @@ describe("recovery protocol (server support pending issue 11)", () => {
   after(async () => { await fake.stop(); });
 
   function client(extra = {}) {
-    return new RtClient({ url, WebSocket, getToken: async () => token(), logger: recordingLogger(),
-                          reconnect: { minDelay: 10, maxDelay: 50 }, ...extra });
+    return track(new RtClient({ url, WebSocket, getToken: async () => token(), logger: recordingLogger(),
+                          reconnect: { minDelay: 10, maxDelay: 50 }, ...extra }));
   }
 
   test("resubscribe in one frame with (epoch, seq); replay delivered once, in order; not recovered reported", async () => {
@@ -157,8 +159,8 @@ describe("recovery protocol (server support pending issue 11)", () => {
       // then silence: no heartbeat ever
     });
     try {
-      const c = new RtClient({ url: `ws://127.0.0.1:${wss.address().port}/ws`, WebSocket, getToken: async () => token(),
-                               logger: recordingLogger(), heartbeatInterval: 600000, heartbeatGrace: 200 });
+      const c = track(new RtClient({ url: `ws://127.0.0.1:${wss.address().port}/ws`, WebSocket, getToken: async () => token(),
+                                     logger: recordingLogger(), heartbeatInterval: 600000, heartbeatGrace: 200 }));
       await c.connect();
       const r = await once(c, "reconnect", () => true, 3000);
       assert.match(r.reason, /heartbeat 200 ms/);
