@@ -30,9 +30,11 @@ def _node_env() -> dict[str, str]:
 def _require_node_modules() -> str:
     node = shutil.which("node")
     if node is None:
-        pytest.fail("node is not installed. Required action: install nodejs (>= 20), as .ci/run does")
+        pytest.fail("node is not installed. "
+                    "Required action: install nodejs (>= 20), as .ci/run does")
     if not (JS / "node_modules" / "ws").is_dir():
-        pytest.fail("clients/js/node_modules is missing. Required action: npm ci --prefix clients/js")
+        pytest.fail("clients/js/node_modules is missing. "
+                    "Required action: npm ci --prefix clients/js")
     return node
 
 
@@ -49,4 +51,5 @@ def _run(args: list[str], timeout: float) -> None:
 def test_node_sdk_tests() -> None:
     """clients/js/test/*.test.js: real servers, fake timers, the leak test."""
     node = _require_node_modules()
-    _run([node, "--expose-gc", "--test", "--test-concurrency=1", "--test-timeout=120000", "test/"], timeout=280)
+    _run([node, "--expose-gc", "--test", "--test-concurrency=1", "--test-timeout=120000",
+          "test/"], timeout=280)

@@ -61,7 +61,7 @@ async def test_no_traversal_no_listing_no_unknown_suffix(server: RtServer) -> No
     for path in ("/client/../server.py", "/client/..%2Fserver.py", "/client/%2e%2e/config.py",
                  "/client/", "/client/.hidden.js", "/client/sub/dir.js", "/client/client.py",
                  "/client/missing.js", "/client/..", "/client//etc/passwd"):
-        status, headers, body = await asyncio.to_thread(get, port, path)
+        status, _, body = await asyncio.to_thread(get, port, path)
         assert status == 404, path
         doc = orjson.loads(body)
         assert doc["error"] == "not_found" and doc["action"].startswith("Required action:"), path
