@@ -44,6 +44,7 @@ from rtserver.protocol.close_codes import CloseCode
 from rtserver.protocol.codec import ErrorCode
 from rtserver.router import HttpRoute
 from rtserver.startup import bind_failure
+from rtserver.static_files import StaticFiles
 
 __all__ = ["RtServer", "resolve_secret", "run_server"]
 
@@ -167,6 +168,7 @@ class RtServer:
         self.ingress: Any = None
         self.redis_ingress: Any = None
         self._owns_store = False
+        self.static_files = StaticFiles(dev=config.server.dev)
         self.hub_bus = hub_bus
         self.previous_exit = previous_exit
         if hub_bus is not None:
@@ -203,6 +205,9 @@ class RtServer:
         route = self.http_routes.get(path)
         if route is not None:
             return await route(request)
+        static = self.static_files.response(path, request.headers)
+        if static is not None:
+            return static
         body = orjson.dumps({"error": "not_found", "message": f"no endpoint at {path}",
                              "action": f"Required action: connect WebSockets to "
                              f"{self.config.server.ws_path}; HTTP serves /healthz and /metrics"})
