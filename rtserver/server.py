@@ -563,7 +563,7 @@ def run_server(config: Config, worker_id: int = 0, sock: socket.socket | None = 
     """
     import uvloop
 
-    jsonlog.configure(config.server.log_level)
+    jsonlog.configure(config.server.log_level, background=True)
     jsonlog.set_worker(worker_id)
     log.lifecycle("config", effective=masked(config), sources=dict(sources))
     if config.fanout.implementation == "python":
