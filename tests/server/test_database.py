@@ -246,8 +246,10 @@ async def test_redis_ingress(make_server: ServerFactory, connect_client: Connect
                                          "data": [1, 2]}))
         assert (await member.recv_type("message"))["data"] == [1, 2]
         assert invalid.get() - before == 1
+        dead = await r.lrange(f"{key}:dead", 0, -1)
+        assert dead == [b'{"type":"room_publish","room":"bench:redis-in"}']
     finally:
-        await r.delete(key)
+        await r.delete(key, f"{key}:dead", f"{key}:processing", f"{key}:leader")
         await r.aclose()
 
 
