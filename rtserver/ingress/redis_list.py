@@ -269,47 +269,50 @@ class RedisIngress:
                 await client.aclose()
 
     async def _lead(self, client: aioredis.Redis) -> None:
-        """Handle payloads while the lock is ours; returns when it is lost."""
+        """Handle payloads while the lock is ours; returns when it is lost (raises the
+        renewal's Redis error, so the consumer reconnects with backoff)."""
         lost = asyncio.Event()
         renew = asyncio.get_running_loop().create_task(self._renew(client, lost),
                                                        name="rtserver-redis-ingress-renew")
         try:
-            while not lost.is_set() and not self._closing:
-                reply = await client.eval(_TAKE, 3, self.lock_key, self.key,
-                                          self.processing_key, self.token)
-                if reply[0] == 0:
-                    return
-                if reply[0] == 2:
-                    # Wait for a payload; it lands on the processing list, taken next turn.
-                    # Redis takes fractional seconds; the stub says int.
-                    await client.blmove(self.key, self.processing_key,
-                                        self._block_timeout,  # type: ignore[arg-type]
-                                        "LEFT", "RIGHT")
-                    continue
-                raw = reply[1]
-                payload = raw if isinstance(raw, bytes) else str(raw).encode()
-                try:
-                    dead = await self._carry_out(payload, lost)
-                except _LockLost:
-                    return
-                done = await client.eval(_FINISH, 3, self.lock_key, self.processing_key,
-                                         self.dead_key, self.token, payload,
-                                         "1" if dead else "0")
-                if done == 0:
-                    log.warning("redis_ingress_lock_lost_after_handling", key=self.key,
-                                note="the next leader carries the payload out again "
-                                "(at-least-once)")
-                    return
-                if done == -1:
-                    log.error("redis_ingress_processing_changed", key=self.key,
-                              action="Required action: only rtserver may change "
-                              f"{self.processing_key}")
+            await self._handle_while_leading(client, lost)
         finally:
             renew.cancel()
             await asyncio.gather(renew, return_exceptions=True)
         failure = None if renew.cancelled() else renew.exception()
         if failure is not None:
             raise failure
+
+    async def _handle_while_leading(self, client: aioredis.Redis, lost: asyncio.Event) -> None:
+        while not lost.is_set() and not self._closing:
+            reply = await client.eval(_TAKE, 3, self.lock_key, self.key,
+                                      self.processing_key, self.token)
+            if reply[0] == 0:
+                return
+            if reply[0] == 2:
+                # Wait for a payload; it lands on the processing list, taken next turn.
+                # Redis takes fractional seconds; the stub says int.
+                await client.blmove(self.key, self.processing_key,
+                                    self._block_timeout,  # type: ignore[arg-type]
+                                    "LEFT", "RIGHT")
+                continue
+            raw = reply[1]
+            payload = raw if isinstance(raw, bytes) else str(raw).encode()
+            try:
+                dead = await self._carry_out(payload, lost)
+            except _LockLost:
+                return
+            done = await client.eval(_FINISH, 3, self.lock_key, self.processing_key,
+                                     self.dead_key, self.token, payload, "1" if dead else "0")
+            if done == 0:
+                log.warning("redis_ingress_lock_lost_after_handling", key=self.key,
+                            note="the next leader carries the payload out again "
+                            "(at-least-once)")
+                return
+            if done == -1:
+                log.error("redis_ingress_processing_changed", key=self.key,
+                          action="Required action: only rtserver may change "
+                          f"{self.processing_key}")
 
     async def _renew(self, client: aioredis.Redis, lost: asyncio.Event) -> None:
         """Renew the lock every third of its TTL; on failure set ``lost`` (and re-raise a
