@@ -348,6 +348,11 @@ async def test_redis_ingress(make_server: ServerFactory, connect_client: Connect
                                          "data": [1, 2]}))
         assert (await member.recv_type("message"))["data"] == [1, 2]
         assert invalid.get() - before == 1
+        # One consumer over all workers: the room gets the payloads in the pushed order.
+        await r.rpush(key, *[orjson.dumps({"type": "room_publish", "room": "bench:redis-in",
+                                           "data": n}) for n in range(20)])
+        assert [(await member.recv_type("message"))["data"] for _ in range(20)] == list(
+            range(20))
         dead = await r.lrange(f"{key}:dead", 0, -1)
         assert dead == [b'{"type":"room_publish","room":"bench:redis-in"}']
     finally:
