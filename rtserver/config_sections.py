@@ -144,6 +144,7 @@ class BusConfig(Section, frozen=True):
     publish_batch_max: int
     ingress_key: str
     ingress_block_timeout: float
+    ingress_lock_ttl: float
 
 
 class DatabaseConfig(Section, frozen=True):

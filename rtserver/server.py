@@ -393,8 +393,9 @@ class RtServer:
             from rtserver.ingress.redis_list import RedisIngress
 
             self.redis_ingress = RedisIngress(
-                bus_cfg.redis_url, bus_cfg.ingress_key, dispatcher, decoder=dispatcher.decoder,
-                block_timeout=bus_cfg.ingress_block_timeout,
+                bus_cfg.redis_url, bus_cfg.ingress_key, dispatcher.carry_out,
+                decoder=dispatcher.decoder, block_timeout=bus_cfg.ingress_block_timeout,
+                lock_ttl=bus_cfg.ingress_lock_ttl,
                 backoff_base=bus_cfg.reconnect_backoff_base,
                 backoff_max=bus_cfg.reconnect_backoff_max, jitter=bus_cfg.reconnect_jitter,
                 on_state_change=lambda ok, reason: node.set_degraded("redis_ingress", not ok,
