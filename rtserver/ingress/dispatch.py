@@ -65,14 +65,15 @@ class IngressDispatcher:
         those, :mod:`rtserver.ingress.redis_list`).
         """
         match message:
-            case RoomPublish(room=room, data=data):
+            case RoomPublish(room=room, data=data, key=key):
                 try:
                     self.ctx.room_rules(room)
                 except AccessDenied as exc:
                     raise IngressRejected("invalid_room", exc.message) from exc
                 body = b'{"type":"message","room":%b,"from":null,"data":%b}' % (
                     orjson.dumps(room), bytes(data))
-                await self.ctx.send_to_room(room, body)
+                await self.ctx.send_to_room(
+                    room, body, key=None if key is None else f"ingress\x00{room}\x00{key}")
             case _:
                 handler = self.router.ingress_handler_for(message)
                 if handler is None:
