@@ -564,7 +564,8 @@ def run_server(config: Config, worker_id: int = 0, sock: socket.socket | None = 
     """
     import uvloop
 
-    jsonlog.configure(config.server.log_level, background=True)
+    jsonlog.configure(config.server.log_level,
+                      background=config.server.log_writer == "background")
     jsonlog.set_worker(worker_id)
     log.lifecycle("config", effective=masked(config), sources=dict(sources))
     if config.fanout.implementation == "python":
