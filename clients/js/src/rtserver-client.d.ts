@@ -181,7 +181,7 @@ export declare class QuoteSubscription {
   /** Resolves with the quote on the first quote_state. */
   readonly ready: Promise<Quote>;
   /** Rejects with RtError code "conflict" (details.current_value, details.current_version) on a lost race. */
-  edit(field: string, value: unknown): Promise<{ room: string; seq?: number; quote_id: string; field: string; version: number }>;
+  edit(field: string, value: unknown, options?: { baseVersion?: number }): Promise<{ room: string; seq?: number; quote_id: string; field: string; version: number }>;
   focus(field: string): void;
   blur(field: string): void;
   unsubscribe(): Promise<void>;
