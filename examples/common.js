@@ -43,7 +43,7 @@ export function mountConnectionPanel(client) {
   root.innerHTML = '<span class="state" data-testid="state"></span>' +
     '<span>attempts: <b data-testid="attempts">0</b></span>' +
     '<span>last close: <b data-testid="last-close">—</b></span>';
-  const stateEl = root.querySelector('[data-testid="state"]');
+  const stateEl = /** @type {HTMLElement} */ (root.querySelector('[data-testid="state"]'));
   const attemptsEl = root.querySelector('[data-testid="attempts"]');
   const closeEl = root.querySelector('[data-testid="last-close"]');
   const events = document.getElementById("events");
