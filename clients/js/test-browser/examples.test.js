@@ -4,33 +4,21 @@
 // notifications (catch-up, live, read), and a server restart under an open page.
 // Screenshots go to clients/js/artifacts/; any console error fails the test.
 import assert from "node:assert/strict";
-import { execFileSync } from "node:child_process";
 import { randomUUID } from "node:crypto";
 import { mkdirSync } from "node:fs";
 import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
 import { chromium } from "playwright-core";
 import { RtClient } from "../src/rtserver-client.js";
-import { REPO, SECRET, Server, WebSocket, recordingLogger, token } from "../test/harness.js";
+import { REPO, Server, WebSocket, psql, recordingLogger, rtserverCli, token } from "../test/harness.js";
 
 const CHROMIUM = process.env.RTSERVER_CHROMIUM ?? "/usr/bin/chromium";
 const ARTIFACTS = join(REPO, "clients/js/artifacts");
-const PG = process.env.RTSERVER_TEST_PG ?? "postgresql://postgres@127.0.0.1:5432";
-const PYTHON = process.env.RTSERVER_PYTHON ?? "python";
-
-function psql(db, sql) {
-  return execFileSync("psql", [`${PG}/${db}`, "-v", "ON_ERROR_STOP=1", "-At", "-c", sql],
-                      { encoding: "utf8", stdio: ["ignore", "pipe", "pipe"] }).trim();
-}
-function rtserver(...args) {
-  return execFileSync(PYTHON, ["-m", "rtserver", ...args], {
-    cwd: REPO, encoding: "utf8", stdio: ["ignore", "pipe", "pipe"],
-    env: { ...process.env, RTSERVER_JWT_SECRET: SECRET, PYTHONPATH: process.env.PYTHONPATH ?? REPO } });
-}
+const rtserver = rtserverCli;
 
 describe("examples in real Chromium", () => {
   const dbName = `rtsjs_${randomUUID().replace(/-/g, "").slice(0, 12)}`;
-  const dsn = `${PG}/${dbName}`;
+  const dsn = `${process.env.RTSERVER_TEST_PG ?? "postgresql://postgres@127.0.0.1:5432"}/${dbName}`;
   let server;
   let browser;
   /** Console errors by page; allowed: a refused WebSocket while a test keeps the server down. */

@@ -1,6 +1,6 @@
 // Test harness: a real rtserver (`python -m rtserver serve --workers 2`) on a
 // loopback port, tokens signed with the test secret, small waiting helpers.
-import { spawn } from "node:child_process";
+import { execFileSync, spawn } from "node:child_process";
 import { createHmac, randomUUID } from "node:crypto";
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
@@ -29,7 +29,8 @@ export function token({ user = randomUUID(), perms = ["publish"], rooms = ["benc
 }
 
 /** The shipped configuration with test-sized heartbeats. */
-function configFile(dir, { heartbeat = 1.0, idleTimeout = 60.0, dev = false, extra = (t) => t }) {
+function configFile(dir, { heartbeat = 1.0, idleTimeout = 60.0, dev = false, analyticsInterval = null,
+                           extra = (t) => t }) {
   let text = readFileSync(join(REPO, "rtserver/rtserver.toml"), "utf8");
   const set = (section, key, value) => {
     const re = new RegExp(`(\\[${section}\\][\\s\\S]*?\\n)${key} = [^\\n]*`);
@@ -41,6 +42,7 @@ function configFile(dir, { heartbeat = 1.0, idleTimeout = 60.0, dev = false, ext
   set("heartbeat", "idle_timeout", idleTimeout.toFixed(2));
   set("server", "shutdown_grace", "3.0");
   if (dev) set("server", "dev", "true");
+  if (analyticsInterval !== null) set("domain", "analytics_interval", analyticsInterval.toFixed(2));
   text = extra(text);
   const path = join(dir, "rtserver.toml");
   writeFileSync(path, text);
@@ -178,4 +180,28 @@ export function recordingLogger() {
 export function connected(client, timeout = 15000) {
   if (client.state === "connected") return Promise.resolve();
   return once(client, "state", (s) => s.state === "connected", timeout);
+}
+
+const PG = process.env.RTSERVER_TEST_PG ?? "postgresql://postgres@127.0.0.1:5432";
+
+/** psql -At -c SQL on database `db` of the test PostgreSQL; returns the output. */
+export function psql(db, sql) {
+  return execFileSync("psql", [`${PG}/${db}`, "-v", "ON_ERROR_STOP=1", "-At", "-c", sql],
+                      { encoding: "utf8", stdio: ["ignore", "pipe", "pipe"] }).trim();
+}
+
+/** `python -m rtserver ARGS` with the test secret; returns stdout. */
+export function rtserverCli(...args) {
+  return execFileSync(PYTHON, ["-m", "rtserver", ...args], {
+    cwd: REPO, encoding: "utf8", stdio: ["ignore", "pipe", "pipe"],
+    env: { ...process.env, RTSERVER_JWT_SECRET: SECRET, PYTHONPATH: process.env.PYTHONPATH ?? REPO } });
+}
+
+/** A fresh, migrated database: {name, dsn, drop()}. */
+export function tempDatabase() {
+  const name = `rtsjs_${randomUUID().replace(/-/g, "").slice(0, 12)}`;
+  psql("postgres", `CREATE DATABASE "${name}" TEMPLATE template0 ENCODING 'UTF8'`);
+  const dsn = `${PG}/${name}`;
+  rtserverCli("migrate", "--database", dsn);
+  return { name, dsn, drop: () => psql("postgres", `DROP DATABASE IF EXISTS "${name}" WITH (FORCE)`) };
 }
