@@ -125,7 +125,8 @@ export class RtClient {
     this._reconnectTimer = null;
     /** @type {ReturnType<typeof setTimeout>|null} */
     this._refreshTimer = null;
-    this._refreshing = /** @type {Promise<unknown>|null} */ (null);
+    /** @type {(() => void)|null} */
+    this._envListener = null;
     /** @type {{resolve: () => void, reject: (e: RtError) => void}[]} */
     this._connectWaiters = [];
     /** Connection facts for UIs (connection panel). */
@@ -320,7 +321,29 @@ export class RtClient {
     this._emit("error", error);
   }
 
+  /**
+   * Browsers: check liveness at once when the tab becomes visible or the
+   * network comes back (timers of background tabs are throttled).
+   */
+  _attachEnvironment() {
+    if (this._envListener !== null || typeof globalThis.addEventListener !== "function") return;
+    this._envListener = () => {
+      if (typeof document !== "undefined" && document.visibilityState === "hidden") return;
+      if (this._ws !== null) this._checkLiveness();
+    };
+    globalThis.addEventListener("online", this._envListener);
+    if (typeof document !== "undefined") document.addEventListener("visibilitychange", this._envListener);
+  }
+
+  _detachEnvironment() {
+    if (this._envListener === null) return;
+    globalThis.removeEventListener("online", this._envListener);
+    if (typeof document !== "undefined") document.removeEventListener("visibilitychange", this._envListener);
+    this._envListener = null;
+  }
+
   async _open() {
+    this._attachEnvironment();
     this._setState("connecting");
     let token;
     try {
@@ -352,7 +375,7 @@ export class RtClient {
     ws.onerror = () => {}; // the close event that follows carries the code
     ws.onmessage = (/** @type {{data: unknown}} */ ev) => this._onFrame(ws, ev.data);
     ws.onclose = (/** @type {{code: number, reason: string}} */ ev) => {
-      if (this._ws === ws) this._onClose(ev.code, String(ev.reason ?? ""));
+      if (this._ws === ws) this._closed(ev.code, String(ev.reason ?? ""));
     };
     this._scheduleLiveness();
   }
@@ -528,10 +551,13 @@ export class RtClient {
   async _unsubscribe(sub) {
     if (this._subs.get(sub.room) !== sub) return;
     this._subs.delete(sub.room);
-    const wasSubscribed = sub.state === "subscribed";
     sub.state = "closed";
-    if (this.state === "connected" && wasSubscribed) {
+    if (this.state !== "connected") return; // the next connection does not subscribe it
+    try {
       await this.request({ type: "unsubscribe", room: sub.room }, "unsubscribed");
+    } catch (error) {
+      // A subscribe still in flight that the server refused: there is nothing to leave.
+      if (!(error instanceof RtError && error.code === "not_subscribed")) throw error;
     }
   }
 
@@ -632,7 +658,7 @@ export class RtClient {
       this._log("warn", "connection dead", { silent_ms: silent, limit_ms: limit });
       this._detach();
       this._closeSocket(ws, LIVENESS_CLOSE, "liveness timeout");
-      this._onClose(1006, reason);
+      this._closed(1006, reason);
       return;
     }
     if (this.state === "connected" && now - this._lastSentAt >= this._pingInterval) {
@@ -681,6 +707,15 @@ export class RtClient {
       this._reportError(rtError);
       return false;
     }
+  }
+
+  /** @param {number} code @param {string} reason */
+  _closed(code, reason) {
+    this._onClose(code, reason).catch((error) => {
+      this._terminal(code, reason, new RtError({
+        code: "internal_error", message: `rtserver-client failed handling close ${code}: ${String(error)}`,
+        action: "Required action: report this client bug; call connect() to start again", cause: error }));
+    });
   }
 
   /** @param {number} code @param {string} reason */
@@ -798,6 +833,7 @@ export class RtClient {
     this._subs.clear();
     for (const stream of this._streams) stream._closed();
     this._streams.clear();
+    this._detachEnvironment();
     this.state = "closed";
     this._emit("state", { state: "closed", code, reason });
     if (error !== null) this._reportError(error);
