@@ -274,6 +274,37 @@ describe("server restarts under the client", () => {
     }
   });
 
+  test("SIGKILL of the whole server (supervisor) -> reconnects to the restarted server", async () => {
+    const server = new Server({ workers: 2, heartbeat: 0.5 });
+    await server.start();
+    const workers = server.workerPids();
+    try {
+      const { client, reconnects } = makeClient(server);
+      await client.connect();
+      const recovers = [];
+      const sub = client.subscribe("bench:sigkill", { onRecover: (i) => recovers.push(i) });
+      await sub.ready;
+      await client.publish("bench:sigkill", 1);
+      const down = once(client, "reconnect");
+      await server.stop("SIGKILL");
+      const r = await down;
+      // The workers notice their supervisor is gone and drain (1012), or the socket just drops (1006).
+      assert.ok([1006, 1012].includes(r.code), `close ${r.code}`);
+      await until(() => workers.every((pid) => { try { process.kill(pid, 0); return false; } catch { return true; } }),
+                  "the old workers to exit", 15000);
+      await server.start(server.port);
+      await connected(client);
+      await until(() => recovers.length === 1, "the recovery report");
+      assert.equal(recovers[0].recovered, false);
+      assert.equal(recovers[0].reason, "epoch_changed");
+      assert.deepEqual(await client.publish("bench:sigkill", 2), { room: "bench:sigkill", seq: 1 });
+      assert.ok(reconnects.length >= 1);
+    } finally {
+      for (const pid of workers) { try { process.kill(pid, "SIGKILL"); } catch { /* exited */ } }
+      await server.dispose();
+    }
+  });
+
   test("liveness: frozen workers (SIGSTOP) are detected from timestamps, then the client reconnects", async () => {
     const server = new Server({ workers: 2, heartbeat: 0.25 });
     await server.start();
