@@ -30,8 +30,6 @@ class Sink:
     @property
     def pending_bytes(self) -> int: ...
     def __init__(self, connection: Connection, owner: object) -> None: ...
-    def buffered(self) -> int:
-        """Bytes queued here plus bytes the transport has not written yet."""
 
 class Fanout:
     """Frame once, cork per loop tick, write to many connections."""

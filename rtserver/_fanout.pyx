@@ -174,10 +174,6 @@ cdef class Sink:
         self.pending_bytes = 0
         self.queued = False
 
-    def buffered(self):
-        """Bytes queued here plus bytes the transport has not written yet."""
-        return self.pending_bytes + int(self._get_write_buffer_size())
-
     def __repr__(self):
         return (f"<Sink fd={self.fd} compressed={self.compressed} closed={self.closed} "
                 f"pending={self.npending} owner={self.owner!r}>")

@@ -1,8 +1,11 @@
 """Authentication (JWT) and room access rules. CPU only: no I/O.
 
-* :class:`TokenVerifier` checks a JWT (HS256 with a secret, or RS256 with a
-  public key), requires ``sub`` and ``exp``, rejects ``alg: none`` and any
-  algorithm but the configured one, and returns a :class:`Principal`.
+* :class:`TokenVerifier` checks a compact JWS token (HS256 with a secret, or
+  RS256 with a public key) the same way on both algorithm paths: canonical
+  base64url segments only, the header's ``alg`` pinned to the configured one,
+  the signature verified per algorithm, then one claims check (``sub``,
+  ``exp``, ``nbf``, ``iat``, ``aud``, ``iss``, lifetime) returning a
+  :class:`Principal`.
 * :class:`AccessPolicy` applies the per-namespace rules of the configuration
   to a principal and a room. There is no default access: an unknown namespace
   or an unmatched rule is refused with a code and a required action.
@@ -11,17 +14,22 @@
 from __future__ import annotations
 
 import base64
+import binascii
 import hashlib
 import hmac
+import math
 import re
 import time
 import uuid
 from fnmatch import fnmatchcase
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import jwt
 import msgspec
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 from rtserver.config import AccessRule, AuthConfig, NamespaceConfig
 
@@ -32,6 +40,7 @@ __all__ = [
     "Principal",
     "TokenError",
     "TokenVerifier",
+    "b64url_decode_strict",
     "mint_token",
 ]
 
@@ -80,8 +89,13 @@ _TOKEN_ACTION = (
 )
 
 
+def _invalid(message: str) -> TokenError:
+    return TokenError("token_invalid", message, _TOKEN_ACTION)
+
+
 class _Header(msgspec.Struct):
     alg: str
+    typ: str | None = None
     crit: list[str] | None = None
 
 
@@ -92,125 +106,161 @@ class _Claims(msgspec.Struct):
     perms: list[str] = []
     rooms: list[str] = []
     nbf: int | float | None = None
+    iat: int | float | None = None
+    aud: str | list[str] | None = None
+    iss: str | None = None
 
 
 _header_decoder = msgspec.json.Decoder(_Header)
 _claims_decoder = msgspec.json.Decoder(_Claims)
+_B64URL = re.compile(r"[A-Za-z0-9_-]*")
 
 
-def _b64url(segment: str) -> bytes:
-    return base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
+def b64url_decode_strict(segment: str) -> bytes:
+    """Decode one canonical unpadded base64url segment or raise ``ValueError``.
+
+    Exactly one spelling of each byte string is accepted: no ``=`` padding, no
+    character outside ``A-Z a-z 0-9 - _``, no impossible length and no set
+    unused trailing bits, so a token string maps to one token (a denylist or a
+    cache keyed on the string cannot be bypassed by re-spelling it).
+    """
+    if not _B64URL.fullmatch(segment):
+        raise ValueError("a segment has a character outside the base64url alphabet "
+                         "(or padding)")
+    if len(segment) % 4 == 1:
+        raise ValueError("a segment has an impossible base64url length")
+    try:
+        raw = base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
+    except binascii.Error as exc:
+        raise ValueError(f"a segment is not base64url: {exc}") from exc
+    if base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii") != segment:
+        raise ValueError("a segment is not in canonical base64url (unused bits are set)")
+    return raw
+
+
+class _Hs256:
+    """HMAC-SHA256 with key schedules prepared once (current and previous secret)."""
+
+    def __init__(self, secrets: list[str]) -> None:
+        self._macs = [hmac.new(s.encode(), digestmod=hashlib.sha256) for s in secrets if s]
+
+    def verify(self, signing_input: bytes, signature: bytes) -> bool:
+        ok = False
+        for base in self._macs:
+            mac = base.copy()
+            mac.update(signing_input)
+            ok |= hmac.compare_digest(mac.digest(), signature)
+        return ok
+
+
+class _Rs256:
+    """RSASSA-PKCS1-v1_5 with SHA-256 against one PEM public key."""
+
+    def __init__(self, pem: bytes) -> None:
+        key = serialization.load_pem_public_key(pem)
+        if not isinstance(key, rsa.RSAPublicKey):
+            raise ValueError("auth.jwt_public_key_file is not an RSA public key. Required "
+                             "action: give the PEM public key matching the RS256 signing key")
+        self._key = key
+
+    def verify(self, signing_input: bytes, signature: bytes) -> bool:
+        try:
+            self._key.verify(signature, signing_input, padding.PKCS1v15(), hashes.SHA256())
+        except InvalidSignature:
+            return False
+        return True
 
 
 class TokenVerifier:
     """Verify JWTs against the configured key and algorithm.
 
-    HS256 (the hot case: every connection of a connect storm presents one) is
-    verified here directly: compact JWS with exactly three segments, header
-    ``alg`` pinned to HS256 (``none`` and every other algorithm refused, no
-    ``crit``), HMAC-SHA256 over ``header.payload`` compared in constant time
-    with a key schedule prepared once, then ``sub`` and ``exp`` required and
-    ``exp``/``nbf`` checked. RS256 goes through PyJWT.
+    Both algorithms share one path: compact JWS with exactly three canonical
+    base64url segments; header ``alg`` pinned to the configured algorithm
+    (``none`` and every other algorithm refused, no ``crit``, ``typ`` absent
+    or ``JWT``); the signature over ``header.payload`` verified (HS256: HMAC
+    compared in constant time, against ``auth.jwt_secret`` and, during a
+    rotation, ``auth.jwt_previous_secret``; RS256: the public key); then one
+    claims check: ``sub`` (a UUID) and ``exp`` required, ``exp``/``nbf``/``iat``
+    against the clock with ``auth.leeway``, the lifetime bounded by
+    ``auth.max_token_lifetime``, ``aud`` and ``iss`` as configured.
     """
 
     def __init__(self, config: AuthConfig, secret: str) -> None:
         self._algorithm = config.jwt_algorithm
-        self._key: Any
+        self._audience = config.jwt_audience
+        self._issuer = config.jwt_issuer
+        self._leeway = config.leeway
+        self._max_lifetime = config.max_token_lifetime
+        self._signer: _Hs256 | _Rs256
         if self._algorithm == "HS256":
-            self._key = secret
-            self._mac = hmac.new(secret.encode(), digestmod=hashlib.sha256)
+            self._signer = _Hs256([secret, config.jwt_previous_secret])
         else:
-            self._key = Path(config.jwt_public_key_file).read_text()
+            self._signer = _Rs256(Path(config.jwt_public_key_file).read_bytes())
 
-    def verify(self, token: str) -> Principal:
-        """Return the token's principal or raise :class:`TokenError`."""
+    def verify(self, token: str, now: float | None = None) -> Principal:
+        """Return the token's principal or raise :class:`TokenError`.
+
+        ``now`` (seconds since the epoch) defaults to the wall clock.
+        """
         if not token:
             raise TokenError("token_missing", "no token was given", _TOKEN_ACTION)
-        if self._algorithm == "HS256":
-            return self._verify_hs256(token)
-        try:
-            header = jwt.get_unverified_header(token)
-        except jwt.InvalidTokenError as exc:
-            raise TokenError("token_invalid", f"the token is malformed: {exc}",
-                             _TOKEN_ACTION) from exc
-        if header.get("alg") != self._algorithm:
-            raise TokenError(
-                "token_invalid",
-                f"the token's algorithm {header.get('alg')!r} is not accepted "
-                f"(this server accepts only {self._algorithm})",
-                _TOKEN_ACTION,
-            )
-        try:
-            claims = jwt.decode(
-                token, self._key, algorithms=[self._algorithm],
-                options={"require": ["exp", "sub"]},
-            )
-        except jwt.ExpiredSignatureError as exc:
-            raise TokenError("token_expired", "the token has expired", _TOKEN_ACTION) from exc
-        except jwt.InvalidSignatureError as exc:
-            raise TokenError("token_invalid", "the token's signature does not verify",
-                             _TOKEN_ACTION) from exc
-        except jwt.InvalidTokenError as exc:
-            raise TokenError("token_invalid", f"the token is invalid: {exc}",
-                             _TOKEN_ACTION) from exc
-        return self._principal(claims)
-
-    def _verify_hs256(self, token: str) -> Principal:
         parts = token.split(".")
         if len(parts) != 3:
-            raise TokenError("token_invalid", "the token is malformed: not three segments",
-                             _TOKEN_ACTION)
+            raise _invalid("the token is malformed: not three segments")
         head, body, sig = parts
         try:
-            header = _header_decoder.decode(_b64url(head))
-            signature = _b64url(sig)
+            header = _header_decoder.decode(b64url_decode_strict(head))
+            signature = b64url_decode_strict(sig)
+            payload = b64url_decode_strict(body)
         except (ValueError, msgspec.MsgspecError) as exc:
-            raise TokenError("token_invalid", f"the token is malformed: {exc}",
-                             _TOKEN_ACTION) from exc
-        if header.alg != "HS256":
-            raise TokenError(
-                "token_invalid",
-                f"the token's algorithm {header.alg!r} is not accepted "
-                "(this server accepts only HS256)", _TOKEN_ACTION)
-        if header.crit:
-            raise TokenError("token_invalid", f"unsupported critical header {header.crit}",
-                             _TOKEN_ACTION)
-        mac = self._mac.copy()
-        mac.update(f"{head}.{body}".encode("ascii", "replace"))
-        if not hmac.compare_digest(mac.digest(), signature):
-            raise TokenError("token_invalid", "the token's signature does not verify",
-                             _TOKEN_ACTION)
+            raise _invalid(f"the token is malformed: {exc}") from exc
+        if header.alg != self._algorithm:
+            raise _invalid(f"the token's algorithm {header.alg!r} is not accepted "
+                           f"(this server accepts only {self._algorithm})")
+        if header.crit is not None:
+            raise _invalid(f"unsupported critical header {header.crit}")
+        if header.typ is not None and header.typ.upper() != "JWT":
+            raise _invalid(f"the token's typ {header.typ!r} is not JWT")
+        if not self._signer.verify(f"{head}.{body}".encode("ascii"), signature):
+            raise _invalid("the token's signature does not verify")
         try:
-            claims = _claims_decoder.decode(_b64url(body))
+            claims = _claims_decoder.decode(payload)
         except (ValueError, msgspec.MsgspecError) as exc:
-            raise TokenError("token_invalid", f"the token is invalid: {exc}",
-                             _TOKEN_ACTION) from exc
-        now = time.time()
-        if claims.exp <= now:
-            raise TokenError("token_expired", "the token has expired", _TOKEN_ACTION)
-        if claims.nbf is not None and claims.nbf > now:
-            raise TokenError("token_invalid", "the token is not valid yet (nbf)", _TOKEN_ACTION)
-        return self._principal({"sub": claims.sub, "exp": claims.exp, "perms": claims.perms,
-                                "rooms": claims.rooms})
+            raise _invalid(f"the token's claims are invalid: {exc}") from exc
+        return self._check_claims(claims, time.time() if now is None else now)
 
-    @staticmethod
-    def _principal(claims: dict[str, Any]) -> Principal:
-        sub = claims["sub"]
+    def _check_claims(self, claims: _Claims, now: float) -> Principal:
+        leeway = self._leeway
+        for name, value in (("exp", claims.exp), ("nbf", claims.nbf), ("iat", claims.iat)):
+            if value is not None and not math.isfinite(value):
+                raise _invalid(f"the token's {name} claim is not a finite number")
+        if claims.exp <= now - leeway:
+            raise TokenError("token_expired", "the token has expired", _TOKEN_ACTION)
+        if claims.nbf is not None and claims.nbf > now + leeway:
+            raise _invalid("the token is not valid yet (nbf)")
+        if claims.iat is not None and claims.iat > now + leeway:
+            raise _invalid("the token was issued in the future (iat)")
+        start = now if claims.iat is None else claims.iat
+        if claims.exp - min(start, now) > self._max_lifetime + leeway:
+            raise _invalid(f"the token's lifetime exceeds the accepted maximum of "
+                           f"{self._max_lifetime:g} s (auth.max_token_lifetime)")
+        if self._audience:
+            auds = [claims.aud] if isinstance(claims.aud, str) else (claims.aud or [])
+            if self._audience not in auds:
+                raise _invalid(f"the token's audience is not {self._audience!r}")
+        elif claims.aud is not None:
+            raise _invalid("the token carries an aud claim and this server has no "
+                           "audience configured (auth.jwt_audience): it was minted for "
+                           "another service")
+        if self._issuer and claims.iss != self._issuer:
+            raise _invalid(f"the token's issuer is not {self._issuer!r}")
         try:
-            user = str(uuid.UUID(str(sub)))
+            user = str(uuid.UUID(str(claims.sub)))
         except ValueError as exc:
-            raise TokenError("token_invalid", f"the token's sub {sub!r} is not a UUID",
-                             _TOKEN_ACTION) from exc
-        perms = claims.get("perms", [])
-        rooms = claims.get("rooms", [])
-        if not isinstance(perms, list) or not all(isinstance(p, str) for p in perms):
-            raise TokenError("token_invalid", "the token's perms claim is not a list of strings",
-                             _TOKEN_ACTION)
-        if not isinstance(rooms, list) or not all(isinstance(r, str) for r in rooms):
-            raise TokenError("token_invalid", "the token's rooms claim is not a list of strings",
-                             _TOKEN_ACTION)
-        return Principal(user=user, permissions=frozenset(perms), grants=tuple(rooms),
-                         anonymous=False, expires_at=float(claims["exp"]))
+            raise _invalid(f"the token's sub {str(claims.sub)[:64]!r} is not a UUID") from exc
+        return Principal(user=user, permissions=frozenset(claims.perms),
+                         grants=tuple(claims.rooms), anonymous=False,
+                         expires_at=float(claims.exp))
 
 
 def mint_token(
@@ -220,11 +270,21 @@ def mint_token(
     rooms: list[str],
     ttl: float,
     algorithm: Literal["HS256", "RS256"] = "HS256",
+    *,
+    audience: str = "",
+    issuer: str = "",
 ) -> str:
-    """Sign a token (development, tests and the bench); ``key`` is the secret or PEM key."""
+    """Sign a token (development, tests and the bench); ``key`` is the secret or PEM key.
+
+    ``audience`` / ``issuer`` add ``aud`` / ``iss`` claims when not empty.
+    """
     now = int(time.time())
-    claims = {"sub": str(uuid.UUID(user)), "perms": permissions, "rooms": rooms,
-              "iat": now, "exp": now + int(ttl)}
+    claims: dict[str, object] = {"sub": str(uuid.UUID(user)), "perms": permissions,
+                                 "rooms": rooms, "iat": now, "exp": now + int(ttl)}
+    if audience:
+        claims["aud"] = audience
+    if issuer:
+        claims["iss"] = issuer
     return jwt.encode(claims, key, algorithm=algorithm)
 
 

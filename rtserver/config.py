@@ -1,211 +1,95 @@
-"""The one frozen configuration object of rtserver.
+"""The one frozen configuration object of rtserver, and how it is layered.
 
-Sources, later ones win: the TOML file (``--config``, default the shipped
-``rtserver.toml``), ``RTSERVER_*`` environment variables, command-line flags.
-Every key must be present in the file: a missing key is an error naming the
-key, never a hidden default. The effective configuration is logged at start
-(with secrets masked) and an invalid or contradictory one refuses to start
-with a message naming the key and the fix.
+Sources, later ones win: the shipped, commented ``rtserver.toml`` (the base,
+every key with its reason), the user's TOML file (``--config``: any subset of
+the shipped keys; an unknown key is refused with a did-you-mean naming the
+file), ``RTSERVER_*`` environment variables, command-line flags.
+:func:`load_layers` also returns where every value came from. The effective
+configuration is logged at start (secrets masked by :func:`mask_value`) and
+an invalid or contradictory one refuses to start with a message naming the
+key and the fix. This module imports nothing from the layers above it.
 """
 
 from __future__ import annotations
 
+import copy
+import difflib
 import os
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import msgspec
 
-from rtserver.domain_settings import DomainSettings
+from rtserver.config_sections import (
+    AccessRule,
+    AuthConfig,
+    BusConfig,
+    Config,
+    ConfigError,
+    DatabaseConfig,
+    DomainsConfig,
+    FanoutConfig,
+    HeartbeatConfig,
+    LimitsConfig,
+    NamespaceConfig,
+    NotificationsConfig,
+    Section,
+    ServerConfig,
+    WorkersConfig,
+)
+from rtserver.jsonlog import get_logger
+from rtserver.redact import mask_url_credentials
 
 __all__ = [
     "DEFAULT_CONFIG_PATH",
     "ENV_FLAGS",
+    "SHIPPED",
     "AccessRule",
     "AuthConfig",
     "BusConfig",
     "Config",
     "ConfigError",
     "DatabaseConfig",
+    "DomainsConfig",
     "FanoutConfig",
     "HeartbeatConfig",
     "LimitsConfig",
+    "LoadedConfig",
     "NamespaceConfig",
     "NotificationsConfig",
     "ServerConfig",
     "WorkersConfig",
+    "effective_values",
     "load_config",
+    "load_layers",
+    "mask_value",
     "masked",
+    "resolve_workers",
 ]
 
 DEFAULT_CONFIG_PATH = Path(__file__).with_name("rtserver.toml")
 
-
-class ConfigError(Exception):
-    """The configuration is invalid; the message names the key and the fix."""
+_log = get_logger("rtserver.config")
 
 
-class _Section(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    pass
+def resolve_workers(value: str | int) -> int:
+    """``"auto"`` -> number of CPUs (logged); a positive int (or digit string) as is.
 
-
-class ServerConfig(_Section, frozen=True):
-    """``[server]``: listening socket, frames, shutdown."""
-
-    host: str
-    port: int
-    ws_path: str
-    log_level: Literal["debug", "info", "warning", "error"]
-    max_message_bytes: int
-    compression: bool
-    backlog: int
-    open_timeout: float
-    close_timeout: float
-    max_incoming_queue: int
-    shutdown_grace: float
-    dev: bool
-
-
-class AuthConfig(_Section, frozen=True):
-    """``[auth]``: JWT verification and anonymous access."""
-
-    jwt_secret: str
-    jwt_algorithm: Literal["HS256", "RS256"]
-    jwt_public_key_file: str
-    jwt_private_key_file: str
-    auth_timeout: float
-    allow_anonymous: bool
-
-
-class LimitsConfig(_Section, frozen=True):
-    """``[limits]``: per-connection limits."""
-
-    max_room_name_length: int
-    max_subscriptions: int
-    rate_limit_per_second: float
-    rate_limit_burst: int
-    max_errors_per_minute: int
-    presence_member_limit: int
-    outbound_buffer_limit: int
-
-
-class HeartbeatConfig(_Section, frozen=True):
-    """``[heartbeat]``: liveness in both directions."""
-
-    interval: float
-    sweep_slices: int
-    idle_timeout: float
-    ws_ping: bool
-    ws_ping_timeout: float
-
-
-class FanoutConfig(_Section, frozen=True):
-    """``[fanout]``: which fan-out core delivers messages."""
-
-    implementation: Literal["compiled", "python"]
-
-
-class WorkersConfig(_Section, frozen=True):
-    """``[workers]``: worker processes on this machine."""
-
-    count: int
-    max_restarts: int
-    restart_window: float
-    restart_delay: float
-    shutdown_grace: float
-    hub_max_worker_buffer: int
-    collect_timeout: float
-    runtime_dir: str
-
-
-class BusConfig(_Section, frozen=True):
-    """``[bus]``: how rooms span workers (embedded) and machines (Redis)."""
-
-    redis_url: str
-    reconnect_backoff_base: float
-    reconnect_backoff_max: float
-    reconnect_jitter: float
-    connect_timeout: float
-    request_timeout: float
-    history_size: int
-    presence_ttl: float
-    presence_refresh_interval: float
-    redis_key_prefix: str
-    redis_max_connections: int
-    publish_batch_max: int
-    ingress_key: str
-    ingress_block_timeout: float
-
-
-class DatabaseConfig(_Section, frozen=True):
-    """``[database]``: PostgreSQL (empty dsn = no database features)."""
-
-    dsn: str
-    pool_min_size: int
-    pool_max_size: int
-    pool_acquire_timeout: float
-    pool_max_inactive_lifetime: float
-    connect_timeout: float
-    migration_lock_timeout: float
-    statement_timeout: float
-    command_timeout: float
-    record_flush_interval: float
-    record_max_queued: int
-    record_batch_max: int
-    record_activity_interval: float
-    retry_backoff_base: float
-    retry_backoff_max: float
-    ingress_channel: str
-    ingress_keepalive_interval: float
-    ingress_max_pending: int
-    ingress_standby_retry_interval: float
-
-
-class NotificationsConfig(_Section, frozen=True):
-    """``[notifications]``: push notification delivery."""
-
-    pending_batch: int
-    page_max: int
-
-
-class AccessRule(_Section, frozen=True):
-    """Who may do one action in a namespace.
-
-    ``access``: ``grant`` (a token room grant must match the room), ``owner``
-    (the room key must equal the token's ``sub``), ``permission`` (the listed
-    permissions alone suffice), ``deny`` (nobody, from a client). The listed
-    ``permissions`` are required in every case but ``deny``.
+    Raises :class:`ValueError` (with the required action) for anything else.
     """
-
-    permissions: list[str]
-    access: Literal["grant", "owner", "permission", "deny"]
-
-
-class NamespaceConfig(_Section, frozen=True):
-    """``[namespaces.NAME]``: rules for rooms ``NAME:key``."""
-
-    subscribe: AccessRule
-    publish: AccessRule
-    room_events: bool
-    presence: bool
-
-
-class Config(_Section, frozen=True):
-    """The whole configuration."""
-
-    server: ServerConfig
-    auth: AuthConfig
-    limits: LimitsConfig
-    heartbeat: HeartbeatConfig
-    fanout: FanoutConfig
-    workers: WorkersConfig
-    bus: BusConfig
-    database: DatabaseConfig
-    notifications: NotificationsConfig
-    domain: DomainSettings
-    namespaces: dict[str, NamespaceConfig]
+    if value == "auto":
+        count = os.cpu_count()
+        if count is None:
+            raise ValueError(
+                "workers = auto but the CPU count is unknown. Required action: set a number")
+        _log.info("workers_auto", workers=count)
+        return count
+    number = int(value)
+    if number < 1:
+        raise ValueError(f"workers = {value!r}. Required action: use a number >= 1 or 'auto'")
+    return number
 
 
 # flag / environment name -> (section, key). `RTSERVER_<NAME>` in the
@@ -216,13 +100,22 @@ ENV_FLAGS: dict[str, tuple[str, str]] = {
     "log_level": ("server", "log_level"),
     "dev": ("server", "dev"),
     "jwt_secret": ("auth", "jwt_secret"),
+    "jwt_previous_secret": ("auth", "jwt_previous_secret"),
     "fanout": ("fanout", "implementation"),
     "workers": ("workers", "count"),
     "redis": ("bus", "redis_url"),
     "database": ("database", "dsn"),
+    "domains": ("domains", "enabled"),
 }
 
-_SECRET_KEYS = {("auth", "jwt_secret")}
+#: Keys whose values are never shown (logs, ``rtserver config show``).
+_SECRET_KEYS = frozenset({"auth.jwt_secret", "auth.jwt_previous_secret"})
+#: Tables whose entries are named by the user (a file may add entries).
+_OPEN_TABLES = frozenset({"namespaces"})
+#: Tables a file replaces as a whole (a map of names, not of settings).
+_REPLACED_TABLES = frozenset({"domain.editable_fields"})
+#: Source of a value that comes from the shipped rtserver.toml.
+SHIPPED = "shipped"
 
 
 def _coerce_env(section: str, key: str, raw: str) -> Any:
@@ -238,10 +131,11 @@ def _coerce_env(section: str, key: str, raw: str) -> Any:
         raise ConfigError(
             f"RTSERVER_{key.upper()}={raw!r} is not a boolean. Required action: use true or false"
         )
+    if field_type == list[str]:
+        # A comma-separated list; "" is the empty list.
+        return [item.strip() for item in raw.split(",") if item.strip()]
     if field_type is int:
         if section == "workers" and key == "count" and raw.strip() == "auto":
-            from rtserver.supervisor import resolve_workers
-
             return resolve_workers("auto")
         try:
             return int(raw)
@@ -252,7 +146,7 @@ def _coerce_env(section: str, key: str, raw: str) -> Any:
     return raw
 
 
-_SECTION_TYPES: dict[str, type[_Section]] = {
+_SECTION_TYPES: dict[str, type[Section]] = {
     "server": ServerConfig,
     "auth": AuthConfig,
     "limits": LimitsConfig,
@@ -262,7 +156,166 @@ _SECTION_TYPES: dict[str, type[_Section]] = {
     "bus": BusConfig,
     "database": DatabaseConfig,
     "notifications": NotificationsConfig,
+    "domains": DomainsConfig,
 }
+
+
+class LoadedConfig(msgspec.Struct, frozen=True):
+    """A validated configuration and where each of its values came from."""
+
+    config: Config
+    #: Dotted key (``server.port``) -> ``shipped``, ``file PATH``, ``env RTSERVER_X``
+    #: or ``flag --x``, for every value.
+    sources: dict[str, str]
+    #: The user's file layered over the shipped one, None without ``--config``.
+    file: Path | None
+
+    def overrides(self) -> dict[str, str]:
+        """The keys not taken from the shipped file, with their source."""
+        return {k: v for k, v in self.sources.items() if v != SHIPPED}
+
+
+def _read_toml(path: Path, role: str) -> dict[str, Any]:
+    try:
+        return tomllib.loads(path.read_text())
+    except FileNotFoundError as exc:
+        raise ConfigError(
+            f"{role} {path} does not exist. Required action: pass --config (RTSERVER_CONFIG) "
+            "with a TOML file holding only the keys you change (`rtserver config init PATH` "
+            f"writes a commented copy of every key; the shipped base is {DEFAULT_CONFIG_PATH})"
+        ) from exc
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(
+            f"{role} {path} cannot be read ({type(exc).__name__}: {exc}). Required action: "
+            "make it a readable UTF-8 TOML file"
+        ) from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(
+            f"{role} {path} is not valid TOML: {exc}. Required action: fix the syntax there"
+        ) from exc
+
+
+def _leaves(table: Mapping[str, Any], prefix: str = "") -> Iterator[tuple[str, Any]]:
+    """``(dotted key, value)`` of every setting; replaced tables count as one value."""
+    for key, value in table.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, dict) and dotted not in _REPLACED_TABLES:
+            yield from _leaves(value, dotted + ".")
+        else:
+            yield dotted, value
+
+
+def _unknown_key(key: str, dotted: str, known: Mapping[str, Any], file: Path,
+                 shipped: Mapping[str, Any]) -> ConfigError:
+    close = difflib.get_close_matches(key, list(known), n=1, cutoff=0.6)
+    parent = dotted.rpartition(".")[0]
+    if close:
+        hint = f"did you mean {parent + '.' if parent else ''}{close[0]}?"
+    else:
+        elsewhere = [f"{section}.{key}" for section, table in shipped.items()
+                     if isinstance(table, dict) and key in table]
+        hint = (f"did you mean {elsewhere[0]}?" if elsewhere
+                else f"known keys here: {', '.join(sorted(known))}")
+    return ConfigError(
+        f"unknown key {dotted} in {file} ({hint}). Required action: fix or remove it "
+        f"(every key is listed in the shipped {DEFAULT_CONFIG_PATH})")
+
+
+def _check_keys(template: Mapping[str, Any], table: Mapping[str, Any], prefix: str, file: Path,
+                shipped: Mapping[str, Any]) -> None:
+    for key, value in table.items():
+        dotted = f"{prefix}{key}"
+        if key not in template:
+            raise _unknown_key(key, dotted, template, file, shipped)
+        if isinstance(template[key], dict) and isinstance(value, dict):
+            _check_keys(template[key], value, dotted + ".", file, shipped)
+
+
+def _merge(base: dict[str, Any], override: Mapping[str, Any], prefix: str, file: Path,
+           shipped: Mapping[str, Any], sources: dict[str, str]) -> None:
+    origin = f"file {file}"
+    for key, value in override.items():
+        dotted = f"{prefix}{key}"
+        if key not in base:
+            if prefix.rstrip(".") not in _OPEN_TABLES:
+                raise _unknown_key(key, dotted, base, file, shipped)
+            if base and isinstance(value, dict):
+                _check_keys(next(iter(base.values())), value, dotted + ".", file, shipped)
+            base[key] = value
+            sources.update((k, origin) for k, _ in _leaves({key: value}, prefix))
+        elif isinstance(base[key], dict) and dotted not in _REPLACED_TABLES:
+            if not isinstance(value, dict):
+                raise ConfigError(
+                    f"{dotted} in {file} is a {type(value).__name__}, but it is a table in the "
+                    f"shipped file. Required action: write it as [{dotted}] with its keys")
+            _merge(base[key], value, dotted + ".", file, shipped, sources)
+        else:
+            base[key] = value
+            sources[dotted] = origin
+
+
+def _flag_name(name: str) -> str:
+    return f"flag --{name.replace('_', '-')}"
+
+
+def load_layers(
+    path: str | Path | None = None,
+    env: Mapping[str, str] | None = None,
+    flags: Mapping[str, Any] | None = None,
+    *,
+    validate: bool = True,
+) -> LoadedConfig:
+    """The shipped file, the user's ``path`` over it, ``RTSERVER_*`` variables, flags.
+
+    The user's file may hold any subset of the shipped keys (a key it does not
+    know is refused with a did-you-mean); ``[namespaces.NAME]`` tables may be
+    added, ``domain.editable_fields`` is replaced as a whole. ``flags`` maps
+    flag names (keys of :data:`ENV_FLAGS`) to values; ``None`` values mean "not
+    given". ``env`` defaults to the process environment. ``validate=False``
+    skips the cross-key checks (types are always checked), for ``config show``
+    of a configuration that does not start yet. Raises :class:`ConfigError`.
+    """
+    raw = _read_toml(DEFAULT_CONFIG_PATH, "shipped config file")
+    sources = {key: SHIPPED for key, _ in _leaves(raw)}
+    file_path = Path(path) if path is not None else None
+    if file_path is not None and file_path.resolve() != DEFAULT_CONFIG_PATH.resolve():
+        user = _read_toml(file_path, "config file")
+        shipped = copy.deepcopy(raw)
+        _merge(raw, user, "", file_path, shipped, sources)
+
+    environ = os.environ if env is None else env
+    for name, (section, key) in ENV_FLAGS.items():
+        var = f"RTSERVER_{name.upper()}"
+        value = environ.get(var)
+        if value is not None:
+            raw.setdefault(section, {})[key] = _coerce_env(section, key, value)
+            sources[f"{section}.{key}"] = f"env {var}"
+    for name, value in (flags or {}).items():
+        if value is None:
+            continue
+        if name not in ENV_FLAGS:
+            raise ConfigError(f"unknown flag {name!r}")
+        section, key = ENV_FLAGS[name]
+        if isinstance(value, str) and (
+                (section == "workers" and key == "count") or (section, key) == ("domains",
+                                                                                  "enabled")):
+            value = _coerce_env(section, key, value)
+        raw.setdefault(section, {})[key] = value
+        sources[f"{section}.{key}"] = _flag_name(name)
+
+    try:
+        config = msgspec.convert(raw, Config, strict=False)
+    except msgspec.ValidationError as exc:
+        where = str(exc).rpartition("at `$.")[2].rstrip("`")
+        dotted = where.replace("[", ".").replace("]", "").replace("'", "").replace('"', "")
+        origin = sources.get(dotted) or (f"file {file_path}" if file_path else SHIPPED)
+        raise ConfigError(
+            f"invalid configuration ({origin}): {exc}. Required action: fix that key "
+            "(its type and meaning are documented in the shipped rtserver.toml)"
+        ) from exc
+    if validate:
+        _validate(config)
+    return LoadedConfig(config=config, sources=sources, file=file_path)
 
 
 def load_config(
@@ -270,46 +323,8 @@ def load_config(
     env: Mapping[str, str] | None = None,
     flags: Mapping[str, Any] | None = None,
 ) -> Config:
-    """Read the TOML file, apply ``RTSERVER_*`` variables then flags, validate.
-
-    ``flags`` maps flag names (keys of :data:`ENV_FLAGS`) to values; ``None``
-    values mean "not given". Raises :class:`ConfigError`.
-    """
-    file_path = Path(path) if path is not None else DEFAULT_CONFIG_PATH
-    try:
-        raw: dict[str, Any] = tomllib.loads(file_path.read_text())
-    except FileNotFoundError as exc:
-        raise ConfigError(
-            f"config file {file_path} does not exist. Required action: pass --config with the "
-            "path of an rtserver.toml (the shipped one is rtserver/rtserver.toml)"
-        ) from exc
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"config file {file_path} is not valid TOML: {exc}") from exc
-
-    environ = os.environ if env is None else env
-    for name, (section, key) in ENV_FLAGS.items():
-        value = environ.get(f"RTSERVER_{name.upper()}")
-        if value is not None:
-            raw.setdefault(section, {})[key] = _coerce_env(section, key, value)
-    for name, value in (flags or {}).items():
-        if value is None:
-            continue
-        if name not in ENV_FLAGS:
-            raise ConfigError(f"unknown flag {name!r}")
-        section, key = ENV_FLAGS[name]
-        if isinstance(value, str) and section == "workers" and key == "count":
-            value = _coerce_env(section, key, value)
-        raw.setdefault(section, {})[key] = value
-
-    try:
-        config = msgspec.convert(raw, Config, strict=False)
-    except msgspec.ValidationError as exc:
-        raise ConfigError(
-            f"invalid configuration in {file_path}: {exc}. Required action: fix that key "
-            "(every key of the shipped rtserver.toml must be present, with its documented type)"
-        ) from exc
-    _validate(config)
-    return config
+    """:func:`load_layers` without the sources: the validated :class:`Config`."""
+    return load_layers(path, env, flags).config
 
 
 def _require(cond: bool, key: str, problem: str, fix: str) -> None:
@@ -327,6 +342,20 @@ def _validate(c: Config) -> None:
         _require(getattr(s, key) > 0, f"server.{key}", "must be > 0", "set a positive number")
     _require(s.backlog >= 1, "server.backlog", "must be >= 1",
              "set the listen backlog (the kernel caps it at net.core.somaxconn)")
+    from rtserver.admission import OriginPolicy
+
+    try:
+        OriginPolicy(s.allowed_origins)
+    except ValueError as exc:
+        raise ConfigError(f"server.allowed_origins: {exc}. Required action: fix the pattern "
+                          "(docs/security.md)") from exc
+    for key in ("max_connections", "max_connections_per_address", "max_unauthenticated",
+                "connect_rate_burst"):
+        _require(getattr(s, key) >= 1, f"server.{key}", "must be >= 1", "set a positive number")
+    _require(s.connect_rate_per_second > 0, "server.connect_rate_per_second", "must be > 0",
+             "set the connection attempts per second a worker accepts")
+    _require(s.admission_retry_after > 0, "server.admission_retry_after", "must be > 0",
+             "set the Retry-After seconds of a refused handshake")
     _require(s.max_incoming_queue >= 1, "server.max_incoming_queue", "must be >= 1",
              "set a positive number")
     if a.jwt_algorithm == "HS256":
@@ -334,13 +363,19 @@ def _validate(c: Config) -> None:
                  "no JWT signing secret is configured",
                  "set RTSERVER_JWT_SECRET (or auth.jwt_secret in the config file), or start "
                  "with --dev to generate a throw-away secret")
-        if a.jwt_secret:
-            _require(len(a.jwt_secret) >= 32, "auth.jwt_secret", "shorter than 32 characters",
-                     "use a random secret of at least 32 characters")
+        for key, value in (("jwt_secret", a.jwt_secret),
+                           ("jwt_previous_secret", a.jwt_previous_secret)):
+            if value:
+                _require(len(value.encode()) >= 32, f"auth.{key}", "shorter than 32 bytes",
+                         "use a random secret of at least 32 bytes (UTF-8 encoded)")
     else:
         _require(bool(a.jwt_public_key_file), "auth.jwt_public_key_file",
                  "RS256 needs a public key", "set the path of a PEM public key")
     _require(a.auth_timeout > 0, "auth.auth_timeout", "must be > 0", "set a positive number")
+    _require(0 <= a.leeway <= 300, "auth.leeway", "must be in [0, 300] seconds",
+             "allow a small clock skew such as 1")
+    _require(a.max_token_lifetime > a.leeway, "auth.max_token_lifetime",
+             "must be longer than auth.leeway", "set the longest lifetime a token may have")
     _require(lim.max_room_name_length >= 3, "limits.max_room_name_length", "too small",
              "allow at least 3 characters")
     _require(lim.max_subscriptions >= 1, "limits.max_subscriptions", "must be >= 1",
@@ -351,6 +386,10 @@ def _validate(c: Config) -> None:
              "set a positive burst")
     _require(lim.max_errors_per_minute >= 1, "limits.max_errors_per_minute", "must be >= 1",
              "set a positive number")
+    _require(1 <= lim.max_json_depth <= 256, "limits.max_json_depth", "must be in 1..256",
+             "allow the nesting your messages need, such as 32")
+    _require(lim.client_error_log_interval > 0, "limits.client_error_log_interval",
+             "must be > 0", "set the seconds between summary lines, such as 10")
     _require(lim.presence_member_limit >= 0, "limits.presence_member_limit", "must be >= 0",
              "set 0 or more")
     _require(lim.outbound_buffer_limit >= s.max_message_bytes, "limits.outbound_buffer_limit",
@@ -374,6 +413,12 @@ def _validate(c: Config) -> None:
              "refresh presence entries before they expire")
     _require(0 <= c.bus.reconnect_jitter < 1, "bus.reconnect_jitter", "must be in [0, 1)",
              "use a fraction such as 0.5")
+    _require(c.bus.history_size >= 0 and c.bus.history_ttl > 0 and c.bus.history_max_bytes > 0,
+             "bus.history_size/history_ttl/history_max_bytes", "must be >= 0 / > 0 / > 0",
+             "set a history length, a positive age and a positive byte bound")
+    _require(c.bus.idempotency_window > c.bus.request_timeout, "bus.idempotency_window",
+             "must be longer than bus.request_timeout (a retried publish must be deduplicated)",
+             "raise bus.idempotency_window above bus.request_timeout")
     _require(c.workers.max_restarts >= 0 and c.workers.restart_window > 0,
              "workers.max_restarts/restart_window", "must be >= 0 / > 0",
              "set valid restart limits")
@@ -399,15 +444,35 @@ def _validate(c: Config) -> None:
                  "namespace names are lower-case identifiers", "rename the namespace")
 
 
+def mask_value(key: str, value: Any) -> Any:
+    """``value`` of the dotted ``key`` as logs and ``config show`` may print it.
+
+    Secret keys (the JWT secret) become ``***``; a URL (DSN, Redis URL) keeps
+    everything but its password (in the credentials or a ``password=`` query).
+    """
+    if key in _SECRET_KEYS:
+        return "***" if value else value
+    if isinstance(value, str):
+        return mask_url_credentials(value)
+    return value
+
+
+def _mask_table(table: dict[str, Any], prefix: str) -> None:
+    for key, value in table.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, dict) and dotted not in _REPLACED_TABLES:
+            _mask_table(value, dotted + ".")
+        else:
+            table[key] = mask_value(dotted, value)
+
+
 def masked(config: Config) -> dict[str, Any]:
-    """The configuration as a dict with secrets replaced, for the startup log."""
+    """The configuration as a dict with every value passed through :func:`mask_value`."""
     data: dict[str, Any] = msgspec.to_builtins(config)
-    for section, key in _SECRET_KEYS:
-        if data[section][key]:
-            data[section][key] = "***"
-    dsn = data["database"]["dsn"]
-    if "@" in dsn and ":" in dsn.split("@", 1)[0].split("//", 1)[-1]:
-        scheme, rest = dsn.split("//", 1)
-        creds, host = rest.split("@", 1)
-        data["database"]["dsn"] = f"{scheme}//{creds.split(':', 1)[0]}:***@{host}"
+    _mask_table(data, "")
     return data
+
+
+def effective_values(config: Config) -> dict[str, Any]:
+    """Every setting by dotted key, masked (what ``rtserver config show`` prints)."""
+    return dict(_leaves(masked(config)))

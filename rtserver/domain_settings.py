@@ -1,7 +1,7 @@
 """Typed settings of the domain handlers (the ``[domain]`` configuration section).
 
 Every value is required: the server builds :class:`DomainSettings` from its
-configuration file and passes it to :func:`rtserver.handlers.start_domain`.
+configuration file; the insurance domain plugin (rtserver.domains.insurance) uses it.
 There are no hidden defaults; :meth:`DomainSettings.validate` refuses
 impossible values with the key and the fix.
 
@@ -16,15 +16,12 @@ from typing import Literal
 
 import msgspec
 
-__all__ = ["ANALYTICS_MAX_HOURS", "DomainSettings", "FieldType"]
+__all__ = ["DomainSettings", "FieldType"]
 
 FieldType = Literal["string", "number", "integer", "boolean", "date"]
 """Type of an editable quote field: ``string`` (at most ``edit_max_string_length``
 characters), ``number`` (finite JSON number), ``integer``, ``boolean``,
 ``date`` (ISO ``YYYY-MM-DD`` string)."""
-
-ANALYTICS_MAX_HOURS = 720
-"""Largest ``hours`` analytics and activity filter (30 days; part of the protocol)."""
 
 
 class DomainSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):

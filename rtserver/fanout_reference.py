@@ -2,7 +2,7 @@
 
 Same API, the same algorithm, the same bytes on the wire and the same
 counters as the compiled core; it exists for tests and for comparison in
-``bench/fanout_micro.py`` and is used by a server only when selected
+``rtserver/bench/fanout_micro.py`` and is used by a server only when selected
 explicitly (``--fanout python``), which is announced in the startup log.
 
 Semantics shared with the compiled core:
@@ -135,10 +135,6 @@ class Sink:
         self.pending_bytes = 0
         self.queued = False
         self.closed = False
-
-    def buffered(self) -> int:
-        """Bytes queued here plus bytes the transport has not written yet."""
-        return self.pending_bytes + int(self.transport.get_write_buffer_size())
 
 
 class Fanout:

@@ -8,84 +8,19 @@ fan-out core iterates them directly.
 
 from __future__ import annotations
 
-import enum
 from typing import Any
 
-from rtserver.auth import Principal
+from rtserver.connection import Connection, ConnState
 from rtserver.jsonlog import get_logger
 from rtserver.metrics import REGISTRY
-from rtserver.protocol.session import Session
 
-__all__ = ["ConnState", "Connection", "Hub"]
+__all__ = ["Hub"]
 
 log = get_logger("rtserver.hub")
 
 
-class ConnState(enum.Enum):
-    """Explicit lifecycle of a connection."""
-
-    CONNECTING = "connecting"
-    AUTHENTICATED = "authenticated"
-    ANONYMOUS = "anonymous"
-    CLOSING = "closing"
-    CLOSED = "closed"
-
-
 _TRANSITIONS_TOTAL = REGISTRY.counter(
     "rtserver_connection_transitions_total", "Connection state transitions", ("state",))
-
-
-class Connection:
-    """One client connection: identity, state, rooms (via its session), write side."""
-
-    __slots__ = ("connected_at", "id", "ping_sent_at", "remote", "session", "sink", "slot",
-                 "state", "user_agent", "ws")
-
-    def __init__(self, connection_id: str, ws: Any, sink: Any, session: Session,
-                 remote: str, user_agent: str | None, connected_at: float) -> None:
-        self.id = connection_id
-        self.ws = ws
-        self.sink = sink
-        self.session = session
-        self.remote = remote
-        self.user_agent = user_agent
-        self.connected_at = connected_at
-        self.state = ConnState.CONNECTING
-        #: Monotonic time of the last WebSocket ping the heartbeat sweep sent (0: none).
-        self.ping_sent_at = 0.0
-        #: Index of the heartbeat sweep slot holding this connection.
-        self.slot = 0
-
-    @property
-    def principal(self) -> Principal | None:
-        """The authenticated identity (``None`` while connecting)."""
-        return self.session.principal
-
-    @property
-    def user(self) -> str | None:
-        """The user id, ``None`` for anonymous or not yet authenticated connections."""
-        p = self.session.principal
-        return p.user if p is not None else None
-
-    @property
-    def rooms(self) -> set[str]:
-        """Rooms this connection is subscribed to."""
-        return self.session.rooms
-
-    def snapshot(self) -> dict[str, Any]:
-        """Operator view of the connection (admin endpoints)."""
-        p = self.session.principal
-        return {
-            "connection_id": self.id,
-            "state": self.state.value,
-            "user": p.user if p else None,
-            "permissions": sorted(p.permissions) if p else [],
-            "rooms": sorted(self.session.rooms),
-            "remote": self.remote,
-            "user_agent": self.user_agent,
-            "connected_at": self.connected_at,
-            "last_activity": self.session.last_activity,
-        }
 
 
 class Hub:
@@ -99,6 +34,9 @@ class Hub:
         self._next_slot = 0
         self.by_user: dict[str, set[Connection]] = {}
         self.rooms: dict[str, set[Any]] = {}
+        #: Room -> (epoch, seq) of the last publication delivered here (while it has local
+        #: members): duplicates are dropped against it, and a bus fills the gap after it.
+        self.positions: dict[str, tuple[str, int]] = {}
         self.all_sinks: set[Any] = set()
         self.state_counts: dict[ConnState, int] = dict.fromkeys(ConnState, 0)
 
@@ -158,7 +96,7 @@ class Hub:
 
     def join(self, conn: Connection, room: str) -> bool:
         """Add ``conn`` to ``room``; True when it is the room's first local member."""
-        conn.session.rooms.add(room)
+        conn.rooms.add(room)
         members = self.rooms.get(room)
         if members is None:
             self.rooms[room] = {conn.sink}
@@ -168,13 +106,14 @@ class Hub:
 
     def leave(self, conn: Connection, room: str) -> bool:
         """Remove ``conn`` from ``room``; True when the room has no local member left."""
-        conn.session.rooms.discard(room)
+        conn.rooms.discard(room)
         members = self.rooms.get(room)
         if members is None:
             return False
         members.discard(conn.sink)
         if not members:
             del self.rooms[room]
+            self.positions.pop(room, None)
             return True
         return False
 

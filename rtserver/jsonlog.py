@@ -20,22 +20,54 @@ from typing import Any, TextIO
 
 import orjson
 
-__all__ = ["JsonLogger", "configure", "get_logger", "set_worker"]
+from rtserver.redact import MASK, redact_text
+
+__all__ = ["JsonLogger", "SummaryLog", "configure", "get_logger", "set_worker"]
 
 _worker_id = 0
 _stream: TextIO = sys.stderr
 _level = logging.INFO
 
 
+#: websockets' per-connection info lines (one per handshake, one per ``curl /healthz``):
+#: written at debug. rtserver's own connection_state lines say the same with context.
+_WEBSOCKETS_CHATTER = frozenset({
+    "connection open", "connection closed", "HTTP response sent (%d %s)",
+    "connection rejected (%d %s)",
+})
+#: Field names whose values are never written (whatever the level).
+_SECRET_FIELDS = frozenset({"token", "secret", "password", "jwt_secret", "authorization"})
+
+
 class _StdlibBridge(logging.Handler):
-    """Writes the standard library's log records (websockets, asyncio, asyncpg) as JSON lines."""
+    """Writes the standard library's log records (websockets, asyncio, asyncpg) as JSON lines.
+
+    Every message and traceback is passed through :func:`rtserver.redact.redact_text`
+    (``token`` query values, ``Authorization`` headers, JWTs, URL passwords), and
+    websockets' per-connection info chatter is demoted to debug.
+    """
 
     def emit(self, record: logging.LogRecord) -> None:
-        fields: dict[str, Any] = {"message": record.getMessage()}
+        levelno, levelname = record.levelno, record.levelname.lower()
+        if (levelno == logging.INFO and record.name.startswith("websockets")
+                and record.msg in _WEBSOCKETS_CHATTER):
+            levelno, levelname = logging.DEBUG, "debug"
+        if levelno < _level:
+            return
+        fields: dict[str, Any] = {"message": redact_text(record.getMessage())}
         if record.exc_info:
-            fields["exception"] = self.format(record).split("\n", 1)[-1]
-        JsonLogger(record.name)._write(record.levelno, record.levelname.lower(), "library_log",
-                                       fields)
+            fields["exception"] = redact_text(self.format(record).split("\n", 1)[-1])
+        JsonLogger(record.name)._write(levelno, levelname, "library_log", fields)
+
+
+def _clean(key: str, value: Any) -> Any:
+    """A field value as it may be written: secrets by name masked, credentials in text hidden."""
+    if key in _SECRET_FIELDS:
+        return MASK
+    if isinstance(value, str) and ("@" in value or "eyJ" in value or "token=" in value
+                                   or "uthorization" in value):
+        return redact_text(value)
+    return value
 
 
 def configure(level: str = "info", stream: TextIO | None = None) -> None:
@@ -90,8 +122,18 @@ class JsonLogger:
             "event": event,
             "worker": _worker_id,
         }
-        record.update(fields)
-        line = orjson.dumps(record, default=_default, option=orjson.OPT_NON_STR_KEYS)
+        for key, value in fields.items():
+            record[key] = _clean(key, value)
+        try:
+            line = orjson.dumps(record, default=_default, option=orjson.OPT_NON_STR_KEYS)
+        except (TypeError, orjson.JSONEncodeError) as exc:
+            # A value orjson cannot carry (an integer beyond 64 bits, a string with
+            # a lone surrogate): the line is still written, with every field as
+            # its ASCII repr, and says so.
+            safe = {str(k): v if k in ("ts", "level", "logger", "event", "worker")
+                    else ascii(v) for k, v in record.items()}
+            safe["log_encoding_error"] = str(exc)
+            line = orjson.dumps(safe)
         try:
             _stream.write(line.decode() + "\n")
             _stream.flush()
@@ -125,6 +167,38 @@ class JsonLogger:
     def error(self, event: str, **fields: Any) -> None:
         """Write an error line."""
         self._write(logging.ERROR, "error", event, fields)
+
+
+class SummaryLog:
+    """Counts repeated events by code and writes one warning line per interval.
+
+    For events a client can cause at will (malformed frames): the first one
+    is written at once, later ones are counted and written as one line
+    (``counts`` by code, ``interval``) once ``interval`` seconds have passed
+    since the previous line. One instance per component (per node), not
+    module state.
+    """
+
+    __slots__ = ("_counts", "_event", "_log", "_next")
+
+    def __init__(self, logger: JsonLogger, event: str) -> None:
+        self._log = logger
+        self._event = event
+        self._counts: dict[str, int] = {}
+        self._next = 0.0
+
+    def note(self, code: str, now: float, interval: float) -> None:
+        """Count one event with ``code`` at monotonic time ``now``."""
+        counts = self._counts
+        counts[code] = counts.get(code, 0) + 1
+        if now >= self._next:
+            self._next = now + interval
+            self._log.warning(self._event, counts=dict(counts), total=sum(counts.values()),
+                              interval=interval,
+                              note="counts since the previous summary line; every failure "
+                              "was answered with an error frame and counted in "
+                              "rtserver_errors_total")
+            counts.clear()
 
 
 def get_logger(name: str) -> JsonLogger:

@@ -1,4 +1,4 @@
-"""The node: wiring of hub, bus, fan-out core and router, and the public server API.
+"""The node: wiring of hub, bus, fan-out core and domains, and the public server API.
 
 Everything a worker delivers goes through the fan-out core (replies included,
 so per-connection order holds under the per-tick cork). Room publications
@@ -6,50 +6,58 @@ take one path whatever their origin: ``bus.publish`` assigns the seq and the
 bus hands the publication back to :meth:`Node.on_publication` in every
 interested worker, which adds the seq and frames it once for all local members.
 
-Public API for server-side code and handlers:
-:meth:`send_to_connection`, :meth:`send_to_user`, :meth:`send_to_room`,
-:meth:`broadcast`, :meth:`reply`, :meth:`error`, :meth:`subscribe`,
-:meth:`unsubscribe`.
+The node implements :class:`~rtserver.context.HandlerContext`, the narrow API
+its domain plugins get (they are typed against that interface and never
+import this module): send to a connection / user / room, ``broadcast``,
+``subscribe`` / ``unsubscribe`` (access and limits checked inside), the
+store, supervised ``spawn``, metrics and statistics.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from types import ModuleType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
-import orjson
-from websockets.protocol import State
-
-from rtserver.auth import AccessPolicy, TokenVerifier
+from rtserver.auth import ANONYMOUS, AccessPolicy, Principal, TokenVerifier
+from rtserver.backoff import BackoffPolicy
 from rtserver.bus.base import (
     Bus,
     BusHealth,
     BusUnavailable,
     InterestSnapshot,
-    PresenceMember,
-    with_seq,
 )
 from rtserver.config import Config, NamespaceConfig
-from rtserver.hub import Connection, ConnState, Hub
+from rtserver.connection import Connection, ConnState
+from rtserver.context import HandlerContext, NodeStats
+from rtserver.core_metrics import (
+    CLOSES,
+    DELIVERIES,
+    ERRORS,
+    HANDLER_FAILURES,
+    MESSAGES_IN,
+    MESSAGES_OUT,
+    PUBLICATIONS,
+    SLOW_CONSUMERS,
+    total,
+)
+from rtserver.heartbeat import HeartbeatSweep
+from rtserver.hub import Hub
 from rtserver.jsonlog import get_logger
-from rtserver.metrics import REGISTRY
+from rtserver.metrics import REGISTRY, Counter, Gauge
+from rtserver.plugin import DomainPlugin
+from rtserver.protocol.close_codes import CloseCode, close_label
 from rtserver.protocol.codec import Codec, ErrorCode
 from rtserver.protocol.messages import (
-    Ack,
     Authenticated,
     ConnectionWelcome,
     Error,
-    Heartbeat,
     MessageId,
-    PresenceMemberOut,
-    PresenceReply,
-    RoomEvent,
     ServerMessage,
-    Subscribed,
     Unsubscribed,
+    message_tag,
 )
 from rtserver.protocol.session import (
     Action,
@@ -59,84 +67,91 @@ from rtserver.protocol.session import (
     DoPresence,
     DoPublish,
     DoSubscribe,
+    DoSubscribeMany,
     DoUnsubscribe,
     Fail,
     Reply,
     Session,
     utc_now,
 )
+from rtserver.rooms import BROADCAST_ROOM, Rooms
 from rtserver.router import Router
+from rtserver.status import ComponentStates
 from rtserver.store.postgres import StoreUnavailable
+from rtserver.tasks import TaskFailure, TaskGroup
 
 if TYPE_CHECKING:
     from rtserver.store.postgres import Store
     from rtserver.store.recorder import ConnectionRecorder
 
-__all__ = ["BROADCAST_ROOM", "CLOSE_IDLE", "CLOSE_SLOW_CONSUMER", "Node"]
+__all__ = ["BROADCAST_ROOM", "Node"]
 
 log = get_logger("rtserver.node")
 
-# The reserved room every worker is interested in; broadcast() goes through it.
-BROADCAST_ROOM = "$broadcast"
-CLOSE_IDLE = 4008
-CLOSE_SLOW_CONSUMER = 1013
-CLOSE_AUTH = 4001
-CLOSE_PING_TIMEOUT = 1011
-OPEN = State.OPEN
-
-MESSAGES_IN = REGISTRY.counter("rtserver_messages_in_total", "Client messages by type", ("type",))
-MESSAGES_OUT = REGISTRY.counter(
-    "rtserver_messages_out_total", "Server messages queued by type", ("type",))
-ERRORS = REGISTRY.counter("rtserver_errors_total", "Error replies and closes by code", ("code",))
-DELIVERIES = REGISTRY.counter(
-    "rtserver_fanout_deliveries_total", "Room publications queued to local connections")
-PUBLICATIONS = REGISTRY.counter(
-    "rtserver_publications_total", "Room publications received from the bus")
-SLOW_CONSUMERS = REGISTRY.counter(
-    "rtserver_slow_consumers_total", "Connections closed with 1013 for exceeding the buffer limit")
-CLOSES = REGISTRY.counter("rtserver_closes_total", "Connections closed by code", ("code",))
 
 
-def _tag(message: object) -> str:
-    return str(type(message).__struct_config__.tag)  # type: ignore[attr-defined]
-
-
-class Node:
-    """One worker's wiring and the public API for server-side code."""
+class Node(HandlerContext):
+    """One worker's wiring and the public API for server-side code and domains."""
 
     def __init__(
         self,
         config: Config,
         bus: Bus,
         fanout_module: ModuleType,
-        router: Router,
+        domains: Sequence[type[DomainPlugin]],
         worker_id: int,
         jwt_secret: str,
         store: Store | None = None,
     ) -> None:
         self.config = config
-        #: The PostgreSQL store, or None when started without --database
-        #: (handlers answer feature_unavailable then: see require_store()).
-        self.store = store
+        self._store = store
         #: Batched connection records (with the store), else None.
         self.recorder: ConnectionRecorder | None = None
         self.bus = bus
         self.fanout_module = fanout_module
-        self.router = router
         self.worker_id = worker_id
         self.hub = Hub(config.heartbeat.sweep_slices)
-        self.codec = Codec(router.message_types())
+        #: What the domains registered (handlers, hooks, ingress kinds, routes).
+        self.router = Router()
+        #: One instance per enabled domain: each holds its own per-node state.
+        self.domains: list[DomainPlugin] = [cls(config) for cls in domains]
+        for domain in self.domains:
+            domain.install(self.router, self)
+        self.codec = Codec(self.router.message_types())
         self.verifier = TokenVerifier(config.auth, jwt_secret)
         self.policy = AccessPolicy(config.namespaces, config.limits.max_room_name_length)
         self.started_at = time.time()
         self.fanout: Any = None
-        self.degraded: dict[str, str] = {}
-        self._interest: dict[str, asyncio.Future[None]] = {}
-        self._excludes: dict[tuple[str, bytes], tuple[Any, float]] = {}
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self.states = ComponentStates(self.router)
+        #: Degraded components (component -> reason), shown on /healthz.
+        self.degraded = self.states.degraded
+        self.tasks = TaskGroup()
         self._heartbeat_task: asyncio.Task[None] | None = None
-        self.state_listeners: list[Callable[[str, bool, str | None], None]] = []
+        self.heartbeat = HeartbeatSweep(
+            config.heartbeat, self.hub.sweep_slots, self.codec,
+            lambda conn, code, message, action: self.error(conn, code, message, action),
+            self.close_connection, lambda n: MESSAGES_OUT.inc("heartbeat", amount=n))
+        self.rooms = Rooms(config, self.hub, bus, self.codec, self.policy, self.router, self)
+        self.heartbeat.on_step = self.rooms.drop_stale_excludes
         self._register_metrics()
+
+    @property
+    def store(self) -> Store | None:
+        """The PostgreSQL store, or None when started without --database (handlers answer
+        ``feature_unavailable`` then: see :meth:`require_store`)."""
+        return self._store
+
+    @store.setter
+    def store(self, store: Store | None) -> None:
+        self._store = store
+
+    def domain(self, name: str) -> DomainPlugin:
+        """The enabled domain called ``name`` (for embedding code and tests)."""
+        for domain in self.domains:
+            if domain.name == name:
+                return domain
+        raise KeyError(f"domain {name!r} is not enabled on this node. Required action: add it "
+                       "to [domains] enabled")
 
     # ------------------------------------------------------------ lifecycle
 
@@ -144,35 +159,44 @@ class Node:
         """Create the fan-out core, connect the bus, start the heartbeat."""
         loop = asyncio.get_running_loop()
         self.fanout = self.fanout_module.Fanout(
-            loop, self.config.limits.outbound_buffer_limit, self._on_slow_consumer)
+            loop, self.config.limits.outbound_buffer_limit, self.slow_consumer)
+        self.heartbeat.fanout = self.fanout
         await self.bus.start(self)
         await self.bus.add_interest(BROADCAST_ROOM)
-        self._heartbeat_task = loop.create_task(self._heartbeat(), name="rtserver-heartbeat")
+        self._heartbeat_task = loop.create_task(self.heartbeat.run(), name="rtserver-heartbeat")
+
+    async def start_domains(self) -> None:
+        """Start every domain (after :meth:`start` and the store)."""
+        for domain in self.domains:
+            await domain.start()
+            log.info("domain_started", domain=domain.name, database=self._store is not None)
+        self.states.announcing = True
+
+    async def stop_domains(self) -> None:
+        """Stop every domain, last started first (before :meth:`close`)."""
+        if not self.states.announcing:
+            return
+        self.states.announcing = False
+        for domain in reversed(self.domains):
+            await domain.stop()
+            log.info("domain_stopped", domain=domain.name)
 
     async def close(self) -> None:
-        """Stop the heartbeat, flush the fan-out core, disconnect the bus."""
+        """Stop the heartbeat and every task, flush the fan-out core, disconnect the bus."""
         if self._heartbeat_task is not None:
             self._heartbeat_task.cancel()
             await asyncio.gather(self._heartbeat_task, return_exceptions=True)
             self._heartbeat_task = None
         if self.fanout is not None:
             self.fanout.flush()
-        if self._tasks:
-            await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.tasks.close()
         await self.bus.close()
 
-    def spawn(self, coro: Any, name: str) -> asyncio.Task[Any]:
-        """Run ``coro`` as a task the node keeps a reference to until it ends."""
-        task: asyncio.Task[Any] = asyncio.get_running_loop().create_task(coro, name=name)
-        self._tasks.add(task)
-        task.add_done_callback(self._task_done)
-        return task
-
-    def _task_done(self, task: asyncio.Task[Any]) -> None:
-        self._tasks.discard(task)
-        if not task.cancelled() and (exc := task.exception()) is not None:
-            log.error("task_failed", task=task.get_name(), error=repr(exc))
-            ERRORS.inc(ErrorCode.INTERNAL_ERROR)
+    def spawn(self, factory: Callable[[], Coroutine[Any, Any, None]], name: str, *,
+              restart: BackoffPolicy | None = None,
+              on_failure: TaskFailure | None = None) -> asyncio.Task[None]:
+        """A supervised task (see :meth:`HandlerContext.spawn`), cancelled by :meth:`close`."""
+        return self.tasks.spawn(factory, name, restart=restart, on_failure=on_failure)
 
     # ------------------------------------------------------------ connections
 
@@ -180,9 +204,11 @@ class Node:
                         user_agent: str | None) -> Connection:
         """Register a new websockets connection and send the welcome frame."""
         now = time.monotonic()
+        rooms: set[str] = set()
         session = Session(connection_id, self.codec, self.verifier, self.policy,
-                          self.config.limits, now)
-        conn = Connection(connection_id, ws, None, session, remote, user_agent, time.time())
+                          self.config.limits, now, rooms)
+        conn = Connection(connection_id, ws, None, session, remote, user_agent, time.time(),
+                          rooms)
         conn.sink = self.fanout_module.Sink(ws, conn)
         self.hub.add(conn)
         if self.recorder is not None:
@@ -194,18 +220,20 @@ class Node:
                                            worker=self.worker_id, server_time=utc_now()))
         return conn
 
+    def connection(self, connection_id: str) -> Connection | None:
+        """The local connection with that id, if it is on this worker."""
+        return self.hub.connections.get(connection_id)
+
     async def authenticate_anonymous(self, conn: Connection) -> None:
         """Make ``conn`` anonymous (allowed only by ``auth.allow_anonymous``)."""
-        from rtserver.auth import ANONYMOUS
-
         conn.session.set_principal(ANONYMOUS)
         self.hub.set_state(conn, ConnState.ANONYMOUS, "anonymous allowed by configuration")
         self.reply(conn, Authenticated(user=None, permissions=[], anonymous=True))
-        await self._run_hooks(conn, "connect", [h(self, conn) for h in self.router.connect_hooks])
+        await self.run_hooks(conn, "connect", [h(conn) for h in self.router.connect_hooks])
 
     async def connection_closed(self, conn: Connection, code: int | None,
                                 reason: str) -> None:
-        """Forget ``conn`` everywhere after its socket closed."""
+        """Forget ``conn`` everywhere after its socket closed (the one disconnect path)."""
         if conn.state is ConnState.CLOSED:
             return
         conn.sink.closed = True
@@ -213,15 +241,16 @@ class Node:
         user = conn.user
         emptied, user_gone = self.hub.remove(conn)
         self.hub.set_state(conn, ConnState.CLOSED, reason, code)
-        CLOSES.inc(str(code))
+        CLOSES.inc(close_label(code))
         if self.recorder is not None:
             self.recorder.record_disconnect(conn.id, close_code=code, close_reason=reason)
         for room in rooms:
-            await self._after_leave(conn, room, room in emptied)
+            await self.rooms.after_leave(conn, room, room in emptied)
         if user_gone and user is not None:
-            await self._bus_call(self.bus.remove_user_interest(user), "remove_user_interest")
-        await self._run_hooks(conn, "disconnect",
-                              [h(self, conn) for h in self.router.disconnect_hooks])
+            await self.rooms.bus_call(self.bus.remove_user_interest(user),
+                                     "remove_user_interest")
+        await self.run_hooks(conn, "disconnect",
+                              [h(conn) for h in self.router.disconnect_hooks])
 
     def close_connection(self, conn: Connection, code: int, reason: str) -> None:
         """Close ``conn`` with ``code`` (logged as a transition to ``closing``)."""
@@ -230,19 +259,21 @@ class Node:
         self.hub.set_state(conn, ConnState.CLOSING, reason, code)
         ERRORS.inc(f"close_{code}")
         self.fanout.flush()
-        self.spawn(conn.ws.close(code, reason), f"close-{conn.id}")
+        self.tasks.run(conn.ws.close(code, reason), f"close-{conn.id}")
 
-    def _on_slow_consumer(self, sink: Any, buffered: int) -> None:
+    def slow_consumer(self, sink: Any, buffered: int) -> None:
+        """Close the connection of ``sink`` with 1013: it cannot keep up (logged, counted)."""
         conn: Connection = sink.owner
         SLOW_CONSUMERS.inc()
         log.warning("slow_consumer", connection_id=conn.id, user=conn.user,
                     buffered_bytes=buffered, limit=self.config.limits.outbound_buffer_limit)
         if conn.state in (ConnState.CLOSING, ConnState.CLOSED):
             return
-        self.hub.set_state(conn, ConnState.CLOSING, "slow consumer", CLOSE_SLOW_CONSUMER)
-        ERRORS.inc(f"close_{CLOSE_SLOW_CONSUMER}")
-        self.spawn(conn.ws.close(CLOSE_SLOW_CONSUMER, "slow consumer: outbound buffer over limit"),
-                   f"close-{conn.id}")
+        code = CloseCode.TRY_AGAIN_LATER
+        self.hub.set_state(conn, ConnState.CLOSING, "slow consumer", code)
+        ERRORS.inc(f"close_{code}")
+        self.tasks.run(conn.ws.close(code, "slow consumer: outbound buffer over limit"),
+                       f"close-{conn.id}")
 
     # ------------------------------------------------------------ inbound
 
@@ -263,25 +294,29 @@ class Node:
             match action:
                 case Reply(message=message):
                     self.reply(conn, message)
-                case Fail(code=code, message=message, action=todo, id=msg_id):
-                    self.error(conn, code, message, todo, msg_id)
+                case Fail(code=code, message=message, action=todo, id=msg_id, room=room):
+                    self.error(conn, code, message, todo, msg_id, room)
                 case CloseConnection(code=code, reason=reason):
                     self.close_connection(conn, code, reason)
                 case Authenticate(principal=principal, id=msg_id):
                     await self._authenticated(conn, principal, msg_id)
-                case DoSubscribe(room=room, rules=rules, id=msg_id):
+                case DoSubscribe(room=room, rules=rules, id=msg_id, since=since):
                     MESSAGES_IN.inc("subscribe")
-                    await self.subscribe(conn, room, rules, msg_id)
+                    await self.rooms.join(conn, room, rules, msg_id, since)
+                case DoSubscribeMany(targets=targets, id=msg_id):
+                    MESSAGES_IN.inc("subscribe")
+                    await self.rooms.join_many(
+                        conn, [(t.room, t.rules, t.since) for t in targets], msg_id)
                 case DoUnsubscribe(room=room, id=msg_id):
                     MESSAGES_IN.inc("unsubscribe")
                     await self.unsubscribe(conn, room)
                     self.reply(conn, Unsubscribed(room=room, id=msg_id))
-                case DoPublish(room=room, data=data, id=msg_id):
+                case DoPublish(room=room, data=data, id=msg_id, key=key):
                     MESSAGES_IN.inc("publish")
-                    await self._client_publish(conn, room, data, msg_id)
+                    await self.rooms.client_publish(conn, room, data, msg_id, key)
                 case DoPresence(room=room, id=msg_id):
                     MESSAGES_IN.inc("presence")
-                    await self._presence(conn, room, msg_id)
+                    await self.rooms.presence(conn, room, msg_id)
                 case Dispatch(message=message):
                     await self._dispatch(conn, message)
 
@@ -300,13 +335,14 @@ class Node:
             self.recorder.record_authenticated(conn.id, user_id=principal.user,
                                                admin_user_id=None)
         if first_of_user:
-            await self._bus_call(self.bus.add_user_interest(principal.user), "add_user_interest")
+            await self.rooms.bus_call(self.bus.add_user_interest(principal.user),
+                                     "add_user_interest")
         self.reply(conn, Authenticated(user=principal.user, permissions=sorted(
             principal.permissions), anonymous=False, id=msg_id))
-        await self._run_hooks(conn, "connect", [h(self, conn) for h in self.router.connect_hooks])
+        await self.run_hooks(conn, "connect", [h(conn) for h in self.router.connect_hooks])
 
     async def _dispatch(self, conn: Connection, message: Any) -> None:
-        tag = _tag(message)
+        tag = message_tag(message)
         MESSAGES_IN.inc(tag)
         handler = self.router.handler_for(message)
         msg_id = getattr(message, "id", None)
@@ -314,173 +350,101 @@ class Node:
             self.error(conn, ErrorCode.UNKNOWN_TYPE, f"no handler for message type {tag!r}",
                        "Required action: use a message type listed in docs/protocol.md", msg_id)
             return
-        await self.guarded(conn, tag, handler(self, conn, message), msg_id)
+        await self.guarded(conn, tag, handler(conn, message), msg_id)
 
     async def guarded(self, conn: Connection, what: str, coro: Awaitable[None],
                       msg_id: MessageId = None) -> None:
-        """Run a handler or hook for ``conn``; a failure answers the client, never kills it.
+        """Run a handler or hook for ``conn``: the one error-mapping wrapper.
 
-        Backends down → ``store_unavailable`` / ``bus_unavailable``; anything else is a
-        bug → ``internal_error``. Each is logged and counted.
+        A failure answers the client and never kills the connection: backends
+        down → ``store_unavailable`` / ``bus_unavailable``; anything else is a
+        bug → ``internal_error``. Each is logged and counted
+        (``rtserver_handler_failures_total{type,cause}``).
         """
         try:
             await coro
         except StoreUnavailable as exc:
+            HANDLER_FAILURES.inc(what, "store")
+            log.error("handler_store_unavailable", what=what, connection_id=conn.id,
+                      error=str(exc))
             self.error(conn, ErrorCode.STORE_UNAVAILABLE,
                        f"{what}: the database is unavailable ({exc})",
                        "Required action: retry later with backoff; the server reports the "
                        "outage on /healthz", msg_id)
         except BusUnavailable as exc:
-            self._bus_error(conn, exc, msg_id)
+            HANDLER_FAILURES.inc(what, "bus")
+            log.error("handler_bus_unavailable", what=what, connection_id=conn.id,
+                      error=str(exc))
+            self.rooms.bus_error(conn, exc, msg_id)
         except Exception as exc:  # noqa: BLE001 - reported to the client, logged and counted
+            HANDLER_FAILURES.inc(what, "bug")
             log.error("handler_failed", connection_id=conn.id, user=conn.user, what=what,
                       error=repr(exc))
             self.error(conn, ErrorCode.INTERNAL_ERROR, f"{what} failed inside the server",
                        "Required action: report this error with its time; the request was "
                        "not carried out", msg_id)
 
-    async def _run_hooks(self, conn: Connection, what: str,
-                         coros: list[Awaitable[None]]) -> None:
+    async def run_hooks(self, conn: Connection, what: str,
+                        coros: list[Awaitable[None]]) -> None:
+        """Run domain hooks for ``conn``, each through :meth:`guarded`."""
         for coro in coros:
             await self.guarded(conn, what, coro)
 
     # ------------------------------------------------------------ rooms
 
-    async def _ensure_interest(self, room: str) -> None:
-        fut = self._interest.get(room)
-        if fut is None:
-            fut = asyncio.get_running_loop().create_future()
-            self._interest[room] = fut
-            try:
-                await self.bus.add_interest(room)
-            except BusUnavailable as exc:
-                del self._interest[room]
-                fut.set_exception(exc)
-                fut.exception()  # retrieved: every waiter gets it below
-                raise
-            fut.set_result(None)
-            return
-        if fut.done():  # the common case: the room already has the bus's interest
-            fut.result()
-            return
-        await asyncio.shield(fut)
+    def room_rules(self, room: str) -> NamespaceConfig:
+        """The namespace rules of ``room``; raises ``AccessDenied`` for an invalid name."""
+        return self.policy.namespace(room)[2]
 
-    async def subscribe(self, conn: Connection, room: str, rules: NamespaceConfig,
-                        msg_id: MessageId = None) -> bool:
-        """Join ``room`` (access already checked) and confirm with ``subscribed``.
+    def check_access(self, principal: Principal, action: Literal["subscribe", "publish"],
+                     room: str) -> NamespaceConfig:
+        """Check ``action`` on ``room`` for ``principal``; raises ``AccessDenied``."""
+        return self.policy.check(principal, action, room)
 
-        The connection joins the room's local table before any await, so no
-        publication delivered while the bus interest and the room's last seq
-        are fetched is missed (some may arrive before the ``subscribed`` reply;
-        the room's seq stays gap-free), and a concurrent last leave does not
-        drop the room's bus interest.
-        """
-        self.hub.join(conn, room)
-        try:
-            await self._ensure_interest(room)
-            seq = await self.bus.last_seq(room)
-        except BusUnavailable as exc:
-            if self.hub.leave(conn, room):
-                self._interest.pop(room, None)
-                await self._bus_call(self.bus.remove_interest(room), "remove_interest")
-            self._bus_error(conn, exc, msg_id)
-            return False
-        if conn.state in (ConnState.CLOSING, ConnState.CLOSED):
-            return False  # connection_closed() leaves the room (it is in conn.rooms)
-        self.reply(conn, Subscribed(room=room, seq=seq, id=msg_id))
-        member = PresenceMember(user=conn.user or "", connection_id=conn.id)
-        if rules.presence:
-            await self._bus_call(self.bus.presence_join(room, member), "presence_join")
-        if rules.room_events:
-            event = RoomEvent(event="member_joined", room=room, user=conn.user,
-                              connection_id=conn.id)
-            await self._bus_call(self.bus.emit_room_event(room, self.codec.encode(event)),
-                                 "emit_room_event")
-        await self._run_hooks(conn, "subscribe",
-                              [h(self, conn, room) for h in self.router.subscribe_hooks])
-        return True
+    async def subscribe(self, conn: Connection, rooms: Sequence[str], msg_id: MessageId,
+                        *, access_checked: bool = False) -> bool:
+        """Join ``rooms`` with access and the subscription limit checked once (see
+        :meth:`HandlerContext.subscribe`)."""
+        return await self.rooms.subscribe(conn, rooms, msg_id, access_checked=access_checked)
 
     async def unsubscribe(self, conn: Connection, room: str) -> None:
         """Leave ``room``."""
-        last = self.hub.leave(conn, room)
-        await self._after_leave(conn, room, last)
-
-    async def _after_leave(self, conn: Connection, room: str, last: bool) -> None:
-        if last:
-            self._interest.pop(room, None)
-            await self._bus_call(self.bus.remove_interest(room), "remove_interest")
-        _, _, rules = self.policy.namespace(room)
-        member = PresenceMember(user=conn.user or "", connection_id=conn.id)
-        if rules.presence:
-            await self._bus_call(self.bus.presence_leave(room, member), "presence_leave")
-        if rules.room_events:
-            event = RoomEvent(event="member_left", room=room, user=conn.user,
-                              connection_id=conn.id)
-            await self._bus_call(self.bus.emit_room_event(room, self.codec.encode(event)),
-                                 "emit_room_event")
-        await self._run_hooks(conn, "unsubscribe",
-                              [h(self, conn, room) for h in self.router.unsubscribe_hooks])
-
-    async def _client_publish(self, conn: Connection, room: str, data: bytes,
-                              msg_id: MessageId) -> None:
-        body = b'{"type":"message","room":%b,"from":%b,"data":%b}' % (
-            orjson.dumps(room), orjson.dumps(conn.user), data)
-        try:
-            seq = await self.bus.publish(room, body)
-        except BusUnavailable as exc:
-            self._bus_error(conn, exc, msg_id)
-            return
-        self.reply(conn, Ack(room=room, seq=seq, id=msg_id))
-
-    async def _presence(self, conn: Connection, room: str, msg_id: MessageId) -> None:
-        limit = self.config.limits.presence_member_limit
-        try:
-            snap = await self.bus.presence(room, limit)
-        except BusUnavailable as exc:
-            self._bus_error(conn, exc, msg_id)
-            return
-        members = [PresenceMemberOut(user=m.user or None, connection_id=m.connection_id)
-                   for m in snap.members]
-        self.reply(conn, PresenceReply(room=room, count=snap.count, members=members,
-                                       truncated=snap.count > len(members), id=msg_id))
-
-    def _bus_error(self, conn: Connection, exc: BusUnavailable, msg_id: MessageId) -> None:
-        self.error(conn, ErrorCode.BUS_UNAVAILABLE, f"the message bus is unavailable: {exc}",
-                   "Required action: retry with backoff; the server is reconnecting to its bus",
-                   msg_id)
-
-    async def _bus_call(self, coro: Any, what: str) -> None:
-        try:
-            await coro
-        except BusUnavailable as exc:
-            ERRORS.inc(ErrorCode.BUS_UNAVAILABLE)
-            log.error("bus_call_failed", operation=what, error=str(exc))
+        await self.rooms.unsubscribe(conn, room)
 
     # ------------------------------------------------------------ outbound API
 
     def reply(self, conn: Connection, message: ServerMessage) -> None:
         """Send ``message`` to ``conn`` (ordered with everything else sent to it)."""
-        MESSAGES_OUT.inc(_tag(message))
+        MESSAGES_OUT.inc(message_tag(message))
         self.fanout.send(conn.sink, self.codec.encode(message))
 
     def error(self, conn: Connection, code: str, message: str, action: str,
-              msg_id: MessageId = None) -> None:
-        """Send an ``error`` frame to ``conn``, log it and count it by code."""
+              msg_id: MessageId = None, room: str | None = None) -> None:
+        """Send an ``error`` frame to ``conn`` (``room``: the room of a many-room subscribe it
+        is about), log it and count it by code."""
         ERRORS.inc(code)
         if log.enabled(20):
             log.info("client_error", connection_id=conn.id, user=conn.user, code=code,
                      message=message)
-        self.reply(conn, Error(code=code, message=message, action=action, id=msg_id))
+        self.reply(conn, Error(code=code, message=message, action=action, id=msg_id, room=room))
 
     def require_store(self, conn: Connection, feature: str, msg_id: MessageId) -> Store | None:
         """The store, or None after answering ``feature_unavailable`` to ``conn``."""
-        if self.store is None:
+        if self._store is None:
             self.error(conn, ErrorCode.FEATURE_UNAVAILABLE,
                        f"{feature} needs the database, and this server runs without one",
                        "Required action: start the server with --database postgresql://... "
                        "(or RTSERVER_DATABASE)", msg_id)
             return None
-        return self.store
+        return self._store
+
+    def error_frame(self, conn: Connection, frame: ServerMessage, code: str) -> None:
+        """Send an ``error``-tagged frame with extra fields, counted and logged by ``code``."""
+        ERRORS.inc(code)
+        MESSAGES_OUT.inc("error")
+        if log.enabled(20):
+            log.info("client_error", connection_id=conn.id, user=conn.user, code=code)
+        self.fanout.send(conn.sink, self.codec.encode(frame))
 
     def count_error(self, code: str, conn: Connection) -> None:
         """Count (and log) an error that was answered by the websockets layer itself."""
@@ -509,17 +473,7 @@ class Node:
         ``exclude`` (a local connection) does not receive it.
         """
         body = message if isinstance(message, bytes) else self.codec.encode(message)
-        if exclude is None or room not in exclude.rooms:
-            return await self.bus.publish(room, body)
-        # The publication comes back through on_publication (possibly after
-        # publish() returned, with Redis), which takes the exclusion out.
-        key = (room, body)
-        self._excludes[key] = (exclude.sink, time.monotonic())
-        try:
-            return await self.bus.publish(room, body)
-        except BusUnavailable:
-            self._excludes.pop(key, None)
-            raise
+        return await self.rooms.publish(room, body, exclude)
 
     async def broadcast(self, message: ServerMessage | bytes) -> None:
         """Send to every authenticated or anonymous connection on every worker."""
@@ -528,25 +482,29 @@ class Node:
 
     # ------------------------------------------------------------ bus handler
 
-    def on_publication(self, room: str, seq: int, body: bytes) -> None:
+    def on_publication(self, room: str, epoch: str, seq: int, body: bytes) -> None:
         """Fan a room publication out to the local members."""
-        PUBLICATIONS.inc()
-        exclude = None
-        if self._excludes:
-            entry = self._excludes.pop((room, body), None)
-            if entry is not None:
-                exclude = entry[0]
-        sinks = self.hub.rooms.get(room)
-        if not sinks:
-            return
-        n = self.fanout.send_many(sinks, with_seq(body, seq), exclude)
-        DELIVERIES.inc(amount=n)
+        self.rooms.on_publication(room, epoch, seq, body)
+
+    def on_stream_gap(self, room: str, epoch: str, from_seq: int, to_seq: int,
+                      reason: str) -> None:
+        """A gap the bus cannot fill: ``gap`` frames to the members, a log line, a metric,
+        and a system alert."""
+        told = self.rooms.on_stream_gap(room, epoch, from_seq, to_seq, reason)
+
+        async def alert() -> None:
+            await self.raise_alert(
+                "stream_gap", "medium",
+                f"room {room}: messages {from_seq}..{to_seq} ({reason}) lost on worker "
+                f"{self.worker_id}; {told} connections told",
+                {"room": room, "epoch": epoch, "from_seq": from_seq, "to_seq": to_seq,
+                 "reason": reason, "worker": self.worker_id, "connections": told})
+
+        self.spawn(alert, f"alert-stream-gap-{room}")
 
     def on_room_event(self, room: str, payload: bytes) -> None:
         """Fan a room event (or a broadcast) out to the local members."""
-        sinks = self.hub.all_sinks if room == BROADCAST_ROOM else self.hub.rooms.get(room)
-        if sinks:
-            self.fanout.send_many(sinks, payload)
+        self.rooms.on_room_event(room, payload)
 
     def on_user_message(self, user: str, payload: bytes) -> None:
         """Deliver a user message to the user's local connections."""
@@ -555,10 +513,10 @@ class Node:
         if conns:
             filters = self.router.user_message_filters
             sinks = [c.sink for c in conns
-                     if not filters or all(keep(self, c, payload) for keep in filters)]
+                     if not filters or all(keep(c, payload) for keep in filters)]
             n = self.fanout.send_many(sinks, payload)
         for hook in self.router.user_delivery_hooks:
-            hook(self, user, payload, n)
+            hook(user, payload, n)
 
     def on_bus_state(self, health: BusHealth) -> None:
         """The bus degraded or recovered: log, health, listeners (admin alerts)."""
@@ -566,99 +524,17 @@ class Node:
 
     def interest_snapshot(self) -> InterestSnapshot:
         """What the bus must re-declare after a reconnect, derived from the Hub."""
-        presence: list[tuple[str, PresenceMember]] = []
-        for conn in self.hub.connections.values():
-            if conn.state is ConnState.CLOSED:
-                continue
-            for room in conn.rooms:
-                if self.policy.namespace(room)[2].presence:
-                    presence.append(
-                        (room, PresenceMember(user=conn.user or "", connection_id=conn.id)))
-        return InterestSnapshot(rooms=[BROADCAST_ROOM, *self.hub.rooms],
-                                users=list(self.hub.by_user), presence=presence)
+        return self.rooms.interest_snapshot()
 
     def set_degraded(self, component: str, degraded: bool, reason: str | None) -> None:
         """Mark ``component`` degraded (with ``reason``) or recovered; announce it."""
-        if degraded:
-            if self.degraded.get(component) == reason:
-                return
-            self.degraded[component] = reason or "degraded"
-            log.error("component_degraded", component=component, reason=reason)
-        else:
-            if component not in self.degraded:
-                return
-            del self.degraded[component]
-            log.info("component_recovered", component=component)
-        for listener in self.state_listeners:
-            listener(component, not degraded, reason)
+        self.states.set(component, degraded, reason)
 
-    # ------------------------------------------------------------ heartbeat & idle
-
-    async def _heartbeat(self) -> None:
-        """Every connection gets a heartbeat and its checks once per interval.
-
-        Connections are spread round-robin over ``heartbeat.sweep_slices`` slots
-        and each step of ``interval / sweep_slices`` seconds handles one slot, so
-        10,000 connections cost many short steps, never one long stall of the
-        event loop; a new connection is in a slot from its first moment.
-        """
-        hb = self.config.heartbeat
-        slots = self.hub.sweep_slots
-        step = hb.interval / len(slots)
-        index = 0
-        while True:
-            await asyncio.sleep(step)
-            conns = slots[index]
-            if conns:
-                self.heartbeat_tick(time.monotonic(), time.time(), list(conns))
-            index = (index + 1) % len(slots)
-
-    def heartbeat_tick(self, now: float, wall: float, conns: list[Connection]) -> None:
-        """Send the heartbeat frame (and a WebSocket ping) to ``conns``; close idle ones,
-        expired tokens and connections whose last ping was not answered in time."""
-        hb = self.config.heartbeat
-        idle = hb.idle_timeout
-        ws_ping = hb.ws_ping
-        ping_timeout = hb.ws_ping_timeout
-        if self._excludes:
-            # An exclusion whose publication never came back (the room lost its
-            # last local member meanwhile) is dropped after an idle timeout.
-            stale = [k for k, (_, t) in self._excludes.items() if now - t > idle]
-            for key in stale:
-                del self._excludes[key]
-        sinks = []
-        for conn in conns:
-            state = conn.state
-            if state is ConnState.CLOSING or state is ConnState.CLOSED:
-                continue
-            if now - conn.session.last_activity > idle:
-                self.error(conn, "idle_timeout", f"no message from the client for {idle:g} s",
-                           'Required action: send {"type":"ping"} more often than '
-                           "heartbeat.idle_timeout")
-                self.close_connection(conn, CLOSE_IDLE, "idle timeout")
-                continue
-            p = conn.session.principal
-            if p is not None and p.expires_at is not None and p.expires_at <= wall:
-                self.error(conn, ErrorCode.TOKEN_EXPIRED, "the token has expired",
-                           "Required action: reconnect with a fresh token")
-                self.close_connection(conn, CLOSE_AUTH, "token expired")
-                continue
-            if ws_ping:
-                ws = conn.ws
-                sent = conn.ping_sent_at
-                if sent and getattr(ws, "last_pong", sent) < sent and now - sent > ping_timeout:
-                    self.close_connection(conn, CLOSE_PING_TIMEOUT, "keepalive ping timeout")
-                    continue
-                if ws.protocol.state is OPEN:
-                    ws.protocol.send_ping(b"")
-                    ws.send_data()
-                    if not sent or getattr(ws, "last_pong", 0.0) >= sent:
-                        conn.ping_sent_at = now
-            if state is not ConnState.CONNECTING:
-                sinks.append(conn.sink)
-        if sinks:
-            n = self.fanout.send_many(sinks, self.codec.encode(Heartbeat(server_time=utc_now())))
-            MESSAGES_OUT.inc("heartbeat", amount=n)
+    async def raise_alert(self, alert_type: str, severity: str, message: str,
+                          details: object) -> None:
+        """Raise a system alert: logged and counted, stored and shown to admins by the
+        domains that registered an alert sink (``router.on_alert``)."""
+        await self.states.raise_alert(alert_type, severity, message, details)
 
     # ------------------------------------------------------------ health & metrics
 
@@ -693,3 +569,32 @@ class Node:
                        collect=lambda: {(): 1.0 if self.bus.health().ok else 0.0})
         REGISTRY.gauge("rtserver_uptime_seconds", "Seconds since this worker started",
                        collect=lambda: {(): time.time() - self.started_at})
+
+    # ------------------------------------------------------------ context: metrics, stats
+
+    def counter(self, name: str, help_text: str, labels: tuple[str, ...] = ()) -> Counter:
+        """Register (or get) a counter exported on ``/metrics``."""
+        return REGISTRY.counter(name, help_text, labels)
+
+    def gauge(self, name: str, help_text: str, labels: tuple[str, ...] = (), *,
+              collect: Callable[[], dict[tuple[str, ...], float]]) -> Gauge:
+        """Register a gauge whose values ``collect()`` returns at scrape time."""
+        return REGISTRY.gauge(name, help_text, labels, collect=collect)
+
+    def stats(self) -> NodeStats:
+        """This worker's counters and tables, read in place."""
+        hub = self.hub
+        fanout = self.fanout
+        return NodeStats(
+            worker=self.worker_id, uptime=round(time.time() - self.started_at, 3),
+            connections=len(hub.connections),
+            connections_by_state={s.value: n for s, n in hub.state_counts.items()},
+            rooms=len(hub.rooms), subscriptions=hub.subscription_count(),
+            messages_in=total(MESSAGES_IN), messages_out=total(MESSAGES_OUT),
+            publications=total(PUBLICATIONS), deliveries=total(DELIVERIES),
+            errors=total(ERRORS),
+            errors_by_code={k[0]: int(v) for k, v in ERRORS.values.items() if k},
+            slow_consumers=total(SLOW_CONSUMERS),
+            fanout={str(k): int(v) for k, v in fanout.stats().items()} if fanout else {},
+            degraded=dict(self.degraded), bus=self.bus.health())
+

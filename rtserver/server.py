@@ -15,10 +15,11 @@ import http
 import secrets
 import signal
 import socket
+import sys
 import time
 import traceback
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -29,28 +30,28 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
 from rtserver import jsonlog
-from rtserver.bus.base import Bus, BusHealth, BusUnavailable
-from rtserver.bus.embedded import EmbeddedBus
+from rtserver.admission import Admission
+from rtserver.bus.base import Bus, BusHealth, BusUnavailable, InterestSnapshot
+from rtserver.bus.embedded_client import EmbeddedBus
 from rtserver.bus.local import LocalBus
 from rtserver.config import Config, masked
+from rtserver.connection import ConnState
 from rtserver.fanout import load_fanout
-from rtserver.handlers import (
-    admin_health_route,
-    handle_domain_ingress,
-    raise_alert,
-    start_domain,
-    stop_domain,
-)
-from rtserver.hub import ConnState
 from rtserver.metrics import REGISTRY
-from rtserver.node import CLOSE_AUTH, Node
+from rtserver.node import Node
+from rtserver.plugin import DomainPlugin, load_domain_classes
+from rtserver.protocol.close_codes import CloseCode
 from rtserver.protocol.codec import ErrorCode
-from rtserver.router import Router
+from rtserver.router import HttpRoute
+from rtserver.startup import bind_failure
 from rtserver.static_files import StaticFiles
 
-__all__ = ["RtServer", "build_router", "resolve_secret", "run_server"]
+__all__ = ["RtServer", "resolve_secret", "run_server"]
 
 log = jsonlog.get_logger("rtserver.server")
+ADMISSION_REFUSED = REGISTRY.counter(
+    "rtserver_handshakes_refused_total", "WebSocket handshakes refused before the upgrade",
+    ("reason",))
 
 
 def resolve_secret(config: Config) -> str:
@@ -59,9 +60,17 @@ def resolve_secret(config: Config) -> str:
         return config.auth.jwt_secret
     if config.server.dev:
         secret = secrets.token_urlsafe(32)
-        log.warning("dev_secret_generated", secret=secret,
+        # Shown once on the terminal, never in the JSON log (which may be shipped).
+        terminal = sys.stderr.isatty()
+        if terminal:
+            sys.stderr.write(f"rtserver --dev: throw-away JWT secret (not logged): {secret}\n")
+            sys.stderr.flush()
+        log.warning("dev_secret_generated", shown_on_terminal=terminal,
                     note="--dev generated a throw-away JWT secret; tokens die with this process. "
-                    "Use it with: RTSERVER_JWT_SECRET=<secret> rtserver token ...")
+                    + ("It was printed on the terminal, not logged; use it with: "
+                       "RTSERVER_JWT_SECRET=<secret> rtserver token ..." if terminal else
+                       "stderr is not a terminal, so it was not shown. Required action: set "
+                       "RTSERVER_JWT_SECRET to mint tokens for this server"))
         return secret
     raise RuntimeError("no JWT secret (validated config should have refused to start)")
 
@@ -78,7 +87,11 @@ class _HubStateHandler:
     def __init__(self, on_state: Callable[[BusHealth], None]) -> None:
         self._on_state = on_state
 
-    def on_publication(self, room: str, seq: int, body: bytes) -> None:
+    def on_publication(self, room: str, epoch: str, seq: int, body: bytes) -> None:
+        """Never called: this connection declares no interest."""
+
+    def on_stream_gap(self, room: str, epoch: str, from_seq: int, to_seq: int,
+                      reason: str) -> None:
         """Never called: this connection declares no interest."""
 
     def on_room_event(self, room: str, payload: bytes) -> None:
@@ -91,15 +104,28 @@ class _HubStateHandler:
         """The hub connection degraded or recovered."""
         self._on_state(health)
 
+    def interest_snapshot(self) -> InterestSnapshot:
+        """Nothing to re-declare: this connection carries cluster status only."""
+        return InterestSnapshot(rooms=[], users=[], presence=[])
+
 
 # The headers every handled handshake request is left with (shared, empty).
 _NO_HEADERS = Headers()
 
 
 class RtConnection(ServerConnection):
-    """A websockets server connection that records when it last received a pong."""
+    """A websockets server connection that records when it last received a pong and
+    gives its admission slot back when the TCP connection ends."""
 
     last_pong = 0.0
+    on_lost: Callable[[], None] | None = None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        """Release the admission slot, then let websockets finish."""
+        release, self.on_lost = self.on_lost, None
+        if release is not None:
+            release()
+        super().connection_lost(exc)
 
     def acknowledge_pings(self, data: bytes) -> None:
         """Record the pong (ours are unsolicited for websockets, which ignores them)."""
@@ -107,52 +133,51 @@ class RtConnection(ServerConnection):
         super().acknowledge_pings(data)
 
 
-def build_router() -> Router:
-    """The router with every built-in domain handler installed."""
-    from rtserver.handlers import install_handlers
-    from rtserver.handlers.notifications import install_notifications
-
-    router = Router()
-    install_notifications(router)
-    install_handlers(router)
-    return router
-
-
 class RtServer:
     """One worker: the node plus its websockets server."""
 
     def __init__(self, config: Config, *, worker_id: int = 0, bus: Bus | None = None,
-                 router: Router | None = None, jwt_secret: str | None = None,
+                 domains: Sequence[type[DomainPlugin]] | None = None,
+                 jwt_secret: str | None = None,
                  sock: socket.socket | None = None,
                  store: Any = None,
-                 http_routes: dict[str, Callable[[], Awaitable[Response]]] | None = None,
+                 http_routes: dict[str, HttpRoute] | None = None,
                  hub_bus: EmbeddedBus | None = None,
                  previous_exit: str | None = None) -> None:
         """One worker. Under the supervisor, ``hub_bus`` is the connection to its bus hub
         (the message bus itself, or only the cluster status channel when ``bus`` is
         Redis): ``/healthz`` and ``/metrics`` then answer for every worker
         (``?scope=worker`` for this one), and ``previous_exit`` (how this worker id's
-        previous process ended) raises a ``worker_respawned`` alert at start."""
+        previous process ended) raises a ``worker_respawned`` alert at start.
+
+        ``domains``: the domain plugin classes to run (default: the ones named in
+        ``[domains] enabled``; ``[]`` runs the real-time core alone)."""
         self.config = config
         self.worker_id = worker_id
         self.sock = sock
         fanout_module = load_fanout(config.fanout.implementation)
         secret = jwt_secret if jwt_secret is not None else resolve_secret(config)
-        self.node = Node(config, bus if bus is not None else LocalBus(), fanout_module,
-                         router if router is not None else build_router(), worker_id, secret,
-                         store=store)
-        self.http_routes = dict(http_routes or {})
+        if domains is None:
+            domains = load_domain_classes(config.domains.enabled)
+        self.node = Node(config,
+                         bus if bus is not None else LocalBus.from_config(config.bus),
+                         fanout_module,
+                         domains, worker_id, secret, store=store)
+        self.http_routes: dict[str, HttpRoute] = {**self.node.router.http_routes,
+                                                  **(http_routes or {})}
         self.ingress: Any = None
         self.redis_ingress: Any = None
         self._owns_store = False
-        self.domain_ingress: Any = handle_domain_ingress
-        self.http_routes.setdefault("/admin/health", admin_health_route(self.node))
         self.static_files = StaticFiles(dev=config.server.dev)
         self.hub_bus = hub_bus
         self.previous_exit = previous_exit
         if hub_bus is not None:
             hub_bus.set_status_providers(
                 lambda: REGISTRY.render({"worker": str(self.worker_id)}), self.node.health)
+        self.admission = Admission(config.server, time.monotonic())
+        self._refusals = jsonlog.SummaryLog(log, "handshakes_refused")
+        for warning in self.admission.origins.warnings:
+            log.warning("allowed_origins_any", note=warning)
         self.server: Server | None = None
         self.port: int | None = None
         self._stopping: asyncio.Event | None = None
@@ -163,7 +188,7 @@ class RtServer:
                                request: Request) -> Response | None:
         path = urlsplit(request.path).path
         if path == self.config.server.ws_path:
-            return None
+            return self._admit(connection, request)
         if self.hub_bus is not None and parse_qs(urlsplit(request.path).query).get(
                 "scope") != ["worker"] and path in ("/healthz", "/metrics"):
             return await self._cluster_status(path)
@@ -179,7 +204,7 @@ class RtServer:
             return self._admin_connections(request)
         route = self.http_routes.get(path)
         if route is not None:
-            return await route()
+            return await route(request)
         static = self.static_files.response(path, request.headers)
         if static is not None:
             return static
@@ -187,6 +212,27 @@ class RtServer:
                              "action": f"Required action: connect WebSockets to "
                              f"{self.config.server.ws_path}; HTTP serves /healthz and /metrics"})
         return _response(http.HTTPStatus.NOT_FOUND, body, "application/json")
+
+    def _admit(self, connection: ServerConnection, request: Request) -> Response | None:
+        """Admission before the upgrade (rtserver/admission.py): None admits."""
+        remote = connection.remote_address
+        address = str(remote[0]) if remote else "unknown"
+        refusal = self.admission.check(
+            request.headers.get_all("Origin"), address, time.monotonic(),
+            self.node.hub.state_counts[ConnState.CONNECTING])
+        if refusal is None:
+            assert isinstance(connection, RtConnection)
+            connection.on_lost = lambda: self.admission.release(address)
+            return None
+        ADMISSION_REFUSED.inc(refusal.reason)
+        self._refusals.note(refusal.reason, time.monotonic(),
+                            self.config.limits.client_error_log_interval)
+        response = _response(http.HTTPStatus(refusal.status), orjson.dumps(
+            {"error": refusal.reason, "message": refusal.message, "action": refusal.action}),
+            "application/json")
+        if refusal.retry_after is not None:
+            response.headers["Retry-After"] = str(refusal.retry_after)
+        return response
 
     async def _cluster_status(self, path: str) -> Response:
         """/healthz or /metrics for every worker, collected through the bus hub; this
@@ -310,7 +356,7 @@ class RtServer:
                                 f"no auth message within {timeout:g} s",
                                 'Required action: send {"type":"auth","token":JWT} right after '
                                 "connecting, or pass ?token=JWT")
-                self.node.close_connection(conn, CLOSE_AUTH, "auth timeout")
+                self.node.close_connection(conn, CloseCode.AUTH_FAILED, "auth timeout")
                 return
             try:
                 frame = await asyncio.wait_for(ws.recv(), remaining)
@@ -334,23 +380,23 @@ class RtServer:
 
     async def _start_database(self) -> None:
         """Open the store, check the schema, start connection records and the ingress."""
-        from rtserver.ingress import IngressDispatcher
-        from rtserver.store.ingress import IngressListener
+        from rtserver.ingress.dispatch import IngressDispatcher
+        from rtserver.ingress.postgres_notify import IngressListener
         from rtserver.store.postgres import Store
         from rtserver.store.recorder import ConnectionRecorder
 
         db = self.config.database
         node = self.node
-        dispatcher = IngressDispatcher(node, self.domain_ingress)
+        dispatcher = IngressDispatcher(node, node.router)
         bus_cfg = self.config.bus
         if bus_cfg.redis_url:
-            from rtserver.redis_ingress import RedisIngress
+            from rtserver.ingress.redis_list import RedisIngress
 
             self.redis_ingress = RedisIngress(
-                bus_cfg.redis_url, bus_cfg.ingress_key, dispatcher,
+                bus_cfg.redis_url, bus_cfg.ingress_key, dispatcher, decoder=dispatcher.decoder,
                 block_timeout=bus_cfg.ingress_block_timeout,
                 backoff_base=bus_cfg.reconnect_backoff_base,
-                backoff_max=bus_cfg.reconnect_backoff_max,
+                backoff_max=bus_cfg.reconnect_backoff_max, jitter=bus_cfg.reconnect_jitter,
                 on_state_change=lambda ok, reason: node.set_degraded("redis_ingress", not ok,
                                                                      reason))
             self.redis_ingress.start()
@@ -387,7 +433,7 @@ class RtServer:
             activity_interval=db.record_activity_interval)
         node.recorder.start()
         self.ingress = IngressListener(
-            db.dsn, db.ingress_channel, dispatcher,
+            db.dsn, db.ingress_channel, dispatcher, decoder=dispatcher.decoder,
             connect_timeout=db.connect_timeout, keepalive_interval=db.ingress_keepalive_interval,
             reconnect_backoff_base=db.retry_backoff_base,
             reconnect_backoff_max=db.retry_backoff_max, max_pending=db.ingress_max_pending,
@@ -424,7 +470,7 @@ class RtServer:
                 lambda h: node.set_degraded("bus:hub", not h.ok, h.reason)))
         await self.node.start()
         await self._start_database()
-        await start_domain(self.node, cfg.domain)
+        await self.node.start_domains()
         kwargs: dict[str, Any] = dict(
             process_request=self._process_request,
             compression="deflate" if cfg.server.compression else None,
@@ -441,20 +487,25 @@ class RtServer:
             # also with a given socket: asyncio calls listen() again (default 100)
             backlog=cfg.server.backlog,
         )
-        if self.sock is not None:
-            self.server = await serve(self._handler, sock=self.sock, **kwargs)
-        else:
-            self.server = await serve(self._handler, cfg.server.host, cfg.server.port, **kwargs)
+        try:
+            if self.sock is not None:
+                self.server = await serve(self._handler, sock=self.sock, **kwargs)
+            else:
+                self.server = await serve(self._handler, cfg.server.host, cfg.server.port,
+                                          **kwargs)
+        except OSError as exc:
+            raise bind_failure(cfg.server.host, cfg.server.port, exc) from exc
         sockets = list(self.server.sockets)
         self.port = sockets[0].getsockname()[1]
         log.lifecycle("listening", host=cfg.server.host, port=self.port,
                  ws_path=cfg.server.ws_path, worker=self.worker_id,
                  fanout=self.node.fanout_module.__name__, bus=self.node.bus.kind)
         if self.previous_exit is not None:
-            await raise_alert(self.node, "worker_respawned", "high",
-                              f"worker {self.worker_id} was restarted after its previous "
-                              f"process ended ({self.previous_exit})",
-                              {"worker": self.worker_id, "previous_exit": self.previous_exit})
+            await self.node.raise_alert(
+                "worker_respawned", "high",
+                f"worker {self.worker_id} was restarted after its previous process ended "
+                f"({self.previous_exit})",
+                {"worker": self.worker_id, "previous_exit": self.previous_exit})
 
     async def stop(self, code: int = 1012, reason: str = "service restart") -> None:
         """Stop accepting, close every connection with ``code``, wait for the drain."""
@@ -477,7 +528,7 @@ class RtServer:
                       "longer to close")
             for conn in list(self.node.hub.connections.values()):
                 conn.ws.transport.abort()
-        await stop_domain(self.node)
+        await self.node.stop_domains()
         await self.node.close()
         await self._stop_database()
         if self.hub_bus is not None and self.hub_bus is not self.node.bus:
@@ -502,13 +553,19 @@ class RtServer:
             self._stopping.set()
 
 
-def run_server(config: Config, worker_id: int = 0, sock: socket.socket | None = None) -> int:
-    """Run one worker on uvloop until a signal; returns the exit status."""
+def run_server(config: Config, worker_id: int = 0, sock: socket.socket | None = None, *,
+               sources: Mapping[str, str]) -> int:
+    """Run one worker on uvloop until a signal; returns the exit status.
+
+    ``sources`` (dotted key -> where its value came from, only the keys not
+    taken from the shipped file) goes into the ``config`` log line. A failure
+    to listen raises :class:`~rtserver.startup.StartupError`.
+    """
     import uvloop
 
     jsonlog.configure(config.server.log_level)
     jsonlog.set_worker(worker_id)
-    log.lifecycle("config", effective=masked(config))
+    log.lifecycle("config", effective=masked(config), sources=dict(sources))
     if config.fanout.implementation == "python":
         log.warning("fanout_python_reference",
                     note="the pure-Python fan-out reference was selected explicitly; it is "

@@ -9,7 +9,7 @@ supervisor process
    (a non-listening socket receives no connections, so the kernel spreads
    connections over the workers' listening sockets only). Holding the
    placeholder also keeps the port reserved while a worker restarts.
-2. runs the :class:`~rtserver.bus.embedded.BusHub` on a Unix socket in the
+2. runs the :class:`~rtserver.bus.embedded_server.EmbeddedBusServer` on a Unix socket in the
    runtime dir (``rtserver-<supervisor pid>.sock``, so several servers may
    share one runtime dir),
 3. starts the workers with ``multiprocessing`` in *spawn* mode (a fresh
@@ -39,30 +39,28 @@ import multiprocessing
 import os
 import shutil
 import signal
-import socket
 import tempfile
 import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.process import BaseProcess
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from rtserver import jsonlog
+from rtserver.backoff import BackoffPolicy
 from rtserver.bus.base import Bus
-from rtserver.bus.embedded import (
-    BusHub,
-    EmbeddedBus,
-    EmbeddedBusSettings,
-    HubSettings,
-    ReconnectPolicy,
-)
-from rtserver.bus.redis_bus import RedisBus, RedisBusSettings, default_node_id
+from rtserver.bus.embedded_client import EmbeddedBus
+from rtserver.bus.embedded_server import EmbeddedBusServer
+from rtserver.bus.embedded_settings import EmbeddedBusServerSettings, EmbeddedBusSettings
+from rtserver.bus.redis_bus import RedisBus
+from rtserver.bus.redis_settings import RedisBusSettings, default_node_id
+from rtserver.bus.room_streams import HistorySettings
+from rtserver.config import Config, masked
 from rtserver.jsonlog import get_logger
 from rtserver.metrics import REGISTRY
-
-if TYPE_CHECKING:
-    from rtserver.config import Config
+from rtserver.startup import EXIT_RUNTIME_DIR, StartupError
+from rtserver.worker_sockets import make_reuseport_socket, remove_stale_runtime, reserve_port
 
 __all__ = [
     "EXIT_CRASH_LOOP",
@@ -73,9 +71,7 @@ __all__ = [
     "WorkerBusPlan",
     "WorkerContext",
     "build_worker_bus",
-    "make_reuseport_socket",
     "plan_from_config",
-    "resolve_workers",
     "run_supervisor",
     "run_worker_server",
     "serve_workers",
@@ -125,6 +121,8 @@ class SupervisorSettings:
     collect_timeout: float
     #: Listen backlog of every worker's socket (passed on in WorkerContext).
     backlog: int
+    #: Bounds of the bus server's room streams ([bus] history_*, idempotency_window).
+    history: HistorySettings
 
     def __post_init__(self) -> None:
         if self.workers < 1:
@@ -155,44 +153,6 @@ class WorkerContext:
     #: How this worker id's previous process ended ("exit code 1", "signal SIGKILL"),
     #: None on the first start: a respawned worker raises a worker_respawned alert.
     previous_exit: str | None = None
-
-
-def resolve_workers(value: str | int) -> int:
-    """``"auto"`` -> number of CPUs (logged); a positive int (or digit string) as is."""
-    if value == "auto":
-        count = os.cpu_count()
-        if count is None:
-            raise ValueError(
-                "workers = auto but the CPU count is unknown. Required action: set a number")
-        _log.info("workers_auto", workers=count)
-        return count
-    number = int(value)
-    if number < 1:
-        raise ValueError(f"workers = {value!r}. Required action: use a number >= 1 or 'auto'")
-    return number
-
-
-def make_reuseport_socket(host: str, port: int, backlog: int | None = None) -> socket.socket:
-    """A TCP socket bound to ``host:port`` with ``SO_REUSEPORT`` (and ``SO_REUSEADDR``).
-
-    With ``backlog`` it is listening and non-blocking, ready for
-    ``websockets.asyncio.server.serve(handler, sock=sock)``; without, it is
-    only bound (the supervisor's port placeholder).
-    """
-    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
-    family, type_, proto, _, address = infos[0]
-    sock = socket.socket(family, type_, proto)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        sock.bind(address)
-        if backlog is not None:
-            sock.listen(backlog)
-            sock.setblocking(False)
-    except OSError:
-        sock.close()
-        raise
-    return sock
 
 
 _PR_SET_PDEATHSIG = 1
@@ -261,26 +221,37 @@ class _Supervisor:
         self.port = 0
         self.hub_socket = ""
         self.restart_handles: dict[int, asyncio.TimerHandle] = {}
-        self.hub: BusHub | None = None
+        self.hub: EmbeddedBusServer | None = None
 
     async def run(self) -> int:
         self.loop = asyncio.get_running_loop()
         self.done = asyncio.Event()
-        placeholder = make_reuseport_socket(self.s.host, self.s.port)
+        placeholder = reserve_port(self.s.host, self.s.port)
         self.port = placeholder.getsockname()[1]
         runtime_dir = self.s.runtime_dir
         temporary = not runtime_dir
-        if temporary:
-            runtime_dir = tempfile.mkdtemp(prefix="rtserver-")
-        else:
-            os.makedirs(runtime_dir, mode=0o700, exist_ok=True)
-        self.hub_socket = os.path.join(runtime_dir, f"rtserver-{os.getpid()}.sock")
-        hub = BusHub(
-            HubSettings(socket_path=self.hub_socket, expected_workers=self.s.workers,
-                        max_worker_buffer=self.s.hub_max_worker_buffer,
-                        collect_timeout=self.s.collect_timeout),
-            local_metrics=lambda: REGISTRY.render({"worker": "supervisor"}))
-        await hub.start()
+        try:
+            remove_stale_runtime(runtime_dir or tempfile.gettempdir(), temporary)
+            if temporary:
+                runtime_dir = tempfile.mkdtemp(prefix=f"rtserver-{os.getpid()}-")
+            else:
+                os.makedirs(runtime_dir, mode=0o700, exist_ok=True)
+            self.hub_socket = os.path.join(runtime_dir, f"rtserver-{os.getpid()}.sock")
+            hub = EmbeddedBusServer(
+                EmbeddedBusServerSettings(
+                    socket_path=self.hub_socket, expected_workers=self.s.workers,
+                    max_worker_buffer=self.s.hub_max_worker_buffer,
+                    collect_timeout=self.s.collect_timeout, history=self.s.history),
+                local_metrics=lambda: REGISTRY.render({"worker": "supervisor"}))
+            await hub.start()
+        except OSError as exc:
+            placeholder.close()
+            shown = runtime_dir or tempfile.gettempdir()
+            raise StartupError(
+                EXIT_RUNTIME_DIR,
+                f"runtime directory {shown} is not usable ({type(exc).__name__}: {exc})",
+                "make it a directory this user can write (workers.runtime_dir in the config "
+                "file; empty = a fresh directory in the system temp folder, TMPDIR)") from exc
         self.hub = hub
         for sig in (signal.SIGTERM, signal.SIGINT):
             self.loop.add_signal_handler(sig, self.on_signal, sig)
@@ -456,14 +427,14 @@ class WorkerBusPlan:
     The embedded hub connection always exists: it carries the messages when
     ``redis`` is None and the cluster ``/healthz`` and ``/metrics`` in both
     modes. With ``redis`` set, messages go through Redis (``node_id`` is
-    replaced by :func:`~rtserver.bus.redis_bus.default_node_id` per worker).
+    replaced by :func:`~rtserver.bus.redis_settings.default_node_id` per worker).
     """
 
     #: Seconds a hub request may wait ([bus] request_timeout).
     request_timeout: float
     #: Seconds one hub connection attempt may take ([bus] connect_timeout).
     connect_timeout: float
-    reconnect: ReconnectPolicy
+    reconnect: BackoffPolicy
     redis: RedisBusSettings | None
 
 
@@ -480,15 +451,16 @@ def build_worker_bus(ctx: WorkerContext, plan: WorkerBusPlan) -> tuple[Bus, Embe
 
 
 def run_worker_server(config: Config, plan: WorkerBusPlan, jwt_secret: str,
-                      ctx: WorkerContext) -> None:
-    """Body of one worker process: the lead's RtServer on the shared port, cluster HTTP."""
-    import uvloop
+                      sources: dict[str, str], ctx: WorkerContext) -> None:
+    """Body of one worker process: the lead's RtServer on the shared port, cluster HTTP.
 
-    from rtserver.config import masked
+    ``sources``: the non-shipped keys and where they came from (``config`` log line).
+    """
+    import uvloop
 
     jsonlog.configure(config.server.log_level)
     jsonlog.set_worker(ctx.worker_id)
-    _log.info("config", effective=masked(config))
+    _log.info("config", effective=masked(config), sources=sources)
     bus, hub = build_worker_bus(ctx, plan)
     sock = make_reuseport_socket(ctx.host, ctx.port, ctx.backlog)
     from rtserver.server import RtServer
@@ -501,10 +473,12 @@ def run_worker_server(config: Config, plan: WorkerBusPlan, jwt_secret: str,
 def plan_from_config(config: Config) -> tuple[SupervisorSettings, WorkerBusPlan]:
     """The supervisor settings and the workers' bus plan from the configuration."""
     w, b, s = config.workers, config.bus, config.server
-    rc = ReconnectPolicy(initial_delay=b.reconnect_backoff_base,
+    rc = BackoffPolicy(initial_delay=b.reconnect_backoff_base,
                          max_delay=b.reconnect_backoff_max, jitter=b.reconnect_jitter)
     redis = RedisBusSettings(
         url=b.redis_url, key_prefix=b.redis_key_prefix, node_id="", history_size=b.history_size,
+        history_ttl=b.history_ttl, history_max_bytes=b.history_max_bytes,
+        idempotency_window=b.idempotency_window,
         presence_ttl=b.presence_ttl, presence_refresh_interval=b.presence_refresh_interval,
         request_timeout=b.request_timeout, connect_timeout=b.connect_timeout,
         max_connections=b.redis_max_connections, publish_batch_max=b.publish_batch_max,
@@ -516,11 +490,14 @@ def plan_from_config(config: Config) -> tuple[SupervisorSettings, WorkerBusPlan]
         shutdown_grace=w.shutdown_grace, max_restarts=w.max_restarts,
         restart_window=w.restart_window, restart_delay=w.restart_delay,
         hub_max_worker_buffer=w.hub_max_worker_buffer, collect_timeout=w.collect_timeout,
-        backlog=s.backlog)
+        backlog=s.backlog, history=HistorySettings(
+            history_size=b.history_size, history_ttl=b.history_ttl,
+            history_max_bytes=b.history_max_bytes, idempotency_window=b.idempotency_window))
     return settings, plan
 
 
-def serve_workers(config: Config, settings: SupervisorSettings, plan: WorkerBusPlan) -> int:
+def serve_workers(config: Config, settings: SupervisorSettings, plan: WorkerBusPlan, *,
+                  sources: dict[str, str]) -> int:
     """``rtserver serve --workers N``: run the supervisor with real server workers.
 
     The JWT secret is resolved once here (``--dev`` generates one throw-away
@@ -532,5 +509,5 @@ def serve_workers(config: Config, settings: SupervisorSettings, plan: WorkerBusP
 
     jsonlog.configure(config.server.log_level)
     secret = resolve_secret(config)
-    main = functools.partial(run_worker_server, config, plan, secret)
+    main = functools.partial(run_worker_server, config, plan, secret, sources)
     return run_supervisor(settings, main, loop_factory=uvloop.new_event_loop)

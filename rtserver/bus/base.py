@@ -18,7 +18,8 @@ Payload conventions (bytes, never re-encoded per hop):
 * A user payload and a room event payload are complete server messages.
 
 Implementations: :mod:`rtserver.bus.local` (one process, in memory),
-:mod:`rtserver.bus.embedded` (workers of one machine through the supervisor),
+:mod:`rtserver.bus.embedded_client` (workers of one machine through the
+supervisor's :mod:`rtserver.bus.embedded_server`),
 :mod:`rtserver.bus.redis_bus` (several machines through Redis).
 """
 
@@ -33,6 +34,7 @@ from rtserver.jsonlog import get_logger
 from rtserver.metrics import REGISTRY
 
 __all__ = [
+    "RECOVERY_REASONS",
     "Bus",
     "BusHandler",
     "BusHealth",
@@ -40,6 +42,8 @@ __all__ = [
     "InterestSnapshot",
     "PresenceMember",
     "PresenceSnapshot",
+    "Recovery",
+    "StreamPosition",
     "announce_health",
     "with_seq",
 ]
@@ -71,6 +75,38 @@ class PresenceSnapshot(msgspec.Struct, frozen=True):
     members: list[PresenceMember]
 
 
+class StreamPosition(msgspec.Struct, frozen=True):
+    """A place in a room's stream: ``seq`` within the lineage named ``epoch``.
+
+    ``seq`` values are only comparable within one epoch; the epoch changes
+    whenever the seq authority may have lost the room's state.
+    """
+
+    epoch: str
+    seq: int
+
+
+#: Why a :class:`Recovery` could not fill the gap: the room's lineage changed
+#: (the seq authority lost its state), the history no longer holds the oldest
+#: missed publication, or the position is ahead of the room (never assigned).
+RECOVERY_REASONS = ("epoch_changed", "history_trimmed", "invalid_position")
+
+
+class Recovery(msgspec.Struct, frozen=True):
+    """The answer to :meth:`Bus.recover`: what a room published after a position.
+
+    ``position`` is the room's current position. ``publications`` are
+    ``(seq, body)`` of ``position.epoch`` in seq order: every one after the
+    asked position when ``recovered``; else (``reason`` set) those still in the
+    history after the hole (``history_trimmed``) or none.
+    """
+
+    position: StreamPosition
+    publications: list[tuple[int, bytes]]
+    recovered: bool
+    reason: str | None
+
+
 class InterestSnapshot(msgspec.Struct, frozen=True):
     """What a worker must (re)declare to its bus, derived from the node's Hub.
 
@@ -82,6 +118,9 @@ class InterestSnapshot(msgspec.Struct, frozen=True):
     rooms: list[str]
     users: list[str]
     presence: list[tuple[str, PresenceMember]]
+    #: The last position the node delivered per local room (rooms absent when
+    #: nothing was delivered yet).
+    positions: dict[str, StreamPosition] = msgspec.field(default_factory=dict)
 
 
 class BusHealth(msgspec.Struct, frozen=True):
@@ -95,8 +134,24 @@ class BusHealth(msgspec.Struct, frozen=True):
 class BusHandler(Protocol):
     """What a bus calls back into (implemented by the node)."""
 
-    def on_publication(self, room: str, seq: int, body: bytes) -> None:
-        """A room publication with its assigned ``seq`` for local members."""
+    def on_publication(self, room: str, epoch: str, seq: int, body: bytes) -> None:
+        """A room publication with its assigned position for local members.
+
+        After a reconnect the bus delivers the missed publications of every
+        room in :attr:`InterestSnapshot.positions` first, in seq order, then the
+        live ones (never twice).
+        """
+
+    def on_stream_gap(self, room: str, epoch: str, from_seq: int, to_seq: int,
+                      reason: str) -> None:
+        """Publications ``from_seq..to_seq`` of ``room`` in ``epoch`` cannot be delivered.
+
+        ``reason`` is one of :data:`RECOVERY_REASONS`. For ``epoch_changed``,
+        ``epoch`` is the new lineage and ``1..to_seq`` of it were not delivered
+        (whatever followed the old position is lost); the next publication is
+        ``to_seq + 1`` of ``epoch``. For ``invalid_position``, ``from_seq..to_seq``
+        is the range the node claimed but the room never assigned.
+        """
 
     def on_room_event(self, room: str, payload: bytes) -> None:
         """A room event (join/leave) without ``seq`` for local members."""
@@ -159,16 +214,28 @@ class Bus(abc.ABC):
         """This worker's last local connection of ``user`` closed."""
 
     @abc.abstractmethod
-    async def publish(self, room: str, body: bytes) -> int:
+    async def publish(self, room: str, body: bytes, key: str | None = None) -> StreamPosition:
         """Assign the room's next seq and deliver ``body`` to every interested worker.
 
-        Returns the assigned seq. Raises :class:`BusUnavailable` when the
-        publication cannot reach every node.
+        Returns the assigned position. ``key`` (already scoped by the caller)
+        makes the publish idempotent: the same key within ``bus.idempotency_window``
+        seconds is applied once and answered with its original position. A
+        publish interrupted by a connection loss is retried with its key (one
+        is generated when the caller gave none) until ``bus.request_timeout``;
+        then it raises :class:`BusUnavailable`, and it is not applied later.
         """
 
     @abc.abstractmethod
-    async def last_seq(self, room: str) -> int:
-        """The room's last assigned seq (0 when nothing was ever published)."""
+    async def position(self, room: str) -> StreamPosition:
+        """The room's current position (seq 0 of a new epoch when it has no state)."""
+
+    @abc.abstractmethod
+    async def recover(self, room: str, since: StreamPosition) -> Recovery:
+        """What ``room`` published after ``since`` (from the bounded history)."""
+
+    @abc.abstractmethod
+    async def recover_many(self, since: list[tuple[str, StreamPosition]]) -> list[Recovery]:
+        """:meth:`recover` for many rooms in one round trip (answers in the same order)."""
 
     @abc.abstractmethod
     async def emit_room_event(self, room: str, payload: bytes) -> None:

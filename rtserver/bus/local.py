@@ -2,13 +2,30 @@
 
 It is the sequence authority for the one process: ``publish`` assigns the
 next seq and calls the handler in the same step, so order is trivially kept.
-It shares the :class:`~rtserver.bus.base.Bus` interface and its tests with the
-embedded and Redis buses.
+Epochs, the bounded history, recovery and publish keys are those of
+:class:`~rtserver.bus.room_streams.RoomStreams`. It never disconnects, so it
+never has a gap to fill. It shares the :class:`~rtserver.bus.base.Bus`
+interface and its tests with the embedded and Redis buses.
 """
 
 from __future__ import annotations
 
-from rtserver.bus.base import Bus, BusHandler, BusHealth, PresenceMember, PresenceSnapshot
+import time
+from typing import TYPE_CHECKING
+
+from rtserver.bus.base import (
+    Bus,
+    BusHandler,
+    BusHealth,
+    PresenceMember,
+    PresenceSnapshot,
+    Recovery,
+    StreamPosition,
+)
+from rtserver.bus.room_streams import HistorySettings, RoomStreams
+
+if TYPE_CHECKING:
+    from rtserver.config import BusConfig
 
 __all__ = ["LocalBus"]
 
@@ -18,12 +35,21 @@ class LocalBus(Bus):
 
     kind = "local"
 
-    def __init__(self) -> None:
+    def __init__(self, history: HistorySettings) -> None:
+        """``history`` bounds the room streams (config ``[bus] history_*``)."""
         self._handler: BusHandler | None = None
-        self._seq: dict[str, int] = {}
+        self._streams = RoomStreams(history, self.kind)
         self._rooms: set[str] = set()
         self._users: set[str] = set()
         self._presence: dict[str, dict[str, PresenceMember]] = {}
+
+    @classmethod
+    def from_config(cls, bus: BusConfig) -> LocalBus:
+        """A LocalBus bounded by the ``[bus]`` history keys."""
+        return cls(HistorySettings(
+            history_size=bus.history_size, history_ttl=bus.history_ttl,
+            history_max_bytes=bus.history_max_bytes,
+            idempotency_window=bus.idempotency_window))
 
     def _h(self) -> BusHandler:
         if self._handler is None:
@@ -54,17 +80,32 @@ class LocalBus(Bus):
         """Stop delivering ``user``'s messages."""
         self._users.discard(user)
 
-    async def publish(self, room: str, body: bytes) -> int:
-        """Assign the next seq and deliver (when a member is here)."""
-        seq = self._seq.get(room, 0) + 1
-        self._seq[room] = seq
-        if room in self._rooms:
-            self._h().on_publication(room, seq, body)
-        return seq
+    async def publish(self, room: str, body: bytes, key: str | None = None) -> StreamPosition:
+        """Assign the next seq and deliver (when a member is here); a known key is
+        answered with its original position."""
+        now = time.monotonic()
+        streams = self._streams
+        streams.maybe_sweep(now, self._rooms.__contains__)
+        n, seq, applied = streams.publish(room, body, key, now)
+        epoch = streams.epoch_name(n)
+        if applied and room in self._rooms:
+            self._h().on_publication(room, epoch, seq, body)
+        return StreamPosition(epoch=epoch, seq=seq)
 
-    async def last_seq(self, room: str) -> int:
-        """The room's last assigned seq."""
-        return self._seq.get(room, 0)
+    async def position(self, room: str) -> StreamPosition:
+        """The room's current position."""
+        now = time.monotonic()
+        self._streams.maybe_sweep(now, self._rooms.__contains__)
+        return self._streams.position(room, now)
+
+    async def recover(self, room: str, since: StreamPosition) -> Recovery:
+        """What ``room`` published after ``since`` (from the bounded history)."""
+        return self._streams.recover(room, since, time.monotonic())
+
+    async def recover_many(self, since: list[tuple[str, StreamPosition]]) -> list[Recovery]:
+        """:meth:`recover` for many rooms."""
+        now = time.monotonic()
+        return [self._streams.recover(room, pos, now) for room, pos in since]
 
     async def emit_room_event(self, room: str, payload: bytes) -> None:
         """Deliver a room event here."""

@@ -4,12 +4,22 @@ Every frame is one fixed header followed by a key and a payload::
 
     length  u32   bytes after this field (header rest + key + payload)
     kind    u8    frame kind (the ``K_*`` constants)
-    req     u32   request id (0 for unsolicited frames)
-    seq     u64   room seq (PUB, ACK of PUBLISH / LAST_SEQ), else 0
+    req     u32   request id; in PUB the room's epoch number (see below)
+    seq     u64   room seq (PUB, ACK of PUBLISH / POSITION), else 0
     keylen  u16   length of the UTF-8 key (room or user name)
     key     keylen bytes
     payload the rest: a JSON body passed through untouched, or msgpack for
             control frames (presence members, snapshots, metrics, health)
+
+Stream positions: the server names a room's epoch ``"<instance>.<n>"``; the
+instance is in the HELLO answer (msgpack ``{"instance": ...}``), ``n`` travels
+as the ``req`` of a ``PUB`` and as :data:`ACK_POSITION` (``u32 n``) in the
+answers to POSITION, or :data:`ACK_PUBLISH` (``u32 n, u8 status``) to PUBLISH.
+A PUBLISH payload is :data:`PUBLISH_HEAD` (``f64 deadline`` on the machine's
+monotonic clock, ``u8 flags`` (:data:`PUBLISH_KEY_GENERATED`: the key was made
+by the client for its own retry, not given by the caller), ``u16 keylen``),
+the idempotency key, then the body. RECOVER
+and its answer are msgpack.
 
 Room bodies and user payloads are never decoded or re-encoded by the hub: it
 slices the key and hands the payload bytes on, so a message costs one header
@@ -23,6 +33,8 @@ import struct
 from typing import Final
 
 __all__ = [
+    "ACK_POSITION",
+    "ACK_PUBLISH",
     "HEADER",
     "HEADER_SIZE",
     "K_ACK",
@@ -30,16 +42,16 @@ __all__ = [
     "K_ADD_USER",
     "K_COLLECT",
     "K_COLLECT_REPLY",
-    "K_ERROR",
     "K_EVENT",
     "K_HELLO",
-    "K_LAST_SEQ",
     "K_NAMES",
+    "K_POSITION",
     "K_PRESENCE",
     "K_PRESENCE_JOIN",
     "K_PRESENCE_LEAVE",
     "K_PUB",
     "K_PUBLISH",
+    "K_RECOVER",
     "K_REMOVE_INTEREST",
     "K_REMOVE_USER",
     "K_ROOM_EVENT",
@@ -47,6 +59,11 @@ __all__ = [
     "K_STATUS",
     "K_USER",
     "MAX_FRAME",
+    "PUBLISH_APPLIED",
+    "PUBLISH_DUPLICATE",
+    "PUBLISH_EXPIRED",
+    "PUBLISH_HEAD",
+    "PUBLISH_KEY_GENERATED",
     "Frame",
     "FrameError",
     "FrameReader",
@@ -57,13 +74,26 @@ HEADER: Final = struct.Struct("!IBIQH")
 HEADER_SIZE: Final = HEADER.size
 _REST: Final = struct.Struct("!BIQH")
 _LEN: Final = struct.Struct("!I")
+#: PUBLISH payload head: deadline (monotonic seconds), key length.
+PUBLISH_HEAD: Final = struct.Struct("!dBH")
+#: PUBLISH flag: the key only serves the client's retry until the deadline.
+PUBLISH_KEY_GENERATED: Final = 1
+#: ACK payload of PUBLISH: epoch number, status (``PUBLISH_*``).
+ACK_PUBLISH: Final = struct.Struct("!IB")
+#: ACK payload of POSITION: epoch number.
+ACK_POSITION: Final = struct.Struct("!I")
+#: PUBLISH statuses: sequenced now; a key already applied (original position);
+#: refused because it arrived after its deadline (not applied).
+PUBLISH_APPLIED: Final = 0
+PUBLISH_DUPLICATE: Final = 1
+PUBLISH_EXPIRED: Final = 2
 #: Hard upper bound of one frame (64 MiB): a larger length means a corrupt stream.
 MAX_FRAME: Final = 64 * 1024 * 1024
 
-# worker -> hub requests (every one is answered by K_ACK or K_ERROR with the same req)
+# worker -> hub requests (every one is answered by K_ACK with the same req)
 K_HELLO: Final = 1
 K_PUBLISH: Final = 2
-K_LAST_SEQ: Final = 3
+K_POSITION: Final = 3
 K_ADD_INTEREST: Final = 4
 K_REMOVE_INTEREST: Final = 5
 K_ADD_USER: Final = 6
@@ -75,9 +105,9 @@ K_PRESENCE_LEAVE: Final = 11
 K_PRESENCE: Final = 12
 K_STATUS: Final = 13
 K_COLLECT_REPLY: Final = 14
+K_RECOVER: Final = 15
 # hub -> worker
 K_ACK: Final = 32
-K_ERROR: Final = 33
 K_PUB: Final = 34
 K_EVENT: Final = 35
 K_USER: Final = 36
@@ -85,12 +115,12 @@ K_COLLECT: Final = 37
 
 #: Names of the frame kinds for logs and metrics labels.
 K_NAMES: Final[dict[int, str]] = {
-    K_HELLO: "hello", K_PUBLISH: "publish", K_LAST_SEQ: "last_seq",
+    K_HELLO: "hello", K_PUBLISH: "publish", K_POSITION: "position",
     K_ADD_INTEREST: "add_interest", K_REMOVE_INTEREST: "remove_interest",
     K_ADD_USER: "add_user", K_REMOVE_USER: "remove_user", K_ROOM_EVENT: "room_event",
     K_SEND_USER: "send_user", K_PRESENCE_JOIN: "presence_join",
     K_PRESENCE_LEAVE: "presence_leave", K_PRESENCE: "presence", K_STATUS: "status",
-    K_COLLECT_REPLY: "collect_reply", K_ACK: "ack", K_ERROR: "error", K_PUB: "pub",
+    K_COLLECT_REPLY: "collect_reply", K_RECOVER: "recover", K_ACK: "ack", K_PUB: "pub",
     K_EVENT: "event", K_USER: "user", K_COLLECT: "collect",
 }
 
@@ -162,7 +192,10 @@ class FrameReader:
                 fend = pos + 4 + length
                 if pstart > fend:
                     raise FrameError(f"bus frame key length {keylen} exceeds frame length {length}")
-                key = str(mv[kstart:pstart], "utf-8") if keylen else ""
+                try:
+                    key = str(mv[kstart:pstart], "utf-8") if keylen else ""
+                except UnicodeDecodeError as exc:
+                    raise FrameError(f"bus frame key is not UTF-8 ({exc})") from exc
                 frames.append(Frame(kind, req, seq, key, bytes(mv[pstart:fend])))
                 pos = fend
         finally:

@@ -14,7 +14,7 @@ that their ``data`` is never decoded and re-encoded.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 import msgspec
 
@@ -26,6 +26,7 @@ __all__ = [
     "ClientMessage",
     "ConnectionWelcome",
     "Error",
+    "Gap",
     "Heartbeat",
     "Ping",
     "Pong",
@@ -35,10 +36,13 @@ __all__ = [
     "Publish",
     "RoomEvent",
     "ServerMessage",
+    "Since",
     "Subscribe",
+    "SubscribeItem",
     "Subscribed",
     "Unsubscribe",
     "Unsubscribed",
+    "message_tag",
 ]
 
 MessageId = str | int | None
@@ -64,10 +68,31 @@ class Ping(ClientMessage, tag="ping", frozen=True):
     id: MessageId = None
 
 
-class Subscribe(ClientMessage, tag="subscribe", frozen=True):
-    """Join a room (``namespace:key``)."""
+class Since(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """A stream position the client already has: recover what followed it."""
+
+    epoch: str
+    seq: Annotated[int, msgspec.Meta(ge=0)]
+
+
+class SubscribeItem(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """One room of a many-room ``subscribe``."""
 
     room: str
+    since: Since | None = None
+
+
+class Subscribe(ClientMessage, tag="subscribe", frozen=True):
+    """Join a room (``namespace:key``), or many rooms in one frame (``rooms``).
+
+    With ``since`` the messages published after that position are replayed
+    (``recovered: true``) or the reply says why they cannot be
+    (``recovered: false`` with ``reason``).
+    """
+
+    room: str | None = None
+    since: Since | None = None
+    rooms: list[SubscribeItem] | None = None
     id: MessageId = None
 
 
@@ -79,10 +104,15 @@ class Unsubscribe(ClientMessage, tag="unsubscribe", frozen=True):
 
 
 class Publish(ClientMessage, tag="publish", frozen=True):
-    """Publish ``data`` (any JSON value, passed through untouched) to a room."""
+    """Publish ``data`` (any JSON value, passed through untouched) to a room.
+
+    ``key``: the same (user, room, key) within ``bus.idempotency_window`` is
+    applied once; a retry gets the original ``ack`` (same seq).
+    """
 
     room: str
     data: msgspec.Raw
+    key: str | None = None
     id: MessageId = None
 
 
@@ -131,11 +161,32 @@ class Pong(ServerMessage, tag="pong", frozen=True):
 
 
 class Subscribed(ServerMessage, tag="subscribed", frozen=True):
-    """The subscription is made; ``seq`` is the room's last seq at that moment."""
+    """The subscription is made; ``(epoch, seq)`` is the room's stream position then.
+
+    Answering a ``since``: ``recovered`` true with ``replayed`` (that many
+    ``message`` frames follow, before any live one), or false with ``reason``
+    (``epoch_changed``, ``history_trimmed``, ``invalid_position``) and ``action``.
+    """
 
     room: str
     seq: int
+    epoch: str
+    recovered: bool | None = None
+    replayed: int | None = None
+    reason: str | None = None
+    action: str | None = None
     id: MessageId = None
+
+
+class Gap(ServerMessage, tag="gap", frozen=True):
+    """Messages ``from_seq..to_seq`` of ``room`` (in ``epoch``) will never arrive."""
+
+    room: str
+    from_seq: int
+    to_seq: int
+    epoch: str
+    reason: str
+    action: str
 
 
 class Unsubscribed(ServerMessage, tag="unsubscribed", frozen=True):
@@ -186,9 +237,18 @@ class Heartbeat(ServerMessage, tag="heartbeat", frozen=True):
 
 
 class Error(ServerMessage, tag="error", frozen=True):
-    """Something the client sent, or asked for, failed: ``action`` says what to do."""
+    """Something the client sent, or asked for, failed: ``action`` says what to do.
+
+    ``room`` names the room of a many-room ``subscribe`` that failed.
+    """
 
     code: str
     message: str
     action: str
     id: MessageId = None
+    room: str | None = None
+
+
+def message_tag(message: object) -> str:
+    """The ``type`` tag of a message Struct instance (``"subscribe"``, ``"quote_edit"``...)."""
+    return str(type(message).__struct_config__.tag)  # type: ignore[attr-defined]

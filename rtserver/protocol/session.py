@@ -9,12 +9,14 @@ so it is tested with bytes and Structs only.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Set as AbstractSet
 from datetime import UTC, datetime
 
 import msgspec
 
 from rtserver.auth import AccessDenied, AccessPolicy, Principal, TokenError, TokenVerifier
 from rtserver.config import LimitsConfig, NamespaceConfig
+from rtserver.protocol.close_codes import CloseCode
 from rtserver.protocol.codec import Codec, DecodeFailure, ErrorCode
 from rtserver.protocol.messages import (
     Auth,
@@ -25,7 +27,9 @@ from rtserver.protocol.messages import (
     Presence,
     Publish,
     ServerMessage,
+    Since,
     Subscribe,
+    SubscribeItem,
     Unsubscribe,
 )
 
@@ -37,6 +41,7 @@ __all__ = [
     "DoPresence",
     "DoPublish",
     "DoSubscribe",
+    "DoSubscribeMany",
     "DoUnsubscribe",
     "Fail",
     "Reply",
@@ -44,10 +49,8 @@ __all__ = [
     "utc_now",
 ]
 
-CLOSE_AUTH_FAILED = 4001
 #: Rooms whose publish permission a session remembers (a fixed bound per connection).
 PUBLISH_DECISIONS_KEPT = 16
-CLOSE_POLICY = 1008
 
 
 def utc_now() -> str:
@@ -68,6 +71,8 @@ class Fail(msgspec.Struct, frozen=True):
     message: str
     action: str
     id: MessageId
+    #: The room of a many-room ``subscribe`` the error is about.
+    room: str | None = None
 
 
 class CloseConnection(msgspec.Struct, frozen=True):
@@ -85,10 +90,19 @@ class Authenticate(msgspec.Struct, frozen=True):
 
 
 class DoSubscribe(msgspec.Struct, frozen=True):
-    """Subscribe the connection to ``room`` (access already checked)."""
+    """Subscribe the connection to ``room`` (access already checked); with ``since``,
+    recover what was published after that position."""
 
     room: str
     rules: NamespaceConfig
+    id: MessageId
+    since: Since | None = None
+
+
+class DoSubscribeMany(msgspec.Struct, frozen=True):
+    """Subscribe the connection to several rooms in one step (one bus round trip)."""
+
+    targets: list[DoSubscribe]
     id: MessageId
 
 
@@ -100,11 +114,13 @@ class DoUnsubscribe(msgspec.Struct, frozen=True):
 
 
 class DoPublish(msgspec.Struct, frozen=True):
-    """Publish ``data`` (raw JSON bytes) to ``room`` (access already checked)."""
+    """Publish ``data`` (raw JSON bytes) to ``room`` (access already checked); ``key`` makes
+    it idempotent."""
 
     room: str
     data: bytes
     id: MessageId
+    key: str | None = None
 
 
 class DoPresence(msgspec.Struct, frozen=True):
@@ -120,14 +136,14 @@ class Dispatch(msgspec.Struct, frozen=True):
     message: ClientMessage
 
 
-Action = (Reply | Fail | CloseConnection | Authenticate | DoSubscribe | DoUnsubscribe
-          | DoPublish | DoPresence | Dispatch)
+Action = (Reply | Fail | CloseConnection | Authenticate | DoSubscribe | DoSubscribeMany
+          | DoUnsubscribe | DoPublish | DoPresence | Dispatch)
 
 
 class Session:
     """Protocol state of one connection: identity, rooms, rate and error budgets."""
 
-    __slots__ = ("_errors", "_publish_allowed", "_tokens", "_updated", "codec",
+    __slots__ = ("_closed", "_errors", "_publish_allowed", "_tokens", "_updated", "codec",
                  "connection_id", "last_activity", "limits", "policy", "principal", "rooms",
                  "verifier")
 
@@ -139,6 +155,7 @@ class Session:
         policy: AccessPolicy,
         limits: LimitsConfig,
         now: float,
+        rooms: AbstractSet[str],
     ) -> None:
         self.connection_id = connection_id
         self.codec = codec
@@ -146,12 +163,20 @@ class Session:
         self.policy = policy
         self.limits = limits
         self.principal: Principal | None = None
-        self.rooms: set[str] = set()
+        #: The connection's rooms, owned (and mutated) by the worker's Hub; read here.
+        self.rooms = rooms
         self.last_activity = now
         self._tokens = float(limits.rate_limit_burst)
         self._updated = now
         self._errors: deque[float] | None = None  # allocated on the first error
         self._publish_allowed: set[str] | None = None  # allocated on the first publish
+        #: Set once the session asked for a close: later frames produce no action.
+        self._closed = False
+
+    @property
+    def closed(self) -> bool:
+        """Whether the session asked for the connection to be closed."""
+        return self._closed
 
     # ------------------------------------------------------------ helpers
 
@@ -161,9 +186,9 @@ class Session:
         self._publish_allowed = None
 
     def error(self, code: str, message: str, action: str, msg_id: MessageId,
-              now: float) -> list[Action]:
+              now: float, room: str | None = None) -> list[Action]:
         """An error reply, plus a 1008 close when the error budget is spent."""
-        out: list[Action] = [Fail(code, message, action, msg_id)]
+        out: list[Action] = [Fail(code, message, action, msg_id, room)]
         window = self._errors
         if window is None:
             window = self._errors = deque()
@@ -177,7 +202,57 @@ class Session:
                 "Required action: fix the client's messages before reconnecting",
                 None,
             ))
-            out.append(CloseConnection(CLOSE_POLICY, "too many errors"))
+            out.append(CloseConnection(CloseCode.POLICY, "too many errors"))
+            self._closed = True
+        return out
+
+    def _subscribe(self, principal: Principal, room: str | None, since: Since | None,
+                   items: list[SubscribeItem] | None, msg_id: MessageId,
+                   now: float) -> list[Action]:
+        """``subscribe``: one ``room`` (with its ``since``) or many ``rooms``, each with access
+        checked; the subscription limit counts every room of the request."""
+        if (room is None) == (items is None) or (items is not None and since is not None):
+            return self.error(
+                ErrorCode.INVALID_FIELD, "subscribe takes either `room` (and `since`) or `rooms`",
+                'Required action: send {"type":"subscribe","room":R} or '
+                '{"type":"subscribe","rooms":[{"room":R,"since":{...}}, ...]}', msg_id, now)
+        many = items is not None
+        wanted = [(room, since)] if items is None else [(i.room, i.since) for i in items]
+        out: list[Action] = []
+        targets: list[DoSubscribe] = []
+        seen: set[str] = set()
+        for name, position in wanted:
+            assert name is not None
+            problem: tuple[str, str, str] | None = None
+            if name in seen:
+                problem = (ErrorCode.INVALID_FIELD, f"room {name!r} is listed twice",
+                           "Required action: list each room once")
+            else:
+                seen.add(name)
+                try:
+                    rules = self.policy.check(principal, "subscribe", name)
+                except AccessDenied as exc:
+                    problem = (exc.code, exc.message, exc.action)
+                else:
+                    if name in self.rooms:
+                        problem = (ErrorCode.ALREADY_SUBSCRIBED, f"already subscribed to {name!r}",
+                                   "Required action: none; do not subscribe twice")
+            if problem is not None:
+                out += self.error(*problem, msg_id, now, name if many else None)
+                if self._closed:
+                    return out
+                continue
+            targets.append(DoSubscribe(name, rules, msg_id, position))
+        if len(self.rooms) + len(targets) > self.limits.max_subscriptions:
+            return out + self.error(
+                ErrorCode.TOO_MANY_SUBSCRIPTIONS,
+                f"{len(targets)} more rooms would pass the limit of "
+                f"{self.limits.max_subscriptions} subscriptions",
+                "Required action: unsubscribe from rooms you no longer need", msg_id, now)
+        if not many:
+            return out + targets
+        if targets:
+            out.append(DoSubscribeMany(targets, msg_id))
         return out
 
     def _take_token(self, now: float) -> bool:
@@ -195,14 +270,23 @@ class Session:
         try:
             principal = self.verifier.verify(token)
         except TokenError as exc:
+            self._closed = True
             return [Fail(exc.code, exc.message, exc.action, msg_id),
-                    CloseConnection(CLOSE_AUTH_FAILED, exc.code)]
+                    CloseConnection(CloseCode.AUTH_FAILED, exc.code)]
         return [Authenticate(principal, msg_id)]
 
     # ------------------------------------------------------------ entry point
 
     def on_frame(self, frame: str | bytes, now: float) -> list[Action]:
-        """Turn one client frame into actions."""
+        """Turn one client frame into actions.
+
+        After the session asked for a close (error budget spent, failed
+        authentication) every later frame yields no action: the error frame
+        is sent once and nothing more from that client is carried out while
+        the close handshake completes.
+        """
+        if self._closed:
+            return []
         self.last_activity = now
         if not self._take_token(now):
             retry = 1.0 / self.limits.rate_limit_per_second
@@ -216,7 +300,8 @@ class Session:
                 ErrorCode.BINARY_NOT_SUPPORTED, "binary frames are not part of the protocol",
                 "Required action: send JSON in text frames", None, now)
         try:
-            message = self.codec.decode(frame)
+            message = self.codec.decode(frame, self.limits.max_json_depth,
+                                        self.limits.client_error_log_interval)
         except DecodeFailure as exc:
             return self.error(exc.code, exc.message, exc.action, exc.msg_id, now)
         return self.on_message(message, now)
@@ -239,21 +324,8 @@ class Session:
                 ErrorCode.AUTH_REQUIRED, "the connection is not authenticated yet",
                 'Required action: send {"type":"auth","token":JWT} first', msg_id, now)
         match message:
-            case Subscribe(room=room, id=msg_id):
-                try:
-                    rules = self.policy.check(principal, "subscribe", room)
-                except AccessDenied as exc:
-                    return self.error(exc.code, exc.message, exc.action, msg_id, now)
-                if room in self.rooms:
-                    return self.error(
-                        ErrorCode.ALREADY_SUBSCRIBED, f"already subscribed to {room!r}",
-                        "Required action: none; do not subscribe twice", msg_id, now)
-                if len(self.rooms) >= self.limits.max_subscriptions:
-                    return self.error(
-                        ErrorCode.TOO_MANY_SUBSCRIPTIONS,
-                        f"the limit of {self.limits.max_subscriptions} subscriptions is reached",
-                        "Required action: unsubscribe from rooms you no longer need", msg_id, now)
-                return [DoSubscribe(room, rules, msg_id)]
+            case Subscribe(room=room, since=since, rooms=items, id=msg_id):
+                return self._subscribe(principal, room, since, items, msg_id, now)
             case Unsubscribe(room=room, id=msg_id):
                 if room not in self.rooms:
                     return self.error(
@@ -261,7 +333,12 @@ class Session:
                         "Required action: unsubscribe only from rooms you subscribed to",
                         msg_id, now)
                 return [DoUnsubscribe(room, msg_id)]
-            case Publish(room=room, data=data, id=msg_id):
+            case Publish(room=room, data=data, key=key, id=msg_id):
+                if key is not None and not 0 < len(key) <= self.limits.max_publish_key_length:
+                    return self.error(
+                        ErrorCode.INVALID_FIELD,
+                        f"field `key` must be 1..{self.limits.max_publish_key_length} characters",
+                        "Required action: send a shorter idempotency key (or none)", msg_id, now)
                 allowed = self._publish_allowed
                 if allowed is None or room not in allowed:
                     try:
@@ -274,7 +351,7 @@ class Session:
                         allowed = self._publish_allowed = set()
                     if len(allowed) < PUBLISH_DECISIONS_KEPT:
                         allowed.add(room)
-                return [DoPublish(room, bytes(data), msg_id)]
+                return [DoPublish(room, bytes(data), msg_id, key)]
             case Presence(room=room, id=msg_id):
                 try:
                     _, _, rules = self.policy.namespace(room)

@@ -5,31 +5,12 @@ Entry points (see docs/store.md):
 * :func:`apply_migrations` / :func:`check_schema` / :func:`latest_version` -- schema.
 * :class:`Store` -- the asyncpg pool and typed queries.
 * :class:`ConnectionRecorder` -- connection records off the hot path.
-* :class:`IngressListener` / :func:`send_ingress` / :func:`send_user_notification` --
-  backend ingress over ``LISTEN/NOTIFY``.
+
+Backend ingress (``LISTEN/NOTIFY``, the Redis list) is :mod:`rtserver.ingress`.
 """
 
 from __future__ import annotations
 
-from rtserver.store.ingress import (
-    NOTIFY_PAYLOAD_MAX,
-    AlertEvent,
-    AnalyticsEvent,
-    CalculationProgress,
-    IngressHandler,
-    IngressHealth,
-    IngressInvalid,
-    IngressListener,
-    IngressPayload,
-    IngressPayloadTooLarge,
-    QuoteUpdate,
-    RoomPublish,
-    UserNotify,
-    decode_ingress,
-    encode_ingress,
-    send_ingress,
-    send_user_notification,
-)
 from rtserver.store.migrations import (
     MigrationError,
     SchemaAhead,
@@ -60,39 +41,26 @@ from rtserver.store.models import (
     decode_json,
 )
 from rtserver.store.postgres import ALERT_SEVERITIES, Store, StoreUnavailable
-from rtserver.store.recorder import CloseReport, ConnectionRecorder, RecorderHealth
+from rtserver.store.recorder import CloseReport, ConnectionRecorder
 
 __all__ = [
     "ALERT_SEVERITIES",
-    "NOTIFY_PAYLOAD_MAX",
     "AdminActivity",
     "AdminUser",
-    "AlertEvent",
     "AlertResolution",
-    "AnalyticsEvent",
-    "CalculationProgress",
     "CloseReport",
     "ConnectionRecord",
     "ConnectionRecorder",
     "ConversionFunnel",
     "Customer",
     "Dashboard",
-    "IngressHandler",
-    "IngressHealth",
-    "IngressInvalid",
-    "IngressListener",
-    "IngressPayload",
-    "IngressPayloadTooLarge",
     "MigrationError",
     "Notification",
     "NotificationPage",
     "PoolState",
     "Quote",
     "QuoteNotFound",
-    "QuoteUpdate",
     "QuotesDashboard",
-    "RecorderHealth",
-    "RoomPublish",
     "SchemaAhead",
     "SchemaBehind",
     "SchemaError",
@@ -102,13 +70,8 @@ __all__ = [
     "UpdateApplied",
     "UpdateConflict",
     "UpdateResult",
-    "UserNotify",
     "apply_migrations",
     "check_schema",
-    "decode_ingress",
     "decode_json",
-    "encode_ingress",
     "latest_version",
-    "send_ingress",
-    "send_user_notification",
 ]

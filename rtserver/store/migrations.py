@@ -16,6 +16,7 @@ code (:class:`SchemaAhead`).
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
 
@@ -27,6 +28,7 @@ __all__ = [
     "MIGRATION_LOCK_KEY",
     "Migration",
     "MigrationError",
+    "Progress",
     "SchemaAhead",
     "SchemaBehind",
     "SchemaError",
@@ -44,6 +46,9 @@ MIGRATION_LOCK_KEY = 0x72747376_6D696772 & 0x7FFFFFFFFFFFFFFF
 _FILE_RE = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
 
 _log = get_logger("rtserver.store.migrations")
+
+#: Called with ``(version, name)`` before a migration is applied.
+Progress = Callable[[int, str], None]
 
 
 class SchemaError(RuntimeError):
@@ -141,8 +146,12 @@ async def _applied_versions(conn: asyncpg.Connection) -> set[int] | None:
     return {int(r["version"]) for r in rows}
 
 
-async def apply_migrations_on(conn: asyncpg.Connection, *, lock_timeout: float) -> list[int]:
+async def apply_migrations_on(conn: asyncpg.Connection, *, lock_timeout: float,
+                              progress: Progress | None = None) -> list[int]:
     """Apply every pending migration on an open connection; return the versions applied.
+
+    ``progress(version, name)`` is called (and ``migration_applying`` logged)
+    before each migration is applied.
 
     ``lock_timeout`` (seconds) bounds the wait for the migration advisory lock
     and for table locks taken by the migration statements; no statement
@@ -163,6 +172,9 @@ async def apply_migrations_on(conn: asyncpg.Connection, *, lock_timeout: float) 
         for migration in migrations:
             if migration.version in applied:
                 continue
+            _log.info("migration_applying", version=migration.version, name=migration.name)
+            if progress is not None:
+                progress(migration.version, migration.name)
             async with conn.transaction():
                 await conn.execute(migration.sql)
                 await conn.execute(
@@ -176,7 +188,8 @@ async def apply_migrations_on(conn: asyncpg.Connection, *, lock_timeout: float) 
         await conn.execute("SELECT pg_advisory_unlock($1)", MIGRATION_LOCK_KEY)
 
 
-async def apply_migrations(dsn: str, *, connect_timeout: float, lock_timeout: float) -> list[int]:
+async def apply_migrations(dsn: str, *, connect_timeout: float, lock_timeout: float,
+                           progress: Progress | None = None) -> list[int]:
     """Connect to ``dsn`` and apply every pending migration; return the versions applied.
 
     Running it again applies nothing and returns ``[]``. ``connect_timeout``
@@ -185,7 +198,7 @@ async def apply_migrations(dsn: str, *, connect_timeout: float, lock_timeout: fl
     """
     conn = await asyncpg.connect(dsn, timeout=connect_timeout)
     try:
-        done = await apply_migrations_on(conn, lock_timeout=lock_timeout)
+        done = await apply_migrations_on(conn, lock_timeout=lock_timeout, progress=progress)
     finally:
         await conn.close()
     _log.info("migrations_done", applied=done, schema_version=latest_version())

@@ -10,9 +10,11 @@ a dict: message delivery never waits for the database.
 Failure handling (never silent):
 
 * Database unreachable or too slow: the rows stay queued, the recorder turns
-  ``degraded`` (``health().reason`` says why), calls ``on_state_change(False,
-  reason)`` once, and retries with exponential backoff (``retry_backoff_base``
-  doubling up to ``retry_backoff_max``). The first successful flush calls
+  ``degraded``, calls ``on_state_change(False, reason)`` once (``reason``
+  says why), and retries with the backoff policy of
+  :class:`rtserver.backoff.BackoffPolicy` (``retry_backoff_base`` doubling up
+  to ``retry_backoff_max``, no jitter), logging every retry
+  (``connection_records_retry``). The first successful flush calls
   ``on_state_change(True, None)``.
 * Queue full (``max_queued`` pending rows, in-flight rows included): the event
   is dropped, counted in ``lost_records`` and
@@ -35,12 +37,14 @@ from typing import Literal
 import asyncpg
 import msgspec
 
+from rtserver.backoff import BackoffPolicy
 from rtserver.jsonlog import get_logger
 from rtserver.metrics import REGISTRY
 from rtserver.store.models import ConnectionRow
-from rtserver.store.postgres import Store, StoreUnavailable, _check_ip
+from rtserver.store.pool import StoreUnavailable, check_ip
+from rtserver.store.postgres import Store
 
-__all__ = ["CloseReport", "ConnectionRecorder", "RecorderHealth", "StateCallback"]
+__all__ = ["CloseReport", "ConnectionRecorder", "StateCallback"]
 
 StateCallback = Callable[[bool, str | None], None]
 """``on_state_change(ok, reason)``: called when the recorder turns degraded or recovers."""
@@ -61,18 +65,6 @@ _flush_failures = REGISTRY.counter(
 
 _DATA_ERRORS = (asyncpg.PostgresError, ValueError, TypeError)
 """Errors of the rows themselves (the database or the driver rejects a value)."""
-
-
-class RecorderHealth(msgspec.Struct, frozen=True):
-    """State of the recorder for ``/healthz`` and admin metrics."""
-
-    ok: bool
-    state: Literal["ok", "degraded", "closed"]
-    reason: str | None
-    queued: int
-    lost_records: int
-    written_records: int
-    consecutive_failures: int
 
 
 class CloseReport(msgspec.Struct, frozen=True):
@@ -130,7 +122,8 @@ class ConnectionRecorder:
     * ``max_queued``: at most this many pending rows (one per connection id).
     * ``batch_max``: at most this many rows per statement.
     * ``retry_backoff_base`` / ``retry_backoff_max``: seconds before the first
-      retry after a failed flush, doubling up to the maximum.
+      retry after a failed flush, doubling up to the maximum
+      (a :class:`~rtserver.backoff.BackoffPolicy` without jitter).
     * ``on_state_change``: called with ``(False, reason)`` when writing starts
       failing and ``(True, None)`` when it works again (``None``: no callback).
     * ``activity_interval``: record a connection's activity at most once per
@@ -173,8 +166,7 @@ class ConnectionRecorder:
         self._flush_interval = flush_interval
         self._max_queued = max_queued
         self._batch_max = batch_max
-        self._backoff_base = retry_backoff_base
-        self._backoff_max = retry_backoff_max
+        self._backoff = BackoffPolicy(retry_backoff_base, retry_backoff_max)
         self._on_state_change = on_state_change
         self._activity_interval = activity_interval
         self._last_touch: dict[str, float] = {}
@@ -216,7 +208,7 @@ class ConnectionRecorder:
         user_agent: str | None,
     ) -> None:
         """A connection was accepted (``ip_address`` must be an IP address or ``None``)."""
-        _check_ip(ip_address)
+        check_ip(ip_address)
         now = time.time()
         if self._activity_interval is not None:
             self._last_touch[connection_id] = now
@@ -283,23 +275,12 @@ class ConnectionRecorder:
             _log.error(
                 "connection_records_lost", reason=reason, kind=kind, count=count,
                 lost_total=self._lost, max_queued=self._max_queued,
-                action="check the database (health().reason) or raise database.record_max_queued",
+                action="check the database (connection_records_degraded gives the reason) "
+                "or raise database.record_max_queued",
             )
             self._lost_unlogged = 0
 
     # ------------------------------------------------------------ state
-
-    def health(self) -> RecorderHealth:
-        """Current state (no I/O)."""
-        return RecorderHealth(
-            ok=self._state == "ok",
-            state=self._state,
-            reason=self._reason,
-            queued=len(self._pending) + self._inflight,
-            lost_records=self._lost,
-            written_records=self._written,
-            consecutive_failures=self._failures,
-        )
 
     @property
     def lost_records(self) -> int:
@@ -364,7 +345,7 @@ class ConnectionRecorder:
             if ok:
                 delay = self._flush_interval
             else:
-                delay = min(self._backoff_base * 2 ** (self._failures - 1), self._backoff_max)
+                delay = self._backoff.delay(self._failures)
                 _log.warning("connection_records_retry", in_seconds=delay,
                              failures=self._failures, queued=len(self._pending) + self._inflight)
 

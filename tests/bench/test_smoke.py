@@ -1,6 +1,6 @@
 """Smoke runs of the load harness against reference peers and a spawned rtserver.
 
-Each run is a real `python -m bench` process with a few hundred real connections on
+Each run is a real `python -m rtserver.bench` process with a few hundred real connections on
 loopback for about a second of publishing. No timing assertions: thresholds that could
 fail on a loaded machine are either disabled or set impossibly low on purpose.
 """
@@ -37,7 +37,7 @@ def run_bench(tmp_path: Path, *args: str, timeout: float = 90.0) -> tuple[int, s
         [
             sys.executable,
             "-m",
-            "bench",
+            "rtserver.bench",
             *args,
             "--report",
             str(tmp_path / "report"),
@@ -215,7 +215,8 @@ def test_url_target_with_server_pid_and_node_peer_or_notice(tmp_path: Path) -> N
     env = dict(os.environ, RTSERVER_JWT_SECRET=SECRET, PYTHONPATH=str(ROOT))
     log = open(tmp_path / "peer.log", "wb")  # noqa: SIM115 - closed below
     peer = subprocess.Popen(
-        [sys.executable, "-m", "bench.peers.pyserver", "--mode", "broadcast", "--port", "0"],
+        [sys.executable, "-m", "rtserver.bench.peers.pyserver", "--mode", "broadcast",
+         "--port", "0"],
         cwd=ROOT,
         env=env,
         stdout=log,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from bench.wsproto import (
+from rtserver.bench.wsproto import (
     OP_CONT,
     OP_TEXT,
     FrameError,

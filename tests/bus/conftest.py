@@ -3,27 +3,32 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import shutil
 import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import AsyncIterator, Iterator
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import pytest
+import redis.asyncio as aioredis
 
-from rtserver.bus.base import BusHealth
-from rtserver.bus.embedded import (
-    BusHub,
-    EmbeddedBus,
-    EmbeddedBusSettings,
-    HubSettings,
-    ReconnectPolicy,
-)
+from rtserver.backoff import BackoffPolicy
+from rtserver.bus.base import BusHealth, InterestSnapshot, PresenceMember, StreamPosition
+from rtserver.bus.embedded_client import EmbeddedBus
+from rtserver.bus.embedded_server import EmbeddedBusServer
+from rtserver.bus.embedded_settings import EmbeddedBusServerSettings, EmbeddedBusSettings
+from rtserver.bus.redis_bus import RedisBus
+from rtserver.bus.redis_settings import RedisBusSettings, default_node_id
+from rtserver.bus.room_streams import HistorySettings
 
-RECONNECT = ReconnectPolicy(initial_delay=0.05, max_delay=0.2, jitter=0.2)
+HISTORY = HistorySettings(history_size=100, history_ttl=300.0, history_max_bytes=1 << 20,
+                          idempotency_window=60.0)
+RECONNECT = BackoffPolicy(initial_delay=0.05, max_delay=0.2, jitter=0.2)
 
 
 class Recorder:
@@ -34,10 +39,25 @@ class Recorder:
         self.events: list[tuple[str, bytes]] = []
         self.user_messages: list[tuple[str, bytes]] = []
         self.states: list[BusHealth] = []
+        self.epochs: list[str] = []  # the epoch of each publication, in order
+        self.gaps: list[tuple[str, str, int, int, str]] = []
         self.changed = asyncio.Event()
+        # What the worker holds (set by a test, as the node sets its Hub before calling
+        # the bus): the bus re-declares exactly this after a reconnect.
+        self.rooms: set[str] = set()
+        self.users: set[str] = set()
+        self.presence: set[tuple[str, PresenceMember]] = set()
+        # Positions at subscribe time (before any publication was delivered).
+        self.subscribed: dict[str, StreamPosition] = {}
 
-    def on_publication(self, room: str, seq: int, body: bytes) -> None:
+    def on_publication(self, room: str, epoch: str, seq: int, body: bytes) -> None:
         self.publications.append((room, seq, body))
+        self.epochs.append(epoch)
+        self.changed.set()
+
+    def on_stream_gap(self, room: str, epoch: str, from_seq: int, to_seq: int,
+                      reason: str) -> None:
+        self.gaps.append((room, epoch, from_seq, to_seq, reason))
         self.changed.set()
 
     def on_room_event(self, room: str, payload: bytes) -> None:
@@ -51,6 +71,16 @@ class Recorder:
     def on_bus_state(self, health: BusHealth) -> None:
         self.states.append(health)
         self.changed.set()
+
+    def interest_snapshot(self) -> InterestSnapshot:
+        positions: dict[str, StreamPosition] = dict(self.subscribed)
+        for (room, seq, _), epoch in zip(self.publications, self.epochs, strict=True):
+            if room in self.rooms:
+                positions[room] = StreamPosition(epoch=epoch, seq=seq)
+        for room, epoch, _, to_seq, _ in self.gaps:
+            positions[room] = StreamPosition(epoch=epoch, seq=to_seq)
+        return InterestSnapshot(rooms=sorted(self.rooms), users=sorted(self.users),
+                                presence=list(self.presence), positions=positions)
 
     def seqs(self, room: str) -> list[int]:
         return [seq for r, seq, _ in self.publications if r == room]
@@ -71,9 +101,11 @@ def runtime_dir() -> Iterator[str]:
     shutil.rmtree(path, ignore_errors=True)
 
 
-def hub_settings(runtime_dir: str, workers: int = 2) -> HubSettings:
-    return HubSettings(socket_path=f"{runtime_dir}/bus.sock", expected_workers=workers,
-                       max_worker_buffer=64 * 1024 * 1024, collect_timeout=2.0)
+def hub_settings(runtime_dir: str, workers: int = 2) -> EmbeddedBusServerSettings:
+    return EmbeddedBusServerSettings(socket_path=f"{runtime_dir}/bus.sock",
+                                     expected_workers=workers,
+                                     max_worker_buffer=64 * 1024 * 1024, collect_timeout=2.0,
+                                     history=HISTORY)
 
 
 def bus_settings(runtime_dir: str, worker: int) -> EmbeddedBusSettings:
@@ -82,15 +114,15 @@ def bus_settings(runtime_dir: str, worker: int) -> EmbeddedBusSettings:
 
 
 @pytest.fixture
-async def hub(runtime_dir: str) -> AsyncIterator[BusHub]:
-    h = BusHub(hub_settings(runtime_dir))
+async def hub(runtime_dir: str) -> AsyncIterator[EmbeddedBusServer]:
+    h = EmbeddedBusServer(hub_settings(runtime_dir))
     await h.start()
     yield h
     await h.close()
 
 
 @pytest.fixture
-async def pair(hub: BusHub, runtime_dir: str) -> AsyncIterator[
+async def pair(hub: EmbeddedBusServer, runtime_dir: str) -> AsyncIterator[
         tuple[tuple[EmbeddedBus, Recorder], tuple[EmbeddedBus, Recorder]]]:
     out = []
     for worker in (0, 1):
@@ -206,3 +238,46 @@ def private_redis() -> Iterator[PrivateRedis]:
     server.start()
     yield server
     server.kill()
+
+
+SHARED_URL = "redis://127.0.0.1:6379/0"
+
+
+def make_settings(url: str, prefix: str, worker: int = 0, *, presence_ttl: float = 30.0,
+                  refresh: float = 10.0) -> RedisBusSettings:
+    return RedisBusSettings(
+        url=url, key_prefix=prefix, node_id=default_node_id(worker), history_size=50,
+        history_ttl=300.0, history_max_bytes=1 << 20, idempotency_window=60.0,
+        presence_ttl=presence_ttl, presence_refresh_interval=refresh, request_timeout=2.0,
+        connect_timeout=1.0, max_connections=8, publish_batch_max=64,
+        reconnect=BackoffPolicy(initial_delay=0.05, max_delay=0.3, jitter=0.2))
+
+
+@pytest.fixture
+async def prefix() -> AsyncIterator[str]:
+    value = f"rtbt-{uuid.uuid4().hex[:10]}"
+    yield value
+    client = aioredis.from_url(SHARED_URL)
+    keys = [k async for k in client.scan_iter(match=f"{value}:*", count=1000)]
+    if keys:
+        await client.delete(*keys)
+    await client.aclose()
+
+
+@pytest.fixture
+async def make_bus(prefix: str) -> AsyncIterator[Callable[..., object]]:
+    buses: list[RedisBus] = []
+
+    async def make(worker: int = 0, url: str = SHARED_URL, presence_ttl: float = 30.0,
+                   refresh: float = 10.0, **overrides: Any) -> tuple[RedisBus, Recorder]:
+        settings = make_settings(url, prefix, worker, presence_ttl=presence_ttl,
+                                 refresh=refresh)
+        bus = RedisBus(dataclasses.replace(settings, **overrides))
+        rec = Recorder()
+        await bus.start(rec)
+        buses.append(bus)
+        return bus, rec
+
+    yield make
+    for bus in buses:
+        await bus.close()

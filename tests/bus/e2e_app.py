@@ -15,19 +15,20 @@ import os
 import sys
 
 from websockets.datastructures import Headers
-from websockets.http11 import Response
+from websockets.http11 import Request, Response
 
-from rtserver.bus.embedded import ReconnectPolicy
-from rtserver.bus.redis_bus import RedisBusSettings
+from rtserver.backoff import BackoffPolicy
+from rtserver.bus.redis_settings import RedisBusSettings
+from rtserver.bus.room_streams import HistorySettings
 from rtserver.config import Config, load_config
 from rtserver.supervisor import (
     SupervisorSettings,
     WorkerBusPlan,
     WorkerContext,
     build_worker_bus,
-    make_reuseport_socket,
     run_supervisor,
 )
+from rtserver.worker_sockets import make_reuseport_socket
 
 SECRET = "test-secret-0123456789abcdef-0123456789"
 
@@ -45,7 +46,7 @@ def e2e_worker(config: Config, plan: WorkerBusPlan, ctx: WorkerContext) -> None:
     server = RtServer(config, worker_id=ctx.worker_id, bus=bus, sock=sock,
                       jwt_secret=SECRET, hub_bus=hub)
 
-    async def poke() -> Response:
+    async def poke(request: Request) -> Response:
         await server.node.send_to_user(os.environ["E2E_POKE_USER"], b'{"type":"poke"}')
         body = b'{"poked":true,"worker":%d}' % ctx.worker_id
         return Response(200, "OK", Headers([("Content-Type", "application/json"),
@@ -62,12 +63,14 @@ def main() -> int:
     config = load_config(env={}, flags={
         "port": 0, "jwt_secret": SECRET,
         "fanout": os.environ.get("RTSERVER_TEST_FANOUT", "compiled")})
-    reconnect = ReconnectPolicy(initial_delay=config.bus.reconnect_backoff_base,
+    reconnect = BackoffPolicy(initial_delay=config.bus.reconnect_backoff_base,
                                 max_delay=config.bus.reconnect_backoff_max, jitter=0.5)
     redis = None
     if redis_url:
         redis = RedisBusSettings(
             url=redis_url, key_prefix=prefix, node_id="", history_size=config.bus.history_size,
+            history_ttl=config.bus.history_ttl, history_max_bytes=config.bus.history_max_bytes,
+            idempotency_window=config.bus.idempotency_window,
             presence_ttl=config.bus.presence_ttl,
             presence_refresh_interval=config.bus.presence_ttl / 3,
             request_timeout=config.bus.request_timeout, connect_timeout=2.0, max_connections=16,
@@ -78,7 +81,11 @@ def main() -> int:
         host="127.0.0.1", port=0, workers=workers, runtime_dir=runtime_dir,
         shutdown_grace=config.server.shutdown_grace, max_restarts=config.workers.max_restarts,
         restart_window=config.workers.restart_window, restart_delay=0.2,
-        hub_max_worker_buffer=64 * 1024 * 1024, collect_timeout=2.0, backlog=1024)
+        hub_max_worker_buffer=64 * 1024 * 1024, collect_timeout=2.0, backlog=1024,
+        history=HistorySettings(
+            history_size=config.bus.history_size, history_ttl=config.bus.history_ttl,
+            history_max_bytes=config.bus.history_max_bytes,
+            idempotency_window=config.bus.idempotency_window))
     return run_supervisor(settings, functools.partial(e2e_worker, config, plan))
 
 

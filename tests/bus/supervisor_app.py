@@ -19,30 +19,37 @@ import os
 import signal
 import sys
 
-from rtserver.bus.embedded import EmbeddedBus, EmbeddedBusSettings, ReconnectPolicy
+from rtserver.backoff import BackoffPolicy
+from rtserver.bus.base import InterestSnapshot
+from rtserver.bus.embedded_client import EmbeddedBus
+from rtserver.bus.embedded_settings import EmbeddedBusSettings
+from rtserver.bus.room_streams import HistorySettings
 from rtserver.jsonlog import get_logger
 from rtserver.supervisor import (
     SupervisorSettings,
     WorkerContext,
-    make_reuseport_socket,
     run_supervisor,
 )
+from rtserver.worker_sockets import make_reuseport_socket
 
 log = get_logger("test.worker")
 
 
 class _Null:
-    def on_publication(self, room: str, seq: int, body: bytes) -> None: ...
+    def on_publication(self, room: str, epoch: str, seq: int, body: bytes) -> None: ...
+    def on_stream_gap(self, room: str, epoch: str, a: int, b: int, reason: str) -> None: ...
     def on_room_event(self, room: str, payload: bytes) -> None: ...
     def on_user_message(self, user: str, payload: bytes) -> None: ...
     def on_bus_state(self, health: object) -> None: ...
+    def interest_snapshot(self) -> InterestSnapshot:
+        return InterestSnapshot(rooms=[], users=[], presence=[])
 
 
 async def _serve(mode: str, ctx: WorkerContext) -> None:
     bus = EmbeddedBus(
         EmbeddedBusSettings(socket_path=ctx.hub_socket, worker_id=ctx.worker_id,
                             request_timeout=5.0, connect_timeout=2.0,
-                            reconnect=ReconnectPolicy(0.05, 0.5, 0.2)),
+                            reconnect=BackoffPolicy(0.05, 0.5, 0.2)),
         health_provider=lambda: {"ok": True, "pid": os.getpid()})
     await bus.start(_Null())
 
@@ -88,5 +95,7 @@ if __name__ == "__main__":
     settings = SupervisorSettings(
         host="127.0.0.1", port=0, workers=workers, runtime_dir=runtime_dir,
         shutdown_grace=3.0, max_restarts=3, restart_window=30.0, restart_delay=0.1,
-        hub_max_worker_buffer=16 * 1024 * 1024, collect_timeout=2.0, backlog=128)
+        hub_max_worker_buffer=16 * 1024 * 1024, collect_timeout=2.0, backlog=128,
+        history=HistorySettings(history_size=100, history_ttl=300.0,
+                                history_max_bytes=1 << 20, idempotency_window=60.0))
     sys.exit(run_supervisor(settings, functools.partial(worker_main, mode)))

@@ -5,10 +5,13 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 
+import msgspec
 import pytest
 
-from rtserver.bus.base import BusUnavailable, PresenceMember, with_seq
-from rtserver.bus.embedded import BusHub, EmbeddedBus, merge_metrics_texts
+from rtserver.bus.base import BusUnavailable, PresenceMember, StreamPosition, with_seq
+from rtserver.bus.embedded_client import EmbeddedBus
+from rtserver.bus.embedded_server import EmbeddedBusServer
+from rtserver.bus.metrics_text import merge_metrics_texts
 from rtserver.bus.wire import K_ACK, K_HELLO, K_PUB, FrameReader, encode
 
 from .conftest import Recorder, bus_settings, hub_settings
@@ -36,20 +39,22 @@ async def test_concurrent_publishers_see_consecutive_seq(pair: Pair) -> None:
     body = b'{"type":"message","room":"r","data":1}'
     results = await asyncio.gather(*[a.publish("r", body) for _ in range(200)],
                                    *[b.publish("r", body) for _ in range(200)])
-    assert sorted(results) == list(range(1, 401))
+    assert sorted(p.seq for p in results) == list(range(1, 401))
+    assert len({p.epoch for p in results}) == 1
     await ra.wait_for(lambda: len(ra.publications) == 400)
     await rb.wait_for(lambda: len(rb.publications) == 400)
     assert ra.seqs("r") == list(range(1, 401))
     assert rb.seqs("r") == list(range(1, 401))
     assert with_seq(ra.publications[0][2], 1) == body[:-1] + b',"seq":1}'
-    assert await b.last_seq("r") == 400
+    assert await b.position("r") == StreamPosition(epoch=results[0].epoch, seq=400)
 
 
 async def test_publisher_sees_its_publication_before_ack(pair: Pair) -> None:
     (a, ra), _ = pair
     await a.add_interest("own")
-    seq = await a.publish("own", b'{"x":1}')
-    assert ra.publications == [("own", seq, b'{"x":1}')]
+    pos = await a.publish("own", b'{"x":1}')
+    assert ra.publications == [("own", pos.seq, b'{"x":1}')]
+    assert ra.epochs == [pos.epoch]
 
 
 async def test_interest_routing(pair: Pair) -> None:
@@ -60,13 +65,13 @@ async def test_interest_routing(pair: Pair) -> None:
     await a.emit_room_event("only-a", b'{"type":"join"}')
     await ra.wait_for(lambda: len(ra.publications) == 2 and len(ra.events) == 1)
     # b published into the room but has no interest: it receives nothing.
-    await b.last_seq("only-a")  # a round trip: anything routed to b is in by now
+    await b.position("only-a")  # a round trip: anything routed to b is in by now
     assert rb.publications == [] and rb.events == []
     await a.remove_interest("only-a")
     await b.add_interest("only-a")
     await a.publish("only-a", b'{"n":3}')
     await rb.wait_for(lambda: len(rb.publications) == 1)
-    await a.last_seq("only-a")
+    await a.position("only-a")
     assert [s for _, s, _ in ra.publications] == [1, 2]
     assert rb.publications == [("only-a", 3, b'{"n":3}')]
 
@@ -77,16 +82,17 @@ async def test_user_routing(pair: Pair) -> None:
     await a.send_to_user("u1", b'{"type":"notice"}')
     await a.send_to_user("nobody", b'{"type":"lost"}')
     await rb.wait_for(lambda: len(rb.user_messages) == 1)
-    await a.last_seq("x")
+    await a.position("x")
     assert rb.user_messages == [("u1", b'{"type":"notice"}')]
     assert ra.user_messages == []
     await b.remove_user_interest("u1")
     await a.send_to_user("u1", b'{"type":"again"}')
-    await b.last_seq("x")
+    await b.position("x")
     assert len(rb.user_messages) == 1
 
 
-async def test_presence_union_and_cleanup_on_disconnect(hub: BusHub, runtime_dir: str) -> None:
+async def test_presence_union_and_cleanup_on_disconnect(hub: EmbeddedBusServer,
+                                                        runtime_dir: str) -> None:
     a = EmbeddedBus(bus_settings(runtime_dir, 0))
     b = EmbeddedBus(bus_settings(runtime_dir, 1))
     await a.start(Recorder())
@@ -115,14 +121,17 @@ async def test_presence_union_and_cleanup_on_disconnect(hub: BusHub, runtime_dir
 
 
 async def test_hub_loss_degrades_and_recovery_redeclares(runtime_dir: str) -> None:
-    hub = BusHub(hub_settings(runtime_dir))
+    hub = EmbeddedBusServer(hub_settings(runtime_dir))
     await hub.start()
     rec = Recorder()
     bus = EmbeddedBus(bus_settings(runtime_dir, 0))
     await bus.start(rec)
     try:
+        rec.rooms.add("room")
         await bus.add_interest("room")
+        rec.users.add("user")
         await bus.add_user_interest("user")
+        rec.presence.add(("room", PresenceMember(user="user", connection_id="c")))
         await bus.presence_join("room", PresenceMember(user="user", connection_id="c"))
         assert bus.health().ok
         await hub.close()
@@ -130,9 +139,11 @@ async def test_hub_loss_degrades_and_recovery_redeclares(runtime_dir: str) -> No
         assert not bus.health().ok and "hub connection lost" in (bus.health().reason or "")
         with pytest.raises(BusUnavailable, match="Required action"):
             await bus.publish("room", b'{"a":1}')
-        # A declaration while down is recorded and replayed on recovery.
+        # A declaration while down returns; the reconnect re-declares the handler's
+        # snapshot, which has it (the node adds the room to its Hub first).
+        rec.rooms.add("room2")
         await bus.add_interest("room2")
-        hub = BusHub(hub_settings(runtime_dir))
+        hub = EmbeddedBusServer(hub_settings(runtime_dir))
         await hub.start()
         await rec.wait_for(lambda: rec.states[-1].ok)
         assert bus.health().ok
@@ -157,7 +168,7 @@ async def test_start_without_hub_fails_explicitly(runtime_dir: str) -> None:
         await bus.start(Recorder())
 
 
-async def test_cluster_metrics_and_health(hub: BusHub, runtime_dir: str) -> None:
+async def test_cluster_metrics_and_health(hub: EmbeddedBusServer, runtime_dir: str) -> None:
     a = EmbeddedBus(bus_settings(runtime_dir, 0),
                     metrics_provider=lambda: "# HELP m x\n# TYPE m counter\nm{worker=\"0\"} 1\n",
                     health_provider=lambda: {"ok": True, "connections": 3})
@@ -203,7 +214,8 @@ async def test_request_timeout_when_hub_stops_answering(runtime_dir: str) -> Non
         while data := await reader.read(65536):
             for frame in frames.feed(data):
                 if frame.kind == K_HELLO:
-                    writer.write(encode(K_ACK, frame.req))
+                    writer.write(encode(K_ACK, frame.req, 0, "",
+                                        msgspec.msgpack.encode({"instance": "silent"})))
 
     server = await asyncio.start_unix_server(silent_hub, path)
     settings = dataclasses.replace(bus_settings(runtime_dir, 0), request_timeout=0.2)

@@ -7,58 +7,16 @@ import os
 import signal
 import subprocess
 import sys
-import uuid
-from collections.abc import AsyncIterator, Callable
 
 import pytest
 import redis.asyncio as aioredis
 
-from rtserver.bus.base import BusUnavailable, PresenceMember
-from rtserver.bus.embedded import ReconnectPolicy
-from rtserver.bus.redis_bus import RedisBus, RedisBusSettings, _Subscriber, default_node_id
+from rtserver.bus.base import BusUnavailable, PresenceMember, StreamPosition
+from rtserver.bus.redis_pubsub import Subscriber
 
-from .conftest import PrivateRedis, Recorder
+from .conftest import SHARED_URL, PrivateRedis
 
 pytestmark = pytest.mark.timeout(40)
-
-SHARED_URL = "redis://127.0.0.1:6379/0"
-
-
-def make_settings(url: str, prefix: str, worker: int = 0, *, presence_ttl: float = 30.0,
-                  refresh: float = 10.0) -> RedisBusSettings:
-    return RedisBusSettings(
-        url=url, key_prefix=prefix, node_id=default_node_id(worker), history_size=50,
-        presence_ttl=presence_ttl, presence_refresh_interval=refresh, request_timeout=2.0,
-        connect_timeout=1.0, max_connections=8, publish_batch_max=64,
-        reconnect=ReconnectPolicy(initial_delay=0.05, max_delay=0.3, jitter=0.2))
-
-
-@pytest.fixture
-async def prefix() -> AsyncIterator[str]:
-    value = f"rtbt-{uuid.uuid4().hex[:10]}"
-    yield value
-    client = aioredis.from_url(SHARED_URL)
-    keys = [k async for k in client.scan_iter(match=f"{value}:*", count=1000)]
-    if keys:
-        await client.delete(*keys)
-    await client.aclose()
-
-
-@pytest.fixture
-async def make_bus(prefix: str) -> AsyncIterator[Callable[..., object]]:
-    buses: list[RedisBus] = []
-
-    async def make(worker: int = 0, **kwargs: float) -> tuple[RedisBus, Recorder]:
-        bus = RedisBus(make_settings(kwargs.pop("url", SHARED_URL), prefix,  # type: ignore[arg-type]
-                                     worker, **kwargs))
-        rec = Recorder()
-        await bus.start(rec)
-        buses.append(bus)
-        return bus, rec
-
-    yield make
-    for bus in buses:
-        await bus.close()
 
 
 async def test_two_nodes_concurrent_publishers_consecutive_seq(make_bus) -> None:  # type: ignore[no-untyped-def]
@@ -69,13 +27,15 @@ async def test_two_nodes_concurrent_publishers_consecutive_seq(make_bus) -> None
     body = b'{"type":"message","room":"r","data":{"k":1}}'
     seqs = await asyncio.gather(*[a.publish("r", body) for _ in range(150)],
                                 *[b.publish("r", body) for _ in range(150)])
-    assert sorted(seqs) == list(range(1, 301))
+    assert sorted(p.seq for p in seqs) == list(range(1, 301))
+    assert len({p.epoch for p in seqs}) == 1
     await ra.wait_for(lambda: len(ra.publications) == 300)
+    assert ra.epochs == [seqs[0].epoch] * 300
     await rb.wait_for(lambda: len(rb.publications) == 300)
     assert ra.seqs("r") == list(range(1, 301))
     assert rb.seqs("r") == list(range(1, 301))
     assert all(p[2] == body for p in ra.publications)
-    assert await a.last_seq("r") == 300
+    assert await a.position("r") == StreamPosition(epoch=seqs[0].epoch, seq=300)
     history = await b.history("r", 3)
     assert [seq for seq, _ in history] == [298, 299, 300] and history[0][1] == body
 
@@ -108,15 +68,18 @@ async def test_interest_and_user_routing(make_bus) -> None:  # type: ignore[no-u
 
 async def test_presence_union_and_leave(make_bus) -> None:  # type: ignore[no-untyped-def]
     a, _ = await make_bus(0)
-    b, _ = await make_bus(1)
+    b, rb = await make_bus(1)
     await a.presence_join("p", PresenceMember(user="u1", connection_id="c1"))
-    await b.presence_join("p", PresenceMember(user="u2", connection_id="c2"))
-    await b.presence_join("p", PresenceMember(user="u2", connection_id="c3"))
+    for cid in ("c2", "c3"):
+        # The node records its member (the handler's snapshot) before calling the bus.
+        rb.presence.add(("p", PresenceMember(user="u2", connection_id=cid)))
+        await b.presence_join("p", PresenceMember(user="u2", connection_id=cid))
     snap = await a.presence("p", 10)
     assert snap.count == 3
     assert {(m.user, m.connection_id) for m in snap.members} == {
         ("u1", "c1"), ("u2", "c2"), ("u2", "c3")}
     assert len((await a.presence("p", 2)).members) == 2
+    rb.presence.discard(("p", PresenceMember(user="u2", connection_id="c2")))
     await b.presence_leave("p", PresenceMember(user="u2", connection_id="c2"))
     assert (await a.presence("p", 10)).count == 2
     await b.close()  # a clean close removes its entries
@@ -125,19 +88,25 @@ async def test_presence_union_and_leave(make_bus) -> None:  # type: ignore[no-un
 
 CRASHING_NODE = """
 import asyncio, sys
-from rtserver.bus.base import PresenceMember
-from rtserver.bus.embedded import ReconnectPolicy
-from rtserver.bus.redis_bus import RedisBus, RedisBusSettings
+from rtserver.bus.base import InterestSnapshot, PresenceMember
+from rtserver.backoff import BackoffPolicy
+from rtserver.bus.redis_bus import RedisBus
+from rtserver.bus.redis_settings import RedisBusSettings
 class H:
     def on_publication(self, *a): pass
     def on_room_event(self, *a): pass
     def on_user_message(self, *a): pass
     def on_bus_state(self, *a): pass
+    def on_stream_gap(self, *a): pass
+    def interest_snapshot(self):
+        return InterestSnapshot(rooms=[], users=[],
+                                presence=[("p", PresenceMember(user="ghost", connection_id="g1"))])
 async def main():
     bus = RedisBus(RedisBusSettings(url=sys.argv[1], key_prefix=sys.argv[2], node_id="doomed",
-        history_size=10, presence_ttl=1.0, presence_refresh_interval=0.3, request_timeout=2.0,
-        connect_timeout=1.0, max_connections=4, publish_batch_max=8,
-        reconnect=ReconnectPolicy(0.05, 0.3, 0.2)))
+        history_size=10, history_ttl=300.0, history_max_bytes=1 << 20,
+        idempotency_window=60.0, presence_ttl=1.0, presence_refresh_interval=0.3,
+        request_timeout=2.0, connect_timeout=1.0, max_connections=4, publish_batch_max=8,
+        reconnect=BackoffPolicy(0.05, 0.3, 0.2)))
     await bus.start(H())
     await bus.presence_join("p", PresenceMember(user="ghost", connection_id="g1"))
     print("joined", flush=True)
@@ -155,15 +124,28 @@ async def test_presence_of_a_dead_node_expires(make_bus, prefix: str) -> None:  
         assert proc.stdout is not None
         line = await asyncio.to_thread(proc.stdout.readline)
         assert line.strip() == b"joined"
-        await asyncio.sleep(1.2)  # longer than the TTL: the live node keeps refreshing
+        # The live node keeps refreshing: wait until its entry's expiry (the zset score)
+        # has been pushed forward twice, i.e. past the expiry it had when it joined, rather
+        # than sleeping for longer than the TTL (a stalled child would then miss it).
+        raw = aioredis.from_url(SHARED_URL)
+        try:
+            expiries: list[float] = []
+            async with asyncio.timeout(10):
+                while len(set(expiries)) < 3:
+                    scores = await raw.zrange(f"{prefix}:pres:p", 0, -1, withscores=True)
+                    assert len(scores) == 1, scores
+                    if not expiries or scores[0][1] > expiries[-1]:
+                        expiries.append(scores[0][1])
+                    await asyncio.sleep(0.05)
+        finally:
+            await raw.aclose()
+        assert expiries == sorted(expiries)
         assert (await a.presence("p", 10)).count == 1
         proc.send_signal(signal.SIGKILL)
         proc.wait()
-        for _ in range(40):
-            if (await a.presence("p", 10)).count == 0:
-                break
-            await asyncio.sleep(0.1)
-        assert (await a.presence("p", 10)).count == 0
+        async with asyncio.timeout(10):  # expires within presence_ttl (1 s) of the kill
+            while (await a.presence("p", 10)).count != 0:
+                await asyncio.sleep(0.1)
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -173,8 +155,11 @@ async def test_presence_of_a_dead_node_expires(make_bus, prefix: str) -> None:  
 async def test_redis_restart_degrades_then_recovers(  # type: ignore[no-untyped-def]
         private_redis: PrivateRedis, make_bus) -> None:
     bus, rec = await make_bus(0, url=private_redis.url)
+    rec.rooms.add("room")
     await bus.add_interest("room")
+    rec.users.add("user")
     await bus.add_user_interest("user")
+    rec.presence.add(("room", PresenceMember(user="user", connection_id="c")))
     await bus.presence_join("room", PresenceMember(user="user", connection_id="c"))
     for _ in range(3):
         await bus.publish("room", b'{"x":1}')
@@ -189,14 +174,15 @@ async def test_redis_restart_degrades_then_recovers(  # type: ignore[no-untyped-
         await bus.publish("room", b'{"x":2}')
     with pytest.raises(BusUnavailable):
         await bus.presence("room", 10)
-    await bus.add_interest("room2")  # recorded, subscribed on recovery
+    rec.rooms.add("room2")
+    await bus.add_interest("room2")  # in the handler's snapshot: subscribed on recovery
 
     private_redis.start()  # same port, empty dataset (no persistence)
     await rec.wait_for(lambda: rec.states[-1].ok)
     assert bus.health().ok
     # Redis lost its data; the room's counter was re-seeded from what this node delivered.
-    seq = await bus.publish("room", b'{"x":3}')
-    assert seq == 4
+    pos = await bus.publish("room", b'{"x":3}')
+    assert pos.seq == 4
     await bus.publish("room2", b'{"y":1}')
     await bus.send_to_user("user", b'{"u":1}')
     await rec.wait_for(lambda: len(rec.publications) == 5 and rec.user_messages)
@@ -226,10 +212,10 @@ class _StubBus:
         self.messages: list[tuple[bytes, bytes]] = []
         self.confirmed: list[bytes] = []
 
-    def _on_message(self, channel: bytes, data: bytes) -> None:
+    def on_message(self, channel: bytes, data: bytes) -> None:
         self.messages.append((channel, data))
 
-    def _confirm_subscription(self, channel: bytes) -> None:
+    def on_subscribed(self, channel: bytes) -> None:
         self.confirmed.append(channel)
 
 
@@ -239,7 +225,7 @@ def test_subscriber_parses_split_frames() -> None:
               b"*3\r\n$7\r\nmessage\r\n$2\r\nch\r\n$0\r\n\r\n")
     for step in (1, 2, 3, 7, len(stream)):
         stub = _StubBus()
-        sub = _Subscriber(stub)  # type: ignore[arg-type]
+        sub = Subscriber(stub)  # type: ignore[arg-type]
         for i in range(0, len(stream), step):
             sub.data_received(stream[i:i + step])
         assert stub.confirmed == [b"ch"]
@@ -249,6 +235,6 @@ def test_subscriber_parses_split_frames() -> None:
 
 def test_subscriber_rejects_a_corrupt_stream() -> None:
     stub = _StubBus()
-    sub = _Subscriber(stub)  # type: ignore[arg-type]
+    sub = Subscriber(stub)  # type: ignore[arg-type]
     sub.data_received(b"*3\r\n$7\r\nmessage\r\n$2\r\nch\r\n$2\r\nabcd\r\n")
     assert stub.messages == []

@@ -12,13 +12,13 @@ from typing import Any
 
 import pytest
 
+from rtserver.config import resolve_workers
 from rtserver.supervisor import (
     EXIT_CRASH_LOOP,
     EXIT_DRAIN_INCOMPLETE,
     EXIT_OK,
-    make_reuseport_socket,
-    resolve_workers,
 )
+from rtserver.worker_sockets import make_reuseport_socket
 
 from .conftest import App
 

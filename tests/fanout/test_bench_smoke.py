@@ -16,7 +16,8 @@ def test_fanout_micro_runs() -> None:
     proc = subprocess.run(
         [
             sys.executable,
-            str(ROOT / "bench" / "fanout_micro.py"),
+            "-m",
+            "rtserver.bench.fanout_micro",
             "--connections",
             "20,40",
             "--deliveries",

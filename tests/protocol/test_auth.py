@@ -87,16 +87,19 @@ def test_config_env_and_flags_override() -> None:
         load_config(env={"RTSERVER_JWT_SECRET": SECRET}, flags={"port": 70000})
 
 
-def test_config_missing_key_is_named(tmp_path: object) -> None:
+def test_config_missing_key_comes_from_shipped_file(tmp_path: object) -> None:
+    # A user file holds only what it changes (issue 16): the rest is the shipped base.
     from pathlib import Path
 
     from rtserver.config import DEFAULT_CONFIG_PATH
 
-    text = DEFAULT_CONFIG_PATH.read_text().replace("auth_timeout = 5.0\n", "")
+    text = DEFAULT_CONFIG_PATH.read_text().replace("auth_timeout = 5.0\n", "auth_timeout = 7.0\n")
+    text = text.replace("backlog = ", "# backlog = ")
     path = Path(str(tmp_path)) / "c.toml"
     path.write_text(text)
-    with pytest.raises(ConfigError, match="auth_timeout"):
-        load_config(path, env={"RTSERVER_JWT_SECRET": SECRET})
+    config = load_config(path, env={"RTSERVER_JWT_SECRET": SECRET})
+    shipped = load_config(env={"RTSERVER_JWT_SECRET": SECRET})
+    assert config.auth.auth_timeout == 7.0 and config.server.backlog == shipped.server.backlog
 
 
 @pytest.mark.parametrize(("make", "code"), [

@@ -30,7 +30,7 @@ def make_session(**limits: object) -> Session:
     config = load_config(env={}, flags={"jwt_secret": SECRET})
     lim = msgspec.structs.replace(config.limits, **limits)
     return Session("c1", Codec(), TokenVerifier(config.auth, SECRET),
-                   AccessPolicy(config.namespaces, lim.max_room_name_length), lim, 0.0)
+                   AccessPolicy(config.namespaces, lim.max_room_name_length), lim, 0.0, set())
 
 
 def authed(perms: list[str], rooms: list[str], **limits: object) -> Session:
@@ -62,7 +62,7 @@ def test_messages_before_auth_need_auth() -> None:
     ("[1,2]", "invalid_message"),
     ('{"room":"bench:a"}', "missing_field"),
     ('{"type":"nope"}', "unknown_type"),
-    ('{"type":"subscribe"}', "missing_field"),
+    ('{"type":"unsubscribe"}', "missing_field"),
     ('{"type":"subscribe","room":5}', "invalid_field"),
     ('{"type":"subscribe","room":"bench:a","extra":1}', "unknown_field"),
     ('{"type":"subscribe","room":"no-colon"}', "invalid_room"),

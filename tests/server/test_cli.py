@@ -15,6 +15,7 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
 from conftest import SECRET, Client, ServerProcess
+from rtserver.auth import mint_token
 
 
 def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -75,8 +76,7 @@ async def test_sigterm_drains_with_1012() -> None:
     proc = ServerProcess(["--fanout", "compiled"])
     try:
         port = await asyncio.to_thread(proc.wait_listening)
-        tok = jwt.encode({"sub": str(uuid.uuid4()), "exp": 2_000_000_000, "rooms": ["bench:*"]},
-                         SECRET, algorithm="HS256")
+        tok = mint_token(SECRET, str(uuid.uuid4()), [], ["bench:*"], 600)
         clients = []
         for _ in range(3):
             ws = await connect(f"ws://127.0.0.1:{port}/ws?token={tok}")

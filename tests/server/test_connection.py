@@ -130,7 +130,7 @@ async def test_ping_pong(connect_client: Connect) -> None:
 @pytest.mark.parametrize(("frame", "code"), [
     ("{not json", "invalid_json"),
     ('{"type":"launch"}', "unknown_type"),
-    ('{"type":"subscribe"}', "missing_field"),
+    ('{"type":"unsubscribe"}', "missing_field"),
     ('{"type":"subscribe","room":42}', "invalid_field"),
     ('{"type":"subscribe","room":"bench:a","colour":"red"}', "unknown_field"),
     ('{"type":"subscribe","room":"bench:' + "k" * 300 + '"}', "invalid_room"),
@@ -198,14 +198,22 @@ async def test_idle_timeout_closes_4008(make_server: ServerFactory,
 
 async def test_pings_keep_connection_alive(make_server: ServerFactory,
                                            connect_client: Connect) -> None:
-    server = await make_server(make_config(heartbeat={"interval": 0.1, "idle_timeout": 0.4}))
+    # Pings every 0.05 s keep a connection with a 1 s idle timeout open for longer than
+    # that timeout: only a stall of about a second of this process could close it, not
+    # the scheduling jitter that a 0.1 s ping against a 0.4 s timeout was exposed to.
+    idle = 1.0
+    server = await make_server(make_config(heartbeat={"interval": 0.2, "idle_timeout": idle}))
     client = await connect_client(token(), srv=server)
-    for _ in range(8):
-        await asyncio.sleep(0.1)
-        await client.send({"type": "ping"})
+    start = time.monotonic()
+    sent = 0
+    while time.monotonic() - start < 1.5 * idle:
+        await client.send({"type": "ping", "id": sent})
+        assert (await client.recv_type("pong"))["id"] == sent
+        sent += 1
+        await asyncio.sleep(0.05)
     await client.send({"type": "ping", "id": "last"})
-    pongs = [await client.recv_type("pong") for _ in range(9)]
-    assert pongs[-1]["id"] == "last"
+    assert (await client.recv_type("pong"))["id"] == "last"
+    assert time.monotonic() - start > idle and sent >= 10
 
 
 async def test_unknown_http_path_404(server: RtServer) -> None:
@@ -256,10 +264,22 @@ async def test_unanswered_ws_pings_close_1011(make_server: ServerFactory) -> Non
 
 async def test_answered_ws_pings_keep_connection(make_server: ServerFactory,
                                                  connect_client: Connect) -> None:
+    # Wait for answered pings, seen on the server (RtConnection.last_pong), spanning more
+    # than ws_ping_timeout, instead of sleeping for a second against a 0.3 s timeout that a
+    # stall of the shared event loop could exceed.
+    timeout = 1.0
     server = await make_server(make_config(heartbeat={"interval": 0.1, "idle_timeout": 30.0,
-                                                      "ws_ping_timeout": 0.3}))
+                                                      "ws_ping_timeout": timeout}))
     client = await connect_client(token(), srv=server)  # the websockets client answers pings
-    await asyncio.sleep(1.0)
+    (conn,) = server.node.hub.connections.values()
+    pongs: list[float] = []
+    async with asyncio.timeout(20):
+        while len(pongs) < 2 or pongs[-1] - pongs[0] < 1.5 * timeout:
+            last = conn.ws.last_pong
+            if last and (not pongs or last > pongs[-1]):
+                pongs.append(last)
+            await asyncio.sleep(0.02)
+    assert len(pongs) >= 5  # pings every heartbeat interval, each answered
     assert (await client.request({"type": "ping", "id": "alive"}, "pong"))["id"] == "alive"
 
 

@@ -12,13 +12,16 @@ import orjson
 import pytest
 
 from conftest import Client, ServerFactory, make_config, token
+from rtserver.domains.insurance.ingress_kinds import INSURANCE_KINDS, send_user_notification
+from rtserver.ingress.payloads import CORE_KINDS, IngressDecoder
+from rtserver.ingress.postgres_notify import send_ingress
 from rtserver.server import RtServer
-from rtserver.store.ingress import send_ingress, send_user_notification
 from rtserver.store.migrations import SchemaBehind
 from tests.store.pgutil import TempDatabase, create_database, drop_database
 
 Connect = Callable[..., Awaitable[Client]]
 CHANNEL = "rtserver_ingress"
+DECODER = IngressDecoder((*CORE_KINDS, *INSURANCE_KINDS))
 
 
 @pytest.fixture(scope="module")
@@ -132,7 +135,7 @@ async def test_ingress_room_publish_and_invalid(db_server: RtServer, connect_cli
     finally:
         await pg.close()
     await send_ingress(db_dsn, CHANNEL, orjson.dumps(
-        {"type": "room_publish", "room": "bench:ingress", "data": {"rate": 1.5}}),
+        {"type": "room_publish", "room": "bench:ingress", "data": {"rate": 1.5}}), DECODER,
         connect_timeout=5)
     msg = await member.recv_type("message")
     assert msg["data"] == {"rate": 1.5} and msg["from"] is None and msg["seq"] == 1
@@ -257,18 +260,19 @@ async def test_ingress_reaches_room_and_user_across_two_workers(make_server: Ser
 
     from websockets.asyncio.client import connect
 
-    from rtserver.bus.embedded import (
-        BusHub,
-        EmbeddedBus,
-        EmbeddedBusSettings,
-        HubSettings,
-        ReconnectPolicy,
-    )
+    from rtserver.backoff import BackoffPolicy
+    from rtserver.bus.embedded_client import EmbeddedBus
+    from rtserver.bus.embedded_server import EmbeddedBusServer
+    from rtserver.bus.embedded_settings import EmbeddedBusServerSettings, EmbeddedBusSettings
+    from rtserver.bus.room_streams import HistorySettings
 
+    HISTORY = HistorySettings(history_size=100, history_ttl=300.0,
+                              history_max_bytes=1 << 20, idempotency_window=60.0)
     runtime = tempfile.mkdtemp(prefix="rti")
     path = f"{runtime}/bus.sock"
-    hub = BusHub(HubSettings(socket_path=path, expected_workers=2,
-                             max_worker_buffer=64 * 1024 * 1024, collect_timeout=2.0))
+    hub = EmbeddedBusServer(EmbeddedBusServerSettings(socket_path=path, expected_workers=2,
+                             max_worker_buffer=64 * 1024 * 1024, collect_timeout=2.0,
+                             history=HISTORY))
     await hub.start()
     clients = []
     try:
@@ -276,13 +280,16 @@ async def test_ingress_reaches_room_and_user_across_two_workers(make_server: Ser
         for worker in (0, 1):
             bus = EmbeddedBus(EmbeddedBusSettings(
                 socket_path=path, worker_id=worker, request_timeout=5.0, connect_timeout=2.0,
-                reconnect=ReconnectPolicy(initial_delay=0.05, max_delay=0.3, jitter=0.2)))
+                reconnect=BackoffPolicy(initial_delay=0.05, max_delay=0.3, jitter=0.2)))
             servers.append(await make_server(db_config(db_dsn), bus=bus, worker_id=worker))
-        leaders = [s for s in servers if s.ingress.health().state == "listening"]
-        async with asyncio.timeout(10):
-            while len(leaders) != 1:
-                await asyncio.sleep(0.05)
-                leaders = [s for s in servers if s.ingress.health().state == "listening"]
+        # Exactly one worker's listener holds the leader lock and listens.
+        waits = {asyncio.ensure_future(s.ingress.wait_listening(10)): s for s in servers}
+        done, pending = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+        leaders = [waits[t] for t in done if t.exception() is None]
+        assert len(leaders) == 1
         user = str(uuid.uuid4())
         members = []
         for srv in servers:
@@ -295,7 +302,8 @@ async def test_ingress_reaches_room_and_user_across_two_workers(make_server: Ser
             await c.request({"type": "subscribe", "room": "bench:two"}, "subscribed")
             members.append(c)
         await send_ingress(db_dsn, CHANNEL, orjson.dumps(
-            {"type": "room_publish", "room": "bench:two", "data": "both"}), connect_timeout=5)
+            {"type": "room_publish", "room": "bench:two", "data": "both"}), DECODER,
+            connect_timeout=5)
         nid = await send_user_notification(db_dsn, CHANNEL, user=user, title="t", body="b",
                                            data={}, connect_timeout=5)
         for c in members:

@@ -45,10 +45,15 @@ async def test_database_outage_degrades_and_recovers(private_pg: PgInstance,
         "retry_backoff_max": 0.3, "connect_timeout": 2.0, "pool_acquire_timeout": 2.0}))
     port = server.port or 0
     states: list[tuple[str, bool]] = []
-    server.node.state_listeners.append(lambda comp, ok, reason: states.append((comp, ok)))
+    server.node.router.state_listeners.append(lambda comp, ok, reason: states.append((comp, ok)))
     sub = await connect_client(token(rooms=["bench:*"]), srv=server)
     pub = await connect_client(token(perms=["publish"], rooms=["bench:*"]), srv=server)
     await sub.request({"type": "subscribe", "room": "bench:outage"}, "subscribed")
+    # The connect-time notification claim runs before the server reads a connection's
+    # first frame: a ping answered (and no error before it) proves both claims finished
+    # while the database was still up, so none of them can meet the outage below.
+    for client in (sub, pub):
+        await client.request({"type": "ping"}, "pong")
     assert (await asyncio.to_thread(healthz, port))[0] == 200
 
     await asyncio.to_thread(private_pg.stop)

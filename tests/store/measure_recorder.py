@@ -17,8 +17,8 @@ import time
 from datetime import UTC, datetime
 
 from rtserver.store import ConnectionRecorder
+from rtserver.store.connections import UPSERT_CONNECTIONS
 from rtserver.store.models import ConnectionRow
-from rtserver.store.postgres import _UPSERT_CONNECTIONS
 from tests.store.pgutil import create_database, drop_database, make_store, migrate
 
 CONNECTIONS = 50_000
@@ -102,7 +102,7 @@ async def main() -> None:
 
             args = [(f"e-{i}", 1, "u", None, "10.0.0.1", None, now, None, now, None, None)
                     for i in range(ROWS)]
-            single = _UPSERT_CONNECTIONS.replace("$1::text[]", "ARRAY[$1::text]")
+            single = UPSERT_CONNECTIONS.replace("$1::text[]", "ARRAY[$1::text]")
             for n, typ in enumerate(("int", "text", "text", "inet", "text", "timestamptz",
                                      "timestamptz", "timestamptz", "int", "text"), start=2):
                 single = single.replace(f"${n}::{typ}[]", f"ARRAY[${n}::{typ}]")

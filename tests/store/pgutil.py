@@ -9,6 +9,11 @@
   loopback port in a temp dir, run as the ``postgres`` OS user when the tests
   run as root) that a test may stop and restart without disturbing anything else.
 * :func:`make_store` -- a :class:`~rtserver.store.Store` with small test settings.
+* Raw-SQL rows for tests (the server never needs these, so the Store has no
+  method for them): :func:`insert_customer`, :func:`insert_quote`,
+  :func:`set_quote_status`, :func:`create_admin_user`, :func:`get_admin_user`,
+  :func:`delete_dashboard`, :func:`get_alert`, :func:`list_alerts`,
+  :func:`get_connection`, :func:`count_connections`, :func:`pending_notifications`.
 """
 
 from __future__ import annotations
@@ -22,24 +27,49 @@ import socket
 import subprocess
 import tempfile
 import uuid
+from collections.abc import Sequence
+from datetime import datetime
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
 import asyncpg
 
-from rtserver.store import Store, apply_migrations
+from rtserver.store import (
+    AdminUser,
+    ConnectionRecord,
+    Customer,
+    Notification,
+    Quote,
+    Store,
+    SystemAlert,
+    apply_migrations,
+)
+from rtserver.store.alerts import ALERT_COLS
+from rtserver.store.pool import encode_json
+from rtserver.store.quotes import QUOTE_COLS
 
 __all__ = [
     "ADMIN_DSN",
     "PgInstance",
     "TempDatabase",
+    "count_connections",
+    "create_admin_user",
     "create_database",
+    "delete_dashboard",
     "drop_database",
     "dsn_for",
     "free_port",
+    "get_admin_user",
+    "get_alert",
+    "get_connection",
+    "insert_customer",
+    "insert_quote",
+    "list_alerts",
     "make_store",
     "migrate",
+    "pending_notifications",
+    "set_quote_status",
     "wait_until",
 ]
 
@@ -225,3 +255,164 @@ async def wait_until(predicate: Any, timeout: float, what: str) -> None:
         if loop.time() > deadline:
             raise AssertionError(f"timed out after {timeout} s waiting for {what}")
         await asyncio.sleep(0.02)
+
+
+# ------------------------------------------------------------ raw-SQL rows for tests
+
+_CONNECTION_COLS = (
+    "connection_id, worker, user_id, admin_user_id, host(ip_address) AS ip_address, user_agent, "
+    "connected_at, disconnected_at, last_activity, close_code, close_reason"
+)
+_NOTIFICATION_COLS = "id, user_id, title, body, data, created_at, delivered_at, read_at"
+
+
+async def get_connection(store: Store, connection_id: str) -> ConnectionRecord | None:
+    """The stored ``websocket_connections`` row of one connection."""
+    async with store.acquire("test_get_connection") as conn:
+        rec = await conn.fetchrow(
+            f"SELECT {_CONNECTION_COLS} FROM websocket_connections WHERE connection_id = $1",
+            connection_id,
+        )
+    return None if rec is None else ConnectionRecord(**dict(rec))
+
+
+async def count_connections(store: Store, prefix: str) -> int:
+    """How many ``websocket_connections`` rows have an id starting with ``prefix``."""
+    async with store.acquire("test_count_connections") as conn:
+        n = await conn.fetchval(
+            "SELECT count(*) FROM websocket_connections WHERE starts_with(connection_id, $1)",
+            prefix,
+        )
+    return int(n)
+
+
+async def pending_notifications(store: Store, user_id: str, limit: int) -> list[Notification]:
+    """Up to ``limit`` undelivered notifications of ``user_id``, oldest first (id order)."""
+    async with store.acquire("test_pending_notifications") as conn:
+        rows = await conn.fetch(
+            f"SELECT {_NOTIFICATION_COLS} FROM notifications "
+            "WHERE user_id = $1 AND delivered_at IS NULL ORDER BY id LIMIT $2",
+            user_id, limit,
+        )
+    return [Notification(**dict(r)) for r in rows]
+
+
+async def insert_customer(
+    store: Store, *, email: str | None, name: str | None, state: str | None
+) -> Customer:
+    """Create a customer."""
+    async with store.acquire("test_insert_customer") as conn:
+        rec = await conn.fetchrow(
+            "INSERT INTO customers (email, name, state) VALUES ($1, $2, $3) "
+            "RETURNING id, email, name, state, created_at",
+            email, name, state,
+        )
+    assert rec is not None
+    return Customer(**dict(rec))
+
+
+async def insert_quote(
+    store: Store,
+    *,
+    customer_id: uuid.UUID | None,
+    state: str | None,
+    status: str,
+    total_premium: float | None,
+    fields: object,
+    created_at: datetime | None,
+) -> Quote:
+    """Create a quote at version 1 (``created_at`` ``None`` means now)."""
+    async with store.acquire("test_insert_quote") as conn:
+        rec = await conn.fetchrow(
+            "INSERT INTO quotes (customer_id, state, status, total_premium, fields, "
+            "created_at, updated_at) VALUES ($1, $2, $3, $4, $5, coalesce($6, now()), "
+            f"coalesce($6, now())) RETURNING {QUOTE_COLS}",
+            customer_id, state, status, total_premium, encode_json(fields), created_at,
+        )
+    assert rec is not None
+    return Quote(**dict(rec))
+
+
+async def set_quote_status(
+    store: Store,
+    quote_id: uuid.UUID,
+    status: str,
+    *,
+    total_premium: float | None,
+    set_premium: bool,
+    updated_by: str,
+) -> Quote | None:
+    """Change a quote's status (and premium when ``set_premium``); version + 1.
+
+    Status ``converted`` stamps ``converted_at`` (once), as the quote service does.
+    """
+    async with store.acquire("test_set_quote_status") as conn:
+        rec = await conn.fetchrow(
+            "UPDATE quotes SET status = $2, "
+            "total_premium = CASE WHEN $3::boolean THEN $4::numeric ELSE total_premium END, "
+            "converted_at = CASE WHEN $2 = 'converted' THEN coalesce(converted_at, now()) "
+            "ELSE converted_at END, "
+            "version = version + 1, updated_at = now(), updated_by = $5 "
+            f"WHERE id = $1 RETURNING {QUOTE_COLS}",
+            quote_id, status, set_premium, total_premium, updated_by,
+        )
+    return None if rec is None else Quote(**dict(rec))
+
+
+async def create_admin_user(
+    store: Store, *, email: str, name: str | None, permissions: Sequence[str]
+) -> AdminUser:
+    """Create an admin user."""
+    async with store.acquire("test_create_admin_user") as conn:
+        rec = await conn.fetchrow(
+            "INSERT INTO admin_users (email, name, permissions) VALUES ($1, $2, $3) "
+            "RETURNING id, email, name, permissions, is_active, created_at",
+            email, name, list(permissions),
+        )
+    assert rec is not None
+    return AdminUser(**dict(rec))
+
+
+async def get_admin_user(store: Store, admin_user_id: str) -> AdminUser | None:
+    """One admin user."""
+    async with store.acquire("test_get_admin_user") as conn:
+        rec = await conn.fetchrow(
+            "SELECT id, email, name, permissions, is_active, created_at "
+            "FROM admin_users WHERE id = $1",
+            admin_user_id,
+        )
+    return None if rec is None else AdminUser(**dict(rec))
+
+
+async def delete_dashboard(store: Store, admin_user_id: str, dashboard_name: str) -> bool:
+    """Delete one saved dashboard; ``False`` when it did not exist."""
+    async with store.acquire("test_delete_dashboard") as conn:
+        status = await conn.execute(
+            "DELETE FROM admin_dashboards WHERE admin_user_id = $1 AND dashboard_name = $2",
+            admin_user_id, dashboard_name,
+        )
+    return bool(status != "DELETE 0")
+
+
+async def get_alert(store: Store, alert_id: int) -> SystemAlert | None:
+    """One alert."""
+    async with store.acquire("test_get_alert") as conn:
+        rec = await conn.fetchrow(f"SELECT {ALERT_COLS} FROM system_alerts WHERE id = $1",
+                                  alert_id)
+    return None if rec is None else SystemAlert(**dict(rec))
+
+
+async def list_alerts(
+    store: Store, *, resolved: bool | None, severity: str | None, before_id: int | None,
+    limit: int,
+) -> list[SystemAlert]:
+    """Alerts newest first, filtered by ``resolved`` / ``severity`` (``None`` = any)."""
+    async with store.acquire("test_list_alerts") as conn:
+        rows = await conn.fetch(
+            f"SELECT {ALERT_COLS} FROM system_alerts "
+            "WHERE ($1::bool IS NULL OR resolved = $1) "
+            "AND ($2::text IS NULL OR severity = $2) "
+            "AND ($3::bigint IS NULL OR id < $3) ORDER BY id DESC LIMIT $4",
+            resolved, severity, before_id, limit,
+        )
+    return [SystemAlert(**dict(r)) for r in rows]

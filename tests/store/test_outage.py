@@ -7,20 +7,19 @@ restart, overflow counted, shutdown report) and the ingress listener
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 
 import pytest
 
+from rtserver.ingress.payloads import CORE_KINDS, IngressDecoder, IngressMessage, RoomPublish
+from rtserver.ingress.postgres_notify import IngressListener, send_ingress
+from rtserver.metrics import REGISTRY
 from rtserver.store import (
     ConnectionRecorder,
-    IngressListener,
-    IngressPayload,
-    RoomPublish,
     Store,
     StoreUnavailable,
-    send_ingress,
 )
+from tests.store import pgutil
 from tests.store.pgutil import (
     PgInstance,
     create_database,
@@ -31,6 +30,12 @@ from tests.store.pgutil import (
 )
 
 pytestmark = pytest.mark.timeout(90)
+
+# Process-wide counters (tests run one at a time: deltas are this test's).
+WRITTEN = REGISTRY.counter("rtserver_connection_records_written_total", "")
+FLUSH_FAILURES = REGISTRY.counter("rtserver_connection_record_flush_failures_total", "")
+DECODER = IngressDecoder(CORE_KINDS)
+RECONNECTS = REGISTRY.counter("rtserver_ingress_reconnects_total", "")
 
 
 @pytest.fixture
@@ -57,12 +62,14 @@ async def test_recorder_survives_database_outage(pg_instance: PgInstance,
         retry_backoff_base=0.05, retry_backoff_max=0.3,
         on_state_change=lambda ok, reason: states.append((ok, reason)),
     )
+    written_before = WRITTEN.get()
+    failures_before = FLUSH_FAILURES.get()
     recorder.start()
     try:
         for i in range(2):
             recorder.record_connect(f"before-{i}", user_id=f"u{i}", admin_user_id=None,
                                     ip_address="127.0.0.1", user_agent=None)
-        await wait_until(lambda: recorder.health().written_records == 2, 10, "first write")
+        await wait_until(lambda: WRITTEN.get() - written_before == 2, 10, "first write")
 
         pg_instance.stop()
         # Events keep being accepted while the database is down: the calls are
@@ -72,37 +79,39 @@ async def test_recorder_survives_database_outage(pg_instance: PgInstance,
         for i in range(3):
             recorder.record_connect(f"during-{i}", user_id="u", admin_user_id=None,
                                     ip_address="::1", user_agent="ua")
-        assert recorder.health().queued == 5  # pending or in a failing flush: kept
+        # Pending or in a failing flush: kept (written after recovery, below).
 
-        await wait_until(lambda: not recorder.health().ok, 15, "degraded state")
-        health = recorder.health()
-        assert health.state == "degraded" and health.reason is not None
-        assert "Required action" in health.reason
-        assert health.queued == 5 and health.lost_records == 0
-        assert states and states[0][0] is False and states[0][1] == health.reason
+        await wait_until(lambda: bool(states), 15, "degraded state")
+        ok, reason = states[0]
+        assert ok is False and reason is not None and "Required action" in reason
+        assert recorder.lost_records == 0 and FLUSH_FAILURES.get() > failures_before
+        assert WRITTEN.get() - written_before == 2
         with pytest.raises(StoreUnavailable):
             await store.ping()
 
-        # Bounded: max_queued=6 pending rows, the 7th and 8th connections are lost (counted).
+        # Bounded: max_queued=6 pending rows (the 5 above and one more), the 7th
+        # and 8th connections are lost (counted).
         for i in range(3):
             recorder.record_connect(f"overflow-{i}", user_id=None, admin_user_id=None,
                                     ip_address=None, user_agent=None)
-        assert recorder.health().lost_records == 2
-        assert recorder.health().queued == 6
+        assert recorder.lost_records == 2
 
         pg_instance.start()
-        await wait_until(lambda: recorder.health().ok, 20, "recovery")
+        await wait_until(lambda: len(states) == 2, 20, "recovery")
         assert states[-1] == (True, None)
         assert [ok for ok, _ in states] == [False, True]
-        health = recorder.health()
-        assert health.queued == 0 and health.written_records == 8
+        # All 6 queued rows were written after the 2 before the outage: 8 upserts of
+        # 6 connections (before-0 and before-1 were written twice).
+        await wait_until(lambda: WRITTEN.get() - written_before == 8, 10, "queued rows written")
+        assert await pgutil.count_connections(store, "") == 6
+        assert await recorder.flush() is True and WRITTEN.get() - written_before == 8
 
-        row = await store.get_connection("before-0")
+        row = await pgutil.get_connection(store, "before-0")
         assert row is not None and (row.close_code, row.close_reason) == (1006, "abnormal")
-        row = await store.get_connection("during-2")
+        row = await pgutil.get_connection(store, "during-2")
         assert row is not None and row.ip_address == "::1" and row.connected_at is not None
-        assert await store.get_connection("overflow-0") is not None
-        assert await store.get_connection("overflow-2") is None
+        assert await pgutil.get_connection(store, "overflow-0") is not None
+        assert await pgutil.get_connection(store, "overflow-2") is None
     finally:
         report = await recorder.close()
         await store.close()
@@ -126,10 +135,10 @@ async def test_close_while_down_reports_lost(pg_instance: PgInstance, instance_d
         report = await recorder.close()
         assert report.lost == 2 and report.flushed == 0
         assert report.reason is not None
-        assert recorder.health().lost_records == 2
+        assert recorder.lost_records == 2
         # After close every event is counted as lost too.
         recorder.touch("late")
-        assert recorder.health().lost_records == 3
+        assert recorder.lost_records == 3
     finally:
         pg_instance.start()
         await store.close()
@@ -137,42 +146,48 @@ async def test_close_while_down_reports_lost(pg_instance: PgInstance, instance_d
 
 async def test_ingress_reconnects_after_outage(pg_instance: PgInstance,
                                                instance_dsn: str) -> None:
-    received: list[IngressPayload] = []
+    received: list[IngressMessage] = []
     states: list[tuple[bool, str | None]] = []
 
-    async def handler(message: IngressPayload) -> None:
+    async def handler(message: IngressMessage) -> None:
         received.append(message)
 
     listener = IngressListener(
-        instance_dsn, "outage_test", handler, connect_timeout=2.0, keepalive_interval=0.2,
+        instance_dsn, "outage_test", handler, decoder=DECODER, connect_timeout=2.0,
+        keepalive_interval=0.2,
         reconnect_backoff_base=0.05, reconnect_backoff_max=0.3, max_pending=100,
         elect_leader=True, standby_retry_interval=0.1,
         on_state_change=lambda ok, reason: states.append((ok, reason)),
     )
+    reconnects_before = RECONNECTS.get()
     listener.start()
     try:
         await listener.wait_listening(10)
         await send_ingress(instance_dsn, "outage_test",
-                           b'{"type":"room_publish","room":"a:b","data":1}', connect_timeout=5)
+                           b'{"type":"room_publish","room":"a:b","data":1}', DECODER,
+                           connect_timeout=5)
         await wait_until(lambda: len(received) == 1, 10, "first message")
 
         pg_instance.stop()
-        await wait_until(lambda: listener.health().state == "reconnecting", 15, "reconnecting")
-        assert not listener.health().ok and states[0][0] is False
-        await asyncio.sleep(0.5)  # several failed reconnect attempts with backoff
-        assert listener.health().reconnects >= 2
+        await wait_until(lambda: bool(states), 15, "reconnecting")
+        ok, reason = states[0]
+        assert ok is False and reason is not None and "LISTEN connection failed" in reason
+        # Several failed reconnect attempts with backoff.
+        await wait_until(lambda: RECONNECTS.get() - reconnects_before >= 2, 15, "reconnects")
 
         pg_instance.start()
         await listener.wait_listening(20)
         assert states[-1] == (True, None)
         await send_ingress(instance_dsn, "outage_test",
-                           b'{"type":"room_publish","room":"a:b","data":2}', connect_timeout=5)
+                           b'{"type":"room_publish","room":"a:b","data":2}', DECODER,
+                           connect_timeout=5)
         await wait_until(lambda: len(received) == 2, 10, "message after recovery")
         second = received[1]
         assert isinstance(second, RoomPublish) and bytes(second.data) == b"2"
     finally:
         await listener.close()
-    assert listener.health().state == "closed"
+    with pytest.raises(TimeoutError):  # closed: no longer listening
+        await listener.wait_listening(0)
 
 
 async def test_store_unavailable_then_back(pg_instance: PgInstance, instance_dsn: str) -> None:
@@ -184,6 +199,6 @@ async def test_store_unavailable_then_back(pg_instance: PgInstance, instance_dsn
             await store.create_notification("u", "t", "b", {})
         pg_instance.start()
         note = await store.create_notification("u", "t", "b", {})
-        assert [n.id for n in await store.pending_notifications("u", limit=5)] == [note.id]
+        assert [n.id for n in await pgutil.pending_notifications(store, "u", limit=5)] == [note.id]
     finally:
         await store.close()

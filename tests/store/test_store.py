@@ -18,6 +18,7 @@ from rtserver.store import (
     decode_json,
 )
 from rtserver.store.models import ConnectionRow
+from tests.store import pgutil
 from tests.store.pgutil import free_port, make_store
 
 pytestmark = pytest.mark.timeout(60)
@@ -36,7 +37,7 @@ async def test_notifications_pending_in_order_once(store: Store) -> None:
         await store.create_notification(user, f"t{i}", f"b{i}", {"n": i}) for i in range(5)
     ]
     await store.create_notification(other, "other", "x", {})
-    pending = await store.pending_notifications(user, limit=100)
+    pending = await pgutil.pending_notifications(store, user, limit=100)
     assert [n.id for n in pending] == [n.id for n in created]
     assert [decode_json(n.data) for n in pending] == [{"n": i} for i in range(5)]
     assert all(n.delivered_at is None and n.read_at is None for n in pending)
@@ -44,7 +45,7 @@ async def test_notifications_pending_in_order_once(store: Store) -> None:
     # Delivered ones are not pending again; marking twice changes nothing.
     assert await store.mark_delivered([created[0].id, created[1].id]) == 2
     assert await store.mark_delivered([created[0].id]) == 0
-    pending = await store.pending_notifications(user, limit=100)
+    pending = await pgutil.pending_notifications(store, user, limit=100)
     assert [n.id for n in pending] == [n.id for n in created[2:]]
 
     # claim: atomic, ordered, once -- even with two claimers at the same time.
@@ -56,7 +57,8 @@ async def test_notifications_pending_in_order_once(store: Store) -> None:
     assert claimed == [n.id for n in created[2:]]
     assert [n.id for n in first] == sorted(n.id for n in first)
     assert await store.claim_pending_notifications(user, limit=100) == []
-    assert [n.title for n in await store.pending_notifications(other, limit=10)] == ["other"]
+    others = await pgutil.pending_notifications(store, other, limit=10)
+    assert [n.title for n in others] == ["other"]
 
 
 async def test_claim_respects_limit(store: Store) -> None:
@@ -105,9 +107,9 @@ async def test_list_notifications_pages(store: Store) -> None:
 
 
 async def _quote(store: Store, **fields: object) -> uuid.UUID:
-    customer = await store.insert_customer(email=None, name="c", state="TX")
-    quote = await store.insert_quote(customer_id=customer.id, state="TX", status="draft",
-                                     total_premium=None, fields=fields, created_at=None)
+    customer = await pgutil.insert_customer(store, email=None, name="c", state="TX")
+    quote = await pgutil.insert_quote(store, customer_id=customer.id, state="TX", status="draft",
+                                      total_premium=None, fields=fields, created_at=None)
     assert quote.version == 1
     return quote.id
 
@@ -181,8 +183,8 @@ async def test_quotes_dashboard_and_funnel(fresh_dsn: str) -> None:
     await store.open()
     try:
         now = datetime.now(UTC)
-        c1 = await store.insert_customer(email="a@x", name="a", state="TX")
-        c2 = await store.insert_customer(email="b@x", name="b", state="CA")
+        c1 = await pgutil.insert_customer(store, email="a@x", name="a", state="TX")
+        c2 = await pgutil.insert_customer(store, email="b@x", name="b", state="CA")
         rows = [
             (c1.id, "TX", "draft", None, now - timedelta(minutes=5)),
             (c1.id, "TX", "quoted", 100.0, now - timedelta(hours=1, minutes=5)),
@@ -192,11 +194,11 @@ async def test_quotes_dashboard_and_funnel(fresh_dsn: str) -> None:
         ]
         ids = []
         for customer, state, status, premium, created in rows:
-            q = await store.insert_quote(customer_id=customer, state=state, status=status,
-                                         total_premium=premium, fields={}, created_at=created)
+            q = await pgutil.insert_quote(store, customer_id=customer, state=state, status=status,
+                                          total_premium=premium, fields={}, created_at=created)
             ids.append(q.id)
-        converted = await store.set_quote_status(ids[1], "converted", total_premium=None,
-                                                 set_premium=False, updated_by="svc")
+        converted = await pgutil.set_quote_status(store, ids[1], "converted", total_premium=None,
+                                                  set_premium=False, updated_by="svc")
         assert converted is not None and converted.converted_at is not None
         assert converted.version == 2 and converted.total_premium == 100.0
 
@@ -255,9 +257,9 @@ async def test_empty_dashboard(fresh_dsn: str) -> None:
 
 
 async def test_admin_activity_filters(store: Store) -> None:
-    admin = (await store.create_admin_user(email=f"{uuid.uuid4()}@x", name="A",
-                                           permissions=["admin:monitor"])).id
-    got = await store.get_admin_user(admin)
+    admin = (await pgutil.create_admin_user(store, email=f"{uuid.uuid4()}@x", name="A",
+                                            permissions=["admin:monitor"])).id
+    got = await pgutil.get_admin_user(store, admin)
     assert got is not None and got.permissions == ["admin:monitor"]
     first = await store.log_admin_activity(
         admin_user_id=admin, action="login", resource_type=None, resource_id=None,
@@ -300,8 +302,8 @@ async def test_dashboards(store: Store) -> None:
     assert [(d.dashboard_name, d.is_default) for d in listed] == [("sales", True),
                                                                    ("ops", False)]
     assert await store.list_dashboards(_user()) == []
-    assert await store.delete_dashboard(admin, "ops") is True
-    assert await store.delete_dashboard(admin, "ops") is False
+    assert await pgutil.delete_dashboard(store, admin, "ops") is True
+    assert await pgutil.delete_dashboard(store, admin, "ops") is False
 
 
 async def test_alerts(store: Store) -> None:
@@ -321,7 +323,7 @@ async def test_alerts(store: Store) -> None:
     assert loser.alert.resolved and loser.alert.resolved_by == winner.alert.resolved_by
     assert alert.id not in [a.id for a in await store.list_unresolved_alerts(limit=100)]
     assert (await store.resolve_alert(2**62, "a")).outcome == "not_found"
-    stored = await store.get_alert(alert.id)
+    stored = await pgutil.get_alert(store, alert.id)
     assert stored is not None and stored.resolved_at is not None
 
 
@@ -337,7 +339,7 @@ async def test_connection_rows_upsert(store: Store) -> None:
     await store.write_connection_rows([ConnectionRow(
         connection_id=cid, worker=3, disconnected_at=t0 + timedelta(seconds=5),
         last_activity=t0 - timedelta(seconds=5), close_code=1001, close_reason="going away")])
-    record = await store.get_connection(cid)
+    record = await pgutil.get_connection(store, cid)
     assert record is not None
     assert (record.user_id, record.ip_address, record.user_agent, record.worker) == (
         "u", "127.0.0.1", "ua", 3)
@@ -369,14 +371,15 @@ async def test_list_alerts_filters(store: Store) -> None:
     crit = await store.create_alert(alert_type="t", severity="critical", message="m",
                                     details=b'{"raw": true}')
     await store.resolve_alert(low.id, "admin")
-    recent = await store.list_alerts(resolved=None, severity=None, before_id=None, limit=2)
+    recent = await pgutil.list_alerts(store, resolved=None, severity=None, before_id=None, limit=2)
     assert [a.id for a in recent] == [crit.id, low.id]
     assert decode_json(recent[0].details) == {"raw": True}
-    unresolved_critical = await store.list_alerts(resolved=False, severity="critical",
-                                                  before_id=None, limit=100)
+    unresolved_critical = await pgutil.list_alerts(store, resolved=False, severity="critical",
+                                                   before_id=None, limit=100)
     assert crit.id in [a.id for a in unresolved_critical]
     assert low.id not in [a.id for a in unresolved_critical]
-    resolved = await store.list_alerts(resolved=True, severity=None, before_id=crit.id, limit=1)
+    resolved = await pgutil.list_alerts(store, resolved=True, severity=None, before_id=crit.id,
+                                        limit=1)
     assert [a.id for a in resolved] == [low.id]
 
 

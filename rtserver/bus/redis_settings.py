@@ -1,0 +1,78 @@
+"""Settings of the Redis bus (config ``[bus]``) and the node id of a worker."""
+
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+from dataclasses import dataclass
+
+from rtserver.backoff import BackoffPolicy
+
+__all__ = ["RedisBusSettings", "default_node_id", "safe_url"]
+
+
+def default_node_id(worker_id: int) -> str:
+    """A node id unique per worker process: ``host:pid:worker:random``."""
+    return f"{socket.gethostname()}:{os.getpid()}:{worker_id}:{uuid.uuid4().hex[:8]}"
+
+
+@dataclass(frozen=True, slots=True)
+class RedisBusSettings:
+    """Settings of the Redis bus (config ``[bus]``)."""
+
+    #: redis://host:port/db (or rediss://, unix://).
+    url: str
+    #: Prefix of every key and channel; servers sharing a prefix act as one.
+    key_prefix: str
+    #: This worker's identity in messages and logs (see :func:`default_node_id`).
+    node_id: str
+    #: Messages kept per room history list (0 = no history).
+    history_size: int
+    #: Seconds a history message is kept; a room unused (and unwatched) this long
+    #: loses its seq, history and epoch keys (TTL) and comes back with a new epoch.
+    history_ttl: float
+    #: Body bytes kept per room history (oldest evicted first).
+    history_max_bytes: int
+    #: Seconds a publish key is remembered (> request_timeout).
+    idempotency_window: float
+    #: Seconds a presence entry lives without being refreshed.
+    presence_ttl: float
+    #: Seconds between refreshes of this worker's presence entries (< presence_ttl).
+    presence_refresh_interval: float
+    #: Seconds one Redis command (or pipeline) may take.
+    request_timeout: float
+    #: Seconds one connection attempt may take.
+    connect_timeout: float
+    #: Connections of the command pool (the pub/sub connection is extra).
+    max_connections: int
+    #: Most publishes sent in one pipeline.
+    publish_batch_max: int
+    #: Delays between reconnect attempts (config ``[bus] reconnect_*``).
+    reconnect: BackoffPolicy
+
+    def __post_init__(self) -> None:
+        if not 0 < self.presence_refresh_interval < self.presence_ttl:
+            raise ValueError(
+                f"presence_refresh_interval {self.presence_refresh_interval} must be > 0 and "
+                f"< presence_ttl {self.presence_ttl}. Required action: fix [bus]")
+        if self.publish_batch_max < 1 or self.max_connections < 2 or self.history_size < 0:
+            raise ValueError(
+                "publish_batch_max >= 1, max_connections >= 2 and history_size >= 0 are required. "
+                "Required action: fix [bus]")
+        if not (self.history_ttl > self.presence_refresh_interval and self.history_max_bytes > 0
+                and self.idempotency_window > self.request_timeout):
+            raise ValueError(
+                "history_ttl > presence_refresh_interval (watched rooms are kept alive at "
+                "every refresh), history_max_bytes > 0 and idempotency_window > "
+                "request_timeout are required. Required action: fix [bus]")
+        if not self.key_prefix:
+            raise ValueError("key_prefix must not be empty. Required action: fix [bus]")
+
+
+def safe_url(url: str) -> str:
+    """``url`` without its password (for logs and error messages)."""
+    if "@" in url:
+        scheme, rest = url.split("://", 1)
+        return f"{scheme}://***@{rest.split('@', 1)[1]}"
+    return url

@@ -1,0 +1,46 @@
+"""Formats of the Redis bus's room streams: channel publications, history entries,
+recovery replies (the Lua side is :mod:`rtserver.bus.redis_scripts`).
+
+* publication (channel message): ``P<seq>\\n<epoch>\\n<origin>\\n<body>``
+* history entry (``P:hist:<room>``, newest first):
+  ``<ms Redis time>\\n<body length>\\n<publication>``
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rtserver.bus.base import Recovery, StreamPosition
+
+__all__ = ["parse_history_entry", "parse_publication", "recovery_from_reply"]
+
+
+def parse_publication(data: bytes) -> tuple[int, str, bytes]:
+    """``(seq, epoch, body)`` of a channel publication."""
+    nl1 = data.index(b"\n", 1)
+    nl2 = data.index(b"\n", nl1 + 1)
+    nl3 = data.index(b"\n", nl2 + 1)
+    return int(data[1:nl1]), data[nl1 + 1:nl2].decode(), data[nl3 + 1:]
+
+
+def parse_history_entry(entry: bytes) -> tuple[int, bytes, int]:
+    """``(seq, body, stored at ms)`` of a history entry."""
+    nl1 = entry.index(b"\n")
+    nl2 = entry.index(b"\n", nl1 + 1)
+    seq, _, body = parse_publication(entry[nl2 + 1:])
+    return seq, bytes(body), int(entry[:nl1])
+
+
+def recovery_from_reply(since: StreamPosition, reply: Any) -> Recovery:
+    """A :class:`Recovery` from the recover script's ``{epoch, seq, reason, entries}``."""
+    raw_epoch, seq, raw_reason, entries = reply
+    epoch = raw_epoch.decode() if isinstance(raw_epoch, bytes) else str(raw_epoch)
+    reason = raw_reason.decode() if isinstance(raw_reason, bytes) else str(raw_reason)
+    position = StreamPosition(epoch=epoch, seq=int(seq))
+    if reason:
+        return Recovery(position=position, publications=[], recovered=False, reason=reason)
+    pubs = [parse_history_entry(e)[:2] for e in reversed(entries)]
+    if since.epoch == "" or since.seq == position.seq or (pubs and pubs[0][0] == since.seq + 1):
+        return Recovery(position=position, publications=pubs, recovered=True, reason=None)
+    return Recovery(position=position, publications=pubs, recovered=False,
+                    reason="history_trimmed")

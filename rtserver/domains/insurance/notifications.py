@@ -1,0 +1,269 @@
+"""Per-user push notifications (stored in PostgreSQL, delivered across workers).
+
+* Live: the ingress (``rtserver notify`` / a backend's NOTIFY, kind
+  ``user_notify``) stores the row and :meth:`Notifications.deliver` sends ``notification`` to every
+  connection of the user on every worker through the bus. Each worker that
+  had a connection of the user marks the row delivered (see
+  :meth:`Notifications.on_user_delivery`).
+* Offline: on the next authenticated connect, the user's undelivered
+  notifications are claimed atomically (marked delivered) and sent in id
+  order, so each is delivered once.
+* ``notification_ack {notification_id}`` marks one read;
+  ``notifications_list {unread_only, limit, before_id}`` pages through them.
+
+The client field is ``notification_id`` (not ``id``) because ``id`` is the
+correlation id every client message may carry.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import TYPE_CHECKING
+
+import msgspec
+
+from rtserver.context import Connection, HandlerContext
+from rtserver.ingress.dispatch import IngressRejected
+from rtserver.jsonlog import get_logger
+from rtserver.metrics import REGISTRY
+from rtserver.protocol.messages import ClientMessage, MessageId, ServerMessage
+from rtserver.router import Router
+
+from .ingress_kinds import UserNotify
+
+if TYPE_CHECKING:
+    from rtserver.store.models import Notification as StoredNotification
+
+__all__ = [
+    "NotificationAck",
+    "NotificationAcked",
+    "NotificationItem",
+    "NotificationOut",
+    "Notifications",
+    "NotificationsList",
+    "NotificationsPage",
+    "notification_payload",
+]
+
+log = get_logger("rtserver.notifications")
+DUPLICATES = REGISTRY.counter("rtserver_notifications_duplicates_skipped_total",
+                              "Live notifications not sent again to a connection that had it")
+DELIVERED = REGISTRY.counter("rtserver_notifications_delivered_total",
+                             "Notifications sent to connections", ("path",))
+PREFIX = b'{"type":"notification",'
+
+
+class NotificationAck(ClientMessage, tag="notification_ack", frozen=True):
+    """Mark a notification read."""
+
+    notification_id: int
+    id: MessageId = None
+
+
+class NotificationsList(ClientMessage, tag="notifications_list", frozen=True):
+    """Page through the user's notifications, newest first."""
+
+    unread_only: bool
+    limit: int
+    before_id: int | None = None
+    id: MessageId = None
+
+
+class NotificationOut(ServerMessage, tag="notification", frozen=True):
+    """A push notification (``id`` is the notification's id)."""
+
+    id: int
+    title: str
+    body: str
+    data: msgspec.Raw
+    created_at: datetime
+
+
+class NotificationItem(msgspec.Struct, frozen=True):
+    """One notification in a page."""
+
+    notification_id: int
+    title: str
+    body: str
+    data: msgspec.Raw
+    created_at: datetime
+    delivered_at: datetime | None
+    read_at: datetime | None
+
+
+class NotificationsPage(ServerMessage, tag="notifications", frozen=True):
+    """Reply to ``notifications_list``; pass ``next_before_id`` as ``before_id`` for more."""
+
+    items: list[NotificationItem]
+    next_before_id: int | None
+    id: MessageId = None
+
+
+class NotificationAcked(ServerMessage, tag="notification_acked", frozen=True):
+    """Reply to ``notification_ack``."""
+
+    notification_id: int
+    read_at: datetime | None
+    id: MessageId = None
+
+
+_ENCODER = msgspec.json.Encoder()
+
+
+def notification_payload(n: StoredNotification) -> bytes:
+    """The ``notification`` frame payload of a stored notification."""
+    return _ENCODER.encode(NotificationOut(id=n.id, title=n.title, body=n.body, data=n.data,
+                                           created_at=n.created_at))
+
+
+class _IdOnly(msgspec.Struct):
+    id: int
+
+
+class Notifications:
+    """Notification delivery state of one node.
+
+    Around a connection's connect-time claim of its pending notifications,
+    live notifications for it are held until the claim is done; then claimed
+    and held ones are sent together in id order, each once. Afterwards live
+    copies of the claimed ones are skipped. Both tables are keyed by
+    connection and dropped by the one disconnect hook.
+    """
+
+    def __init__(self, ctx: HandlerContext) -> None:
+        self.ctx = ctx
+        self._held: dict[str, dict[int, bytes]] = {}
+        self._claimed: dict[str, set[int]] = {}
+
+    def install(self, router: Router) -> None:
+        """Register the messages, the on-connect pending delivery, the live filter."""
+        router.register(NotificationAck, self.ack)
+        router.register(NotificationsList, self.list)
+        router.on_connect(self.on_connect)
+        router.on_disconnect(self.on_disconnect)
+        router.filter_user_messages(self.keep_live)
+        router.on_user_delivery(self.on_user_delivery)
+        router.register_ingress(UserNotify, self.backend_notify)
+
+    async def deliver(self, user: str, payload: bytes) -> None:
+        """Send a stored notification's payload to every connection of ``user``."""
+        await self.ctx.send_to_user(user, payload)
+
+    async def backend_notify(self, message: UserNotify) -> None:
+        """A ``user_notify`` ingress payload: store (or look up) and deliver it."""
+        store = self.ctx.store
+        if store is None:
+            raise IngressRejected("no_database", "notifications need the database")
+        if message.notification_id is None:
+            stored = await store.create_notification(message.user, message.title,
+                                                     message.body, message.data)
+        else:
+            found = await store.get_notification(message.notification_id)
+            if found is None:
+                raise IngressRejected("unknown_notification",
+                                      f"notification {message.notification_id} is not stored")
+            stored = found
+        await self.deliver(message.user, notification_payload(stored))
+
+    def keep_live(self, conn: Connection, payload: bytes) -> bool:
+        """User-message filter: hold or skip live notifications around the claim."""
+        if not payload.startswith(PREFIX) or self.ctx.store is None:
+            return True
+        notification_id = msgspec.json.decode(payload, type=_IdOnly).id
+        claimed = self._claimed.get(conn.id)
+        if claimed is None:
+            self._held.setdefault(conn.id, {})[notification_id] = payload
+            return False
+        if notification_id in claimed:
+            DUPLICATES.inc()
+            return False
+        return True
+
+    def on_user_delivery(self, user: str, payload: bytes, delivered: int) -> None:
+        """Mark a live notification delivered when this worker had a connection of the user."""
+        store = self.ctx.store
+        if delivered == 0 or not payload.startswith(PREFIX) or store is None:
+            return
+        notification_id = msgspec.json.decode(payload, type=_IdOnly).id
+        DELIVERED.inc("live", amount=delivered)
+
+        async def mark() -> None:
+            await store.mark_delivered([notification_id])
+
+        self.ctx.spawn(mark, f"notification-{notification_id}")
+
+    async def on_connect(self, conn: Connection) -> None:
+        """Send the user's pending notifications (claimed atomically), merged with held ones."""
+        user = conn.user
+        store = self.ctx.store
+        if user is None or store is None:
+            return
+        batch = self.ctx.config.notifications.pending_batch
+        pending: list[StoredNotification] = []
+        try:
+            pending = await store.claim_pending_notifications(user, batch)
+        finally:
+            # Also when the claim failed: the held live ones are sent, in id order.
+            out = {n.id: notification_payload(n) for n in pending}
+            held = self._held.pop(conn.id, {})
+            DUPLICATES.inc(amount=len(out.keys() & held.keys()))
+            out.update(held)
+            self._claimed[conn.id] = {n.id for n in pending}
+            for notification_id in sorted(out):
+                self.ctx.send_to_connection(conn.id, out[notification_id])
+            if held:
+                held_ids = list(held)
+
+                async def mark_held() -> None:
+                    await store.mark_delivered(held_ids)
+
+                self.ctx.spawn(mark_held, f"notifications-held-{conn.id}")
+        if pending:
+            DELIVERED.inc("pending", amount=len(pending))
+            log.info("notifications_pending_delivered", connection_id=conn.id, user=user,
+                     count=len(pending), first_id=pending[0].id, last_id=pending[-1].id)
+
+    async def ack(self, conn: Connection, msg: NotificationAck) -> None:
+        """``notification_ack``: mark one notification read."""
+        ctx = self.ctx
+        store = ctx.require_store(conn, "notifications", msg.id)
+        if store is None or conn.user is None:
+            if conn.user is None:
+                ctx.error(conn, "forbidden", "anonymous connections have no notifications",
+                          "Required action: authenticate with a token", msg.id)
+            return
+        n = await store.mark_read(conn.user, msg.notification_id)
+        if n is None:
+            ctx.error(conn, "not_found", f"no notification {msg.notification_id} for this user",
+                      "Required action: acknowledge ids received in notification messages",
+                      msg.id)
+            return
+        ctx.reply(conn, NotificationAcked(notification_id=n.id, read_at=n.read_at, id=msg.id))
+
+    async def list(self, conn: Connection, msg: NotificationsList) -> None:
+        """``notifications_list``: one page, newest first."""
+        ctx = self.ctx
+        store = ctx.require_store(conn, "notifications", msg.id)
+        if store is None:
+            return
+        if conn.user is None:
+            ctx.error(conn, "forbidden", "anonymous connections have no notifications",
+                      "Required action: authenticate with a token", msg.id)
+            return
+        page_max = ctx.config.notifications.page_max
+        if not 1 <= msg.limit <= page_max:
+            ctx.error(conn, "invalid_field", f"field `limit` must be 1..{page_max}",
+                      f"Required action: ask for 1 to {page_max} notifications per page", msg.id)
+            return
+        page = await store.list_notifications(conn.user, unread_only=msg.unread_only,
+                                              limit=msg.limit, before_id=msg.before_id)
+        items = [NotificationItem(notification_id=n.id, title=n.title, body=n.body, data=n.data,
+                                  created_at=n.created_at, delivered_at=n.delivered_at,
+                                  read_at=n.read_at) for n in page.items]
+        ctx.reply(conn, NotificationsPage(items=items, next_before_id=page.next_before_id,
+                                          id=msg.id))
+
+    async def on_disconnect(self, conn: Connection) -> None:
+        """Drop the connection's hold and claim tables."""
+        self._held.pop(conn.id, None)
+        self._claimed.pop(conn.id, None)

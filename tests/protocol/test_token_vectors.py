@@ -1,0 +1,243 @@
+"""One table of token vectors, run against HS256 and RS256 alike.
+
+Each vector builds a token from a header, claims and a signing key, optionally
+re-spells one segment afterwards, and says what the verifier must answer
+under a given audience / issuer configuration.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import jwt
+import msgspec
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from rtserver.auth import TokenError, TokenVerifier, b64url_decode_strict
+from rtserver.config import load_config
+
+SECRET = "vector-test-secret-0123456789abcdef-0123456789"
+PREVIOUS = "vector-previous-secret-0123456789abcdef-01234"
+NOW = 1_900_000_000.0
+USER = str(uuid.UUID(int=7))
+LEEWAY = 1.0
+MAX_LIFETIME = 86400.0
+
+
+def _b64(raw: bytes) -> str:
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+
+@dataclass
+class Keys:
+    """Signing material of one algorithm."""
+
+    alg: str
+    sign: Callable[[bytes], bytes]
+    sign_other: Callable[[bytes], bytes]  # a key this server does not trust
+    verifier: Callable[..., TokenVerifier]
+
+
+def _flip_unused_bits(segment: str) -> str:
+    """Same bytes, different spelling: set unused low bits of the last character."""
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+    unused = {2: 4, 3: 2}[len(segment) % 4]  # unused bits in the last character
+    last = alphabet.index(segment[-1])
+    assert last % (1 << unused) == 0
+    return segment[:-1] + alphabet[last + 1]
+
+
+@dataclass
+class Vector:
+    """One token case: how to build it and the expected result (None = accepted)."""
+
+    name: str
+    claims: dict[str, Any] = field(default_factory=dict)
+    header: dict[str, Any] = field(default_factory=dict)
+    drop: tuple[str, ...] = ()
+    expect: str | None = None
+    respell: Callable[[list[str]], list[str]] | None = None
+    audience: str = ""
+    issuer: str = ""
+    other_key: bool = False
+    previous_key: bool = False  # HS256 only: signed with auth.jwt_previous_secret
+
+
+def _pad(i: int) -> Callable[[list[str]], list[str]]:
+    def f(parts: list[str]) -> list[str]:
+        parts[i] += "=" * (-len(parts[i]) % 4 or 4)
+        return parts
+    return f
+
+
+def _insert(i: int, char: str) -> Callable[[list[str]], list[str]]:
+    def f(parts: list[str]) -> list[str]:
+        parts[i] = parts[i][:5] + char + parts[i][5:]
+        return parts
+    return f
+
+
+def _unused_bits(i: int) -> Callable[[list[str]], list[str]]:
+    def f(parts: list[str]) -> list[str]:
+        parts[i] = _flip_unused_bits(parts[i])
+        return parts
+    return f
+
+
+VECTORS = [
+    Vector("valid"),
+    Vector("valid_without_iat", drop=("iat",)),
+    Vector("extra_claims_ignored", claims={"jti": "x", "iss": "someone"}),
+    Vector("padding_on_signature", respell=_pad(2), expect="token_invalid"),
+    Vector("padding_on_header", respell=_pad(0), expect="token_invalid"),
+    Vector("padding_on_payload", respell=_pad(1), expect="token_invalid"),
+    Vector("unused_bits_in_signature", respell=_unused_bits(2), expect="token_invalid"),
+    Vector("plus_inserted", respell=_insert(2, "+"), expect="token_invalid"),
+    Vector("slash_inserted", respell=_insert(1, "/"), expect="token_invalid"),
+    Vector("space_inserted", respell=_insert(0, " "), expect="token_invalid"),
+    Vector("non_ascii_inserted", respell=_insert(2, "\u00e9"), expect="token_invalid"),
+    Vector("four_segments", respell=lambda p: [*p, "e30"], expect="token_invalid"),
+    Vector("alg_none", header={"alg": "none"}, expect="token_invalid"),
+    Vector("alg_other", header={"alg": "HS512"}, expect="token_invalid"),
+    Vector("crit_header", header={"crit": ["b64"]}, expect="token_invalid"),
+    Vector("typ_other", header={"typ": "at+jwt+x"}, expect="token_invalid"),
+    Vector("forged_key", other_key=True, expect="token_invalid"),
+    Vector("no_sub", drop=("sub",), expect="token_invalid"),
+    Vector("no_exp", drop=("exp",), expect="token_invalid"),
+    Vector("sub_not_uuid", claims={"sub": "alice"}, expect="token_invalid"),
+    Vector("perms_not_list", claims={"perms": "admin"}, expect="token_invalid"),
+    Vector("exp_string", claims={"exp": "soon"}, expect="token_invalid"),
+    Vector("expired", claims={"exp": NOW - LEEWAY - 1}, expect="token_expired"),
+    Vector("expired_within_leeway", claims={"exp": NOW - LEEWAY / 2}),
+    Vector("exp_huge", claims={"exp": 1e300}, drop=("iat",), expect="token_invalid"),
+    Vector("lifetime_too_long", claims={"iat": NOW - 10, "exp": NOW + MAX_LIFETIME},
+           expect="token_invalid"),
+    Vector("iat_future", claims={"iat": NOW + LEEWAY + 5}, expect="token_invalid"),
+    Vector("iat_future_within_leeway", claims={"iat": NOW + LEEWAY / 2}),
+    Vector("nbf_future", claims={"nbf": NOW + LEEWAY + 5}, expect="token_invalid"),
+    Vector("nbf_past", claims={"nbf": NOW - 5}),
+    Vector("aud_without_configured_audience", claims={"aud": "other-service"},
+           expect="token_invalid"),
+    Vector("aud_matches", claims={"aud": "rtserver"}, audience="rtserver"),
+    Vector("aud_list_contains", claims={"aud": ["x", "rtserver"]}, audience="rtserver"),
+    Vector("aud_wrong", claims={"aud": "billing"}, audience="rtserver", expect="token_invalid"),
+    Vector("aud_missing", audience="rtserver", expect="token_invalid"),
+    Vector("iss_matches", claims={"iss": "auth.example"}, issuer="auth.example"),
+    Vector("iss_wrong", claims={"iss": "evil.example"}, issuer="auth.example",
+           expect="token_invalid"),
+    Vector("iss_missing", issuer="auth.example", expect="token_invalid"),
+]
+
+
+def build(keys: Keys, v: Vector) -> str:
+    header = {"alg": keys.alg, "typ": "JWT", **v.header}
+    claims: dict[str, Any] = {"sub": USER, "iat": NOW, "exp": NOW + 600, "perms": ["p"],
+                              **v.claims}
+    for name in v.drop:
+        claims.pop(name)
+    head = _b64(json.dumps(header).encode())
+    body = _b64(json.dumps(claims).encode())
+    signing_input = f"{head}.{body}".encode()
+    sign = keys.sign_other if v.other_key else keys.sign
+    if v.previous_key:
+        sign = keys_previous_sign
+    parts = [head, body, _b64(sign(signing_input))]
+    if v.respell is not None:
+        parts = v.respell(parts)
+    return ".".join(parts)
+
+
+def keys_previous_sign(data: bytes) -> bytes:
+    return jwt.api_jws.get_algorithm_by_name("HS256").sign(data, PREVIOUS.encode())
+
+
+def _auth_config(**changes: Any) -> Any:
+    config = load_config(env={}, flags={"jwt_secret": SECRET})
+    return msgspec.structs.replace(config.auth, leeway=LEEWAY,
+                                   max_token_lifetime=MAX_LIFETIME, **changes)
+
+
+def _hs256() -> Keys:
+    hs = jwt.api_jws.get_algorithm_by_name("HS256")
+    return Keys(
+        "HS256",
+        sign=lambda d: hs.sign(d, SECRET.encode()),
+        sign_other=lambda d: hs.sign(d, b"some-other-secret-0123456789abcdef-xyz"),
+        verifier=lambda **c: TokenVerifier(_auth_config(**c), SECRET),
+    )
+
+
+@pytest.fixture(scope="module")
+def rs256(tmp_path_factory: pytest.TempPathFactory) -> Keys:
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import padding
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    other = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    pub = Path(tmp_path_factory.mktemp("rs")) / "pub.pem"
+    pub.write_bytes(key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+    return Keys(
+        "RS256",
+        sign=lambda d: key.sign(d, padding.PKCS1v15(), hashes.SHA256()),
+        sign_other=lambda d: other.sign(d, padding.PKCS1v15(), hashes.SHA256()),
+        verifier=lambda **c: TokenVerifier(
+            _auth_config(jwt_algorithm="RS256", jwt_public_key_file=str(pub), **c), ""),
+    )
+
+
+@pytest.fixture(params=["HS256", "RS256"])
+def keys(request: pytest.FixtureRequest) -> Keys:
+    if request.param == "HS256":
+        return _hs256()
+    return request.getfixturevalue("rs256")  # type: ignore[no-any-return]
+
+
+@pytest.mark.parametrize("v", VECTORS, ids=[v.name for v in VECTORS])
+def test_vector(keys: Keys, v: Vector) -> None:
+    token = build(keys, v)
+    verifier = keys.verifier(jwt_audience=v.audience, jwt_issuer=v.issuer)
+    if v.expect is None:
+        principal = verifier.verify(token, now=NOW)
+        assert principal.user == USER and principal.permissions == {"p"}
+    else:
+        with pytest.raises(TokenError) as info:
+            verifier.verify(token, now=NOW)
+        assert info.value.code == v.expect
+        assert info.value.action.startswith("Required action")
+
+
+def test_previous_secret_accepted_during_rotation() -> None:
+    keys = _hs256()
+    token = build(keys, Vector("rotated", previous_key=True))
+    with pytest.raises(TokenError):
+        keys.verifier().verify(token, now=NOW)
+    assert keys.verifier(jwt_previous_secret=PREVIOUS).verify(token, now=NOW).user == USER
+
+
+@pytest.mark.parametrize("segment", ["", "QQ", "QUI", "QUJD", "_-8"])
+def test_canonical_segments_round_trip(segment: str) -> None:
+    assert _b64(b64url_decode_strict(segment)) == segment
+
+
+@pytest.mark.parametrize("segment", ["Q", "QR", "QUJ", "QQ==", "Q+", "Q/", "QQ\n", "ä"])
+def test_noncanonical_segments_refused(segment: str) -> None:
+    with pytest.raises(ValueError):
+        b64url_decode_strict(segment)
+
+
+def test_secret_length_counts_bytes() -> None:
+    from rtserver.config import ConfigError
+
+    with pytest.raises(ConfigError, match="32 bytes"):
+        load_config(env={}, flags={"jwt_secret": "x" * 31})
+    # 16 characters of two bytes each: 32 bytes, accepted.
+    assert load_config(env={}, flags={"jwt_secret": "\u00e9" * 16}).auth.jwt_secret
