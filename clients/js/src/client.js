@@ -26,7 +26,9 @@ export const DEFAULTS = Object.freeze({
   requestTimeout: 10000,
   tokenRefreshMargin: 30000,
   offlineQueue: Object.freeze({ maxCount: 100, maxAge: 30000 }),
-  idempotentPublish: false,
+  // Every publish carries a `key`; one whose ack was lost is retried with it
+  // (rtserver applies a key once within bus.idempotency_window).
+  idempotentPublish: true,
   // Recent notification ids remembered to drop a repeated delivery.
   notificationDedupe: 1000,
 });
@@ -107,6 +109,8 @@ export class RtClient {
     this._streams = new Set();
     /** @type {Map<string|number, any>} */
     this._pending = new Map();
+    /** The server sends `epoch` in `subscribed` (it speaks the recovery protocol). */
+    this._serverEpochs = false;
     this._nextId = 1;
     /** @type {any} */
     this._ws = null;
@@ -461,6 +465,7 @@ export class RtClient {
 
   /** @param {Record<string, any>} frame */
   _onSubscribed(frame) {
+    if (typeof frame.epoch === "string") this._serverEpochs = true;
     const sub = this._subs.get(frame.room);
     if (frame.id !== undefined) {
       const p = this._pending.get(frame.id);
@@ -568,18 +573,22 @@ export class RtClient {
   }
 
   /**
-   * One frame for every room subscription that has a position (servers with
-   * recovery), one frame per room otherwise; quote subscriptions use quote_subscribe.
+   * Room subscriptions in one frame (`rooms: [{room, since?}]`) when the server
+   * speaks the recovery protocol, one pipelined frame per room otherwise;
+   * quote subscriptions use quote_subscribe (fresh state).
    * @param {Subscription[]} subs
    */
   _sendSubscribes(subs) {
     const rooms = subs.filter((s) => s.kind === "room");
-    const batch = rooms.length > 1 && rooms.every((s) => s._since() !== undefined);
+    const batch = rooms.length > 1 && (this._serverEpochs || rooms.every((s) => s._since() !== undefined));
     if (batch) {
       const id = this._nextId++;
       this._track(id, { replyType: "subscribed", rooms: new Set(rooms.map((s) => s.room)),
                         what: "subscribe" });
-      this._send({ type: "subscribe", rooms: rooms.map((s) => ({ room: s.room, since: s._since() })), id });
+      this._send({ type: "subscribe", id, rooms: rooms.map((s) => {
+        const since = s._since();
+        return since === undefined ? { room: s.room } : { room: s.room, since };
+      }) });
     } else {
       for (const sub of rooms) {
         const id = this._nextId++;

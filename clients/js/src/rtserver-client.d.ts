@@ -58,7 +58,7 @@ export interface RtClientOptions {
   /** ms before the token's exp when the next token is fetched. Default 30000. */
   tokenRefreshMargin?: number;
   offlineQueue?: { maxCount?: number; maxAge?: number };
-  /** Send a publish `key` and retry a publish whose ack was lost (needs a server with publish keys). Default false. */
+  /** Send a publish `key` and retry a publish whose ack was lost with it (rtserver applies a key once). Default true. */
   idempotentPublish?: boolean;
   /** Recent notification ids remembered to drop a repeat. Default 1000. */
   notificationDedupe?: number;

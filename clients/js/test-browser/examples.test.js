@@ -29,7 +29,8 @@ describe("examples in real Chromium", () => {
     mkdirSync(ARTIFACTS, { recursive: true });
     psql("postgres", `CREATE DATABASE "${dbName}" TEMPLATE template0 ENCODING 'UTF8'`);
     rtserver("migrate", "--database", dsn);
-    server = new Server({ workers: 2, heartbeat: 1.0, database: dsn, dev: true });
+    // The pages are served by the server itself: its own origin is the allowed one.
+    server = new Server({ workers: 2, heartbeat: 1.0, database: dsn, dev: true, sameOrigin: true });
     await server.start();
     browser = await chromium.launch({ executablePath: CHROMIUM, args: ["--no-sandbox"] });
   });
@@ -68,7 +69,9 @@ describe("examples in real Chromium", () => {
     const b = await open("B", ctxB, `quote-editing.html?token=${editorToken(randomUUID())}&quote=${quote}`);
     for (const p of [a, b]) {
       await state(p).filter({ hasText: "connected" }).waitFor();
-      await p.locator('[data-testid="field-driver_name"]').waitFor();
+      await p.locator('[data-testid="field-driver_name"]').waitFor({ timeout: 10000 }).catch(async (e) => {
+        throw new Error(`${e.message}\npage: ${await p.textContent("body")}\nconsole: ${JSON.stringify(consoleErrors)}`);
+      });
     }
     // Live update: A edits, B sees it.
     await a.fill('[data-testid="field-driver_name"]', "Alice");
