@@ -30,7 +30,8 @@ describe("examples in real Chromium", () => {
     psql("postgres", `CREATE DATABASE "${dbName}" TEMPLATE template0 ENCODING 'UTF8'`);
     rtserver("migrate", "--database", dsn);
     // The pages are served by the server itself: its own origin is the allowed one.
-    server = new Server({ workers: 2, heartbeat: 1.0, database: dsn, dev: true, sameOrigin: true });
+    server = new Server({ workers: 2, heartbeat: 1.0, database: dsn, dev: true, sameOrigin: true,
+                         analyticsInterval: 0.5 });
     await server.start();
     browser = await chromium.launch({ executablePath: CHROMIUM, args: ["--no-sandbox"] });
   });
@@ -118,6 +119,17 @@ describe("examples in real Chromium", () => {
     const read = psql(dsn.endsWith(dbName) ? dbName : dbName,
                       `SELECT count(*) FROM notifications WHERE user_id = '${user}' AND read_at IS NOT NULL`);
     assert.equal(read, "1");
+    await p.close();
+  });
+
+  test("analytics dashboard: the chart is drawn from the stream", async () => {
+    for (let i = 0; i < 3; i++) newQuote();
+    const tok = token({ perms: ["analytics:read"], rooms: [] });
+    const p = await open("analytics", null, `analytics.html?token=${tok}`);
+    await state(p).filter({ hasText: "connected" }).waitFor();
+    await p.waitForFunction(() => Number(document.querySelector('[data-testid="total"]').textContent) >= 3);
+    assert.ok(await p.locator('[data-testid="chart"] rect').count() >= 24);
+    await p.screenshot({ path: join(ARTIFACTS, "analytics.png") });
     await p.close();
   });
 
