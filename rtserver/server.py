@@ -217,8 +217,15 @@ class RtServer:
         """Admission before the upgrade (rtserver/admission.py): None admits."""
         remote = connection.remote_address
         address = str(remote[0]) if remote else "unknown"
+        origins = request.headers.get_all("Origin")
+        host = request.headers.get("Host")
+        if (self.config.server.dev and len(origins) == 1 and host is not None
+                and origins[0] in (f"http://{host}", f"https://{host}")):
+            # --dev: the server's own pages (/examples/, /admin/) are admitted without
+            # listing the server's origin in server.allowed_origins.
+            origins = []
         refusal = self.admission.check(
-            request.headers.get_all("Origin"), address, time.monotonic(),
+            origins, address, time.monotonic(),
             self.node.hub.state_counts[ConnState.CONNECTING])
         if refusal is None:
             assert isinstance(connection, RtConnection)
