@@ -7,6 +7,9 @@ address, a connect-rate token bucket and the unauthenticated-connection cap.
 server turns into an HTTP response before any WebSocket state exists; the
 server reports every admitted connection's end with :meth:`Admission.release`.
 
+:func:`user_limit_refusal` is the one decision taken after the upgrade, when a
+connection authenticates: the per-user connection limit of one worker.
+
 Origin patterns (case-insensitive, matched against the whole ``Origin``):
 
 * ``https://app.example.com`` / ``http://localhost:3000``: that exact origin;
@@ -34,7 +37,7 @@ import msgspec
 if TYPE_CHECKING:
     from rtserver.config_sections import ServerConfig
 
-__all__ = ["REFUSAL_REASONS", "Admission", "OriginPolicy", "Refusal"]
+__all__ = ["REFUSAL_REASONS", "Admission", "OriginPolicy", "Refusal", "user_limit_refusal"]
 
 RefusalReason = Literal["origin", "connect_rate", "max_connections", "per_address",
                         "unauthenticated"]
@@ -198,3 +201,15 @@ class Admission:
             del self._per_address[address]
         else:
             self._per_address[address] = held - 1
+
+
+def user_limit_refusal(user: str, held: int, limit: int) -> tuple[str, str] | None:
+    """``(message, required action)`` when ``user``, who already holds ``held``
+    authenticated connections on this worker, may not authenticate one more
+    (``limits.max_connections_per_user`` = ``limit``); None admits it."""
+    if held < limit:
+        return None
+    return (f"user {user} already holds the maximum of {limit} connections on this server "
+            "worker (limits.max_connections_per_user)",
+            "Required action: close connections of this user that are no longer used before "
+            "opening another; do not reconnect automatically")
