@@ -50,7 +50,7 @@ def test_config_refuses_a_bad_entry() -> None:
     import msgspec
 
     config = make_config()
-    with pytest.raises(ConfigError, match="server.trusted_proxies"):
+    with pytest.raises(ConfigError, match=r"server\.trusted_proxies"):
         _validate(msgspec.structs.replace(config, server=msgspec.structs.replace(
             config.server, trusted_proxies=["10.0.0.0/33"])))
     with pytest.raises(ConfigError, match="certfile"):

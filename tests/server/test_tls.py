@@ -10,9 +10,9 @@ from pathlib import Path
 
 import orjson
 import pytest
+from certs import TlsFiles, make_tls_files
 from websockets.asyncio.client import ClientConnection, connect
 
-from certs import TlsFiles, make_tls_files
 from conftest import Client, ServerFactory, ServerProcess, make_config, token
 from rtserver.server import RtServer
 
