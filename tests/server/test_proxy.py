@@ -18,10 +18,10 @@ from pathlib import Path
 
 import orjson
 import pytest
+from certs import TlsFiles, make_tls_files
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import InvalidStatus
 
-from certs import TlsFiles, make_tls_files
 from conftest import ServerFactory, make_config, token
 from rtserver.server import RtServer
 
