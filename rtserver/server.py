@@ -519,12 +519,12 @@ class RtServer:
             raise bind_failure(cfg.server.host, cfg.server.port, exc) from exc
         sockets = list(self.server.sockets)
         self.port = sockets[0].getsockname()[1]
+        if self.ssl_context is not None:
+            log.info("fanout_tls", note="fanout: TLS connections use the transport path")
         log.lifecycle("listening", host=cfg.server.host, port=self.port,
                  ws_path=cfg.server.ws_path, worker=self.worker_id,
                  fanout=self.node.fanout_module.__name__, bus=self.node.bus.kind,
                  tls=self.ssl_context is not None)
-        if self.ssl_context is not None:
-            log.info("fanout_tls", note="fanout: TLS connections use the transport path")
         if self.previous_exit is not None:
             await self.node.raise_alert(
                 "worker_respawned", "high",
