@@ -46,7 +46,7 @@ from rtserver.protocol.codec import ErrorCode
 from rtserver.router import HttpRoute
 from rtserver.startup import bind_failure
 from rtserver.static_files import StaticFiles
-from rtserver.tls import server_ssl_context
+from rtserver.tls import server_ssl_context, server_tls_options
 
 __all__ = ["RtServer", "resolve_secret", "run_server"]
 
@@ -507,7 +507,7 @@ class RtServer:
             server_header="rtserver",
             # also with a given socket: asyncio calls listen() again (default 100)
             backlog=cfg.server.backlog,
-            ssl=self.ssl_context,
+            **server_tls_options(self.ssl_context, cfg.server),
         )
         try:
             if self.sock is not None:

@@ -11,10 +11,14 @@ from __future__ import annotations
 
 import ssl
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from rtserver.startup import EXIT_CONFIG, StartupError
 
-__all__ = ["server_ssl_context"]
+if TYPE_CHECKING:
+    from rtserver.config_sections import ServerConfig
+
+__all__ = ["server_ssl_context", "server_tls_options"]
 
 _ACTION = ("give a readable PEM certificate chain and its PEM private key with "
            "--certfile/--keyfile (RTSERVER_CERTFILE/RTSERVER_KEYFILE, server.certfile/"
@@ -61,3 +65,13 @@ def server_ssl_context(certfile: str, keyfile: str) -> ssl.SSLContext | None:
             f"({exc.reason or exc}: not PEM, or the key does not match the certificate)",
             _ACTION) from exc
     return context
+
+
+def server_tls_options(context: ssl.SSLContext | None, server: ServerConfig) -> dict[str, Any]:
+    """The TLS keyword arguments of ``serve`` / ``loop.create_server``: the context and
+    explicit bounds for the TLS handshake (``server.open_timeout``, before the WebSocket
+    handshake's own) and the TLS shutdown (``server.close_timeout``); none without TLS."""
+    if context is None:
+        return {}
+    return {"ssl": context, "ssl_handshake_timeout": server.open_timeout,
+            "ssl_shutdown_timeout": server.close_timeout}
