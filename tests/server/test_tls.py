@@ -195,3 +195,19 @@ def test_bad_certificate_is_a_clean_startup_failure(case: str, tls_files: TlsFil
     assert "certfile" in failure[0]["action"] or "keyfile" in failure[0]["problem"]
     assert not proc.events("listening")
 
+
+
+async def test_silent_tls_handshake_is_dropped_after_open_timeout(
+        make_server: ServerFactory, tls_files: TlsFiles) -> None:
+    server = await make_server(make_config(server={
+        "certfile": tls_files.certfile, "keyfile": tls_files.keyfile, "open_timeout": 0.5}))
+    assert server.port is not None
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    try:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        async with asyncio.timeout(10):
+            assert await reader.read() == b"", "the server closed the silent connection"
+        assert loop.time() - started >= 0.4
+    finally:
+        writer.close()
