@@ -10,12 +10,14 @@ distinguishable from the proxy's.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import shutil
 import socket
 import subprocess
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
+import asyncpg
 import orjson
 import pytest
 from certs import TlsFiles, make_tls_files
@@ -24,6 +26,7 @@ from websockets.exceptions import InvalidStatus
 
 from conftest import ServerFactory, make_config, token
 from rtserver.server import RtServer
+from tests.store.pgutil import TempDatabase
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy" / "nginx-rtserver.conf"
 NGINX = shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None)
@@ -112,12 +115,20 @@ async def proxied(make_server: ServerFactory, tls_files: TlsFiles,
                   tmp_path: Path) -> AsyncIterator[tuple[RtServer, int]]:
     server = await make_server(make_config(server={
         "trusted_proxies": ["127.0.0.1"], "max_connections_per_address": 2}))
+    async with _nginx_for(server, tls_files, tmp_path) as port:
+        yield server, port
+
+
+@contextlib.asynccontextmanager
+async def _nginx_for(server: RtServer, tls_files: TlsFiles,
+                     directory: Path) -> AsyncIterator[int]:
+    """A private nginx in front of ``server``; yields its TLS port."""
     assert server.port is not None
     listen = _free_port()
-    nginx = Nginx(tmp_path, _site_config(server.port, listen, tls_files))
+    nginx = Nginx(directory, _site_config(server.port, listen, tls_files))
     try:
         await _wait_accepting(listen, nginx)
-        yield server, listen
+        yield listen
     finally:
         nginx.stop()
 
@@ -197,3 +208,33 @@ async def test_direct_client_forging_the_header_counts_by_its_peer(
         assert conn.remote.startswith("127.0.0.4:") and not conn.remote.endswith(":0")
     finally:
         await ws.close()
+
+
+@pytest.fixture(scope="module")
+def db_dsn() -> Iterator[str]:
+    with TempDatabase(migrated=True) as dsn:
+        yield dsn
+
+
+async def test_recorded_address_is_the_forwarded_client(
+        make_server: ServerFactory, tls_files: TlsFiles, tmp_path: Path, db_dsn: str) -> None:
+    server = await make_server(make_config(
+        server={"trusted_proxies": ["127.0.0.1"]},
+        database={"dsn": db_dsn, "record_flush_interval": 0.05}))
+    async with _nginx_for(server, tls_files, tmp_path) as port:
+        ws = await _via_proxy(port, tls_files, "127.0.0.5", token())
+        (conn_id,) = server.node.hub.connections
+        await ws.close()
+    pg = await asyncpg.connect(db_dsn)
+    try:
+        async with asyncio.timeout(10):
+            while True:
+                row = await pg.fetchrow(
+                    "SELECT host(ip_address) AS ip, disconnected_at FROM websocket_connections "
+                    "WHERE connection_id = $1", conn_id)
+                if row is not None and row["disconnected_at"] is not None:
+                    break
+                await asyncio.sleep(0.05)
+        assert row["ip"] == "127.0.0.5"
+    finally:
+        await pg.close()
