@@ -376,7 +376,11 @@ def _cmd_publish(args: argparse.Namespace) -> int:
         print(f"rtserver: --data is not JSON ({exc}). Required action: pass a JSON value",
               file=sys.stderr)
         return 2
-    payload = orjson.dumps({"type": "room_publish", "room": args.room, "data": data})
+    import uuid
+
+    # A key makes a payload handled twice (at-least-once ingress) reach clients once.
+    payload = orjson.dumps({"type": "room_publish", "room": args.room, "data": data,
+                            "key": uuid.uuid4().hex})
     decoder = IngressDecoder(CORE_KINDS)  # room_publish is the core's kind
     try:
         if config.bus.redis_url:

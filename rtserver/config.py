@@ -429,6 +429,9 @@ def _validate(c: Config) -> None:
     _require(c.bus.history_size >= 0 and c.bus.history_ttl > 0 and c.bus.history_max_bytes > 0,
              "bus.history_size/history_ttl/history_max_bytes", "must be >= 0 / > 0 / > 0",
              "set a history length, a positive age and a positive byte bound")
+    _require(c.bus.ingress_block_timeout > 0 and c.bus.ingress_lock_ttl > 0,
+             "bus.ingress_block_timeout/ingress_lock_ttl", "must be > 0",
+             "set positive seconds")
     _require(c.bus.idempotency_window > c.bus.request_timeout, "bus.idempotency_window",
              "must be longer than bus.request_timeout (a retried publish must be deduplicated)",
              "raise bus.idempotency_window above bus.request_timeout")

@@ -55,6 +55,7 @@ class ServerConfig(Section, frozen=True):
     max_incoming_queue: int
     shutdown_grace: float
     dev: bool
+    log_writer: Literal["direct", "background"]
     allowed_origins: list[str]
     max_connections: int
     max_connections_per_address: int
@@ -148,6 +149,7 @@ class BusConfig(Section, frozen=True):
     publish_batch_max: int
     ingress_key: str
     ingress_block_timeout: float
+    ingress_lock_ttl: float
 
 
 class DatabaseConfig(Section, frozen=True):

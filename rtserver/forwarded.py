@@ -25,12 +25,19 @@ import ipaddress
 from collections.abc import Sequence
 from typing import Literal
 
-__all__ = ["FORWARDED_OUTCOMES", "ForwardedOutcome", "TrustedProxies"]
+from rtserver.metrics import REGISTRY
+
+__all__ = ["CLIENT_ADDRESS", "FORWARDED_OUTCOMES", "ForwardedOutcome", "TrustedProxies"]
 
 ForwardedOutcome = Literal["direct", "untrusted_peer", "forwarded", "missing", "invalid"]
 #: Every outcome of :meth:`TrustedProxies.client_address` (a bounded metric label set).
 FORWARDED_OUTCOMES: tuple[str, ...] = ("direct", "untrusted_peer", "forwarded", "missing",
                                        "invalid")
+#: WebSocket handshakes by outcome (counted by the server for every handshake).
+CLIENT_ADDRESS = REGISTRY.counter(
+    "rtserver_client_address_total",
+    "WebSocket handshakes by how the client address was found (server.trusted_proxies)",
+    ("outcome",))
 
 _Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 _Address = ipaddress.IPv4Address | ipaddress.IPv6Address

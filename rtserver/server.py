@@ -37,7 +37,7 @@ from rtserver.bus.local import LocalBus
 from rtserver.config import Config, masked
 from rtserver.connection import ConnState
 from rtserver.fanout import load_fanout
-from rtserver.forwarded import TrustedProxies
+from rtserver.forwarded import CLIENT_ADDRESS, TrustedProxies
 from rtserver.metrics import REGISTRY
 from rtserver.node import Node
 from rtserver.plugin import DomainPlugin, load_domain_classes
@@ -54,8 +54,6 @@ log = jsonlog.get_logger("rtserver.server")
 ADMISSION_REFUSED = REGISTRY.counter(
     "rtserver_handshakes_refused_total", "WebSocket handshakes refused before the upgrade",
     ("reason",))
-CLIENT_ADDRESS = REGISTRY.counter("rtserver_client_address_total", "How handshakes' client "
-                                  "addresses were found (rtserver/forwarded.py)", ("outcome",))
 
 
 def resolve_secret(config: Config) -> str:
@@ -414,8 +412,9 @@ class RtServer:
             from rtserver.ingress.redis_list import RedisIngress
 
             self.redis_ingress = RedisIngress(
-                bus_cfg.redis_url, bus_cfg.ingress_key, dispatcher, decoder=dispatcher.decoder,
-                block_timeout=bus_cfg.ingress_block_timeout,
+                bus_cfg.redis_url, bus_cfg.ingress_key, dispatcher.carry_out,
+                decoder=dispatcher.decoder, block_timeout=bus_cfg.ingress_block_timeout,
+                lock_ttl=bus_cfg.ingress_lock_ttl,
                 backoff_base=bus_cfg.reconnect_backoff_base,
                 backoff_max=bus_cfg.reconnect_backoff_max, jitter=bus_cfg.reconnect_jitter,
                 on_state_change=lambda ok, reason: node.set_degraded("redis_ingress", not ok,
@@ -588,7 +587,8 @@ def run_server(config: Config, worker_id: int = 0, sock: socket.socket | None = 
     """
     import uvloop
 
-    jsonlog.configure(config.server.log_level)
+    jsonlog.configure(config.server.log_level,
+                      background=config.server.log_writer == "background")
     jsonlog.set_worker(worker_id)
     log.lifecycle("config", effective=masked(config), sources=dict(sources))
     if config.fanout.implementation == "python":

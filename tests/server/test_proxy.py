@@ -193,7 +193,7 @@ async def test_per_address_limit_counts_the_forwarded_client(
 async def test_direct_client_forging_the_header_counts_by_its_peer(
         proxied: tuple[RtServer, int]) -> None:
     server, _ = proxied
-    from rtserver.server import CLIENT_ADDRESS
+    from rtserver.forwarded import CLIENT_ADDRESS
 
     before = CLIENT_ADDRESS.get("untrusted_peer")
     ws = await connect(f"ws://127.0.0.1:{server.port}/ws?token={token()}",
