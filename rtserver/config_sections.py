@@ -63,6 +63,9 @@ class ServerConfig(Section, frozen=True):
     connect_rate_per_second: float
     connect_rate_burst: int
     admission_retry_after: float
+    certfile: str
+    keyfile: str
+    trusted_proxies: list[str]
 
 
 class AuthConfig(Section, frozen=True):
@@ -90,6 +93,7 @@ class LimitsConfig(Section, frozen=True):
     rate_limit_per_second: float
     rate_limit_burst: int
     max_errors_per_minute: int
+    max_connections_per_user: int
     presence_member_limit: int
     outbound_buffer_limit: int
     max_json_depth: int

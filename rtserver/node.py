@@ -206,7 +206,7 @@ class Node(HandlerContext):
         now = time.monotonic()
         rooms: set[str] = set()
         session = Session(connection_id, self.codec, self.verifier, self.policy,
-                          self.config.limits, now, rooms)
+                          self.config.limits, now, rooms, self.hub.by_user)
         conn = Connection(connection_id, ws, None, session, remote, user_agent, time.time(),
                           rooms)
         conn.sink = self.fanout_module.Sink(ws, conn)

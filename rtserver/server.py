@@ -37,6 +37,7 @@ from rtserver.bus.local import LocalBus
 from rtserver.config import Config, masked
 from rtserver.connection import ConnState
 from rtserver.fanout import load_fanout
+from rtserver.forwarded import CLIENT_ADDRESS, TrustedProxies
 from rtserver.metrics import REGISTRY
 from rtserver.node import Node
 from rtserver.plugin import DomainPlugin, load_domain_classes
@@ -45,6 +46,7 @@ from rtserver.protocol.codec import ErrorCode
 from rtserver.router import HttpRoute
 from rtserver.startup import bind_failure
 from rtserver.static_files import StaticFiles
+from rtserver.tls import server_ssl_context, server_tls_options
 
 __all__ = ["RtServer", "resolve_secret", "run_server"]
 
@@ -114,11 +116,20 @@ _NO_HEADERS = Headers()
 
 
 class RtConnection(ServerConnection):
-    """A websockets server connection that records when it last received a pong and
-    gives its admission slot back when the TCP connection ends."""
+    """A websockets server connection that records when it last received a pong, gives
+    its admission slot back when the TCP connection ends, and knows the client address."""
 
     last_pong = 0.0
     on_lost: Callable[[], None] | None = None
+    #: The client's IP address when a trusted proxy forwarded it (set before the upgrade).
+    forwarded_client: str | None = None
+
+    @property
+    def remote_address(self) -> Any:
+        """The TCP peer, or ``(client IP, 0)`` when a trusted proxy forwarded it."""
+        if self.forwarded_client is not None:
+            return (self.forwarded_client, 0)
+        return super().remote_address
 
     def connection_lost(self, exc: Exception | None) -> None:
         """Release the admission slot, then let websockets finish."""
@@ -175,6 +186,8 @@ class RtServer:
             hub_bus.set_status_providers(
                 lambda: REGISTRY.render({"worker": str(self.worker_id)}), self.node.health)
         self.admission = Admission(config.server, time.monotonic())
+        self.trusted_proxies = TrustedProxies(config.server.trusted_proxies)
+        self.ssl_context = server_ssl_context(config.server.certfile, config.server.keyfile)
         self._refusals = jsonlog.SummaryLog(log, "handshakes_refused")
         for warning in self.admission.origins.warnings:
             log.warning("allowed_origins_any", note=warning)
@@ -215,20 +228,21 @@ class RtServer:
 
     def _admit(self, connection: ServerConnection, request: Request) -> Response | None:
         """Admission before the upgrade (rtserver/admission.py): None admits."""
+        assert isinstance(connection, RtConnection)
         remote = connection.remote_address
-        address = str(remote[0]) if remote else "unknown"
-        origins = request.headers.get_all("Origin")
-        host = request.headers.get("Host")
-        if (self.config.server.dev and len(origins) == 1 and host is not None
-                and origins[0] in (f"http://{host}", f"https://{host}")):
-            # --dev: the server's own pages (/examples/, /admin/) are admitted without
-            # listing the server's origin in server.allowed_origins.
-            origins = []
+        peer = str(remote[0]) if remote else "unknown"
+        address, outcome = self.trusted_proxies.client_address(
+            peer, request.headers.get_all("X-Forwarded-For"))
+        CLIENT_ADDRESS.inc(outcome)
+        connection.forwarded_client = address if outcome == "forwarded" else None
+        if outcome not in ("direct", "forwarded"):
+            log.debug("forwarded_for_not_used", peer=peer, outcome=outcome, client=address)
+        origins = self.admission.page_origins(request.headers.get_all("Origin"),
+                                              request.headers.get("Host"))
         refusal = self.admission.check(
             origins, address, time.monotonic(),
             self.node.hub.state_counts[ConnState.CONNECTING])
         if refusal is None:
-            assert isinstance(connection, RtConnection)
             connection.on_lost = lambda: self.admission.release(address)
             return None
         ADMISSION_REFUSED.inc(refusal.reason)
@@ -494,6 +508,7 @@ class RtServer:
             server_header="rtserver",
             # also with a given socket: asyncio calls listen() again (default 100)
             backlog=cfg.server.backlog,
+            **server_tls_options(self.ssl_context, cfg.server),
         )
         try:
             if self.sock is not None:
@@ -505,9 +520,12 @@ class RtServer:
             raise bind_failure(cfg.server.host, cfg.server.port, exc) from exc
         sockets = list(self.server.sockets)
         self.port = sockets[0].getsockname()[1]
+        if self.ssl_context is not None:
+            log.info("fanout_tls", note="fanout: TLS connections use the transport path")
         log.lifecycle("listening", host=cfg.server.host, port=self.port,
                  ws_path=cfg.server.ws_path, worker=self.worker_id,
-                 fanout=self.node.fanout_module.__name__, bus=self.node.bus.kind)
+                 fanout=self.node.fanout_module.__name__, bus=self.node.bus.kind,
+                 tls=self.ssl_context is not None)
         if self.previous_exit is not None:
             await self.node.raise_alert(
                 "worker_respawned", "high",

@@ -43,6 +43,8 @@ ELSEWHERE: dict[int, list[str]] = {
                             "tests/server/test_connection.py::test_first_frame_auth_failure",
                             "tests/server/test_connection.py::test_missing_token_auth_timeout"],
     CloseCode.IDLE: ["tests/server/test_connection.py::test_idle_timeout_closes_4008"],
+    CloseCode.USER_LIMIT: ["tests/server/test_user_limit.py::test_per_user_limit",
+                           "tests/server/test_user_limit.py::test_anonymous_upgrade_counts_too"],
 }
 
 #: Tests in this file, by the code they provoke.
