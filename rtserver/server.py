@@ -12,10 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import http
-import secrets
 import signal
 import socket
-import sys
 import time
 import traceback
 import uuid
@@ -44,37 +42,16 @@ from rtserver.plugin import DomainPlugin, load_domain_classes
 from rtserver.protocol.close_codes import CloseCode
 from rtserver.protocol.codec import ErrorCode
 from rtserver.router import HttpRoute
-from rtserver.startup import bind_failure
+from rtserver.startup import bind_failure, resolve_secret
 from rtserver.static_files import StaticFiles
 from rtserver.tls import server_ssl_context, server_tls_options
 
-__all__ = ["RtServer", "resolve_secret", "run_server"]
+__all__ = ["RtServer", "run_server"]
 
 log = jsonlog.get_logger("rtserver.server")
 ADMISSION_REFUSED = REGISTRY.counter(
     "rtserver_handshakes_refused_total", "WebSocket handshakes refused before the upgrade",
     ("reason",))
-
-
-def resolve_secret(config: Config) -> str:
-    """The JWT secret, or a throw-away one in ``--dev`` mode (announced)."""
-    if config.auth.jwt_secret:
-        return config.auth.jwt_secret
-    if config.server.dev:
-        secret = secrets.token_urlsafe(32)
-        # Shown once on the terminal, never in the JSON log (which may be shipped).
-        terminal = sys.stderr.isatty()
-        if terminal:
-            sys.stderr.write(f"rtserver --dev: throw-away JWT secret (not logged): {secret}\n")
-            sys.stderr.flush()
-        log.warning("dev_secret_generated", shown_on_terminal=terminal,
-                    note="--dev generated a throw-away JWT secret; tokens die with this process. "
-                    + ("It was printed on the terminal, not logged; use it with: "
-                       "RTSERVER_JWT_SECRET=<secret> rtserver token ..." if terminal else
-                       "stderr is not a terminal, so it was not shown. Required action: set "
-                       "RTSERVER_JWT_SECRET to mint tokens for this server"))
-        return secret
-    raise RuntimeError("no JWT secret (validated config should have refused to start)")
 
 
 def _response(status: http.HTTPStatus, body: bytes, content_type: str) -> Response:

@@ -10,10 +10,15 @@ statuses are documented in docs/deploy.md.
 from __future__ import annotations
 
 import errno
+import secrets
 import sys
+from typing import TYPE_CHECKING
 
 from rtserver import jsonlog
 from rtserver.jsonlog import get_logger
+
+if TYPE_CHECKING:
+    from rtserver.config import Config
 
 __all__ = [
     "EXIT_ADDRESS",
@@ -25,6 +30,7 @@ __all__ = [
     "StartupError",
     "bind_failure",
     "report_startup_failure",
+    "resolve_secret",
 ]
 
 #: The configuration (file, environment, flags) is unreadable or invalid, or the
@@ -78,3 +84,24 @@ def bind_failure(host: str, port: int, exc: OSError) -> StartupError:
     else:
         action = "fix server.host / server.port (--host, --port)"
     return StartupError(EXIT_ADDRESS, f"cannot listen on {host}:{port} ({reason})", action)
+
+
+def resolve_secret(config: Config) -> str:
+    """The JWT secret, or a throw-away one in ``--dev`` mode (announced)."""
+    if config.auth.jwt_secret:
+        return config.auth.jwt_secret
+    if config.server.dev:
+        secret = secrets.token_urlsafe(32)
+        # Shown once on the terminal, never in the JSON log (which may be shipped).
+        terminal = sys.stderr.isatty()
+        if terminal:
+            sys.stderr.write(f"rtserver --dev: throw-away JWT secret (not logged): {secret}\n")
+            sys.stderr.flush()
+        _log.warning("dev_secret_generated", shown_on_terminal=terminal,
+                    note="--dev generated a throw-away JWT secret; tokens die with this process. "
+                    + ("It was printed on the terminal, not logged; use it with: "
+                       "RTSERVER_JWT_SECRET=<secret> rtserver token ..." if terminal else
+                       "stderr is not a terminal, so it was not shown. Required action: set "
+                       "RTSERVER_JWT_SECRET to mint tokens for this server"))
+        return secret
+    raise RuntimeError("no JWT secret (validated config should have refused to start)")

@@ -506,7 +506,7 @@ def serve_workers(config: Config, settings: SupervisorSettings, plan: WorkerBusP
     """
     import uvloop
 
-    from rtserver.server import resolve_secret
+    from rtserver.startup import resolve_secret
 
     jsonlog.configure(config.server.log_level,
                       background=config.server.log_writer == "background")
