@@ -18,6 +18,7 @@ import socket
 import struct
 import time
 from array import array
+from collections.abc import Callable
 from typing import Protocol
 
 from rtserver.bench.wsproto import (
@@ -113,6 +114,7 @@ class Conn:
         "buf",
         "frag",
         "gen",
+        "hook",
         "inflight",
         "is_pub",
         "missing",
@@ -144,10 +146,14 @@ class Conn:
         self.next = 0
         self.missing: set[int] | None = None
         self.inflight = 0
+        #: When set, every text frame after the handshake goes to this callback instead
+        #: of the measuring fast path (the chaos scenario's stream-tracking clients).
+        self.hook: Callable[[Conn, bytes], None] | None = None
 
     # ------------------------------------------------------------------ lifecycle
-    def start(self, host: str, port: int, path: str, source: str | None) -> None:
-        """Open the socket and start a non-blocking connect."""
+    def start(self, host: str, port: int, path: str, source: str | None,
+              rcvbuf: int = 0) -> None:
+        """Open the socket and start a non-blocking connect (``rcvbuf``: SO_RCVBUF if > 0)."""
         gen = self.gen
         try:
             s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -158,6 +164,8 @@ class Conn:
         s.setblocking(False)
         s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         s.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+        if rcvbuf > 0:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
         if source is not None:
             s.setsockopt(socket.SOL_IP, IP_BIND_ADDRESS_NO_PORT, 1)
             s.bind((source, 0))
@@ -231,6 +239,29 @@ class Conn:
         s.close()
         self.sock = None
         self.state = DEAD
+
+    def abort(self) -> None:
+        """Reset the TCP connection (SO_LINGER 0: an RST, no close frame) and close."""
+        s = self.sock
+        if s is None:
+            return
+        loop = self.gen.loop
+        loop.remove_reader(s.fileno())
+        loop.remove_writer(s.fileno())
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        s.close()
+        self.sock = None
+        self.state = DEAD
+
+    def pause_reading(self) -> None:
+        """Stop reading: the server's buffers for this connection fill up (slow consumer)."""
+        if self.sock is not None:
+            self.gen.loop.remove_reader(self.sock.fileno())
+
+    def resume_reading(self) -> None:
+        """Read again after :meth:`pause_reading`."""
+        if self.sock is not None and self.state != DEAD:
+            self.gen.loop.add_reader(self.sock.fileno(), self.on_readable)
 
     # ------------------------------------------------------------------ receive path
     def on_readable(self) -> None:
@@ -306,6 +337,9 @@ class Conn:
 
     def on_text(self, p: bytes, rts: int) -> None:
         """Handle one text message."""
+        if self.hook is not None:
+            self.hook(self, p)
+            return
         gen = self.gen
         if self.state == READY:
             m = _TYPE_RE.search(p)
