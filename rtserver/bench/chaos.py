@@ -66,10 +66,13 @@ FAULT_KINDS = {
 }
 
 #: Keys changed (on top of the bench overrides) in the spawned servers' config:
-#: a small outbound buffer so one burst makes a slow consumer; restarts are the point
-#: of the run, so the crash-loop guard must not stop the server.
+#: a small outbound buffer so one burst makes a slow consumer, and a history whose
+#: bytes fit in that buffer (a replay larger than the buffer would close the
+#: recovering client with 1013 on every reconnect); restarts are the point of the
+#: run, so the crash-loop guard must not stop the server.
 CHAOS_CONFIG_OVERRIDES: dict[str, str] = {
-    "outbound_buffer_limit": "65536",
+    "outbound_buffer_limit": "262144",
+    "history_max_bytes": "131072",
     "max_restarts": "1000",
 }
 
@@ -97,7 +100,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--reconnect-max", type=float, default=2.0,
                    help="reconnect backoff: largest cap in seconds (default 2)")
     g.add_argument("--slow-burst-bytes", type=int, default=6 << 20,
-                   help="bytes published to the slow consumer's room in a burst (default 6 MiB: more than the kernel buffers hold)")
+                   help="bytes published to the slow consumer's room in a burst (default "
+                   "6 MiB: more than the kernel socket buffers hold)")
     g.add_argument("--fault-timeout", type=float, default=15.0,
                    help="seconds a fault may take to show (slow consumer closed, default 15)")
 
@@ -185,8 +189,9 @@ class ChaosRun:
         k = min(self.a.rooms_per_client, len(self.rooms))
         for _ in range(self.a.clients):
             add(self.rng.sample(self.rooms, k), False)
-        for _ in range(self.a.chaos_publishers):
-            add([*self.rooms, self.slow_room], True)
+        # The first publisher also takes the slow room (its bursts and final publication).
+        for i in range(self.a.chaos_publishers):
+            add([*self.rooms, self.slow_room] if i == 0 else list(self.rooms), True)
         self.slow = add([self.slow_room], False, rcvbuf=4096)
         return cc
 
@@ -202,10 +207,11 @@ class ChaosRun:
                                  f"{what}\n")
                 return False
             cc.changed.clear()
-            try:
-                await asyncio.wait_for(cc.changed.wait(), min(left, 0.5))
-            except TimeoutError:
-                pass
+            # Woken by any client event, or after at most 0.5 s to re-check the time.
+            waiter = asyncio.ensure_future(cc.changed.wait())
+            _, pending = await asyncio.wait({waiter}, timeout=min(left, 0.5))
+            for w in pending:
+                w.cancel()
         return True
 
     # ------------------------------------------------------------ faults
@@ -260,14 +266,14 @@ class ChaosRun:
         conn = slow.conn
         conn.pause_reading()
         connects = slow.connects
-        pubs = [cl for cl in cc.clients if cl.is_pub]
+        burster = next(cl for cl in cc.clients if cl.is_pub)
         pad = 32768
         # One burst message at a time (each acknowledged before the next): the other
         # members of the room read on, only the stalled client's buffer grows.
         closed = False
         deadline = time.monotonic() + self.a.fault_timeout
         for _ in range(max(1, self.a.slow_burst_bytes // pad)):
-            pid = cc.publish(self.rng.choice(pubs), self.slow_room, pad)
+            pid = cc.publish(burster, self.slow_room, pad)
             if not await self.wait("a burst publication's ack", lambda p=pid: p in cc.acks,
                                    self.a.fault_timeout):
                 break
@@ -371,7 +377,7 @@ def _slow_total(ep: Endpoint) -> float:
     """Sum of ``rtserver_slow_consumers_total`` over the cluster behind ``ep`` (-1: no answer)."""
     url = f"http://{ep.host}:{ep.port}/metrics"
     try:
-        with urllib.request.urlopen(url, timeout=5.0) as resp:  # noqa: S310 - loopback only
+        with urllib.request.urlopen(url, timeout=5.0) as resp:
             text = resp.read().decode()
     except OSError as exc:
         sys.stderr.write(f"bench chaos: GET {url}: {exc} (asked again)\n")
