@@ -52,6 +52,7 @@ from rtserver.bench.chaos_faults import (
     redis_cut_clients,
     worker_pids,
 )
+from rtserver.bench.connection import STATE_NAMES
 from rtserver.bench.report import machine_info, write_report
 from rtserver.bench.spawn import bench_server_config
 from rtserver.bench.streams import FullJitterBackoff, StreamTracker
@@ -345,6 +346,8 @@ class ChaosRun:
                 "every stream to reach its room's final publication",
                 lambda: _all_reached(cc, finals), drain)
         finally:
+            not_ready = [cl for cl in cc.clients if not cc.ready(cl)]
+            self.not_ready = [_describe(cl, cc.ready(cl)) for cl in not_ready]
             cc.close_all()
             await self.stop_servers()
         streams = {f"c{cl.index}/{room}": (room, events)
@@ -360,7 +363,18 @@ class ChaosRun:
             "closes": cc.closes, "server_errors": cc.errors, "unexpected": cc.unexpected,
             "workers_seen_at_start": sorted(workers) if phases.get("connected") else [],
             "phases": phases, "invariant": res.as_dict(),
+            "clients_not_ready_at_end": self.not_ready,
         }
+
+
+def _describe(cl: Client, ready: bool) -> dict[str, Any]:
+    """A client's state, for the report when it did not get ready."""
+    c = cl.conn
+    return {"client": cl.index, "ready": ready, "node": cl.endpoint.label,
+            "worker": cl.worker, "state": None if c is None else STATE_NAMES[c.state],
+            "subscribed": sorted(cl.tracker.subscribed), "pending": sorted(cl.tracker.pending),
+            "connects": cl.connects, "last_close": cl.last_close,
+            "positions": cl.tracker.positions}
 
 
 def _all_reached(cc: ChaosClients, finals: dict[str, tuple[str, int]]) -> bool:

@@ -249,10 +249,13 @@ class ChaosClients:
         self.count_error(code)
         room = d.get("room")
         msg_id = d.get("id")
-        if room is not None and isinstance(msg_id, str) and msg_id.startswith("sub"):
-            # A room of a many-room subscribe was refused (e.g. bus_unavailable while the
-            # bus reconnects): ask again for that room, with since, after a backoff delay.
-            cl.tracker.subscribe_failed(str(room))
+        if isinstance(msg_id, str) and msg_id.startswith("sub"):
+            # A subscribe was refused: one room of it (an error naming the room) or the
+            # whole frame (no room: e.g. bus_unavailable while the bus reconnects). Ask
+            # again for those rooms, with since, after a backoff delay.
+            failed = [str(room)] if room is not None else sorted(cl.tracker.pending)
+            for r in failed:
+                cl.tracker.subscribe_failed(r)
             self._loop.call_later(self.backoff.next_delay(cl.index), self._resubscribe, cl, c)
             self._maybe_ready(c, cl)
         elif isinstance(msg_id, str) and msg_id in cl.inflight:
