@@ -57,6 +57,7 @@ _TYPE_RE = re.compile(rb'"type":\s*"(\w+)"')
 _SEQ_RE = re.compile(rb'"seq":\s*(\d+)')
 _BT_RE = re.compile(rb'"bt":\s*(\d+)')
 _CODE_RE = re.compile(rb'"code":\s*"([^"]*)"')
+_EPOCH_RE = re.compile(rb'"epoch":\s*"([^"]*)"')
 
 # connection states
 CONNECTING, HANDSHAKE, AUTH, SUBSCRIBING, READY, DEAD = range(6)
@@ -112,6 +113,7 @@ class Conn:
     __slots__ = (
         "accept",
         "buf",
+        "epoch",
         "frag",
         "gen",
         "hook",
@@ -143,6 +145,10 @@ class Conn:
         self.path = ""
         self.accept = b""
         self.sub_seq = 0
+        #: The room's epoch from ``subscribed``: ``(epoch, next - 1)`` is the stream
+        #: position of the last message received (see :mod:`rtserver.bench.streams` for
+        #: clients that reconnect with ``since``). None: the server sends no epoch (peers).
+        self.epoch: str | None = None
         self.next = 0
         self.missing: set[int] | None = None
         self.inflight = 0
@@ -416,6 +422,8 @@ class Conn:
                 gen.conn_failed(self, "subscribed frame without seq")
                 return
             self.sub_seq = int(sm.group(1))
+            em = _EPOCH_RE.search(p)
+            self.epoch = em.group(1).decode() if em is not None else None
             self.next = self.sub_seq + 1
             gen.conn_ready(self)
             return
