@@ -49,6 +49,8 @@ from rtserver.bench.chaos_faults import (
     RedisServer,
     cut_hub_connections,
     free_port,
+    hub_connection_fds,
+    pid_alive,
     redis_cut_clients,
     worker_pids,
 )
@@ -133,6 +135,7 @@ class ChaosRun:
         self.redis: RedisServer | None = None
         self.runtime_dir = tempfile.mkdtemp(prefix="rtchaos-")
         self.faults: dict[str, int] = {}
+        self.skipped: dict[str, int] = {}
         self.fault_log: list[dict[str, Any]] = []
         self.rooms = [f"bench:chaos-{i}" for i in range(args.rooms)]
         self.slow_room = "bench:chaos-slow"
@@ -227,18 +230,28 @@ class ChaosRun:
         assert cc is not None
         if kind == "worker_kill":
             t = self.rng.choice(self.targets)
-            pids = worker_pids(self._log_path(t))
-            wid = self.rng.choice(sorted(pids))
-            os.kill(pids[wid], signal.SIGKILL)
-            self._fault(kind, node=t.name, worker=wid, pid=pids[wid])
+            wid = self.rng.randrange(t.workers)
+            # A worker killed by the previous fault may not be back yet: wait for its
+            # new pid (the supervisor logs worker_started when it spawns it).
+            pid = await self._poll(f"worker {wid} of {t.name} to run", lambda: _live_worker(
+                self._log_path(t), wid))
+            if pid is None:
+                return self._skipped(kind)
+            os.kill(pid, signal.SIGKILL)
+            self._fault(kind, node=t.name, worker=wid, pid=pid)
         elif kind == "bus_cut":
             if self.redis is not None:
                 self._fault(kind, redis_clients_killed=await redis_cut_clients(self.redis.port))
             else:
                 t = self.targets[0]
                 assert t.proc is not None
-                sock = os.path.join(self.runtime_dir, f"rtserver-{t.proc.pid}.sock")
-                self._fault(kind, hub_connections_cut=cut_hub_connections(t.proc.pid, sock))
+                sup = t.proc.pid
+                sock = os.path.join(self.runtime_dir, f"rtserver-{sup}.sock")
+                # Every worker back on the hub (after a previous cut or a respawn) first.
+                if await self._poll("every worker on the hub", lambda: len(
+                        hub_connection_fds(sup, sock)) >= t.workers or None) is None:
+                    return self._skipped(kind)
+                self._fault(kind, hub_connections_cut=cut_hub_connections(sup, sock))
         elif kind == "redis_restart":
             assert self.redis is not None
             await self.redis.restart()
@@ -252,17 +265,33 @@ class ChaosRun:
         else:
             raise ChaosError(f"unknown fault {kind!r}. Required action: fix FAULT_KINDS")
 
+    async def _poll(self, what: str, probe: Any) -> Any:
+        """``probe()`` every 0.1 s until it is not None, at most ``--fault-timeout`` s."""
+        deadline = time.monotonic() + self.a.fault_timeout
+        while True:
+            got = probe()
+            if got is not None:
+                return got
+            if time.monotonic() > deadline:
+                sys.stderr.write(f"bench chaos: gave up waiting for {what}\n")
+                return None
+            await asyncio.sleep(0.1)
+
+    def _skipped(self, kind: str) -> None:
+        self.skipped[kind] = self.skipped.get(kind, 0) + 1
+        sys.stderr.write(f"bench chaos: fault {kind} not injected (see above)\n")
+
     async def _slow_consumer(self) -> None:
         cc = self.clients
         assert cc is not None
         slow = self.slow
         if not await self.wait("the slow client to be subscribed", lambda: cc.ready(slow),
                                self.a.fault_timeout):
-            return
+            return self._skipped("slow_consumer")
         ep = slow.endpoint
         before = await asyncio.to_thread(_slow_total, ep)
         if before < 0:
-            return
+            return self._skipped("slow_consumer")
         assert slow.conn is not None
         conn = slow.conn
         conn.pause_reading()
@@ -286,8 +315,8 @@ class ChaosRun:
         conn.resume_reading()
         if not closed:
             sys.stderr.write("bench chaos: the server did not count a slow consumer within "
-                             f"{self.a.fault_timeout:g} s (not counted as a fault)\n")
-            return
+                             f"{self.a.fault_timeout:g} s\n")
+            return self._skipped("slow_consumer")
         # The close frame is behind everything buffered: the client reads it all first.
         await self.wait("the slow client's close", lambda: slow.connects > connects
                         or slow.conn is not conn, self.a.fault_timeout)
@@ -354,7 +383,8 @@ class ChaosRun:
                    for cl in cc.clients for room, events in cl.tracker.log.items()}
         res = check_streams(streams, cc.acks, set(cc.sent), finals)
         return {
-            "faults": self.faults, "fault_log": self.fault_log,
+            "faults": self.faults, "faults_skipped": self.skipped,
+            "fault_log": self.fault_log,
             "published": len(cc.sent), "acked": len(cc.acks),
             "publish_attempts": cc.publish_attempts, "publish_errors": cc.publish_errors,
             "skipped_publishes": cc.skipped_publishes,
@@ -365,6 +395,12 @@ class ChaosRun:
             "phases": phases, "invariant": res.as_dict(),
             "clients_not_ready_at_end": self.not_ready,
         }
+
+
+def _live_worker(log_path: Path, wid: int) -> int | None:
+    """The pid of worker ``wid`` when it is alive, else None."""
+    pid = worker_pids(log_path).get(wid)
+    return pid if pid is not None and pid_alive(pid) else None
 
 
 def _describe(cl: Client, ready: bool) -> dict[str, Any]:

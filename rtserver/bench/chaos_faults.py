@@ -33,6 +33,8 @@ __all__ = [
     "RedisServer",
     "cut_hub_connections",
     "free_port",
+    "hub_connection_fds",
+    "pid_alive",
     "redis_cut_clients",
     "worker_pids",
 ]
@@ -69,6 +71,16 @@ def worker_pids(log_path: Path) -> dict[int, int]:
     return out
 
 
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists (and is not a zombie)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            state = fh.read().rsplit(b")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return state != b"Z"
+
+
 def _socket_inodes(pid: int) -> dict[int, int]:
     """socket inode -> fd number in process ``pid``."""
     out: dict[int, int] = {}
@@ -93,11 +105,16 @@ def _connected_unix_inodes(path: str) -> set[int]:
     return out
 
 
+def hub_connection_fds(supervisor_pid: int, sock_path: str) -> list[int]:
+    """The supervisor's fds of accepted (connected) hub connections on ``sock_path``."""
+    fds = _socket_inodes(supervisor_pid)
+    return sorted(fds[i] for i in _connected_unix_inodes(sock_path) if i in fds)
+
+
 def cut_hub_connections(supervisor_pid: int, sock_path: str) -> int:
     """Shut down every accepted hub connection of the supervisor; returns how many."""
     libc = ctypes.CDLL(None, use_errno=True)
-    fds = _socket_inodes(supervisor_pid)
-    targets = [fds[i] for i in _connected_unix_inodes(sock_path) if i in fds]
+    targets = hub_connection_fds(supervisor_pid, sock_path)
     if not targets:
         raise ChaosError(
             f"no connected hub socket {sock_path} in supervisor {supervisor_pid}. Required "
