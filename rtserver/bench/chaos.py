@@ -382,6 +382,12 @@ class ChaosRun:
         streams = {f"c{cl.index}/{room}": (room, events)
                    for cl in cc.clients for room, events in cl.tracker.log.items()}
         res = check_streams(streams, cc.acks, set(cc.sent), finals)
+        if res.failed_streams:
+            dump = self.report_dir / f"chaos-streams-{RUN_STAMP}.json"
+            dump.write_bytes(orjson.dumps(
+                {"finals": finals, "acks": cc.acks,
+                 "streams": {n: streams[n][1] for n in res.failed_streams}}))
+            sys.stderr.write(f"bench chaos: event logs of the failed streams: {dump}\n")
         return {
             "faults": self.faults, "faults_skipped": self.skipped,
             "fault_log": self.fault_log,

@@ -51,6 +51,8 @@ class CheckResult:
     unknown_payloads: int = 0
     protocol_errors: int = 0
     problems: list[str] = field(default_factory=list)
+    #: Labels of the streams with a finding (their event logs go to the report directory).
+    failed_streams: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -183,5 +185,8 @@ def check_streams(streams: dict[str, tuple[str, list[tuple[Any, ...]]]],
     """Check every stream: ``streams`` maps a label to ``(room, events)``."""
     res = CheckResult()
     for name, (room, events) in sorted(streams.items()):
+        before = len(res.problems), res.ok
         check_stream(name, room, events, acks, sent, finals.get(room), res)
+        if (len(res.problems), res.ok) != before:
+            res.failed_streams.append(name)
     return res
