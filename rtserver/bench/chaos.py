@@ -177,7 +177,9 @@ class ChaosRun:
     def make_clients(self, loop: asyncio.AbstractEventLoop, eps: list[Endpoint]) -> ChaosClients:
         backoff = FullJitterBackoff(self.a.reconnect_min, self.a.reconnect_max,
                                     random.Random(self.rng.random()))
-        cc = ChaosClients(loop, backoff, random.Random(self.rng.random()))
+        retry = FullJitterBackoff(self.a.reconnect_min, self.a.reconnect_max,
+                                  random.Random(self.rng.random()))
+        cc = ChaosClients(loop, backoff, retry, random.Random(self.rng.random()))
         secret = os.environ[SECRET_ENV]
         n = 0
 
@@ -394,7 +396,7 @@ class ChaosRun:
             "published": len(cc.sent), "acked": len(cc.acks),
             "publish_attempts": cc.publish_attempts, "publish_errors": cc.publish_errors,
             "skipped_publishes": cc.skipped_publishes,
-            "reconnect_attempts": cc.backoff.attempts,
+            "reconnect_attempts": cc.backoff.attempts, "retry_attempts": cc.retry.attempts,
             "connects": sum(cl.connects for cl in cc.clients),
             "closes": cc.closes, "server_errors": cc.errors, "unexpected": cc.unexpected,
             "workers_seen_at_start": sorted(workers) if phases.get("connected") else [],
@@ -449,7 +451,8 @@ def _print(doc: dict[str, Any]) -> None:
           f"duration={doc['duration']:g}s")
     print(f"faults injected: {faults}")
     print(f"published {doc['published']} (acked {doc['acked']}, publish attempts "
-          f"{doc['publish_attempts']}); reconnect attempts {doc['reconnect_attempts']}")
+          f"{doc['publish_attempts']}); reconnect attempts {doc['reconnect_attempts']}, "
+          f"subscribe/publish retries {doc['retry_attempts']}")
     print(f"delivered {inv['delivered']}  recovered {inv['recovered']} (replayed "
           f"{inv['replayed']})  explicit gaps {inv['explicit_gaps']} (recovered:false "
           f"{inv['not_recovered']}, gap frames {inv['gap_frames']})")

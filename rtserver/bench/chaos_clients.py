@@ -62,10 +62,12 @@ class ChaosClients:
     """All clients of one chaos run; implements the ``ConnOwner`` protocol of ``Conn``."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop, backoff: FullJitterBackoff,
-                 rng: random.Random) -> None:
-        """``backoff`` paces reconnects and publish retries; ``rng`` picks publishers."""
+                 retry: FullJitterBackoff, rng: random.Random) -> None:
+        """``backoff`` paces reconnects, ``retry`` refused subscribes and publishes (each
+        counts its attempts); ``rng`` picks publishers."""
         self._loop = loop
         self.backoff = backoff
+        self.retry = retry
         self.rng = rng
         self.clients: list[Client] = []
         self.by_conn: dict[int, Client] = {}
@@ -115,6 +117,7 @@ class ChaosClients:
         c.state = READY
         cl = self.by_conn[id(c)]
         self.backoff.succeeded(cl.index)
+        self.retry.succeeded(cl.index)
         for pid, (_room, frame) in list(cl.inflight.items()):
             self._send_publish(cl, pid, frame)
         self._notify()
@@ -256,11 +259,11 @@ class ChaosClients:
             failed = [str(room)] if room is not None else sorted(cl.tracker.pending)
             for r in failed:
                 cl.tracker.subscribe_failed(r)
-            self._loop.call_later(self.backoff.next_delay(cl.index), self._resubscribe, cl, c)
+            self._loop.call_later(self.retry.next_delay(cl.index), self._resubscribe, cl, c)
             self._maybe_ready(c, cl)
         elif isinstance(msg_id, str) and msg_id in cl.inflight:
             self.publish_errors[code] = self.publish_errors.get(code, 0) + 1
-            self._loop.call_later(self.backoff.next_delay(cl.index), self._retry, cl, msg_id)
+            self._loop.call_later(self.retry.next_delay(cl.index), self._retry, cl, msg_id)
         else:
             self.unexpected[f"error {code}"] = self.unexpected.get(f"error {code}", 0) + 1
 
