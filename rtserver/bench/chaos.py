@@ -50,6 +50,7 @@ from rtserver.bench.chaos_faults import (
     cut_hub_connections,
     free_port,
     hub_connection_fds,
+    listening_workers,
     pid_alive,
     redis_cut_clients,
     worker_pids,
@@ -160,6 +161,15 @@ class ChaosRun:
                                    stop_timeout=self.a.stop_timeout) for i in range(2)]
         for t in self.targets:
             await t.start()
+            # The port is known from the first worker's line; clients go to every worker
+            # only once all of them listen.
+            deadline = time.monotonic() + self.a.start_timeout
+            while len(listening_workers(self._log_path(t))) < t.workers:
+                if time.monotonic() > deadline:
+                    raise TargetError(f"{t.name}: not every worker logged 'listening' within "
+                                      f"{self.a.start_timeout:g} s. Required action: read "
+                                      f"{self._log_path(t)}")
+                await asyncio.sleep(0.05)
         return [Endpoint("127.0.0.1", t.port, t.name) for t in self.targets]
 
     def _log_path(self, t: Target) -> Path:
@@ -171,7 +181,7 @@ class ChaosRun:
             await t.stop()
         if self.redis is not None:
             await self.redis.kill()
-        shutil.rmtree(self.runtime_dir, ignore_errors=True)
+        shutil.rmtree(self.runtime_dir)
 
     # ------------------------------------------------------------ clients
     def make_clients(self, loop: asyncio.AbstractEventLoop, eps: list[Endpoint]) -> ChaosClients:
@@ -348,7 +358,11 @@ class ChaosRun:
     # ------------------------------------------------------------ run
     async def run(self) -> dict[str, Any]:
         loop = asyncio.get_running_loop()
-        eps = await self.start_servers()
+        try:
+            eps = await self.start_servers()
+        except BaseException:
+            await self.stop_servers()  # whatever did start (redis, a first node)
+            raise
         cc = self.clients = self.make_clients(loop, eps)
         self.t0 = time.monotonic()
         phases: dict[str, bool] = {}

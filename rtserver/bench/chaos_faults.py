@@ -34,6 +34,7 @@ __all__ = [
     "cut_hub_connections",
     "free_port",
     "hub_connection_fds",
+    "listening_workers",
     "pid_alive",
     "redis_cut_clients",
     "worker_pids",
@@ -55,20 +56,32 @@ def free_port() -> int:
         return port
 
 
-def worker_pids(log_path: Path) -> dict[int, int]:
-    """worker id -> pid of its latest ``worker_started`` line in a supervisor log."""
-    out: dict[int, int] = {}
+def _log_events(log_path: Path, event: str) -> list[dict[str, object]]:
+    """The JSON log lines of ``event`` in a server log, in order."""
+    out = []
+    needle = f'"{event}"'.encode()
     with open(log_path, "rb") as fh:
         for line in fh:
-            if b'"worker_started"' not in line:
+            if needle not in line:
                 continue
             try:
                 rec = orjson.loads(line)
             except orjson.JSONDecodeError:
                 continue
-            if rec.get("event") == "worker_started":
-                out[int(rec["worker_id"])] = int(rec["pid"])
+            if isinstance(rec, dict) and rec.get("event") == event:
+                out.append(rec)
     return out
+
+
+def worker_pids(log_path: Path) -> dict[int, int]:
+    """worker id -> pid of its latest ``worker_started`` line in a supervisor log."""
+    return {int(str(r["worker_id"])): int(str(r["pid"]))
+            for r in _log_events(log_path, "worker_started")}
+
+
+def listening_workers(log_path: Path) -> set[int]:
+    """Ids of the workers that logged ``listening`` (at least once) in a server log."""
+    return {int(str(r["worker"])) for r in _log_events(log_path, "listening")}
 
 
 def pid_alive(pid: int) -> bool:
