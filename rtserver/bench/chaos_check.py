@@ -43,6 +43,8 @@ class CheckResult:
     replayed: int = 0
     explicit_gaps: int = 0
     not_recovered: int = 0
+    #: ``recovered: false`` answers and gap frames by reason.
+    reasons: dict[str, int] = field(default_factory=dict)
     gap_frames: int = 0
     silent_gaps: int = 0
     duplicates: int = 0
@@ -110,6 +112,14 @@ def check_stream(name: str, room: str, events: list[tuple[Any, ...]],
             elif rec is False:
                 res.explicit_gaps += 1
                 res.not_recovered += 1
+                res.reasons[str(reason)] = res.reasons.get(str(reason), 0) + 1
+                if reason == "invalid_position" or (reason == "epoch_changed") == (
+                        epoch == since_epoch):
+                    # The position came from the server in that epoch: it cannot be ahead
+                    # of the room; an epoch change must name a new epoch (and only then).
+                    res.protocol_errors += 1
+                    res.problem(f"{name}: since {pos} answered recovered:false {reason} at "
+                                f"{(epoch, seq)}")
                 pos = (epoch, seq)
             else:
                 res.protocol_errors += 1
@@ -148,9 +158,10 @@ def check_stream(name: str, room: str, events: list[tuple[Any, ...]],
                 res.problem(f"{name}: payload {pid!r} was never published")
             pos = (pos[0], max(pos[1], seq))
         elif kind == EV_GAP:
-            _, epoch, from_seq, to_seq, _reason = ev
+            _, epoch, from_seq, to_seq, reason = ev
             res.explicit_gaps += 1
             res.gap_frames += 1
+            res.reasons[f"gap {reason}"] = res.reasons.get(f"gap {reason}", 0) + 1
             if pos is not None and epoch == pos[0]:
                 if from_seq > pos[1] + 1:
                     missing.update((epoch, k) for k in range(pos[1] + 1, from_seq))

@@ -155,3 +155,16 @@ def test_full_jitter_backoff_is_bounded_seeded_and_counted() -> None:
     a.succeeded(0)
     assert a.consecutive == {} and a.attempts == 8
     assert a.next_delay(0) <= 0.1
+
+
+def test_recovered_false_reasons_must_fit_the_positions() -> None:
+    down = [sub(0), msg(1), (EV_DOWN,)]
+    ok = run([*down, sub(4, "ep2", since=(E, 1), recovered=False, reason="epoch_changed")])
+    assert ok.protocol_errors == 0 and ok.reasons == {"epoch_changed": 1}
+    # The position came from the server: "ahead of the room" means the room went back.
+    ahead = run([*down, sub(0, since=(E, 1), recovered=False, reason="invalid_position")])
+    assert ahead.protocol_errors == 1
+    same = run([*down, sub(4, since=(E, 1), recovered=False, reason="epoch_changed")])
+    assert same.protocol_errors == 1
+    other = run([*down, sub(4, "ep2", since=(E, 1), recovered=False, reason="history_trimmed")])
+    assert other.protocol_errors == 1
