@@ -128,6 +128,7 @@ class ChaosRun:
     """One run: servers, clients, the fault schedule and the final check."""
 
     def __init__(self, args: argparse.Namespace, report_dir: Path) -> None:
+        """``args``: the parsed ``rtserver bench`` options; ``report_dir``: absolute."""
         self.a = args
         self.report_dir = report_dir
         self.rng = random.Random(args.seed)
@@ -144,6 +145,7 @@ class ChaosRun:
 
     # ------------------------------------------------------------ topology
     async def start_servers(self) -> list[Endpoint]:
+        """Start redis-server (redis topology) and the rtserver processes; their endpoints."""
         cfg = _config(self.report_dir, self.runtime_dir)
         base = [sys.executable, "-m", "rtserver", "serve", "--host", "127.0.0.1", "--port",
                 "0", "--config", str(cfg)]
@@ -177,6 +179,7 @@ class ChaosRun:
         return t.log_dir / f"server-{t.name}-{RUN_STAMP}.log"
 
     async def stop_servers(self) -> None:
+        """SIGTERM (then SIGKILL) the servers, kill redis-server, remove the runtime dir."""
         for t in self.targets:
             await t.stop()
         if self.redis is not None:
@@ -185,6 +188,7 @@ class ChaosRun:
 
     # ------------------------------------------------------------ clients
     def make_clients(self, loop: asyncio.AbstractEventLoop, eps: list[Endpoint]) -> ChaosClients:
+        """Receivers, publishers and the slow client, spread over ``eps`` round-robin."""
         backoff = FullJitterBackoff(self.a.reconnect_min, self.a.reconnect_max,
                                     random.Random(self.rng.random()))
         retry = FullJitterBackoff(self.a.reconnect_min, self.a.reconnect_max,
@@ -238,6 +242,7 @@ class ChaosRun:
         sys.stderr.write(f"bench chaos: fault {orjson.dumps(rec).decode()}\n")
 
     async def inject(self, kind: str) -> None:
+        """Inject one fault of ``kind`` (counted when it happened, else as skipped)."""
         cc = self.clients
         assert cc is not None
         if kind == "worker_kill":
@@ -335,6 +340,7 @@ class ChaosRun:
         self._fault("slow_consumer", node=ep.label, close=slow.last_close)
 
     async def fault_loop(self, end: float) -> None:
+        """Faults until ``end`` (monotonic): shuffled rounds of every kind of the topology."""
         kinds = FAULT_KINDS[self.a.topology]
         order: list[str] = []
         await asyncio.sleep(min(2.0, self.a.fault_interval))
@@ -346,6 +352,7 @@ class ChaosRun:
             await asyncio.sleep(self.a.fault_interval * self.rng.uniform(0.5, 1.5))
 
     async def publish_loop(self, end: float) -> None:
+        """``--publish-rate`` publications per second until ``end`` (monotonic)."""
         cc = self.clients
         assert cc is not None
         interval = 1.0 / self.a.publish_rate
@@ -357,6 +364,7 @@ class ChaosRun:
 
     # ------------------------------------------------------------ run
     async def run(self) -> dict[str, Any]:
+        """The whole run; returns the report fields (faults, counters, invariant)."""
         loop = asyncio.get_running_loop()
         try:
             eps = await self.start_servers()
