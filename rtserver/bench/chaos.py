@@ -494,8 +494,15 @@ def run(args: argparse.Namespace) -> int:
         sys.stderr.write("bench chaos: --clients, --rooms, --chaos-publishers and "
                          "--publish-rate must be positive. Required action: fix them\n")
         return 2
+    if args.spawn or args.url or args.peer or args.server_config or args.server_arg:
+        sys.stderr.write("bench chaos: the scenario starts its own servers (--topology). "
+                         "Required action: drop --spawn/--url/--peer/--server-config/"
+                         "--server-arg\n")
+        return 2
     if not os.environ.get(SECRET_ENV):
         os.environ[SECRET_ENV] = secrets.token_urlsafe(32)
+        sys.stderr.write(f"bench chaos: {SECRET_ENV} unset; generated a random secret for "
+                         "the spawned servers\n")
     report_dir = Path(args.report).resolve()
     report_dir.mkdir(parents=True, exist_ok=True)
     chaos = ChaosRun(args, report_dir)

@@ -168,3 +168,11 @@ def test_recovered_false_reasons_must_fit_the_positions() -> None:
     assert same.protocol_errors == 1
     other = run([*down, sub(4, "ep2", since=(E, 1), recovered=False, reason="history_trimmed")])
     assert other.protocol_errors == 1
+
+
+def test_chaos_refuses_target_options() -> None:
+    from rtserver.bench.cli import main
+
+    assert main(["chaos", "--spawn"]) == 2
+    assert main(["chaos", "--url", "ws://127.0.0.1:1/ws"]) == 2
+    assert main(["chaos", "--clients", "0"]) == 2
