@@ -18,6 +18,7 @@ import socket
 import struct
 import time
 from array import array
+from collections.abc import Callable
 from typing import Protocol
 
 from rtserver.bench.wsproto import (
@@ -56,6 +57,7 @@ _TYPE_RE = re.compile(rb'"type":\s*"(\w+)"')
 _SEQ_RE = re.compile(rb'"seq":\s*(\d+)')
 _BT_RE = re.compile(rb'"bt":\s*(\d+)')
 _CODE_RE = re.compile(rb'"code":\s*"([^"]*)"')
+_EPOCH_RE = re.compile(rb'"epoch":\s*"([^"]*)"')
 
 # connection states
 CONNECTING, HANDSHAKE, AUTH, SUBSCRIBING, READY, DEAD = range(6)
@@ -111,8 +113,10 @@ class Conn:
     __slots__ = (
         "accept",
         "buf",
+        "epoch",
         "frag",
         "gen",
+        "hook",
         "inflight",
         "is_pub",
         "missing",
@@ -141,13 +145,21 @@ class Conn:
         self.path = ""
         self.accept = b""
         self.sub_seq = 0
+        #: The room's epoch from ``subscribed``: ``(epoch, next - 1)`` is the stream
+        #: position of the last message received (see :mod:`rtserver.bench.streams` for
+        #: clients that reconnect with ``since``). None: the server sends no epoch (peers).
+        self.epoch: str | None = None
         self.next = 0
         self.missing: set[int] | None = None
         self.inflight = 0
+        #: When set, every text frame after the handshake goes to this callback instead
+        #: of the measuring fast path (the chaos scenario's stream-tracking clients).
+        self.hook: Callable[[Conn, bytes], None] | None = None
 
     # ------------------------------------------------------------------ lifecycle
-    def start(self, host: str, port: int, path: str, source: str | None) -> None:
-        """Open the socket and start a non-blocking connect."""
+    def start(self, host: str, port: int, path: str, source: str | None,
+              rcvbuf: int = 0) -> None:
+        """Open the socket and start a non-blocking connect (``rcvbuf``: SO_RCVBUF if > 0)."""
         gen = self.gen
         try:
             s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -158,6 +170,8 @@ class Conn:
         s.setblocking(False)
         s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         s.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+        if rcvbuf > 0:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
         if source is not None:
             s.setsockopt(socket.SOL_IP, IP_BIND_ADDRESS_NO_PORT, 1)
             s.bind((source, 0))
@@ -231,6 +245,29 @@ class Conn:
         s.close()
         self.sock = None
         self.state = DEAD
+
+    def abort(self) -> None:
+        """Reset the TCP connection (SO_LINGER 0: an RST, no close frame) and close."""
+        s = self.sock
+        if s is None:
+            return
+        loop = self.gen.loop
+        loop.remove_reader(s.fileno())
+        loop.remove_writer(s.fileno())
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        s.close()
+        self.sock = None
+        self.state = DEAD
+
+    def pause_reading(self) -> None:
+        """Stop reading: the server's buffers for this connection fill up (slow consumer)."""
+        if self.sock is not None:
+            self.gen.loop.remove_reader(self.sock.fileno())
+
+    def resume_reading(self) -> None:
+        """Read again after :meth:`pause_reading`."""
+        if self.sock is not None and self.state != DEAD:
+            self.gen.loop.add_reader(self.sock.fileno(), self.on_readable)
 
     # ------------------------------------------------------------------ receive path
     def on_readable(self) -> None:
@@ -306,6 +343,9 @@ class Conn:
 
     def on_text(self, p: bytes, rts: int) -> None:
         """Handle one text message."""
+        if self.hook is not None:
+            self.hook(self, p)
+            return
         gen = self.gen
         if self.state == READY:
             m = _TYPE_RE.search(p)
@@ -382,6 +422,8 @@ class Conn:
                 gen.conn_failed(self, "subscribed frame without seq")
                 return
             self.sub_seq = int(sm.group(1))
+            em = _EPOCH_RE.search(p)
+            self.epoch = em.group(1).decode() if em is not None else None
             self.next = self.sub_seq + 1
             gen.conn_ready(self)
             return
