@@ -256,7 +256,9 @@ class RedisBus(Bus):
             if known:
                 pipe = client.pipeline(transaction=False)
                 for room, seq in known.items():
-                    pipe.evalsha(self._sha["reseed"], 1, self._k_seq + room, seq)
+                    # Skipped for a room whose new epoch another node already started.
+                    pipe.evalsha(self._sha["reseed"], 2, self._k_seq + room,
+                                 self._k_ep + room, seq)
                 await pipe.execute()
         self._epoch = epoch
 

@@ -150,6 +150,7 @@ return {count, members}
 """
 
 RESEED_LUA = """
+if redis.call('EXISTS', KEYS[2]) == 1 then return -1 end
 local cur = tonumber(redis.call('GET', KEYS[1]) or '0')
 local known = tonumber(ARGV[1])
 if cur < known then
