@@ -432,12 +432,12 @@ def _validate(c: Config) -> None:
     _require(c.bus.ingress_block_timeout > 0 and c.bus.ingress_lock_ttl > 0,
              "bus.ingress_block_timeout/ingress_lock_ttl", "must be > 0",
              "set positive seconds")
-    _require(c.limits.outbound_buffer_limit > 2 * c.bus.history_max_bytes,
+    _require(c.limits.outbound_buffer_limit > c.bus.history_max_bytes,
              "limits.outbound_buffer_limit",
-             "must be more than twice bus.history_max_bytes (a full replay, framed, must fit "
-             "in a connection's outbound buffer, or a recovering client is closed 1013 on "
-             "every reconnect)", "raise limits.outbound_buffer_limit or lower "
-             "bus.history_max_bytes")
+             "must be larger than bus.history_max_bytes (a full replay must fit in a "
+             "connection's outbound buffer, with room for the frames' envelopes, or a "
+             "recovering client is closed 1013 on every reconnect)",
+             "raise limits.outbound_buffer_limit or lower bus.history_max_bytes")
     _require(c.bus.idempotency_window > c.bus.request_timeout, "bus.idempotency_window",
              "must be longer than bus.request_timeout (a retried publish must be deduplicated)",
              "raise bus.idempotency_window above bus.request_timeout")
