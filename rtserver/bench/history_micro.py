@@ -29,6 +29,7 @@ import random
 import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import uuid
@@ -107,21 +108,28 @@ async def measure_recovery(clients: int, client_rooms: int, rooms: int, missed: 
 
     env = dict(os.environ, RTSERVER_JWT_SECRET=SECRET, RTSERVER_PORT="0",
                RTSERVER_LOG_LEVEL="warning", RTSERVER_DOMAINS="")
+    # The publisher sends every missed message at once: no per-connection rate limit.
+    with tempfile.NamedTemporaryFile("w", suffix=".toml", delete=False) as config:
+        config.write("[limits]\nrate_limit_per_second = 1000000.0\n"
+                     "rate_limit_burst = 1000000\n")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "rtserver", "serve", "--workers", "2", "--log-level", "info"],
+        [sys.executable, "-m", "rtserver", "serve", "--workers", "2", "--log-level", "info",
+         "--config", config.name],
         env=env, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
     try:
         port = _wait_listening(proc, 2, timeout)
         # Keep reading the server's log so a full pipe never blocks it.
         threading.Thread(target=_drain, args=(proc,), daemon=True).start()
-        tok = mint_token(SECRET, str(uuid.uuid4()), ["publish"], ["bench:*"], 3600)
-        url = f"ws://127.0.0.1:{port}/ws?token={tok}"
+        base = f"ws://127.0.0.1:{port}/ws?token="
         room_names = [f"bench:rec-{i}" for i in range(rooms)]
         rng = random.Random(7)
         plan = [rng.sample(room_names, client_rooms) for _ in range(clients)]
 
         async def open_client() -> Any:
-            ws = await connect(url, max_size=None, compression=None, ping_interval=None)
+            # One user per client: limits.max_connections_per_user bounds one user's.
+            tok = mint_token(SECRET, str(uuid.uuid4()), ["publish"], ["bench:*"], 3600)
+            ws = await connect(base + tok, max_size=None, compression=None,
+                               ping_interval=None)
             await ws.recv()
             await ws.recv()
             return ws
@@ -184,6 +192,7 @@ async def measure_recovery(clients: int, client_rooms: int, rooms: int, missed: 
                 "server_cpu_seconds": cpu,
                 "server_cpu_us_per_replayed_message": cpu / total * 1e6 if total else None}
     finally:
+        os.unlink(config.name)
         proc.terminate()
         try:
             proc.wait(20)
