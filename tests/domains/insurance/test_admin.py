@@ -271,7 +271,7 @@ async def test_admin_health_route(domain_server: Any, ws: Any) -> None:
     def fetch() -> tuple[int, dict[str, Any]]:
         request = urllib.request.Request(
             f"http://127.0.0.1:{server.port}/admin/health",
-            headers={"Authorization": "Bearer " + token("ops", ["admin:monitor"])})
+            headers={"Authorization": "Bearer " + token(perms=["admin:monitor"])})
         with urllib.request.urlopen(request, timeout=5) as resp:
             return resp.status, orjson.loads(resp.read())
 
