@@ -27,12 +27,13 @@ from rtserver.context import BusUnavailable, Connection
 from rtserver.jsonlog import get_logger
 from rtserver.metrics import REGISTRY
 from rtserver.protocol.session import utc_now
-from rtserver.store import StoreUnavailable
+from rtserver.store import Store, StoreUnavailable, SystemAlert
 from rtserver.store.postgres import encode_json
 
 from .domain import NOT_FOUND, Domain
 from .ingress_kinds import AlertEvent
 from .messages import AdminAlert, AlertResolved, AlertsList, AlertsReply, ResolveAlert
+from .queries import create_shared_alert
 
 __all__ = ["ALERTS_ROOM", "Alerts"]
 
@@ -48,6 +49,10 @@ NOT_STORED = REGISTRY.counter(
 LOST = REGISTRY.counter(
     "rtserver_alerts_lost_total",
     "Alerts never stored because domain.alert_pending_max was reached")
+DEDUPLICATED = REGISTRY.counter(
+    "rtserver_alerts_deduplicated_total",
+    "Shared-component alerts not raised again because another worker raised them",
+    ("alert_type",))
 LOCAL_ONLY = REGISTRY.counter(
     "rtserver_alerts_local_only_total",
     "Alerts sent to this worker's admins only because the bus was unavailable")
@@ -59,6 +64,14 @@ class _Pending(msgspec.Struct):
     message: str
     details: bytes
     raised_at: str
+    #: The shared component (bus, database) when stored once per cluster.
+    shared: str | None = None
+
+
+#: The alert types of a component's state: the latest one is its state for the cluster.
+COMPONENT_STATE_ALERTS = ("component_degraded", "component_recovered")
+#: Components every worker sees fail together: their alerts are raised once per cluster.
+SHARED_PREFIXES = ("bus", "database", "store", "redis", "ingress")
 
 
 class Alerts:
@@ -103,21 +116,55 @@ class Alerts:
             message = f"{component} degraded: {reason or 'no reason given'}"
         details = {"component": component, "ok": ok, "reason": reason,
                    "worker": self.domain.ctx.worker_id}
+        shared = component if component.startswith(SHARED_PREFIXES) else None
+
         async def raise_it() -> None:
-            await self.raise_alert(alert_type, severity, message, details)
+            await self.raise_alert(alert_type, severity, message, details, shared=shared)
 
         self.domain.spawn(raise_it, f"alert-{alert_type}")
         if ok and self.pending:
             self.domain.spawn(self.flush_pending, "alerts-flush")
 
+    async def _store(self, store: Store, p: _Pending) -> SystemAlert | None:
+        """Store one alert; ``None`` when a shared-component alert was already stored by
+        another worker within ``admin.shared_alert_window`` (counted, logged; shown here
+        to this worker's admins only when the bus cannot carry the other worker's)."""
+        if p.shared is None:
+            return await store.create_alert(alert_type=p.alert_type, severity=p.severity,
+                                            message=p.message, details=p.details)
+        alert, duplicate = await create_shared_alert(
+            store, alert_type=p.alert_type, severity=p.severity, message=p.message,
+            details=p.details, component=p.shared, state_types=COMPONENT_STATE_ALERTS,
+            window=self.domain.ctx.config.admin.shared_alert_window)
+        if not duplicate:
+            return alert
+        DEDUPLICATED.inc(p.alert_type)
+        bus_ok = self.domain.ctx.stats().bus.ok
+        log.info("alert_deduplicated", alert_type=p.alert_type, component=p.shared,
+                 alert_id=alert.id, shown_locally=not bus_ok,
+                 note="another worker raised this alert for the cluster")
+        if not bus_ok:
+            frame = AdminAlert(
+                alert_id=alert.id, alert_type=alert.alert_type, severity=alert.severity,
+                message=alert.message, data=msgspec.Raw(encode_json(alert.details)),
+                raised_at=alert.created_at.isoformat(), stored=True,
+                worker=self.domain.ctx.worker_id)
+            for conn_id in self.monitors:
+                self.domain.ctx.send_to_connection(conn_id, frame)
+        return None
+
     async def raise_alert(self, alert_type: str, severity: str, message: str,
-                          details: object) -> AdminAlert:
-        """Store an alert and send it to the monitoring admins; returns what was sent."""
+                          details: object, *, shared: str | None = None) -> AdminAlert | None:
+        """Store an alert and send it to the monitoring admins; returns what was sent.
+
+        ``shared`` names a component every worker depends on (bus, database): the
+        alert is raised once for the cluster (None here when another worker did), and
+        while the database cannot store it only worker 0 shows it live (every worker
+        keeps it pending, and the stored copy is deduplicated the same way)."""
         d = self.domain
-        RAISED.inc(alert_type, severity)
         raised_at = utc_now()
         details_json = encode_json(details)
-        log.warning("alert_raised", alert_type=alert_type, severity=severity, message=message)
+        pending = _Pending(alert_type, severity, message, details_json, raised_at, shared)
         alert_id: int | None = None
         store = d.ctx.store
         if store is None:
@@ -127,14 +174,20 @@ class Alerts:
                         action="start with --database to keep alerts")
         else:
             try:
-                alert = await d.timed_query(store.create_alert(
-                    alert_type=alert_type, severity=severity, message=message,
-                    details=details_json))
-                alert_id = alert.id
+                alert = await d.timed_query(self._store(store, pending))
             except StoreUnavailable as exc:
                 NOT_STORED.inc("database_unavailable")
-                self._keep(_Pending(alert_type, severity, message, details_json, raised_at),
-                           str(exc))
+                self._keep(pending, str(exc))
+                if shared is not None and d.ctx.worker_id != 0:
+                    log.warning("alert_raised", alert_type=alert_type, severity=severity,
+                                message=message, shown_by="worker 0 (shared component)")
+                    return None
+            else:
+                if alert is None:
+                    return None
+                alert_id = alert.id
+        RAISED.inc(alert_type, severity)
+        log.warning("alert_raised", alert_type=alert_type, severity=severity, message=message)
         frame = AdminAlert(alert_id=alert_id, alert_type=alert_type, severity=severity,
                            message=message, data=msgspec.Raw(details_json),
                            raised_at=raised_at, stored=alert_id is not None,
@@ -175,14 +228,14 @@ class Alerts:
             while self.pending:
                 p = self.pending[0]
                 try:
-                    alert = await store.create_alert(alert_type=p.alert_type,
-                                                     severity=p.severity, message=p.message,
-                                                     details=p.details)
+                    alert = await self._store(store, p)
                 except StoreUnavailable:
                     # Still down: the alert stays pending (counted in health) and the
                     # periodic task retries; the store logged and counted the failure.
                     return
                 self.pending.popleft()
+                if alert is None:
+                    continue
                 log.info("alert_stored_late", alert_id=alert.id, alert_type=p.alert_type)
                 await self.deliver(AdminAlert(
                     alert_id=alert.id, alert_type=p.alert_type, severity=p.severity,
