@@ -19,6 +19,7 @@ from rtserver.plugin import DomainPlugin
 from rtserver.router import Router
 
 from .admin import MONITORING, PERFORMANCE, USER_ACTIVITY, AdminStreams
+from .admin_actions import AdminActions
 from .alerts import ALERTS_ROOM, Alerts
 from .analytics import Analytics
 from .domain import Domain
@@ -61,6 +62,7 @@ class InsuranceDomain(DomainPlugin):
     admin: AdminStreams
     alerts: Alerts
     notifications: Notifications
+    actions: AdminActions
 
     def install(self, router: Router, ctx: HandlerContext) -> None:
         """Register every message handler, hook, ingress kind and the /admin/health route."""
@@ -70,6 +72,8 @@ class InsuranceDomain(DomainPlugin):
         self.analytics = analytics = Analytics(d)
         self.admin = admin = AdminStreams(d)
         self.alerts = alerts = Alerts(d, admin.monitors)
+        self.actions = AdminActions(d, alerts)
+        self.actions.install(router)  # its close filter first, before notifications'
         self.notifications = Notifications(ctx)
         self.notifications.install(router)
         for message_type, fn in (
