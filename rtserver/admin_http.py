@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import http
 import ipaddress
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -233,9 +234,13 @@ class AdminHttp:
                  if (state is None or c.state.value == state)
                  and (user is None or c.user == user)
                  and (conn_id is None or c.id == conn_id)]
+        now = time.monotonic()
+        # last_activity is on the monotonic clock: also given as seconds of idleness.
         return json_response(http.HTTPStatus.OK, {
             "worker": self.worker_id, "total": len(conns),
-            "connections": [c.snapshot() for c in conns[:limit]]})
+            "connections": [{**c.snapshot(),
+                             "idle_seconds": round(now - c.session.last_activity, 3)}
+                            for c in conns[:limit]]})
 
     async def _rooms(self, request: Request) -> Response:
         query = _query(request)
