@@ -14,11 +14,11 @@ import pytest
 from rtserver.backoff import BackoffPolicy
 from rtserver.bus.redis_bus import RedisBus
 from rtserver.bus.redis_settings import RedisBusSettings, default_node_id
-from tests.domains.insurance.conftest import db_dsn, domain_server, ws
+from tests.domains.insurance.conftest import bus_hub, db_dsn, domain_server, ws
 from tests.domains.insurance.test_alerts_outage import RedisProcess
 from tests.store.pgutil import TempDatabase
 
-__all__ = ["db_dsn", "domain_server", "get", "redis_bus", "ws"]
+__all__ = ["bus_hub", "db_dsn", "domain_server", "get", "redis_bus", "ws"]
 
 
 def _get(port: int, path: str, tok: str | None) -> tuple[int, dict[str, str], bytes]:
