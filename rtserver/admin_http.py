@@ -102,11 +102,12 @@ class AdminHttp:
 
     def __init__(self, config: Config, node: Node, worker_id: int,
                  hub_bus: EmbeddedBus | None, domain_routes: dict[str, Route],
-                 ui_root: Path = ADMIN_UI_ROOT) -> None:
+                 origin_allowed: Callable[[str], bool], ui_root: Path = ADMIN_UI_ROOT) -> None:
         self.config = config
         self.node = node
         self.worker_id = worker_id
         self.hub_bus = hub_bus
+        self.origin_allowed = origin_allowed
         self.ui = StaticDirectory("/admin/", ui_root)
         self.routes: dict[str, Route] = {
             "/admin/session": self._session, "/admin/cluster": self._cluster,
@@ -192,7 +193,12 @@ class AdminHttp:
         principal = self.authorize(request, MONITOR)
         assert isinstance(principal, Principal)
         adm = self.config.admin
+        # The page names its origin: browsers' WebSockets are admitted only from
+        # server.allowed_origins, and the console says so instead of reconnecting blindly.
+        origin = _query(request).get("origin", [None])[0]
         return json_response(http.HTTPStatus.OK, {
+            "origin": origin,
+            "origin_allowed": None if origin is None else self.origin_allowed(origin),
             "user": principal.user, "permissions": sorted(principal.permissions),
             "expires_at": principal.expires_at, "can_operate": principal.has(OPERATE),
             "can_read_activity": principal.has("audit:read"),

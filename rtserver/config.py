@@ -445,6 +445,10 @@ def _validate(c: Config) -> None:
              "admin.health_cache_seconds/refresh_seconds/stale_after/shared_alert_window/"
              "link_ttl_max", "must be >= 0 / > 0 / > refresh_seconds / >= 0 / >= 1",
              "set the [admin] values as documented in rtserver.toml")
+    _require(c.domain.monitoring_min_interval <= adm.refresh_seconds
+             <= c.domain.monitoring_max_interval, "admin.refresh_seconds",
+             "is outside domain.monitoring_min_interval..monitoring_max_interval (the console "
+             "starts its monitoring stream with it)", "choose a refresh inside that range")
     for network in adm.status_allow:
         try:
             ipaddress.ip_network(network, strict=False)

@@ -176,11 +176,12 @@ class RtServer:
         self.hub_bus = hub_bus
         self.previous_exit = previous_exit
         register_process_metrics()
-        self.admin = AdminHttp(config, self.node, worker_id, hub_bus, self.http_routes)
         if hub_bus is not None:
             hub_bus.set_status_providers(
                 lambda: REGISTRY.render({"worker": str(self.worker_id)}), self.node.health)
         self.admission = Admission(config.server, time.monotonic())
+        self.admin = AdminHttp(config, self.node, worker_id, hub_bus, self.http_routes,
+                               self.admission.origins.allows)
         self._refusals = jsonlog.SummaryLog(log, "handshakes_refused")
         for warning in self.admission.origins.warnings:
             log.warning("allowed_origins_any", note=warning)

@@ -126,7 +126,8 @@ class Console {
       return;
     }
     this.token = token;
-    const res = await fetch("/admin/session", { headers: this.headers() });
+    const res = await fetch(`/admin/session?origin=${encodeURIComponent(location.origin)}`,
+                            { headers: this.headers() });
     if (res.status === 401 || res.status === 403) {
       const doc = await res.json();
       sessionStorage.removeItem(TOKEN_KEY);
@@ -188,6 +189,13 @@ class Console {
 
   connect() {
     const s = this.session;
+    if (s.origin_allowed === false) {
+      // The server would refuse the handshake (403): say what to change instead.
+      $("ws-state").textContent = "refused";
+      $("cluster-error").textContent = `Live pushes are off: this page's origin ${s.origin} is not in ` +
+        "server.allowed_origins. Required action: add it there (docs/admin.md) and reload.";
+      return;
+    }
     const scheme = location.protocol === "https:" ? "wss" : "ws";
     const client = new RtClient({ url: `${scheme}://${location.host}${s.ws_path}`,
                                   getToken: async () => this.token ?? "" });
