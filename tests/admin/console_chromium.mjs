@@ -155,10 +155,8 @@ async function workers(browser) {
     await page.waitForFunction((id) => document.querySelector(`[data-testid='worker-${id}-status']`)?.textContent === "ok", w);
   }
   const { worker } = await step("kill_worker");
-  await page.waitForFunction((id) => {
-    const s = document.querySelector(`[data-testid='worker-${id}-status']`)?.textContent;
-    return s === "stale" || s === "not answering";
-  }, String(worker));
+  await page.waitForFunction((id) =>
+    document.querySelector(`[data-testid='worker-${id}-status']`)?.textContent === "stale", String(worker));
   await page.screenshot({ path: path.join(ARTIFACTS, "worker-stale.png"), fullPage: true });
   // Respawned by the supervisor: answering again, with one restart counted.
   await page.waitForFunction((id) => {

@@ -183,6 +183,9 @@ async def test_killed_worker_turns_stale_then_respawns(fresh_dsn: str, tmp_path:
     config = tmp_path / "admin.toml"
     port = free_port()
     config.write_text(f'[server]\nallowed_origins = ["http://127.0.0.1:{port}"]\n'
+                      # The respawn waits longer than stale_after: the page must show the
+                      # worker stale before it comes back.
+                      "[workers]\nrestart_delay = 4.0\n"
                       "[admin]\nrefresh_seconds = 1.0\nstale_after = 2.0\n")
     stop = threading.Event()
     proc = ServerProcess(["--workers", "2", "--database", fresh_dsn, "--config", str(config)],
