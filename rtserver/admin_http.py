@@ -13,7 +13,8 @@ Core routes: ``/admin/session`` (who the token is, what the console may show),
 ``/admin/cluster`` (every worker through the bus hub), ``/admin/connections``
 (this worker's table, ``?user=``, ``?connection_id=``, ``?state=``,
 ``?limit=``), ``/admin/rooms`` (this worker's largest rooms, ``?q=``,
-``?limit=``), ``/admin/audit`` (``admin_activity_logs``, newest first).
+``?limit=``), ``/admin/presence`` (``?room=``: a room's members on every worker,
+through the bus), ``/admin/audit`` (``admin_activity_logs``, newest first).
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from websockets.http11 import Request, Response
 
 from rtserver import jsonlog
 from rtserver.admin_status import cluster_document, worker_document
-from rtserver.auth import Principal, TokenError
+from rtserver.auth import AccessDenied, Principal, TokenError
 from rtserver.bus.base import BusUnavailable
 from rtserver.bus.embedded_client import EmbeddedBus
 from rtserver.config import Config
@@ -112,7 +113,7 @@ class AdminHttp:
         self.routes: dict[str, Route] = {
             "/admin/session": self._session, "/admin/cluster": self._cluster,
             "/admin/connections": self._connections, "/admin/rooms": self._rooms,
-            "/admin/audit": self._audit}
+            "/admin/audit": self._audit, "/admin/presence": self._presence}
         for path, route in domain_routes.items():
             if path.startswith("/admin/"):
                 if path in self.routes:
@@ -266,6 +267,28 @@ class AdminHttp:
                         "last_seq": position[1] if position else None})
         return json_response(http.HTTPStatus.OK, {"worker": self.worker_id,
                                                   "total": len(rooms), "rooms": out})
+
+    async def _presence(self, request: Request) -> Response:
+        room = _query(request).get("room", [""])[0]
+        action = "Required action: pass ?room=namespace:key of a namespace with presence"
+        try:
+            rules = self.node.room_rules(room)
+        except AccessDenied as exc:
+            return _refusal(http.HTTPStatus.BAD_REQUEST, "invalid_room", str(exc), action)
+        if not rules.presence:
+            return _refusal(http.HTTPStatus.BAD_REQUEST, "presence_disabled",
+                            f"room {room!r} keeps no presence (its namespace's presence = "
+                            "false)", action)
+        limit = self.config.limits.presence_member_limit
+        try:
+            snap = await self.node.bus.presence(room, limit)
+        except BusUnavailable as exc:
+            return _refusal(http.HTTPStatus.SERVICE_UNAVAILABLE, "bus_unavailable", str(exc),
+                            "Required action: check the bus; retry")
+        return json_response(http.HTTPStatus.OK, {
+            "room": room, "count": snap.count, "truncated": snap.count > len(snap.members),
+            "members": [{"user": m.user or None, "connection_id": m.connection_id}
+                        for m in snap.members]})
 
     async def _audit(self, request: Request) -> Response:
         query = _query(request)

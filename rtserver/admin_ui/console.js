@@ -455,8 +455,20 @@ class Console {
     const q = $("room-query").value.trim();
     const doc = await this.get(`/admin/rooms?limit=50&q=${encodeURIComponent(q)}`);
     if (doc === null) return;
-    fillRows($("room-rows"), doc.rooms.map((/** @type {any} */ r) => [
-      r.room, String(r.members), r.epoch ?? "–", r.last_seq === null ? "–" : String(r.last_seq)]));
+    fillRows($("room-rows"), doc.rooms.map((/** @type {any} */ r) => {
+      const b = el("button", { type: "button", "data-testid": `presence-${r.room}` }, "Presence");
+      b.addEventListener("click", () => this.presence(r.room));
+      return [r.room, String(r.members), r.epoch ?? "–", r.last_seq === null ? "–" : String(r.last_seq), b];
+    }));
+  }
+
+  /** @param {string} room */
+  async presence(room) {
+    const res = await fetch(`/admin/presence?room=${encodeURIComponent(room)}`, { headers: this.headers() });
+    const doc = await res.json();
+    if (!res.ok) { $("presence").textContent = `${room}: ${doc.message}. ${doc.action}`; return; }
+    const who = doc.members.map((/** @type {any} */ m) => m.user ?? `anonymous ${m.connection_id}`).join(", ");
+    $("presence").textContent = `${room}: ${doc.count} present${doc.truncated ? " (list truncated)" : ""}: ${who || "nobody"}`;
   }
 
   async loadAudit() {

@@ -122,6 +122,13 @@ async function single(browser) {
   await step("publish_stop");
   await page.screenshot({ path: path.join(ARTIFACTS, "console.png"), fullPage: true });
 
+  // Rooms: search, then a room's presence list (the console itself is in admin:alerts).
+  await page.fill("#room-query", "admin:");
+  await page.click("#room-form button[type=submit]");
+  await page.click("[data-testid='presence-admin:alerts']");
+  await page.waitForFunction(() => /admin:alerts: [1-9]\d* present/.test(
+    document.querySelector("[data-testid='presence']")?.textContent ?? ""));
+
   // Disconnect a user from the page: the Python side checks the close code.
   const { user } = await step("victim_user");
   await page.fill("#conn-query", user);

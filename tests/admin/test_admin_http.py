@@ -14,14 +14,15 @@ from conftest import token
 from rtserver.admin_http import CONSOLE_CSP
 from rtserver.metrics import REGISTRY
 from tests.admin.conftest import get
-from tests.domains.insurance.helpers import insurance
+from tests.domains.insurance.helpers import insurance, recv_until
 
 ROUTES = ["/admin/session", "/admin/cluster", "/admin/connections", "/admin/rooms",
-          "/admin/audit", "/admin/health", "/admin/alerts"]
+          "/admin/audit", "/admin/health", "/admin/alerts", "/admin/presence?room=admin:alerts"]
 
 
 def answered(route: str) -> float:
-    return REGISTRY.counter("rtserver_admin_http_requests_total", "", ("route",)).get(route)
+    return REGISTRY.counter("rtserver_admin_http_requests_total", "", ("route",)).get(
+        route.split("?")[0])
 
 
 @pytest.mark.parametrize("route", ROUTES)
@@ -127,6 +128,21 @@ async def test_rooms_and_connections_lookup(domain_server: Any, ws: Any) -> None
     assert entry["user"] == user and entry["rooms"] == ["bench:lookup"]
     status, _, body = await get(server.port, "/admin/rooms?limit=x", tok)
     assert status == 400 and orjson.loads(body)["action"].startswith("Required action:")
+
+
+async def test_presence_of_a_room(domain_server: Any, ws: Any) -> None:
+    server = await domain_server()
+    watcher_user = "2b3c4d5e-6f70-4a8b-9c0d-1e2f3a4b5c6e"
+    watcher = await ws(server, token(watcher_user, ["admin:monitor"]))
+    await watcher.send({"type": "start_monitoring", "update_interval": 30.0})
+    await recv_until(watcher, "stream_started")
+    tok = token(perms=["admin:monitor"])
+    _, _, body = await get(server.port, "/admin/presence?room=admin:alerts", tok)
+    doc = orjson.loads(body)
+    assert doc["count"] == 1 and [m["user"] for m in doc["members"]] == [watcher_user]
+    for room, error in (("analytics:x", "presence_disabled"), ("no-namespace", "invalid_room")):
+        status, _, body = await get(server.port, f"/admin/presence?room={room}", tok)
+        assert status == 400 and orjson.loads(body)["error"] == error
 
 
 @pytest.mark.parametrize(("path", "ctype"), [
