@@ -14,7 +14,9 @@ Core routes: ``/admin/session`` (who the token is, what the console may show),
 (this worker's table, ``?user=``, ``?connection_id=``, ``?state=``,
 ``?limit=``), ``/admin/rooms`` (this worker's largest rooms, ``?q=``,
 ``?limit=``), ``/admin/presence`` (``?room=``: a room's members on every worker,
-through the bus), ``/admin/audit`` (``admin_activity_logs``, newest first).
+through the bus), ``/admin/connection_history`` (``?user=`` or ``?connection_id=``:
+the recorded connections of every worker, with close codes), ``/admin/audit``
+(``admin_activity_logs``, newest first).
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 
 from rtserver import jsonlog
+from rtserver.admin_queries import connection_history
 from rtserver.admin_status import cluster_document, worker_document
 from rtserver.auth import AccessDenied, Principal, TokenError
 from rtserver.bus.base import BusUnavailable
@@ -113,7 +116,8 @@ class AdminHttp:
         self.routes: dict[str, Route] = {
             "/admin/session": self._session, "/admin/cluster": self._cluster,
             "/admin/connections": self._connections, "/admin/rooms": self._rooms,
-            "/admin/audit": self._audit, "/admin/presence": self._presence}
+            "/admin/audit": self._audit, "/admin/presence": self._presence,
+            "/admin/connection_history": self._connection_history}
         for path, route in domain_routes.items():
             if path.startswith("/admin/"):
                 if path in self.routes:
@@ -289,6 +293,32 @@ class AdminHttp:
             "room": room, "count": snap.count, "truncated": snap.count > len(snap.members),
             "members": [{"user": m.user or None, "connection_id": m.connection_id}
                         for m in snap.members]})
+
+    async def _connection_history(self, request: Request) -> Response:
+        query = _query(request)
+        limit = _limit(query, 50, 1000)
+        if isinstance(limit, Response):
+            return limit
+        user = query.get("user", [None])[0]
+        conn_id = query.get("connection_id", [None])[0]
+        if user is None and conn_id is None:
+            return _refusal(http.HTTPStatus.BAD_REQUEST, "invalid_field",
+                            "neither user nor connection_id is given",
+                            "Required action: pass ?user=UUID or ?connection_id=ID")
+        store = self.node.store
+        if store is None:
+            return _refusal(http.HTTPStatus.SERVICE_UNAVAILABLE, "feature_unavailable",
+                            "connection records need the database",
+                            "Required action: start with --database postgresql://...")
+        try:
+            rows = await connection_history(store, user=user, connection_id=conn_id,
+                                            limit=limit)
+        except StoreUnavailable as exc:
+            return _refusal(http.HTTPStatus.SERVICE_UNAVAILABLE, "store_unavailable", str(exc),
+                            "Required action: check the database; retry")
+        return json_response(http.HTTPStatus.OK, {
+            "records": rows,
+            "note": "records are written in batches every database.record_flush_interval"})
 
     async def _audit(self, request: Request) -> Response:
         query = _query(request)

@@ -429,6 +429,18 @@ class Console {
     });
     fillRows($("conn-rows"), rows);
     $("conn-result").textContent = `${conns.length} connection(s) on worker ${byUser.worker}`;
+    if (this.session.database) {
+      const key = /^[0-9a-f]{8}-[0-9a-f]{4}-/.test(q) ? "user" : "connection_id";
+      const [byUserRec, byIdRec] = await Promise.all([
+        this.get(`/admin/connection_history?${key}=${encodeURIComponent(q)}`),
+        key === "user" ? this.get(`/admin/connection_history?connection_id=${encodeURIComponent(q)}`)
+                       : Promise.resolve({ records: [] })]);
+      if (byUserRec === null || byIdRec === null) return;
+      fillRows($("history-rows"), [...byUserRec.records, ...byIdRec.records].map((/** @type {any} */ r) => [
+        r.connection_id, r.user_id ?? "anonymous", String(r.worker), r.ip_address ?? "–",
+        fmt.time(r.connected_at), fmt.time(r.last_activity), fmt.time(r.disconnected_at),
+        r.close_code === null ? "open" : String(r.close_code), r.close_reason ?? ""]));
+    }
   }
 
   disconnectUser() {

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import asyncpg
 import orjson
 import pytest
 
@@ -17,7 +18,8 @@ from tests.admin.conftest import get
 from tests.domains.insurance.helpers import insurance, recv_until
 
 ROUTES = ["/admin/session", "/admin/cluster", "/admin/connections", "/admin/rooms",
-          "/admin/audit", "/admin/health", "/admin/alerts", "/admin/presence?room=admin:alerts"]
+          "/admin/audit", "/admin/health", "/admin/alerts", "/admin/presence?room=admin:alerts",
+          "/admin/connection_history?user=4d5e6f70-8192-4a3b-9c4d-5e6f708192a3"]
 
 
 def answered(route: str) -> float:
@@ -143,6 +145,32 @@ async def test_presence_of_a_room(domain_server: Any, ws: Any) -> None:
     for room, error in (("analytics:x", "presence_disabled"), ("no-namespace", "invalid_room")):
         status, _, body = await get(server.port, f"/admin/presence?room={room}", tok)
         assert status == 400 and orjson.loads(body)["error"] == error
+
+
+async def test_connection_history(domain_server: Any, db_dsn: str) -> None:
+    server = await domain_server()
+    user = "8a9b0c1d-2e3f-4a5b-8c6d-7e8f9a0b1c2d"
+    pg = await asyncpg.connect(db_dsn)
+    try:
+        await pg.execute(
+            "INSERT INTO websocket_connections (connection_id, user_id, worker, connected_at, "
+            "disconnected_at, close_code, close_reason) VALUES "
+            "($1, $3, 1, now() - interval '2 minutes', now() - interval '1 minute', 4000, "
+            "'closed by an operator'), ($2, $3, 0, now(), NULL, NULL, NULL)",
+            f"old-{user}", f"new-{user}", user)
+    finally:
+        await pg.close()
+    tok = token(perms=["admin:monitor"])
+    _, _, body = await get(server.port, f"/admin/connection_history?user={user}", tok)
+    records = orjson.loads(body)["records"]
+    assert [(r["connection_id"], r["worker"], r["close_code"]) for r in records] == [
+        (f"new-{user}", 0, None), (f"old-{user}", 1, 4000)]
+    _, _, body = await get(server.port, f"/admin/connection_history?connection_id=old-{user}",
+                           tok)
+    assert [r["close_reason"] for r in orjson.loads(body)["records"]] == [
+        "closed by an operator"]
+    status, _, body = await get(server.port, "/admin/connection_history", tok)
+    assert status == 400 and orjson.loads(body)["action"].startswith("Required action:")
 
 
 @pytest.mark.parametrize(("path", "ctype"), [
