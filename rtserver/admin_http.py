@@ -137,7 +137,9 @@ class AdminHttp:
             address = ipaddress.ip_address(remote)
         except ValueError:
             return False
-        return any(address in network for network in self._status_networks)
+        mapped = address.ipv4_mapped if isinstance(address, ipaddress.IPv6Address) else None
+        return any(address in network or (mapped is not None and mapped in network)
+                   for network in self._status_networks)
 
     def status_refused(self, path: str, remote: str | None) -> Response:
         """403 for ``/healthz`` or ``/metrics`` from a client outside ``admin.status_allow``."""

@@ -200,6 +200,10 @@ async def test_status_allow_refuses_other_networks(domain_server: Any) -> None:
     for path in ("/healthz", "/metrics"):
         status, _, body = await get(server.port, path)
         assert status == 403 and "admin.status_allow" in orjson.loads(body)["action"]
+    assert server.admin.status_allowed("10.1.2.3")
+    assert server.admin.status_allowed("::ffff:10.1.2.3")  # IPv4 on a dual-stack socket
+    assert not server.admin.status_allowed("192.168.0.1")
+    assert not server.admin.status_allowed(None)
     open_server = await domain_server()
     status, _, _ = await get(open_server.port, "/metrics")
     assert status == 200
