@@ -106,7 +106,8 @@ class AdminHttp:
 
     def __init__(self, config: Config, node: Node, worker_id: int,
                  hub_bus: EmbeddedBus | None, domain_routes: dict[str, Route],
-                 origin_allowed: Callable[[str], bool], ui_root: Path = ADMIN_UI_ROOT) -> None:
+                 origin_allowed: Callable[[str, str | None], bool],
+                 ui_root: Path = ADMIN_UI_ROOT) -> None:
         self.config = config
         self.node = node
         self.worker_id = worker_id
@@ -205,7 +206,8 @@ class AdminHttp:
         origin = _query(request).get("origin", [None])[0]
         return json_response(http.HTTPStatus.OK, {
             "origin": origin,
-            "origin_allowed": None if origin is None else self.origin_allowed(origin),
+            "origin_allowed": None if origin is None else self.origin_allowed(
+                origin, request.headers.get("Host")),
             "user": principal.user, "permissions": sorted(principal.permissions),
             "expires_at": principal.expires_at, "can_operate": principal.has(OPERATE),
             "can_read_activity": principal.has("audit:read"),

@@ -7,6 +7,9 @@ address, a connect-rate token bucket and the unauthenticated-connection cap.
 server turns into an HTTP response before any WebSocket state exists; the
 server reports every admitted connection's end with :meth:`Admission.release`.
 
+:func:`user_limit_refusal` is the one decision taken after the upgrade, when a
+connection authenticates: the per-user connection limit of one worker.
+
 Origin patterns (case-insensitive, matched against the whole ``Origin``):
 
 * ``https://app.example.com`` / ``http://localhost:3000``: that exact origin;
@@ -34,7 +37,7 @@ import msgspec
 if TYPE_CHECKING:
     from rtserver.config_sections import ServerConfig
 
-__all__ = ["REFUSAL_REASONS", "Admission", "OriginPolicy", "Refusal"]
+__all__ = ["REFUSAL_REASONS", "Admission", "OriginPolicy", "Refusal", "user_limit_refusal"]
 
 RefusalReason = Literal["origin", "connect_rate", "max_connections", "per_address",
                         "unauthenticated"]
@@ -112,12 +115,13 @@ class OriginPolicy:
 class Admission:
     """One worker's admission decisions and connection counts."""
 
-    __slots__ = ("_per_address", "_tokens", "_updated", "burst", "max_connections",
+    __slots__ = ("_dev", "_per_address", "_tokens", "_updated", "burst", "max_connections",
                  "max_per_address", "max_unauthenticated", "open", "origins", "rate",
                  "retry_after")
 
     def __init__(self, config: ServerConfig, now: float) -> None:
         self.origins = OriginPolicy(config.allowed_origins)
+        self._dev = config.dev
         self.max_connections = config.max_connections
         self.max_per_address = config.max_connections_per_address
         self.max_unauthenticated = config.max_unauthenticated
@@ -133,6 +137,14 @@ class Admission:
     def per_address(self, address: str) -> int:
         """Admitted, unreleased connections from ``address``."""
         return self._per_address.get(address, 0)
+
+    def page_origins(self, origins: Sequence[str], host: str | None) -> Sequence[str]:
+        """The ``Origin`` values to check: with ``--dev`` the server's own pages (an origin
+        equal to ``http(s)://`` + the request's ``Host``) count as no origin."""
+        if (self._dev and len(origins) == 1 and host is not None
+                and origins[0] in (f"http://{host}", f"https://{host}")):
+            return ()
+        return origins
 
     def check(self, origins: Sequence[str], address: str, now: float,
               unauthenticated: int) -> Refusal | None:
@@ -198,3 +210,15 @@ class Admission:
             del self._per_address[address]
         else:
             self._per_address[address] = held - 1
+
+
+def user_limit_refusal(user: str, held: int, limit: int) -> tuple[str, str] | None:
+    """``(message, required action)`` when ``user``, who already holds ``held``
+    authenticated connections on this worker, may not authenticate one more
+    (``limits.max_connections_per_user`` = ``limit``); None admits it."""
+    if held < limit:
+        return None
+    return (f"user {user} already holds the maximum of {limit} connections on this server "
+            "worker (limits.max_connections_per_user)",
+            "Required action: close connections of this user that are no longer used before "
+            "opening another; do not reconnect automatically")

@@ -45,7 +45,8 @@ environment:
                         by serve unless --dev; token signs with it)
   RTSERVER_CONFIG       the configuration file (--config)
   RTSERVER_HOST, RTSERVER_PORT, RTSERVER_WORKERS, RTSERVER_REDIS,
-  RTSERVER_DATABASE, RTSERVER_DOMAINS, RTSERVER_FANOUT, RTSERVER_LOG_LEVEL, RTSERVER_DEV
+  RTSERVER_DATABASE, RTSERVER_DOMAINS, RTSERVER_FANOUT, RTSERVER_LOG_LEVEL, RTSERVER_DEV,
+  RTSERVER_CERTFILE, RTSERVER_KEYFILE
                         the serve flags of the same name
 """
 
@@ -54,7 +55,8 @@ _EXIT_HELP = """\
 exit status of serve:
   0 stopped by SIGTERM/SIGINT, every connection drained
   1 drain incomplete (workers killed after shutdown_grace)
-  2 configuration refused (file, environment, flags, missing compiled core);
+  2 configuration refused (file, environment, flags, missing compiled core,
+    unreadable or invalid TLS certificate/key);
     with --workers also: workers crash-looped
   3 cannot listen (port in use, address not local, privileged port)
   4 runtime directory not usable (workers.runtime_dir)
@@ -130,6 +132,11 @@ def _add_serve_flags(p: argparse.ArgumentParser) -> None:
                    help="domain plugins, comma-separated: built-in names or module:Class; "
                    "'' runs the real-time core alone (RTSERVER_DOMAINS, domains.enabled; "
                    "default insurance)")
+    p.add_argument("--certfile", metavar="PEM",
+                   help="TLS certificate chain: serve wss:// on the port (RTSERVER_CERTFILE, "
+                   "server.certfile; default none = plain ws://, e.g. behind a TLS proxy)")
+    p.add_argument("--keyfile", metavar="PEM",
+                   help="TLS private key of --certfile (RTSERVER_KEYFILE, server.keyfile)")
     p.add_argument("--fanout", choices=["compiled", "python"],
                    help="fan-out core (RTSERVER_FANOUT); python = the slower reference")
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"],
@@ -222,7 +229,8 @@ def _serve_flags(args: argparse.Namespace) -> dict[str, object]:
     return {
         "host": args.host, "port": args.port, "workers": args.workers, "redis": args.redis,
         "database": args.database, "fanout": args.fanout, "log_level": args.log_level,
-        "dev": args.dev, "domains": args.domains,
+        "dev": args.dev, "domains": args.domains, "certfile": args.certfile,
+        "keyfile": args.keyfile,
     }
 
 
@@ -259,6 +267,10 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         except DomainLoadError as exc:
             problem, _, action = str(exc).partition(" Required action: ")
             raise StartupError(EXIT_CONFIG, problem.rstrip(". "), action) from exc
+        from rtserver.tls import server_ssl_context
+
+        # Once here, so a bad certificate is one line before any worker starts.
+        server_ssl_context(config.server.certfile, config.server.keyfile)
         from rtserver.preflight import check_services
 
         check_services(config)
@@ -413,7 +425,11 @@ def _cmd_publish(args: argparse.Namespace) -> int:
         print(f"rtserver: --data is not JSON ({exc}). Required action: pass a JSON value",
               file=sys.stderr)
         return 2
-    payload = orjson.dumps({"type": "room_publish", "room": args.room, "data": data})
+    import uuid
+
+    # A key makes a payload handled twice (at-least-once ingress) reach clients once.
+    payload = orjson.dumps({"type": "room_publish", "room": args.room, "data": data,
+                            "key": uuid.uuid4().hex})
     decoder = IngressDecoder(CORE_KINDS)  # room_publish is the core's kind
     try:
         if config.bus.redis_url:

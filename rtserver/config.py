@@ -100,6 +100,8 @@ ENV_FLAGS: dict[str, tuple[str, str]] = {
     "port": ("server", "port"),
     "log_level": ("server", "log_level"),
     "dev": ("server", "dev"),
+    "certfile": ("server", "certfile"),
+    "keyfile": ("server", "keyfile"),
     "jwt_secret": ("auth", "jwt_secret"),
     "jwt_previous_secret": ("auth", "jwt_previous_secret"),
     "fanout": ("fanout", "implementation"),
@@ -357,6 +359,15 @@ def _validate(c: Config) -> None:
              "set the connection attempts per second a worker accepts")
     _require(s.admission_retry_after > 0, "server.admission_retry_after", "must be > 0",
              "set the Retry-After seconds of a refused handshake")
+    _require(bool(s.certfile) == bool(s.keyfile), "server.certfile/server.keyfile",
+             "only one of them is set", "set both (TLS) or neither (plain TCP)")
+    from rtserver.forwarded import TrustedProxies
+
+    try:
+        TrustedProxies(s.trusted_proxies)
+    except ValueError as exc:
+        raise ConfigError(f"server.trusted_proxies: {exc}. Required action: list IP addresses "
+                          "or CIDR networks such as 10.0.0.0/8") from exc
     _require(s.max_incoming_queue >= 1, "server.max_incoming_queue", "must be >= 1",
              "set a positive number")
     if a.jwt_algorithm == "HS256":
@@ -387,6 +398,8 @@ def _validate(c: Config) -> None:
              "set a positive burst")
     _require(lim.max_errors_per_minute >= 1, "limits.max_errors_per_minute", "must be >= 1",
              "set a positive number")
+    _require(lim.max_connections_per_user >= 1, "limits.max_connections_per_user",
+             "must be >= 1", "set the connections one user may hold on one worker")
     _require(1 <= lim.max_json_depth <= 256, "limits.max_json_depth", "must be in 1..256",
              "allow the nesting your messages need, such as 32")
     _require(lim.client_error_log_interval > 0, "limits.client_error_log_interval",
@@ -417,6 +430,9 @@ def _validate(c: Config) -> None:
     _require(c.bus.history_size >= 0 and c.bus.history_ttl > 0 and c.bus.history_max_bytes > 0,
              "bus.history_size/history_ttl/history_max_bytes", "must be >= 0 / > 0 / > 0",
              "set a history length, a positive age and a positive byte bound")
+    _require(c.bus.ingress_block_timeout > 0 and c.bus.ingress_lock_ttl > 0,
+             "bus.ingress_block_timeout/ingress_lock_ttl", "must be > 0",
+             "set positive seconds")
     _require(c.bus.idempotency_window > c.bus.request_timeout, "bus.idempotency_window",
              "must be longer than bus.request_timeout (a retried publish must be deduplicated)",
              "raise bus.idempotency_window above bus.request_timeout")

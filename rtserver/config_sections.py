@@ -56,6 +56,7 @@ class ServerConfig(Section, frozen=True):
     max_incoming_queue: int
     shutdown_grace: float
     dev: bool
+    log_writer: Literal["direct", "background"]
     allowed_origins: list[str]
     max_connections: int
     max_connections_per_address: int
@@ -63,6 +64,9 @@ class ServerConfig(Section, frozen=True):
     connect_rate_per_second: float
     connect_rate_burst: int
     admission_retry_after: float
+    certfile: str
+    keyfile: str
+    trusted_proxies: list[str]
 
 
 class AuthConfig(Section, frozen=True):
@@ -90,6 +94,7 @@ class LimitsConfig(Section, frozen=True):
     rate_limit_per_second: float
     rate_limit_burst: int
     max_errors_per_minute: int
+    max_connections_per_user: int
     presence_member_limit: int
     outbound_buffer_limit: int
     max_json_depth: int
@@ -145,6 +150,7 @@ class BusConfig(Section, frozen=True):
     publish_batch_max: int
     ingress_key: str
     ingress_block_timeout: float
+    ingress_lock_ttl: float
 
 
 class DatabaseConfig(Section, frozen=True):

@@ -112,8 +112,11 @@ class HandlerContext(abc.ABC):
 
     @abc.abstractmethod
     async def send_to_room(self, room: str, message: ServerMessage | bytes,
-                           exclude: Connection | None = None) -> int:
-        """Publish to ``room`` everywhere; returns the assigned seq (raises BusUnavailable)."""
+                           exclude: Connection | None = None, *, key: str | None = None) -> int:
+        """Publish to ``room`` everywhere; returns the assigned seq (raises BusUnavailable).
+
+        ``key``: applied once within ``bus.idempotency_window`` (a retry returns the
+        original seq)."""
 
     @abc.abstractmethod
     async def broadcast(self, message: ServerMessage | bytes) -> None:

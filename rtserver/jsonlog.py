@@ -9,12 +9,21 @@ Usage::
 Every line carries ``ts`` (ISO-8601 UTC), ``level``, ``logger``, ``event``,
 ``worker`` and the given fields. Field formatting happens only when the level
 is enabled, so a disabled debug line costs one comparison.
+
+A server process (:func:`configure` with ``background=True``) never blocks its
+event loop on a slow stderr: lines go to an in-process queue that one writer
+thread empties in order, in batches; nothing is dropped (the queue grows while
+stderr is slow), and every queued line is written before the process exits
+(``atexit``) or when :func:`flush` is called.
 """
 
 from __future__ import annotations
 
+import atexit
 import logging
+import queue
 import sys
+import threading
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
@@ -22,11 +31,72 @@ import orjson
 
 from rtserver.redact import MASK, redact_text
 
-__all__ = ["JsonLogger", "SummaryLog", "configure", "get_logger", "set_worker"]
+__all__ = ["JsonLogger", "SummaryLog", "configure", "flush", "get_logger", "set_worker"]
 
 _worker_id = 0
 _stream: TextIO = sys.stderr
 _level = logging.INFO
+
+
+class _BackgroundWriter:
+    """One thread writing queued lines to the stream, in order, in batches."""
+
+    def __init__(self) -> None:
+        self._queue: queue.SimpleQueue[str | threading.Event] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name="rtserver-log-writer",
+                                        daemon=True)
+        self._thread.start()
+
+    def write(self, text: str) -> None:
+        self._queue.put(text)
+
+    def flush(self, timeout: float = 10.0) -> bool:
+        """Wait until every line queued so far is written; False after ``timeout``."""
+        done = threading.Event()
+        self._queue.put(done)
+        return done.wait(timeout)
+
+    def _run(self) -> None:
+        q = self._queue
+        while True:
+            item = q.get()
+            batch: list[str] = []
+            events: list[threading.Event] = []
+            while True:
+                if isinstance(item, threading.Event):
+                    events.append(item)
+                else:
+                    batch.append(item)
+                if len(batch) >= 512:
+                    break
+                try:
+                    item = q.get_nowait()
+                except queue.Empty:
+                    break
+            if batch:
+                _emit("".join(batch))
+            for event in events:
+                event.set()
+
+
+_writer: _BackgroundWriter | None = None
+
+
+def _emit(text: str) -> None:
+    try:
+        _stream.write(text)
+        _stream.flush()
+    except (OSError, ValueError) as exc:
+        # The log stream itself is gone (closed pipe): say so on the
+        # process's last resort, stderr's file descriptor.
+        fallback = sys.__stderr__
+        if fallback is not None:
+            fallback.write(f"rtserver: log stream unavailable ({exc}): {text!r}\n")
+
+
+def flush(timeout: float = 10.0) -> bool:
+    """Write every queued line now (a no-op without the background writer)."""
+    return _writer.flush(timeout) if _writer is not None else True
 
 
 #: websockets' per-connection info lines (one per handshake, one per ``curl /healthz``):
@@ -70,13 +140,15 @@ def _clean(key: str, value: Any) -> Any:
     return value
 
 
-def configure(level: str = "info", stream: TextIO | None = None) -> None:
+def configure(level: str = "info", stream: TextIO | None = None, *,
+              background: bool = False) -> None:
     """Set the minimum level (debug, info, warning, error) and the output stream.
 
     Library log records (the standard ``logging`` module) are written as JSON
-    lines too, at the same minimum level.
+    lines too, at the same minimum level. ``background``: write through the
+    writer thread (server processes: the event loop never waits for stderr).
     """
-    global _level, _stream
+    global _level, _stream, _writer
     value = logging.getLevelName(level.upper())
     if not isinstance(value, int):
         raise ValueError(
@@ -88,6 +160,9 @@ def configure(level: str = "info", stream: TextIO | None = None) -> None:
     root = logging.getLogger()
     root.handlers = [_StdlibBridge()]
     root.setLevel(value)
+    if background and _writer is None:
+        _writer = _BackgroundWriter()
+        atexit.register(flush)
 
 
 def set_worker(worker: int) -> None:
@@ -134,15 +209,11 @@ class JsonLogger:
                     else ascii(v) for k, v in record.items()}
             safe["log_encoding_error"] = str(exc)
             line = orjson.dumps(safe)
-        try:
-            _stream.write(line.decode() + "\n")
-            _stream.flush()
-        except (OSError, ValueError) as exc:
-            # The log stream itself is gone (closed pipe): say so on the
-            # process's last resort, stderr's file descriptor.
-            fallback = sys.__stderr__
-            if fallback is not None:
-                fallback.write(f"rtserver: log stream unavailable ({exc}): {line!r}\n")
+        text = line.decode() + "\n"
+        if _writer is not None:
+            _writer.write(text)
+        else:
+            _emit(text)
 
     def lifecycle(self, event: str, **fields: Any) -> None:
         """Write an info line whatever the level: start, listening, signals, stop.

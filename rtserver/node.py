@@ -206,7 +206,7 @@ class Node(HandlerContext):
         now = time.monotonic()
         rooms: set[str] = set()
         session = Session(connection_id, self.codec, self.verifier, self.policy,
-                          self.config.limits, now, rooms)
+                          self.config.limits, now, rooms, self.hub.by_user)
         conn = Connection(connection_id, ws, None, session, remote, user_agent, time.time(),
                           rooms)
         conn.sink = self.fanout_module.Sink(ws, conn)
@@ -466,14 +466,14 @@ class Node(HandlerContext):
         await self.bus.send_to_user(user, payload)
 
     async def send_to_room(self, room: str, message: ServerMessage | bytes,
-                           exclude: Connection | None = None) -> int:
+                           exclude: Connection | None = None, *, key: str | None = None) -> int:
         """Publish to ``room`` on every worker; returns the assigned seq.
 
         ``message`` is encoded once; the room's ``seq`` is added on delivery.
         ``exclude`` (a local connection) does not receive it.
         """
         body = message if isinstance(message, bytes) else self.codec.encode(message)
-        return await self.rooms.publish(room, body, exclude)
+        return await self.rooms.publish(room, body, exclude, key)
 
     async def broadcast(self, message: ServerMessage | bytes) -> None:
         """Send to every authenticated or anonymous connection on every worker."""

@@ -286,18 +286,20 @@ class Rooms:
             return
         self.out.reply(conn, Ack(room=room, seq=pos.seq, id=msg_id))
 
-    async def publish(self, room: str, body: bytes, exclude: Connection | None) -> int:
-        """Publish ``body`` to ``room`` everywhere; ``exclude`` (local) does not receive it."""
+    async def publish(self, room: str, body: bytes, exclude: Connection | None,
+                      key: str | None = None) -> int:
+        """Publish ``body`` to ``room`` everywhere; ``exclude`` (local) does not receive it;
+        ``key`` makes it idempotent (see :meth:`Bus.publish`)."""
         if exclude is None or room not in exclude.rooms:
-            return (await self.bus.publish(room, body)).seq
+            return (await self.bus.publish(room, body, key)).seq
         # The publication comes back through on_publication (possibly after
         # publish() returned, with Redis), which takes the exclusion out.
-        key = (room, body)
-        self._excludes[key] = (exclude.sink, time.monotonic())
+        excluded = (room, body)
+        self._excludes[excluded] = (exclude.sink, time.monotonic())
         try:
-            return (await self.bus.publish(room, body)).seq
+            return (await self.bus.publish(room, body, key)).seq
         except BusUnavailable:
-            self._excludes.pop(key, None)
+            self._excludes.pop(excluded, None)
             raise
 
     async def presence(self, conn: Connection, room: str, msg_id: MessageId) -> None:

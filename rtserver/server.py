@@ -41,6 +41,7 @@ from rtserver.bus.local import LocalBus
 from rtserver.config import Config, masked
 from rtserver.connection import ConnState
 from rtserver.fanout import load_fanout
+from rtserver.forwarded import CLIENT_ADDRESS, TrustedProxies
 from rtserver.metrics import REGISTRY
 from rtserver.node import Node
 from rtserver.plugin import DomainPlugin, load_domain_classes
@@ -49,6 +50,7 @@ from rtserver.protocol.codec import ErrorCode
 from rtserver.router import HttpRoute
 from rtserver.startup import bind_failure
 from rtserver.static_files import StaticFiles
+from rtserver.tls import server_ssl_context, server_tls_options
 
 __all__ = ["RtServer", "resolve_secret", "run_server"]
 
@@ -118,11 +120,20 @@ _NO_HEADERS = Headers()
 
 
 class RtConnection(ServerConnection):
-    """A websockets server connection that records when it last received a pong and
-    gives its admission slot back when the TCP connection ends."""
+    """A websockets server connection that records when it last received a pong, gives
+    its admission slot back when the TCP connection ends, and knows the client address."""
 
     last_pong = 0.0
     on_lost: Callable[[], None] | None = None
+    #: The client's IP address when a trusted proxy forwarded it (set before the upgrade).
+    forwarded_client: str | None = None
+
+    @property
+    def remote_address(self) -> Any:
+        """The TCP peer, or ``(client IP, 0)`` when a trusted proxy forwarded it."""
+        if self.forwarded_client is not None:
+            return (self.forwarded_client, 0)
+        return super().remote_address
 
     def connection_lost(self, exc: Exception | None) -> None:
         """Release the admission slot, then let websockets finish."""
@@ -180,8 +191,10 @@ class RtServer:
             hub_bus.set_status_providers(
                 lambda: REGISTRY.render({"worker": str(self.worker_id)}), self.node.health)
         self.admission = Admission(config.server, time.monotonic())
+        self.trusted_proxies = TrustedProxies(config.server.trusted_proxies)
+        self.ssl_context = server_ssl_context(config.server.certfile, config.server.keyfile)
         self.admin = AdminHttp(config, self.node, worker_id, hub_bus, self.http_routes,
-                               self.admission.origins.allows)
+                               self._origin_admitted)
         self._refusals = jsonlog.SummaryLog(log, "handshakes_refused")
         for warning in self.admission.origins.warnings:
             log.warning("allowed_origins_any", note=warning)
@@ -198,7 +211,10 @@ class RtServer:
             return self._admit(connection, request)
         if path in ("/healthz", "/metrics"):
             remote = connection.remote_address
-            address = str(remote[0]) if remote else None
+            address: str | None = None
+            if remote:
+                address, _ = self.trusted_proxies.client_address(
+                    str(remote[0]), request.headers.get_all("X-Forwarded-For"))
             if not self.admin.status_allowed(address):
                 return self.admin.status_refused(path, address)
         if self.hub_bus is not None and parse_qs(urlsplit(request.path).query).get(
@@ -226,15 +242,28 @@ class RtServer:
                              f"{self.config.server.ws_path}; HTTP serves /healthz and /metrics"})
         return _response(http.HTTPStatus.NOT_FOUND, body, "application/json")
 
+    def _origin_admitted(self, origin: str, host: str | None) -> bool:
+        """Whether a browser page of ``origin`` (served as ``host``) may open a WebSocket."""
+        return not self.admission.page_origins([origin], host) or (
+            self.admission.origins.allows(origin))
+
     def _admit(self, connection: ServerConnection, request: Request) -> Response | None:
         """Admission before the upgrade (rtserver/admission.py): None admits."""
+        assert isinstance(connection, RtConnection)
         remote = connection.remote_address
-        address = str(remote[0]) if remote else "unknown"
+        peer = str(remote[0]) if remote else "unknown"
+        address, outcome = self.trusted_proxies.client_address(
+            peer, request.headers.get_all("X-Forwarded-For"))
+        CLIENT_ADDRESS.inc(outcome)
+        connection.forwarded_client = address if outcome == "forwarded" else None
+        if outcome not in ("direct", "forwarded"):
+            log.debug("forwarded_for_not_used", peer=peer, outcome=outcome, client=address)
+        origins = self.admission.page_origins(request.headers.get_all("Origin"),
+                                              request.headers.get("Host"))
         refusal = self.admission.check(
-            request.headers.get_all("Origin"), address, time.monotonic(),
+            origins, address, time.monotonic(),
             self.node.hub.state_counts[ConnState.CONNECTING])
         if refusal is None:
-            assert isinstance(connection, RtConnection)
             connection.on_lost = lambda: self.admission.release(address)
             return None
         ADMISSION_REFUSED.inc(refusal.reason)
@@ -370,8 +399,9 @@ class RtServer:
             from rtserver.ingress.redis_list import RedisIngress
 
             self.redis_ingress = RedisIngress(
-                bus_cfg.redis_url, bus_cfg.ingress_key, dispatcher, decoder=dispatcher.decoder,
-                block_timeout=bus_cfg.ingress_block_timeout,
+                bus_cfg.redis_url, bus_cfg.ingress_key, dispatcher.carry_out,
+                decoder=dispatcher.decoder, block_timeout=bus_cfg.ingress_block_timeout,
+                lock_ttl=bus_cfg.ingress_lock_ttl,
                 backoff_base=bus_cfg.reconnect_backoff_base,
                 backoff_max=bus_cfg.reconnect_backoff_max, jitter=bus_cfg.reconnect_jitter,
                 on_state_change=lambda ok, reason: node.set_degraded("redis_ingress", not ok,
@@ -463,6 +493,7 @@ class RtServer:
             server_header="rtserver",
             # also with a given socket: asyncio calls listen() again (default 100)
             backlog=cfg.server.backlog,
+            **server_tls_options(self.ssl_context, cfg.server),
         )
         try:
             if self.sock is not None:
@@ -474,9 +505,12 @@ class RtServer:
             raise bind_failure(cfg.server.host, cfg.server.port, exc) from exc
         sockets = list(self.server.sockets)
         self.port = sockets[0].getsockname()[1]
+        if self.ssl_context is not None:
+            log.info("fanout_tls", note="fanout: TLS connections use the transport path")
         log.lifecycle("listening", host=cfg.server.host, port=self.port,
                  ws_path=cfg.server.ws_path, worker=self.worker_id,
-                 fanout=self.node.fanout_module.__name__, bus=self.node.bus.kind)
+                 fanout=self.node.fanout_module.__name__, bus=self.node.bus.kind,
+                 tls=self.ssl_context is not None)
         if self.previous_exit is not None:
             await self.node.raise_alert(
                 "worker_respawned", "high",
@@ -540,7 +574,8 @@ def run_server(config: Config, worker_id: int = 0, sock: socket.socket | None = 
     """
     import uvloop
 
-    jsonlog.configure(config.server.log_level)
+    jsonlog.configure(config.server.log_level,
+                      background=config.server.log_writer == "background")
     jsonlog.set_worker(worker_id)
     log.lifecycle("config", effective=masked(config), sources=dict(sources))
     if config.fanout.implementation == "python":

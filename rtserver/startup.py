@@ -12,6 +12,7 @@ from __future__ import annotations
 import errno
 import sys
 
+from rtserver import jsonlog
 from rtserver.jsonlog import get_logger
 
 __all__ = [
@@ -57,6 +58,7 @@ def report_startup_failure(error: StartupError) -> int:
     """Write the JSON log line and the plain stderr line for ``error``; return its status."""
     _log.error("startup_failed", exit_status=error.status, problem=error.problem,
                action=f"Required action: {error.action}")
+    jsonlog.flush()  # the JSON line first, then the plain one (the last line of the run)
     print(f"rtserver: cannot start: {error}", file=sys.stderr, flush=True)
     return error.status
 

@@ -458,7 +458,8 @@ def run_worker_server(config: Config, plan: WorkerBusPlan, jwt_secret: str,
     """
     import uvloop
 
-    jsonlog.configure(config.server.log_level)
+    jsonlog.configure(config.server.log_level,
+                      background=config.server.log_writer == "background")
     jsonlog.set_worker(ctx.worker_id)
     _log.info("config", effective=masked(config), sources=sources)
     bus, hub = build_worker_bus(ctx, plan)
@@ -507,7 +508,8 @@ def serve_workers(config: Config, settings: SupervisorSettings, plan: WorkerBusP
 
     from rtserver.server import resolve_secret
 
-    jsonlog.configure(config.server.log_level)
+    jsonlog.configure(config.server.log_level,
+                      background=config.server.log_writer == "background")
     secret = resolve_secret(config)
     main = functools.partial(run_worker_server, config, plan, secret, sources)
     return run_supervisor(settings, main, loop_factory=uvloop.new_event_loop)

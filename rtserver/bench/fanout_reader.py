@@ -10,6 +10,9 @@ but the kernel's work. Control over stdin/stdout, one line each:
   ``{"received": X, "ok": true|false}``;
 * ``quit`` (or end of input) closes everything and exits.
 
+With ``--cafile`` the connections use TLS (``wss://``, the server certificate
+verified against that CA) and the counted bytes are the decrypted ones.
+
 Run by ``fanout_micro.py``; not meant to be started by hand.
 """
 
@@ -20,6 +23,7 @@ import asyncio
 import base64
 import os
 import resource
+import ssl
 import sys
 from typing import cast
 
@@ -80,11 +84,12 @@ async def _run(args: argparse.Namespace) -> int:
     counter = [0]
     protocols: list[_Drain] = []
     sem = asyncio.Semaphore(args.concurrency)
+    context = ssl.create_default_context(cafile=args.cafile) if args.cafile else None
 
     async def one(i: int) -> None:
         async with sem:
             proto = _Drain(f"/r{i}", args.host, args.port, counter)
-            await loop.create_connection(lambda: proto, args.host, args.port)
+            await loop.create_connection(lambda: proto, args.host, args.port, ssl=context)
             await proto.upgraded
             protocols.append(proto)
 
@@ -121,6 +126,9 @@ def main() -> int:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--connections", type=int, required=True)
+    parser.add_argument(
+        "--cafile", help="connect with TLS, verifying the server against this PEM CA file"
+    )
     parser.add_argument(
         "--concurrency", type=int, default=256, help="connection attempts in flight at once"
     )

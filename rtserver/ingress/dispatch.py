@@ -47,32 +47,40 @@ class IngressDispatcher:
         self.decoder = IngressDecoder((*CORE_KINDS, *router.ingress_types()))
 
     async def __call__(self, message: IngressMessage) -> None:
-        """Handle one ingress message (called one at a time, in arrival order)."""
+        """Handle one message, at most once (the NOTIFY listener): a refusal or a bus
+        failure is logged and counted, never raised."""
         try:
-            match message:
-                case RoomPublish(room=room, data=data):
-                    try:
-                        self.ctx.room_rules(room)
-                    except AccessDenied as exc:
-                        self._reject("invalid_room", message, exc.message)
-                        return
-                    body = b'{"type":"message","room":%b,"from":null,"data":%b}' % (
-                        orjson.dumps(room), bytes(data))
-                    await self.ctx.send_to_room(room, body)
-                case _:
-                    handler = self.router.ingress_handler_for(message)
-                    if handler is None:
-                        self._reject("no_handler", message,
-                                     f"no enabled domain handles ingress type "
-                                     f"{type(message).__name__}")
-                        return
-                    await handler(message)
+            await self.carry_out(message)
         except IngressRejected as exc:
             self._reject(exc.reason, message, exc.detail)
-            return
         except BusUnavailable as exc:
             self._reject("bus_unavailable", message, str(exc))
-            return
+
+    async def carry_out(self, message: IngressMessage) -> None:
+        """Carry out one message (called one at a time, in arrival order).
+
+        Raises :class:`IngressRejected` when it can never be carried out
+        (invalid room, no handler, refused by a domain) and ``BusUnavailable``
+        / ``StoreUnavailable`` when a backend is down (the Redis ingress retries
+        those, :mod:`rtserver.ingress.redis_list`).
+        """
+        match message:
+            case RoomPublish(room=room, data=data, key=key):
+                try:
+                    self.ctx.room_rules(room)
+                except AccessDenied as exc:
+                    raise IngressRejected("invalid_room", exc.message) from exc
+                body = b'{"type":"message","room":%b,"from":null,"data":%b}' % (
+                    orjson.dumps(room), bytes(data))
+                await self.ctx.send_to_room(
+                    room, body, key=None if key is None else f"ingress\x00{room}\x00{key}")
+            case _:
+                handler = self.router.ingress_handler_for(message)
+                if handler is None:
+                    raise IngressRejected("no_handler",
+                                          f"no enabled domain handles ingress type "
+                                          f"{type(message).__name__}")
+                await handler(message)
         DELIVERED.inc(type(message).__name__)
 
     def _reject(self, reason: str, message: IngressMessage, detail: str) -> None:

@@ -62,10 +62,16 @@ class IngressMessage(msgspec.Struct, tag_field="type", forbid_unknown_fields=Tru
 
 
 class RoomPublish(IngressMessage, tag="room_publish", frozen=True):
-    """Publish ``data`` (any JSON, passed through untouched) to ``room``."""
+    """Publish ``data`` (any JSON, passed through untouched) to ``room``.
+
+    ``key`` (optional, recommended): the bus applies a ``(room, key)`` once within
+    ``bus.idempotency_window``, so a payload handled again after a consumer
+    crash (the Redis ingress is at-least-once) reaches clients once.
+    """
 
     room: NonEmpty
     data: msgspec.Raw
+    key: str | None = None
 
 
 #: The kinds the core handles itself.

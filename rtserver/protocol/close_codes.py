@@ -31,6 +31,8 @@ class CloseCode(IntEnum):
     AUTH_FAILED = 4001
     #: Idle: no client frame within ``heartbeat.idle_timeout``.
     IDLE = 4008
+    #: The user already holds ``limits.max_connections_per_user`` connections on this worker.
+    USER_LIMIT = 4029
 
 
 #: How a client reacts to each code: "backoff" (reconnect with full jitter),
@@ -45,6 +47,7 @@ RECONNECT: dict[int, str] = {
     CloseCode.TRY_AGAIN_LATER: "backoff",
     CloseCode.AUTH_FAILED: "token",
     CloseCode.IDLE: "backoff",
+    CloseCode.USER_LIMIT: "never",
 }
 
 _KNOWN_LABELS = {int(c): str(int(c)) for c in CloseCode} | {

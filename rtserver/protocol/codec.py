@@ -55,6 +55,7 @@ class ErrorCode:
     TOKEN_EXPIRED = "token_expired"
     AUTH_TIMEOUT = "auth_timeout"
     TOO_MANY_ERRORS = "too_many_errors"
+    TOO_MANY_USER_CONNECTIONS = "too_many_user_connections"
     BUS_UNAVAILABLE = "bus_unavailable"
     FEATURE_UNAVAILABLE = "feature_unavailable"
     STORE_UNAVAILABLE = "store_unavailable"

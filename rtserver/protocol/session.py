@@ -9,11 +9,13 @@ so it is tested with bytes and Structs only.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Mapping, Sized
 from collections.abc import Set as AbstractSet
 from datetime import UTC, datetime
 
 import msgspec
 
+from rtserver.admission import user_limit_refusal
 from rtserver.auth import AccessDenied, AccessPolicy, Principal, TokenError, TokenVerifier
 from rtserver.config import LimitsConfig, NamespaceConfig
 from rtserver.protocol.close_codes import CloseCode
@@ -145,7 +147,7 @@ class Session:
 
     __slots__ = ("_closed", "_errors", "_publish_allowed", "_tokens", "_updated", "codec",
                  "connection_id", "last_activity", "limits", "policy", "principal", "rooms",
-                 "verifier")
+                 "user_connections", "verifier")
 
     def __init__(
         self,
@@ -156,6 +158,7 @@ class Session:
         limits: LimitsConfig,
         now: float,
         rooms: AbstractSet[str],
+        user_connections: Mapping[str, Sized],
     ) -> None:
         self.connection_id = connection_id
         self.codec = codec
@@ -165,6 +168,9 @@ class Session:
         self.principal: Principal | None = None
         #: The connection's rooms, owned (and mutated) by the worker's Hub; read here.
         self.rooms = rooms
+        #: This worker's authenticated connections by user, owned by the Hub; read here
+        #: for ``limits.max_connections_per_user``.
+        self.user_connections = user_connections
         self.last_activity = now
         self._tokens = float(limits.rate_limit_burst)
         self._updated = now
@@ -266,13 +272,22 @@ class Session:
         return False
 
     def authenticate_with(self, token: str, msg_id: MessageId, now: float) -> list[Action]:
-        """Verify ``token`` (from the URL or an ``auth`` frame)."""
+        """Verify ``token`` (from the URL or an ``auth`` frame), then the user's
+        connection limit on this worker (error, close 4029)."""
         try:
             principal = self.verifier.verify(token)
         except TokenError as exc:
             self._closed = True
             return [Fail(exc.code, exc.message, exc.action, msg_id),
                     CloseConnection(CloseCode.AUTH_FAILED, exc.code)]
+        user = principal.user
+        held = None if user is None else self.user_connections.get(user)
+        refusal = None if user is None else user_limit_refusal(
+            user, 0 if held is None else len(held), self.limits.max_connections_per_user)
+        if refusal is not None:
+            self._closed = True
+            return [Fail(ErrorCode.TOO_MANY_USER_CONNECTIONS, *refusal, msg_id),
+                    CloseConnection(CloseCode.USER_LIMIT, "too many connections for this user")]
         return [Authenticate(principal, msg_id)]
 
     # ------------------------------------------------------------ entry point

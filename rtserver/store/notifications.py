@@ -11,25 +11,14 @@ __all__ = ["NotificationQueries"]
 
 _NOTIFICATION_COLS = "id, user_id, title, body, data, created_at, delivered_at, read_at"
 
-_CLAIM_PENDING = f"""
-WITH picked AS (
-    SELECT id FROM notifications
-     WHERE user_id = $1 AND delivered_at IS NULL
-     ORDER BY id LIMIT $2 FOR UPDATE SKIP LOCKED
-)
-UPDATE notifications n SET delivered_at = now()
-  FROM picked WHERE n.id = picked.id AND n.delivered_at IS NULL
-RETURNING {', '.join('n.' + c.strip() for c in _NOTIFICATION_COLS.split(','))}
-"""
-
 
 class NotificationQueries(StorePool):
-    """Notifications: create, claim for delivery, mark delivered or read, list."""
+    """Notifications: create, pending (not yet received), mark received or read, list."""
 
     async def create_notification(
         self, user_id: str, title: str, body: str, data: object
     ) -> Notification:
-        """Store a notification for ``user_id`` (pending until marked delivered)."""
+        """Store a notification for ``user_id`` (pending until a client acknowledges it)."""
         async with self.acquire("create_notification") as conn:
             rec = await conn.fetchrow(
                 "INSERT INTO notifications (user_id, title, body, data) VALUES ($1, $2, $3, $4) "
@@ -47,30 +36,41 @@ class NotificationQueries(StorePool):
             )
         return None if rec is None else Notification(**dict(rec))
 
-    async def claim_pending_notifications(self, user_id: str, limit: int) -> list[Notification]:
-        """Mark up to ``limit`` undelivered notifications delivered and return them, oldest first.
+    async def pending_notifications(self, user_id: str, *, limit: int,
+                                    after_id: int | None = None) -> list[Notification]:
+        """Up to ``limit`` of ``user_id``'s notifications no client acknowledged yet
+        (``delivered_at IS NULL``), oldest first, with ids above ``after_id``.
 
-        Atomic: two connections of the same user claiming at the same moment
-        never get the same notification (at-most-once).
+        Nothing is marked: every connection of the user gets them until one
+        acknowledges them with :meth:`mark_received` (at-least-once).
         """
-        async with self.acquire("claim_pending_notifications") as conn:
-            rows = await conn.fetch(_CLAIM_PENDING, user_id, limit)
-        return sorted((Notification(**dict(r)) for r in rows), key=lambda n: n.id)
-
-    async def mark_delivered(self, ids: Sequence[int]) -> int:
-        """Mark notifications delivered (those not yet delivered); return how many changed."""
-        if not ids:
-            return 0
-        async with self.acquire("mark_delivered") as conn:
-            status = await conn.execute(
-                "UPDATE notifications SET delivered_at = now() "
-                "WHERE id = ANY($1::bigint[]) AND delivered_at IS NULL",
-                list(ids),
+        async with self.acquire("pending_notifications") as conn:
+            rows = await conn.fetch(
+                f"SELECT {_NOTIFICATION_COLS} FROM notifications "
+                "WHERE user_id = $1 AND delivered_at IS NULL "
+                "AND ($3::bigint IS NULL OR id > $3) ORDER BY id LIMIT $2",
+                user_id, limit, after_id,
             )
-        return int(status.rsplit(" ", 1)[1])
+        return [Notification(**dict(r)) for r in rows]
+
+    async def mark_received(self, user_id: str, ids: Sequence[int]) -> list[int]:
+        """Record that a client of ``user_id`` received ``ids`` (sets ``delivered_at`` once).
+
+        Returns the ids among ``ids`` that are ``user_id``'s (newly marked or
+        marked before), in id order; another user's ids are not found.
+        """
+        if not ids:
+            return []
+        async with self.acquire("mark_received") as conn:
+            rows = await conn.fetch(
+                "UPDATE notifications SET delivered_at = coalesce(delivered_at, now()) "
+                "WHERE user_id = $1 AND id = ANY($2::bigint[]) RETURNING id",
+                user_id, list(ids),
+            )
+        return sorted(int(r["id"]) for r in rows)
 
     async def mark_read(self, user_id: str, notification_id: int) -> Notification | None:
-        """Mark one of ``user_id``'s notifications read (and delivered).
+        """Mark one of ``user_id``'s notifications read (and received).
 
         Returns the notification, or ``None`` when ``user_id`` has no
         notification with this id (another user's id is not found, not an

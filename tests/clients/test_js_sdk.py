@@ -2,7 +2,10 @@
 
 They spawn real rtserver processes (``python -m rtserver serve --workers 2``)
 with this interpreter and this checkout on ``PYTHONPATH``. A failure shows the
-node test runner's output.
+node test runner's output. The browser tests drive Debian's Chromium
+(``RTSERVER_CHROMIUM``, default ``/usr/bin/chromium``) with playwright-core
+against a server with a private PostgreSQL database; screenshots are written
+to ``clients/js/artifacts/``.
 """
 
 from __future__ import annotations
@@ -53,3 +56,18 @@ def test_node_sdk_tests() -> None:
     node = _require_node_modules()
     _run([node, "--expose-gc", "--test", "--test-concurrency=1", "--test-timeout=120000",
           "test/"], timeout=280)
+
+
+@pytest.mark.timeout(300)
+def test_examples_in_chromium() -> None:
+    """clients/js/test-browser: the examples in real Chromium (two editors, notifications,
+    a server restart under an open page); fails on any console error."""
+    node = _require_node_modules()
+    chromium = os.environ.get("RTSERVER_CHROMIUM", "/usr/bin/chromium")
+    if not Path(chromium).exists():
+        pytest.fail(f"{chromium} does not exist. Required action: apt-get install chromium "
+                    "(as .ci/run does) or set RTSERVER_CHROMIUM")
+    if shutil.which("psql") is None:
+        pytest.fail("psql is not installed. Required action: install postgresql-client")
+    _run([node, "--test", "--test-concurrency=1", "--test-timeout=120000", "test-browser/"],
+         timeout=280)

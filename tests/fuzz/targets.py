@@ -119,7 +119,7 @@ def session(data: bytes) -> None:
     config = _config()
     s = Session("fuzz", _codec(), _verifier(),
                 AccessPolicy(config.namespaces, config.limits.max_room_name_length),
-                config.limits, 0.0, set())
+                config.limits, 0.0, set(), {})
     if data.startswith(b"A"):
         s.set_principal(Principal(user=str(uuid.UUID(int=1)), permissions=frozenset(
             {"publish", "quote:read", "quote:write"}), grants=("bench:*", "quote:*"),

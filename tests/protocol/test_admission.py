@@ -243,3 +243,19 @@ async def test_failed_handshake_releases_its_slot(make_server: ServerFactory) ->
     await _wait_until(lambda: server.admission.open == 0)
     async with connect(ws_url(server, token())) as ws:
         await _welcome(ws)
+
+
+async def test_dev_mode_admits_the_servers_own_pages_only(make_server: ServerFactory) -> None:
+    server = await make_server(make_config(server={"dev": True}))
+    url = ws_url(server, token())
+    own = f"http://127.0.0.1:{server.port}"
+    ws = await connect(url, additional_headers=[("Origin", own)])
+    await _welcome(ws)
+    await ws.close()
+    assert (await _refused(url, [("Origin", "https://evil.example")])).status_code == 403
+    assert (await _refused(url, [("Origin", f"http://evil.example:{server.port}")])
+            ).status_code == 403
+    # Without --dev the same origin needs server.allowed_origins.
+    plain = await make_server()
+    own_plain = f"http://127.0.0.1:{plain.port}"
+    assert (await _refused(ws_url(plain, token()), [("Origin", own_plain)])).status_code == 403

@@ -26,7 +26,7 @@ def _session(max_errors: int) -> Session:
     limits = msgspec.structs.replace(config.limits, max_errors_per_minute=max_errors)
     return Session("c", Codec(), TokenVerifier(config.auth, SECRET),
                    AccessPolicy(config.namespaces, limits.max_room_name_length), limits, 0.0,
-                   set())
+                   set(), {})
 
 
 def test_session_silent_after_error_budget_close() -> None:

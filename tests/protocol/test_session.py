@@ -30,7 +30,7 @@ def make_session(**limits: object) -> Session:
     config = load_config(env={}, flags={"jwt_secret": SECRET})
     lim = msgspec.structs.replace(config.limits, **limits)
     return Session("c1", Codec(), TokenVerifier(config.auth, SECRET),
-                   AccessPolicy(config.namespaces, lim.max_room_name_length), lim, 0.0, set())
+                   AccessPolicy(config.namespaces, lim.max_room_name_length), lim, 0.0, set(), {})
 
 
 def authed(perms: list[str], rooms: list[str], **limits: object) -> Session:

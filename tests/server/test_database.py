@@ -73,9 +73,24 @@ async def test_connection_records(db_server: RtServer, connect_client: Connect,
         await pg.close()
 
 
-async def test_offline_notification_delivered_once_then_ack(db_server: RtServer,
-                                                            connect_client: Connect,
-                                                            db_dsn: str) -> None:
+async def delivered_at(dsn: str, notification_id: int) -> object:
+    pg = await asyncpg.connect(dsn)
+    try:
+        return await pg.fetchval("SELECT delivered_at FROM notifications WHERE id=$1",
+                                 notification_id)
+    finally:
+        await pg.close()
+
+
+async def no_more_notifications(client: Client) -> None:
+    """Pending notifications are sent before anything the client asks afterwards: a pong
+    with nothing but heartbeats before it proves there are none (recv_type fails on any
+    other frame)."""
+    assert (await client.request({"type": "ping", "id": "after"}, "pong"))["id"] == "after"
+
+
+async def test_offline_notifications_pending_until_received_then_ack(
+        db_server: RtServer, connect_client: Connect, db_dsn: str) -> None:
     user = str(uuid.uuid4())
     ids = []
     for i in range(3):
@@ -84,23 +99,78 @@ async def test_offline_notification_delivered_once_then_ack(db_server: RtServer,
     first = await connect_client(token(user=user), srv=db_server)
     got = [await first.recv_type("notification") for _ in range(3)]
     assert [g["id"] for g in got] == ids and [g["data"]["i"] for g in got] == [0, 1, 2]
+    await no_more_notifications(first)
     await first.ws.close()
+    # Not acknowledged: sent again on the next connect (at-least-once).
     second = await connect_client(token(user=user), srv=db_server)
-    with pytest.raises(TimeoutError):
-        await second.recv_type("notification", timeout=0.5)
-    acked = await second.request({"type": "notification_ack", "notification_id": ids[0],
-                                  "id": 1}, "notification_acked")
-    assert acked["notification_id"] == ids[0] and acked["read_at"]
-    page = await second.request({"type": "notifications_list", "unread_only": True,
-                                 "limit": 10}, "notifications")
-    assert [n["notification_id"] for n in page["items"]] == [ids[2], ids[1]]
+    assert [(await second.recv_type("notification"))["id"] for _ in range(3)] == ids
+    received = await second.request({"type": "notification_received",
+                                     "notification_ids": [*ids[:2], 2**62], "id": 5},
+                                    "notifications_received")
+    assert received == {"type": "notifications_received", "notification_ids": ids[:2],
+                        "unknown_ids": [2**62], "id": 5}
+    assert await delivered_at(db_dsn, ids[0]) is not None
+    assert await delivered_at(db_dsn, ids[2]) is None
+    await second.ws.close()
+    third = await connect_client(token(user=user), srv=db_server)
+    assert (await third.recv_type("notification"))["id"] == ids[2]
+    await no_more_notifications(third)
+    acked = await third.request({"type": "notification_ack", "notification_id": ids[2],
+                                 "id": 1}, "notification_acked")
+    assert acked["notification_id"] == ids[2] and acked["read_at"]
+    assert await delivered_at(db_dsn, ids[2]) is not None  # read implies received
+    page = await third.request({"type": "notifications_list", "unread_only": True,
+                                "limit": 10}, "notifications")
+    assert [n["notification_id"] for n in page["items"]] == [ids[1], ids[0]]
+    await third.ws.close()
+    fourth = await connect_client(token(user=user), srv=db_server)
+    await no_more_notifications(fourth)
     other = await connect_client(token(), srv=db_server)
     err = await other.request({"type": "notification_ack", "notification_id": ids[1]}, "error")
     assert err["code"] == "not_found"
+    theirs = await other.request({"type": "notification_received",
+                                  "notification_ids": [ids[0]]}, "notifications_received")
+    assert theirs["notification_ids"] == [] and theirs["unknown_ids"] == [ids[0]]
+    for bad in ([], list(range(1, 102))):
+        err = await other.request({"type": "notification_received",
+                                   "notification_ids": bad}, "error")
+        assert err["code"] == "invalid_field" and err["action"].startswith("Required action")
 
 
-async def test_live_notification_via_ingress(db_server: RtServer, connect_client: Connect,
-                                             db_dsn: str) -> None:
+async def test_next_pending_batch_follows_the_acknowledgement(make_server: ServerFactory,
+                                                              connect_client: Connect,
+                                                              db_dsn: str) -> None:
+    server = await make_server(db_config(db_dsn, notifications={"pending_batch": 2,
+                                                                "page_max": 100}))
+    await server.ingress.wait_listening(10.0)
+    from rtserver.metrics import REGISTRY
+
+    handled = REGISTRY.counter("rtserver_ingress_delivered_total", "", ("type",))
+    before = handled.get("UserNotify")
+    user = str(uuid.uuid4())
+    ids = [await send_user_notification(db_dsn, CHANNEL, user=user, title=f"t{i}", body="b",
+                                        data={}, connect_timeout=5) for i in range(3)]
+
+    async def announced() -> bool:  # the live sends are over: nothing arrives live later
+        return handled.get("UserNotify") - before == 3
+
+    await wait_for(announced)
+    client = await connect_client(token(user=user), srv=server)
+    assert [(await client.recv_type("notification"))["id"] for _ in range(2)] == ids[:2]
+    await no_more_notifications(client)
+    # Acknowledging only the first of the batch does not ask for more.
+    await client.request({"type": "notification_received", "notification_ids": ids[:1]},
+                         "notifications_received")
+    await no_more_notifications(client)
+    await client.request({"type": "notification_received", "notification_ids": ids[1:2]},
+                         "notifications_received")
+    assert (await client.recv_type("notification"))["id"] == ids[2]
+    await no_more_notifications(client)
+
+
+async def test_live_notification_pending_until_received(db_server: RtServer,
+                                                        connect_client: Connect,
+                                                        db_dsn: str) -> None:
     user = str(uuid.uuid4())
     a = await connect_client(token(user=user), srv=db_server)
     b = await connect_client(token(user=user), srv=db_server)
@@ -110,14 +180,46 @@ async def test_live_notification_via_ingress(db_server: RtServer, connect_client
     for c in (a, b):
         n = await c.recv_type("notification")
         assert n["id"] == nid and n["title"] == "Quote ready"
-    pg = await asyncpg.connect(db_dsn)
-    try:
-        async def delivered() -> bool:
-            return await pg.fetchval("SELECT delivered_at FROM notifications WHERE id=$1",
-                                     nid) is not None
-        await wait_for(delivered)
-    finally:
-        await pg.close()
+    # Queued and even read by both clients: not delivered until one acknowledges it.
+    await no_more_notifications(a)
+    assert await delivered_at(db_dsn, nid) is None
+    reply = await b.request({"type": "notification_received", "notification_ids": [nid]},
+                            "notifications_received")
+    assert reply["notification_ids"] == [nid]
+    assert await delivered_at(db_dsn, nid) is not None
+
+
+async def test_slow_consumer_close_before_ack_resends_on_reconnect(
+        make_server: ServerFactory, connect_client: Connect, db_dsn: str) -> None:
+    """The notification reached the client's socket, then the client went slow and was
+    closed with 1013 before acknowledging it: it is still pending and arrives again."""
+    from tests.server.slow_client import (
+        SLOW_LIMITS,
+        connect_slow,
+        drain_close_code,
+        flood_until_closed,
+    )
+
+    server = await make_server(db_config(db_dsn, limits=SLOW_LIMITS))
+    await server.ingress.wait_listening(10.0)
+    user = str(uuid.uuid4())
+    room = f"bench:slow-{user}"
+    slow, slow_id = await connect_slow(server, token(user=user, rooms=["bench:*"]))
+    await slow.request({"type": "subscribe", "room": room}, "subscribed")
+    nid = await send_user_notification(db_dsn, CHANNEL, user=user, title="Policy issued",
+                                       body="b", data={}, connect_timeout=5)
+    assert (await slow.recv_type("notification"))["id"] == nid
+    publisher = await connect_client(token(perms=["publish"], rooms=["bench:*"]), srv=server)
+    assert await flood_until_closed(server, slow_id, publisher, room) > 1
+    assert await drain_close_code(slow) == 1013
+    assert await delivered_at(db_dsn, nid) is None
+    again = await connect_client(token(user=user), srv=server)
+    assert (await again.recv_type("notification"))["id"] == nid
+    await again.request({"type": "notification_received", "notification_ids": [nid]},
+                        "notifications_received")
+    await again.ws.close()
+    last = await connect_client(token(user=user), srv=server)
+    await no_more_notifications(last)
 
 
 async def test_ingress_room_publish_and_invalid(db_server: RtServer, connect_client: Connect,
@@ -246,8 +348,15 @@ async def test_redis_ingress(make_server: ServerFactory, connect_client: Connect
                                          "data": [1, 2]}))
         assert (await member.recv_type("message"))["data"] == [1, 2]
         assert invalid.get() - before == 1
+        # One consumer over all workers: the room gets the payloads in the pushed order.
+        await r.rpush(key, *[orjson.dumps({"type": "room_publish", "room": "bench:redis-in",
+                                           "data": n}) for n in range(20)])
+        assert [(await member.recv_type("message"))["data"] for _ in range(20)] == list(
+            range(20))
+        dead = await r.lrange(f"{key}:dead", 0, -1)
+        assert dead == [b'{"type":"room_publish","room":"bench:redis-in"}']
     finally:
-        await r.delete(key)
+        await r.delete(key, f"{key}:dead", f"{key}:processing", f"{key}:leader")
         await r.aclose()
 
 

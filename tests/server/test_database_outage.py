@@ -49,7 +49,7 @@ async def test_database_outage_degrades_and_recovers(private_pg: PgInstance,
     sub = await connect_client(token(rooms=["bench:*"]), srv=server)
     pub = await connect_client(token(perms=["publish"], rooms=["bench:*"]), srv=server)
     await sub.request({"type": "subscribe", "room": "bench:outage"}, "subscribed")
-    # The connect-time notification claim runs before the server reads a connection's
+    # The connect-time read of pending notifications runs before the server reads a connection's
     # first frame: a ping answered (and no error before it) proves both claims finished
     # while the database was still up, so none of them can meet the outage below.
     for client in (sub, pub):
@@ -60,7 +60,7 @@ async def test_database_outage_degrades_and_recovers(private_pg: PgInstance,
     try:
         # connections made and closed while the database is down are queued
         during = await connect_client(token(), srv=server)
-        # the connect-time notification claim cannot run: said, not fatal
+        # the connect-time read of pending notifications cannot run: said, not fatal
         err = await during.recv_type("error")
         assert err["code"] == "store_unavailable"
         during_id = next(c.id for c in server.node.hub.connections.values()

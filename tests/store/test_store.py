@@ -31,41 +31,44 @@ def _user() -> str:
 # ---------------------------------------------------------------- notifications
 
 
-async def test_notifications_pending_in_order_once(store: Store) -> None:
+async def test_notifications_pending_until_received(store: Store) -> None:
     user, other = _user(), _user()
     created = [
         await store.create_notification(user, f"t{i}", f"b{i}", {"n": i}) for i in range(5)
     ]
     await store.create_notification(other, "other", "x", {})
-    pending = await pgutil.pending_notifications(store, user, limit=100)
+    pending = await store.pending_notifications(user, limit=100)
     assert [n.id for n in pending] == [n.id for n in created]
     assert [decode_json(n.data) for n in pending] == [{"n": i} for i in range(5)]
     assert all(n.delivered_at is None and n.read_at is None for n in pending)
+    # Reading them marks nothing: two connections both get them (at-least-once).
+    first, second = await asyncio.gather(store.pending_notifications(user, limit=100),
+                                         store.pending_notifications(user, limit=100))
+    assert [n.id for n in first] == [n.id for n in second] == [n.id for n in created]
 
-    # Delivered ones are not pending again; marking twice changes nothing.
-    assert await store.mark_delivered([created[0].id, created[1].id]) == 2
-    assert await store.mark_delivered([created[0].id]) == 0
-    pending = await pgutil.pending_notifications(store, user, limit=100)
+    # Received ones are not pending again; marking twice keeps the first time.
+    ids = [created[0].id, created[1].id]
+    assert await store.mark_received(user, ids) == ids
+    before = await store.get_notification(created[0].id)
+    assert before is not None and before.delivered_at is not None
+    assert await store.mark_received(user, [created[0].id]) == [created[0].id]
+    again = await store.get_notification(created[0].id)
+    assert again is not None and again.delivered_at == before.delivered_at
+    pending = await store.pending_notifications(user, limit=100)
     assert [n.id for n in pending] == [n.id for n in created[2:]]
-
-    # claim: atomic, ordered, once -- even with two claimers at the same time.
-    first, second = await asyncio.gather(
-        store.claim_pending_notifications(user, limit=100),
-        store.claim_pending_notifications(user, limit=100),
-    )
-    claimed = sorted([n.id for n in first] + [n.id for n in second])
-    assert claimed == [n.id for n in created[2:]]
-    assert [n.id for n in first] == sorted(n.id for n in first)
-    assert await store.claim_pending_notifications(user, limit=100) == []
+    # Another user's ids are not found and not marked.
     others = await pgutil.pending_notifications(store, other, limit=10)
-    assert [n.title for n in others] == ["other"]
+    assert await store.mark_received(user, [others[0].id]) == []
+    assert [n.title for n in await pgutil.pending_notifications(store, other, limit=10)] == [
+        "other"]
 
 
-async def test_claim_respects_limit(store: Store) -> None:
+async def test_pending_respects_limit_and_after_id(store: Store) -> None:
     user = _user()
     ids = [(await store.create_notification(user, "t", "b", None)).id for _ in range(3)]
-    assert [n.id for n in await store.claim_pending_notifications(user, limit=2)] == ids[:2]
-    assert [n.id for n in await store.claim_pending_notifications(user, limit=2)] == ids[2:]
+    assert [n.id for n in await store.pending_notifications(user, limit=2)] == ids[:2]
+    assert [n.id for n in await store.pending_notifications(user, limit=2,
+                                                            after_id=ids[1])] == ids[2:]
 
 
 async def test_mark_read_is_scoped_to_the_user(store: Store) -> None:

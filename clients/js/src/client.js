@@ -26,7 +26,9 @@ export const DEFAULTS = Object.freeze({
   requestTimeout: 10000,
   tokenRefreshMargin: 30000,
   offlineQueue: Object.freeze({ maxCount: 100, maxAge: 30000 }),
-  idempotentPublish: false,
+  // Every publish carries a `key`; one whose ack was lost is retried with it
+  // (rtserver applies a key once within bus.idempotency_window).
+  idempotentPublish: true,
   // Recent notification ids remembered to drop a repeated delivery.
   notificationDedupe: 1000,
 });
@@ -107,6 +109,8 @@ export class RtClient {
     this._streams = new Set();
     /** @type {Map<string|number, any>} */
     this._pending = new Map();
+    /** The server sends `epoch` in `subscribed` (it speaks the recovery protocol). */
+    this._serverEpochs = false;
     this._nextId = 1;
     /** @type {any} */
     this._ws = null;
@@ -125,7 +129,8 @@ export class RtClient {
     this._reconnectTimer = null;
     /** @type {ReturnType<typeof setTimeout>|null} */
     this._refreshTimer = null;
-    this._refreshing = /** @type {Promise<unknown>|null} */ (null);
+    /** @type {(() => void)|null} */
+    this._envListener = null;
     /** @type {{resolve: () => void, reject: (e: RtError) => void}[]} */
     this._connectWaiters = [];
     /** Connection facts for UIs (connection panel). */
@@ -320,7 +325,29 @@ export class RtClient {
     this._emit("error", error);
   }
 
+  /**
+   * Browsers: check liveness at once when the tab becomes visible or the
+   * network comes back (timers of background tabs are throttled).
+   */
+  _attachEnvironment() {
+    if (this._envListener !== null || typeof globalThis.addEventListener !== "function") return;
+    this._envListener = () => {
+      if (typeof document !== "undefined" && document.visibilityState === "hidden") return;
+      if (this._ws !== null) this._checkLiveness();
+    };
+    globalThis.addEventListener("online", this._envListener);
+    if (typeof document !== "undefined") document.addEventListener("visibilitychange", this._envListener);
+  }
+
+  _detachEnvironment() {
+    if (this._envListener === null) return;
+    globalThis.removeEventListener("online", this._envListener);
+    if (typeof document !== "undefined") document.removeEventListener("visibilitychange", this._envListener);
+    this._envListener = null;
+  }
+
   async _open() {
+    this._attachEnvironment();
     this._setState("connecting");
     let token;
     try {
@@ -352,7 +379,7 @@ export class RtClient {
     ws.onerror = () => {}; // the close event that follows carries the code
     ws.onmessage = (/** @type {{data: unknown}} */ ev) => this._onFrame(ws, ev.data);
     ws.onclose = (/** @type {{code: number, reason: string}} */ ev) => {
-      if (this._ws === ws) this._onClose(ev.code, String(ev.reason ?? ""));
+      if (this._ws === ws) this._closed(ev.code, String(ev.reason ?? ""));
     };
     this._scheduleLiveness();
   }
@@ -438,6 +465,7 @@ export class RtClient {
 
   /** @param {Record<string, any>} frame */
   _onSubscribed(frame) {
+    if (typeof frame.epoch === "string") this._serverEpochs = true;
     const sub = this._subs.get(frame.room);
     if (frame.id !== undefined) {
       const p = this._pending.get(frame.id);
@@ -528,10 +556,13 @@ export class RtClient {
   async _unsubscribe(sub) {
     if (this._subs.get(sub.room) !== sub) return;
     this._subs.delete(sub.room);
-    const wasSubscribed = sub.state === "subscribed";
     sub.state = "closed";
-    if (this.state === "connected" && wasSubscribed) {
+    if (this.state !== "connected") return; // the next connection does not subscribe it
+    try {
       await this.request({ type: "unsubscribe", room: sub.room }, "unsubscribed");
+    } catch (error) {
+      // A subscribe still in flight that the server refused: there is nothing to leave.
+      if (!(error instanceof RtError && error.code === "not_subscribed")) throw error;
     }
   }
 
@@ -542,18 +573,22 @@ export class RtClient {
   }
 
   /**
-   * One frame for every room subscription that has a position (servers with
-   * recovery), one frame per room otherwise; quote subscriptions use quote_subscribe.
+   * Room subscriptions in one frame (`rooms: [{room, since?}]`) when the server
+   * speaks the recovery protocol, one pipelined frame per room otherwise;
+   * quote subscriptions use quote_subscribe (fresh state).
    * @param {Subscription[]} subs
    */
   _sendSubscribes(subs) {
     const rooms = subs.filter((s) => s.kind === "room");
-    const batch = rooms.length > 1 && rooms.every((s) => s._since() !== undefined);
+    const batch = rooms.length > 1 && (this._serverEpochs || rooms.every((s) => s._since() !== undefined));
     if (batch) {
       const id = this._nextId++;
       this._track(id, { replyType: "subscribed", rooms: new Set(rooms.map((s) => s.room)),
                         what: "subscribe" });
-      this._send({ type: "subscribe", rooms: rooms.map((s) => ({ room: s.room, since: s._since() })), id });
+      this._send({ type: "subscribe", id, rooms: rooms.map((s) => {
+        const since = s._since();
+        return since === undefined ? { room: s.room } : { room: s.room, since };
+      }) });
     } else {
       for (const sub of rooms) {
         const id = this._nextId++;
@@ -632,7 +667,7 @@ export class RtClient {
       this._log("warn", "connection dead", { silent_ms: silent, limit_ms: limit });
       this._detach();
       this._closeSocket(ws, LIVENESS_CLOSE, "liveness timeout");
-      this._onClose(1006, reason);
+      this._closed(1006, reason);
       return;
     }
     if (this.state === "connected" && now - this._lastSentAt >= this._pingInterval) {
@@ -681,6 +716,15 @@ export class RtClient {
       this._reportError(rtError);
       return false;
     }
+  }
+
+  /** @param {number} code @param {string} reason */
+  _closed(code, reason) {
+    this._onClose(code, reason).catch((error) => {
+      this._terminal(code, reason, new RtError({
+        code: "internal_error", message: `rtserver-client failed handling close ${code}: ${String(error)}`,
+        action: "Required action: report this client bug; call connect() to start again", cause: error }));
+    });
   }
 
   /** @param {number} code @param {string} reason */
@@ -798,6 +842,7 @@ export class RtClient {
     this._subs.clear();
     for (const stream of this._streams) stream._closed();
     this._streams.clear();
+    this._detachEnvironment();
     this.state = "closed";
     this._emit("state", { state: "closed", code, reason });
     if (error !== null) this._reportError(error);

@@ -27,6 +27,7 @@ export const CLOSE_POLICY = Object.freeze({
   1015: "backoff", // TLS handshake failure
   4001: "token", // authentication failed or token expired
   4008: "backoff", // idle timeout
+  4029: "never", // too many connections for this user (close others first)
 });
 
 /**

@@ -81,13 +81,17 @@ export class QuoteSubscription {
    * Edit a field on the current version. A lost race rejects with RtError
    * code "conflict" (details: current_value, current_version); the local copy
    * then holds the winner's value and version, so a retry merges on top of it.
+   * `baseVersion` (default: the current version) is the version the user's
+   * change is based on, e.g. the version when they focused the field: an edit
+   * made meanwhile by someone else then conflicts instead of being overwritten.
    * @param {string} field
    * @param {unknown} value
+   * @param {{baseVersion?: number}} [options]
    */
-  async edit(field, value) {
+  async edit(field, value, { baseVersion } = {}) {
     try {
       const ack = await this._client.request({ type: "quote_edit", quote_id: this.quoteId, field, value,
-                                               base_version: this.version }, "ack");
+                                               base_version: baseVersion ?? this.version }, "ack");
       if (typeof ack.version === "number" && ack.version > this.version) {
         this.version = ack.version;
         if (this.quote !== null) this.quote.fields = { ...(this.quote.fields ?? {}), [field]: value };

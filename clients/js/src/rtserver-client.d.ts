@@ -58,7 +58,7 @@ export interface RtClientOptions {
   /** ms before the token's exp when the next token is fetched. Default 30000. */
   tokenRefreshMargin?: number;
   offlineQueue?: { maxCount?: number; maxAge?: number };
-  /** Send a publish `key` and retry a publish whose ack was lost (needs a server with publish keys). Default false. */
+  /** Send a publish `key` and retry a publish whose ack was lost with it (rtserver applies a key once). Default true. */
   idempotentPublish?: boolean;
   /** Recent notification ids remembered to drop a repeat. Default 1000. */
   notificationDedupe?: number;
@@ -181,7 +181,7 @@ export declare class QuoteSubscription {
   /** Resolves with the quote on the first quote_state. */
   readonly ready: Promise<Quote>;
   /** Rejects with RtError code "conflict" (details.current_value, details.current_version) on a lost race. */
-  edit(field: string, value: unknown): Promise<{ room: string; seq?: number; quote_id: string; field: string; version: number }>;
+  edit(field: string, value: unknown, options?: { baseVersion?: number }): Promise<{ room: string; seq?: number; quote_id: string; field: string; version: number }>;
   focus(field: string): void;
   blur(field: string): void;
   unsubscribe(): Promise<void>;

@@ -144,15 +144,18 @@ export class Subscription {
   }
 
   /**
-   * A `gap` frame (servers with recovery): the stream lost messages.
+   * A `gap` frame: messages `from_seq..to_seq` will never arrive; the stream
+   * goes on from `to_seq + 1`.
    * @param {Record<string, any>} frame
    */
   _gap(frame) {
+    const from = frame.from_seq;
+    const to = frame.to_seq;
+    const missed = typeof from === "number" && typeof to === "number" ? to - from + 1 : null;
     const info = { recovered: false, replayed: 0, reason: frame.reason ?? "gap",
-                   action: frame.action ?? "Required action: reload this room's state",
-                   missed: typeof frame.missed === "number" ? frame.missed : null };
+                   action: frame.action ?? "Required action: reload this room's state", missed };
     if (typeof frame.epoch === "string") this.epoch = frame.epoch;
-    if (typeof frame.seq === "number") this.seq = frame.seq;
+    if (typeof to === "number" && (this.seq === null || to > this.seq)) this.seq = to;
     this._client._reportRecover(this, info);
     if (this._onRecover !== null) this._onRecover(info);
   }

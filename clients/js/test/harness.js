@@ -1,8 +1,9 @@
 // Test harness: a real rtserver (`python -m rtserver serve --workers 2`) on a
 // loopback port, tokens signed with the test secret, small waiting helpers.
-import { spawn } from "node:child_process";
+import { execFileSync, spawn } from "node:child_process";
 import { createHmac, randomUUID } from "node:crypto";
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -29,7 +30,8 @@ export function token({ user = randomUUID(), perms = ["publish"], rooms = ["benc
 }
 
 /** The shipped configuration with test-sized heartbeats. */
-function configFile(dir, { heartbeat = 1.0, idleTimeout = 60.0, dev = false, extra = (t) => t }) {
+function configFile(dir, { heartbeat = 1.0, idleTimeout = 60.0, dev = false, analyticsInterval = null,
+                           origins = [], extra = (t) => t }) {
   let text = readFileSync(join(REPO, "rtserver/rtserver.toml"), "utf8");
   const set = (section, key, value) => {
     const re = new RegExp(`(\\[${section}\\][\\s\\S]*?\\n)${key} = [^\\n]*`);
@@ -41,6 +43,8 @@ function configFile(dir, { heartbeat = 1.0, idleTimeout = 60.0, dev = false, ext
   set("heartbeat", "idle_timeout", idleTimeout.toFixed(2));
   set("server", "shutdown_grace", "3.0");
   if (dev) set("server", "dev", "true");
+  if (origins.length > 0) set("server", "allowed_origins", JSON.stringify(origins));
+  if (analyticsInterval !== null) set("domain", "analytics_interval", analyticsInterval.toFixed(2));
   text = extra(text);
   const path = join(dir, "rtserver.toml");
   writeFileSync(path, text);
@@ -74,9 +78,13 @@ export class Server {
   get url() { return `ws://127.0.0.1:${this.port}/ws`; }
   get http() { return `http://127.0.0.1:${this.port}`; }
 
-  /** Start and wait until every worker listens. */
+  /**
+   * Start and wait until every worker listens. With `sameOrigin` the port is
+   * chosen first so that the server's own origin (its pages) may open WebSockets.
+   */
   async start(port = this.options.port) {
-    const o = this.options;
+    if (this.options.sameOrigin && port === 0) port = await freePort();
+    const o = { ...this.options, origins: this.options.sameOrigin ? [`http://127.0.0.1:${port}`] : [] };
     const args = ["-m", "rtserver", "serve", "--workers", String(o.workers), "--port", String(port),
                   "--config", configFile(this.dir, o)];
     if (o.database) args.push("--database", o.database);
@@ -178,4 +186,69 @@ export function recordingLogger() {
 export function connected(client, timeout = 15000) {
   if (client.state === "connected") return Promise.resolve();
   return once(client, "state", (s) => s.state === "connected", timeout);
+}
+
+const PG = process.env.RTSERVER_TEST_PG ?? "postgresql://postgres@127.0.0.1:5432";
+
+/** psql -At -c SQL on database `db` of the test PostgreSQL; returns the output. */
+export function psql(db, sql) {
+  return execFileSync("psql", [`${PG}/${db}`, "-v", "ON_ERROR_STOP=1", "-At", "-c", sql],
+                      { encoding: "utf8", stdio: ["ignore", "pipe", "pipe"] }).trim();
+}
+
+/** `python -m rtserver ARGS` with the test secret; returns stdout. */
+export function rtserverCli(...args) {
+  return execFileSync(PYTHON, ["-m", "rtserver", ...args], {
+    cwd: REPO, encoding: "utf8", stdio: ["ignore", "pipe", "pipe"],
+    env: { ...process.env, RTSERVER_JWT_SECRET: SECRET, PYTHONPATH: process.env.PYTHONPATH ?? REPO } });
+}
+
+/** A fresh, migrated database: {name, dsn, drop()}. */
+export function tempDatabase() {
+  const name = `rtsjs_${randomUUID().replace(/-/g, "").slice(0, 12)}`;
+  psql("postgres", `CREATE DATABASE "${name}" TEMPLATE template0 ENCODING 'UTF8'`);
+  const dsn = `${PG}/${name}`;
+  rtserverCli("migrate", "--database", dsn);
+  return { name, dsn, drop: () => psql("postgres", `DROP DATABASE IF EXISTS "${name}" WITH (FORCE)`) };
+}
+
+/**
+ * A WebSocket class whose network a test can cut: `cut()` drops the current
+ * connection (1006) and refuses new ones until `restore()`; `sent` records
+ * every frame sent; `cutAfterSend(frame)` returning true cuts right after
+ * that frame was handed to the socket (its reply is lost).
+ */
+export function flakyNetwork() {
+  const net = { offline: false, sent: [], current: null, cutAfterSend: null };
+  class FlakyWebSocket extends WebSocket {
+    constructor(url) {
+      super(net.offline ? "ws://127.0.0.1:9/ws" : url);
+      net.current = this;
+    }
+    send(data) {
+      const frame = JSON.parse(data);
+      net.sent.push(frame);
+      super.send(data);
+      if (net.cutAfterSend !== null && net.cutAfterSend(frame)) {
+        net.cutAfterSend = null;
+        net.cut();
+      }
+    }
+  }
+  net.WebSocket = FlakyWebSocket;
+  net.cut = () => { net.offline = true; net.current?.terminate(); };
+  net.restore = () => { net.offline = false; };
+  return net;
+}
+
+/** A free loopback port (bound and released). */
+export function freePort() {
+  return new Promise((res, rej) => {
+    const srv = createServer();
+    srv.once("error", rej);
+    srv.listen(0, "127.0.0.1", () => {
+      const { port } = srv.address();
+      srv.close(() => res(port));
+    });
+  });
 }

@@ -98,6 +98,7 @@ test("1,000 connect/subscribe/close cycles: timers, listeners and sockets back t
       assert.equal(client._livenessTimer, null);
       assert.equal(client._refreshTimer, null);
       assert.equal(client._reconnectTimer, null);
+      assert.equal(client._envListener, null);
     }
     // Closed sockets finish their closing handshake asynchronously.
     const t0 = performance.now();

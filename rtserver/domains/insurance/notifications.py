@@ -1,17 +1,25 @@
-"""Per-user push notifications (stored in PostgreSQL, delivered across workers).
+"""Per-user push notifications (stored in PostgreSQL, delivered across workers), at least once.
 
 * Live: the ingress (``rtserver notify`` / a backend's NOTIFY, kind
-  ``user_notify``) stores the row and :meth:`Notifications.deliver` sends ``notification`` to every
-  connection of the user on every worker through the bus. Each worker that
-  had a connection of the user marks the row delivered (see
-  :meth:`Notifications.on_user_delivery`).
-* Offline: on the next authenticated connect, the user's undelivered
-  notifications are claimed atomically (marked delivered) and sent in id
-  order, so each is delivered once.
+  ``user_notify``) stores the row and :meth:`Notifications.deliver` sends
+  ``notification`` to every connection of the user on every worker through
+  the bus.
+* A notification counts as delivered only when a client acknowledges it:
+  ``notification_received {notification_ids}`` (or ``notification_ack``,
+  which also marks it read) sets ``delivered_at``. Queued to a connection is
+  not delivered: a connection closed before the acknowledgement (slow
+  consumer 1013, network loss, restart) leaves it pending.
+* On every authenticated connect, the user's pending notifications (not yet
+  acknowledged, at most ``notifications.pending_batch``, oldest first) are
+  sent, merged in id order with live ones arriving meanwhile; when the batch
+  was full, the next one follows once the client acknowledges the last id of
+  the batch. Every connection of the user gets them until one acknowledges
+  them, so a client may see a notification more than once and de-duplicates
+  by ``id`` (at-least-once).
 * ``notification_ack {notification_id}`` marks one read;
   ``notifications_list {unread_only, limit, before_id}`` pages through them.
 
-The client field is ``notification_id`` (not ``id``) because ``id`` is the
+The client field is ``notification_id(s)`` (not ``id``) because ``id`` is the
 correlation id every client message may carry.
 """
 
@@ -39,9 +47,11 @@ __all__ = [
     "NotificationAcked",
     "NotificationItem",
     "NotificationOut",
+    "NotificationReceived",
     "Notifications",
     "NotificationsList",
     "NotificationsPage",
+    "NotificationsReceived",
     "notification_payload",
 ]
 
@@ -49,7 +59,9 @@ log = get_logger("rtserver.notifications")
 DUPLICATES = REGISTRY.counter("rtserver_notifications_duplicates_skipped_total",
                               "Live notifications not sent again to a connection that had it")
 DELIVERED = REGISTRY.counter("rtserver_notifications_delivered_total",
-                             "Notifications sent to connections", ("path",))
+                             "Notifications sent to connections (live or pending)", ("path",))
+RECEIVED = REGISTRY.counter("rtserver_notifications_received_total",
+                            "Notification receipts acknowledged by clients")
 PREFIX = b'{"type":"notification",'
 
 
@@ -57,6 +69,13 @@ class NotificationAck(ClientMessage, tag="notification_ack", frozen=True):
     """Mark a notification read."""
 
     notification_id: int
+    id: MessageId = None
+
+
+class NotificationReceived(ClientMessage, tag="notification_received", frozen=True):
+    """The client has these notifications (stored or shown): they are delivered."""
+
+    notification_ids: list[int]
     id: MessageId = None
 
 
@@ -107,6 +126,14 @@ class NotificationAcked(ServerMessage, tag="notification_acked", frozen=True):
     id: MessageId = None
 
 
+class NotificationsReceived(ServerMessage, tag="notifications_received", frozen=True):
+    """Reply to ``notification_received``: the ids recorded (the user's) and those not found."""
+
+    notification_ids: list[int]
+    unknown_ids: list[int]
+    id: MessageId = None
+
+
 _ENCODER = msgspec.json.Encoder()
 
 
@@ -123,21 +150,25 @@ class _IdOnly(msgspec.Struct):
 class Notifications:
     """Notification delivery state of one node.
 
-    Around a connection's connect-time claim of its pending notifications,
-    live notifications for it are held until the claim is done; then claimed
-    and held ones are sent together in id order, each once. Afterwards live
-    copies of the claimed ones are skipped. Both tables are keyed by
+    Around a connection's connect-time read of its pending notifications,
+    live notifications for it are held until the read is done; then pending
+    and held ones are sent together in id order, each once on this
+    connection. Afterwards live copies of the pending ones are skipped. When
+    the pending batch was full, ``_next`` keeps the last id sent: its
+    acknowledgement asks for the next batch. Every table is keyed by
     connection and dropped by the one disconnect hook.
     """
 
     def __init__(self, ctx: HandlerContext) -> None:
         self.ctx = ctx
         self._held: dict[str, dict[int, bytes]] = {}
-        self._claimed: dict[str, set[int]] = {}
+        self._sent: dict[str, set[int]] = {}
+        self._next: dict[str, int] = {}
 
     def install(self, router: Router) -> None:
         """Register the messages, the on-connect pending delivery, the live filter."""
         router.register(NotificationAck, self.ack)
+        router.register(NotificationReceived, self.received)
         router.register(NotificationsList, self.list)
         router.on_connect(self.on_connect)
         router.on_disconnect(self.on_disconnect)
@@ -166,34 +197,30 @@ class Notifications:
         await self.deliver(message.user, notification_payload(stored))
 
     def keep_live(self, conn: Connection, payload: bytes) -> bool:
-        """User-message filter: hold or skip live notifications around the claim."""
+        """User-message filter: hold or skip live notifications around the pending read."""
         if not payload.startswith(PREFIX) or self.ctx.store is None:
             return True
         notification_id = msgspec.json.decode(payload, type=_IdOnly).id
-        claimed = self._claimed.get(conn.id)
-        if claimed is None:
+        sent = self._sent.get(conn.id)
+        if sent is None:
             self._held.setdefault(conn.id, {})[notification_id] = payload
             return False
-        if notification_id in claimed:
+        if notification_id in sent:
             DUPLICATES.inc()
             return False
         return True
 
     def on_user_delivery(self, user: str, payload: bytes, delivered: int) -> None:
-        """Mark a live notification delivered when this worker had a connection of the user."""
-        store = self.ctx.store
-        if delivered == 0 or not payload.startswith(PREFIX) or store is None:
-            return
-        notification_id = msgspec.json.decode(payload, type=_IdOnly).id
-        DELIVERED.inc("live", amount=delivered)
+        """Count live notifications queued to this worker's connections of the user.
 
-        async def mark() -> None:
-            await store.mark_delivered([notification_id])
-
-        self.ctx.spawn(mark, f"notification-{notification_id}")
+        Queued is not delivered: ``delivered_at`` is set by the client's
+        acknowledgement (:meth:`received`, :meth:`ack`).
+        """
+        if delivered and payload.startswith(PREFIX) and self.ctx.store is not None:
+            DELIVERED.inc("live", amount=delivered)
 
     async def on_connect(self, conn: Connection) -> None:
-        """Send the user's pending notifications (claimed atomically), merged with held ones."""
+        """Send the user's pending notifications, merged with held live ones, in id order."""
         user = conn.user
         store = self.ctx.store
         if user is None or store is None:
@@ -201,27 +228,63 @@ class Notifications:
         batch = self.ctx.config.notifications.pending_batch
         pending: list[StoredNotification] = []
         try:
-            pending = await store.claim_pending_notifications(user, batch)
+            pending = await store.pending_notifications(user, limit=batch)
         finally:
-            # Also when the claim failed: the held live ones are sent, in id order.
+            # Also when the read failed: the held live ones are sent, in id order.
             out = {n.id: notification_payload(n) for n in pending}
             held = self._held.pop(conn.id, {})
             DUPLICATES.inc(amount=len(out.keys() & held.keys()))
             out.update(held)
-            self._claimed[conn.id] = {n.id for n in pending}
+            self._sent[conn.id] = {n.id for n in pending}
             for notification_id in sorted(out):
                 self.ctx.send_to_connection(conn.id, out[notification_id])
-            if held:
-                held_ids = list(held)
+        self._sent_pending(conn, pending, batch)
 
-                async def mark_held() -> None:
-                    await store.mark_delivered(held_ids)
+    def _sent_pending(self, conn: Connection, pending: list[StoredNotification],
+                      batch: int) -> None:
+        if not pending:
+            return
+        DELIVERED.inc("pending", amount=len(pending))
+        if len(pending) >= batch:
+            self._next[conn.id] = pending[-1].id
+        log.info("notifications_pending_sent", connection_id=conn.id, user=conn.user,
+                 count=len(pending), first_id=pending[0].id, last_id=pending[-1].id,
+                 more=len(pending) >= batch)
 
-                self.ctx.spawn(mark_held, f"notifications-held-{conn.id}")
-        if pending:
-            DELIVERED.inc("pending", amount=len(pending))
-            log.info("notifications_pending_delivered", connection_id=conn.id, user=user,
-                     count=len(pending), first_id=pending[0].id, last_id=pending[-1].id)
+    async def received(self, conn: Connection, msg: NotificationReceived) -> None:
+        """``notification_received``: the client has these; mark them delivered."""
+        ctx = self.ctx
+        store = ctx.require_store(conn, "notifications", msg.id)
+        if store is None:
+            return
+        if conn.user is None:
+            ctx.error(conn, "forbidden", "anonymous connections have no notifications",
+                      "Required action: authenticate with a token", msg.id)
+            return
+        most = ctx.config.notifications.pending_batch
+        if not 1 <= len(msg.notification_ids) <= most:
+            ctx.error(conn, "invalid_field",
+                      f"field `notification_ids` must list 1..{most} ids",
+                      f"Required action: acknowledge at most {most} notifications per message",
+                      msg.id)
+            return
+        found = await store.mark_received(conn.user, msg.notification_ids)
+        RECEIVED.inc(amount=len(found))
+        unknown = sorted(set(msg.notification_ids) - set(found))
+        ctx.reply(conn, NotificationsReceived(notification_ids=found, unknown_ids=unknown,
+                                              id=msg.id))
+        after = self._next.get(conn.id)
+        if after is not None and after in found:
+            # The batch sent at connect is acknowledged: send the next one.
+            del self._next[conn.id]
+            batch = ctx.config.notifications.pending_batch
+            pending = await store.pending_notifications(conn.user, limit=batch, after_id=after)
+            sent = self._sent.setdefault(conn.id, set())
+            for n in pending:
+                if n.id not in sent:
+                    sent.add(n.id)
+                    ctx.send_to_connection(conn.id, notification_payload(n))
+            self._sent_pending(conn, pending, batch)
 
     async def ack(self, conn: Connection, msg: NotificationAck) -> None:
         """``notification_ack``: mark one notification read."""
@@ -264,6 +327,7 @@ class Notifications:
                                           id=msg.id))
 
     async def on_disconnect(self, conn: Connection) -> None:
-        """Drop the connection's hold and claim tables."""
+        """Drop the connection's hold, sent and next-batch tables."""
         self._held.pop(conn.id, None)
-        self._claimed.pop(conn.id, None)
+        self._sent.pop(conn.id, None)
+        self._next.pop(conn.id, None)

@@ -1,7 +1,8 @@
-// The recovery protocol of issue 11 (epoch in `subscribed`, `since`, multi-room
-// subscribe, publish `key`, `gap`) is NOT in rtserver yet. These tests speak
-// those exact shapes with a tiny in-test fake so the SDK side is exercised now;
-// replace them with real-server tests when issue 11 lands.
+// Recovery-protocol frames a real server cannot be made to send on demand
+// (a gap frame, a heartbeat_interval in the welcome frame, a replay with a
+// duplicate at the boundary, a lost ack with keys off), spoken by a tiny
+// in-test fake in the exact shapes of docs/protocol.md. The same paths
+// against the real server are in recovery.test.js.
 import assert from "node:assert/strict";
 import { after, afterEach, before, describe, test } from "node:test";
 import { WebSocketServer } from "ws";
@@ -36,7 +37,7 @@ class FakeServer {
   async stop() { this.dropAll(); await new Promise((r) => this.wss.close(r)); }
 }
 
-describe("recovery protocol (server support pending issue 11)", () => {
+describe("recovery protocol edge cases (in-test fake)", () => {
   /** @type {FakeServer} */
   let fake;
   let url;
@@ -99,7 +100,8 @@ describe("recovery protocol (server support pending issue 11)", () => {
     fake.onFrame = (ws, f) => {
       if (f.type === "subscribe") {
         fake.send(ws, { type: "subscribed", room: f.room, seq: 0, epoch: "e", id: f.id });
-        fake.send(ws, { type: "gap", room: f.room, reason: "history_trimmed", action: "Required action: reload", epoch: "e", seq: 9 });
+        fake.send(ws, { type: "gap", room: f.room, from_seq: 1, to_seq: 9, epoch: "e", reason: "history_trimmed",
+                        action: "Required action: reload" });
         fake.send(ws, { type: "message", room: f.room, from: null, data: 10, seq: 10 });
       }
     };
@@ -112,7 +114,9 @@ describe("recovery protocol (server support pending issue 11)", () => {
     await until(() => got.length === 1, "the message after the gap");
     assert.equal(recovers.length, 1);
     assert.equal(recovers[0].reason, "history_trimmed");
+    assert.equal(recovers[0].missed, 9);
     assert.deepEqual(got, [10]);
+    assert.equal(sub.seq, 10);
     c.close();
   });
 
@@ -141,7 +145,7 @@ describe("recovery protocol (server support pending issue 11)", () => {
   test("without idempotentPublish a lost ack rejects with ack_lost (never a silent duplicate)", async () => {
     fake.received = [];
     fake.onFrame = (ws, f) => { if (f.type === "publish") ws.terminate(); };
-    const c = client();
+    const c = client({ idempotentPublish: false });
     await c.connect();
     await assert.rejects(c.publish("bench:key", 1), (e) => e.code === "ack_lost" && e.closeCode === 1006);
     await connected(c);
