@@ -72,6 +72,9 @@ class _Pending(msgspec.Struct):
 COMPONENT_STATE_ALERTS = ("component_degraded", "component_recovered")
 #: Components every worker sees fail together: their alerts are raised once per cluster.
 SHARED_PREFIXES = ("bus", "database", "store", "redis", "ingress")
+#: Shared components that carry the alerts themselves: each worker shows their alerts
+#: to its own admins (the bus cannot be trusted to deliver news about itself).
+BUS_PREFIXES = ("bus", "redis")
 
 
 class Alerts:
@@ -125,47 +128,43 @@ class Alerts:
         if ok and self.pending:
             self.domain.spawn(self.flush_pending, "alerts-flush")
 
-    async def _store(self, store: Store, p: _Pending) -> SystemAlert | None:
-        """Store one alert; ``None`` when a shared-component alert was already stored by
-        another worker within ``admin.shared_alert_window`` (counted, logged; shown here
-        to this worker's admins only when the bus cannot carry the other worker's)."""
+    async def _store(self, store: Store, p: _Pending) -> tuple[SystemAlert, bool]:
+        """Store one alert: (the alert, False); for a shared component whose same state
+        change another worker stored within ``admin.shared_alert_window``: (that alert,
+        True), counted and logged."""
         if p.shared is None:
             return await store.create_alert(alert_type=p.alert_type, severity=p.severity,
-                                            message=p.message, details=p.details)
+                                            message=p.message, details=p.details), False
         alert, duplicate = await create_shared_alert(
             store, alert_type=p.alert_type, severity=p.severity, message=p.message,
             details=p.details, component=p.shared, state_types=COMPONENT_STATE_ALERTS,
             window=self.domain.ctx.config.admin.shared_alert_window)
-        if not duplicate:
-            return alert
-        DEDUPLICATED.inc(p.alert_type)
-        bus_ok = self.domain.ctx.stats().bus.ok
-        log.info("alert_deduplicated", alert_type=p.alert_type, component=p.shared,
-                 alert_id=alert.id, shown_locally=not bus_ok,
-                 note="another worker raised this alert for the cluster")
-        if not bus_ok:
-            frame = AdminAlert(
-                alert_id=alert.id, alert_type=alert.alert_type, severity=alert.severity,
-                message=alert.message, data=msgspec.Raw(encode_json(alert.details)),
-                raised_at=alert.created_at.isoformat(), stored=True,
-                worker=self.domain.ctx.worker_id)
-            for conn_id in self.monitors:
-                self.domain.ctx.send_to_connection(conn_id, frame)
-        return None
+        if duplicate:
+            DEDUPLICATED.inc(p.alert_type)
+            log.info("alert_deduplicated", alert_type=p.alert_type, component=p.shared,
+                     alert_id=alert.id, note="another worker stored it for the cluster; "
+                     "shown to this worker's admins with its id")
+        return alert, duplicate
 
     async def raise_alert(self, alert_type: str, severity: str, message: str,
-                          details: object, *, shared: str | None = None) -> AdminAlert | None:
+                          details: object, *, shared: str | None = None) -> AdminAlert:
         """Store an alert and send it to the monitoring admins; returns what was sent.
 
-        ``shared`` names a component every worker depends on (bus, database): the
-        alert is raised once for the cluster (None here when another worker did), and
-        while the database cannot store it only worker 0 shows it live (every worker
-        keeps it pending, and the stored copy is deduplicated the same way)."""
+        ``shared`` names a component every worker depends on (bus, database, Redis,
+        ingress): its state change is stored once for the cluster (the first
+        worker's row; the others find it, counted in
+        ``rtserver_alerts_deduplicated_total``). Who shows it: for the bus and Redis
+        (which would carry the alert), every worker seeing the change shows it to
+        its own monitoring admins with the one stored id; for the other shared
+        components the first worker publishes it to every admin, the others only
+        to their own admins when their bus is down. An alert that cannot be stored
+        (database down) is shown by each worker to its own admins."""
         d = self.domain
         raised_at = utc_now()
         details_json = encode_json(details)
         pending = _Pending(alert_type, severity, message, details_json, raised_at, shared)
         alert_id: int | None = None
+        duplicate = False
         store = d.ctx.store
         if store is None:
             NOT_STORED.inc("no_database")
@@ -174,26 +173,37 @@ class Alerts:
                         action="start with --database to keep alerts")
         else:
             try:
-                alert = await d.timed_query(self._store(store, pending))
+                alert, duplicate = await d.timed_query(self._store(store, pending))
             except StoreUnavailable as exc:
                 NOT_STORED.inc("database_unavailable")
                 self._keep(pending, str(exc))
-                if shared is not None and d.ctx.worker_id != 0:
-                    log.warning("alert_raised", alert_type=alert_type, severity=severity,
-                                message=message, shown_by="worker 0 (shared component)")
-                    return None
             else:
-                if alert is None:
-                    return None
                 alert_id = alert.id
-        RAISED.inc(alert_type, severity)
-        log.warning("alert_raised", alert_type=alert_type, severity=severity, message=message)
+                if duplicate:
+                    severity, message = alert.severity, alert.message
+                    details_json = encode_json(alert.details)
+        if not duplicate:
+            RAISED.inc(alert_type, severity)
+            log.warning("alert_raised", alert_type=alert_type, severity=severity,
+                        message=message)
         frame = AdminAlert(alert_id=alert_id, alert_type=alert_type, severity=severity,
                            message=message, data=msgspec.Raw(details_json),
                            raised_at=raised_at, stored=alert_id is not None,
                            worker=d.ctx.worker_id)
-        await self.deliver(frame)
+        if shared is None:
+            await self.deliver(frame)
+        elif shared.startswith(BUS_PREFIXES) or alert_id is None:
+            self.deliver_local(frame)
+        elif not duplicate:
+            await self.deliver(frame)
+        elif not d.ctx.stats().bus.ok:
+            self.deliver_local(frame)
         return frame
+
+    def deliver_local(self, frame: AdminAlert) -> None:
+        """Send to this worker's monitoring admins only (shared-component alerts)."""
+        for conn_id in self.monitors:
+            self.domain.ctx.send_to_connection(conn_id, frame)
 
     def _keep(self, pending: _Pending, error: str) -> None:
         if len(self.pending) >= self.domain.settings.alert_pending_max:
@@ -228,19 +238,24 @@ class Alerts:
             while self.pending:
                 p = self.pending[0]
                 try:
-                    alert = await self._store(store, p)
+                    alert, _ = await self._store(store, p)
                 except StoreUnavailable:
                     # Still down: the alert stays pending (counted in health) and the
                     # periodic task retries; the store logged and counted the failure.
                     return
                 self.pending.popleft()
-                if alert is None:
-                    continue
                 log.info("alert_stored_late", alert_id=alert.id, alert_type=p.alert_type)
-                await self.deliver(AdminAlert(
+                # Sent again with its id and the same raised_at as the unstored frame.
+                frame = AdminAlert(
                     alert_id=alert.id, alert_type=p.alert_type, severity=p.severity,
                     message=p.message, data=msgspec.Raw(p.details), raised_at=p.raised_at,
-                    stored=True, worker=self.domain.ctx.worker_id))
+                    stored=True, worker=self.domain.ctx.worker_id)
+                if p.shared is None:
+                    await self.deliver(frame)
+                else:
+                    # Each worker showed its unstored frame to its own admins: the
+                    # stored copy (one id for the cluster) goes the same way.
+                    self.deliver_local(frame)
 
     async def backend_alert(self, message: AlertEvent) -> None:
         """An ``alert`` from the ingress."""
