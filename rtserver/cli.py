@@ -1,6 +1,6 @@
 """The ``rtserver`` command line: argument parsing, help texts, and calling the layers below.
 
-Commands: ``serve``, ``token``, ``migrate``, ``publish``, ``notify``,
+Commands: ``serve``, ``token``, ``admin-url``, ``migrate``, ``publish``, ``notify``,
 ``config show|init|check``, ``version`` and ``bench`` (the load-test harness).
 Every ``serve`` flag is also ``RTSERVER_<NAME>`` in the environment and a key
 of the configuration file.
@@ -161,6 +161,26 @@ def _token_parser(sub: Sub) -> None:
     p.add_argument("--ttl", type=float, required=True, help="seconds until the token expires")
 
 
+def _admin_url_parser(sub: Sub) -> None:
+    p = sub.add_parser(
+        "admin-url", help="print a login link of the admin console (/admin/)",
+        formatter_class=_RAW,
+        description="Print http://HOST:PORT/admin/#token=JWT: a token with admin:monitor "
+        "(--operate adds admin:operate, --audit audit:read) signed like `rtserver token`. "
+        "The token travels in the URL fragment (never sent to the server in the request "
+        "line) and the page moves it to sessionStorage and out of the address bar.",
+        epilog="example:\n  RTSERVER_JWT_SECRET=... rtserver admin-url --user "
+        "6f1c2a9e-8d4b-4b0e-9a57-3f5d2c1b7e10 --operate --ttl 3600\n\n" + _config_help())
+    _add_config_flag(p)
+    p.add_argument("--user", required=True, help="the operator's UUID (who the audit log names)")
+    p.add_argument("--ttl", type=float, required=True,
+                   help="seconds until the link expires (at most admin.link_ttl_max)")
+    p.add_argument("--operate", action="store_true", help="allow actions (admin:operate)")
+    p.add_argument("--audit", action="store_true", help="show the activity stream (audit:read)")
+    p.add_argument("--base-url", help="the server as the browser reaches it "
+                   "(default: http://server.host:server.port)")
+
+
 def _db_parser(sub: Sub, name: str, help_text: str) -> argparse.ArgumentParser:
     p = sub.add_parser(name, help=help_text, description=help_text)
     _add_config_flag(p)
@@ -267,37 +287,19 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
 
 def _cmd_token(args: argparse.Namespace) -> int:
-    from pathlib import Path
+    from rtserver.cli_tokens import signed_token
 
-    from rtserver.auth import mint_token
-
-    config = _load(args, {"dev": True})
-    if config.auth.jwt_algorithm == "HS256":
-        key = config.auth.jwt_secret
-        if not key:
-            print("rtserver: no JWT secret. Required action: set RTSERVER_JWT_SECRET to the "
-                  "server's secret", file=sys.stderr)
-            return 2
-    else:
-        if not config.auth.jwt_private_key_file:
-            print("rtserver: RS256 needs auth.jwt_private_key_file to sign tokens. Required "
-                  "action: set it in the config file", file=sys.stderr)
-            return 2
-        key = Path(config.auth.jwt_private_key_file).read_text()
-    if not 0 < args.ttl <= config.auth.max_token_lifetime:
-        print(f"rtserver: --ttl {args.ttl:g} is outside 0..{config.auth.max_token_lifetime:g} "
-              "s, the lifetime the server accepts (auth.max_token_lifetime). Required action: "
-              "pass a shorter --ttl", file=sys.stderr)
-        return 2
-    try:
-        token = mint_token(key, args.user, args.perm, args.room, args.ttl,
-                           config.auth.jwt_algorithm, audience=config.auth.jwt_audience,
-                           issuer=config.auth.jwt_issuer)
-    except ValueError as exc:
-        print(f"rtserver: invalid --user: {exc}. Required action: give a UUID", file=sys.stderr)
-        return 2
+    token = signed_token(_load(args, {"dev": True}), args.user, args.perm, args.room, args.ttl)
+    if isinstance(token, int):
+        return token
     print(token)
     return 0
+
+
+def _cmd_admin_url(args: argparse.Namespace) -> int:
+    from rtserver.cli_tokens import admin_url
+
+    return admin_url(_load(args, {"dev": True}), args)
 
 
 def _db_config(args: argparse.Namespace) -> tuple[Any, str] | int:
@@ -507,6 +509,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _serve_parser(sub)
     _token_parser(sub)
+    _admin_url_parser(sub)
     _db_parser(sub, "migrate", "apply the pending PostgreSQL migrations (idempotent)")
     p = _db_parser(sub, "publish", "publish to a room through the backend ingress")
     p.add_argument("--redis", metavar="URL", help="push onto the Redis ingress list instead "
@@ -537,6 +540,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _cmd_serve(args)
         case "token":
             return _cmd_token(args)
+        case "admin-url":
+            return _cmd_admin_url(args)
         case "migrate":
             return _cmd_migrate(args)
         case "publish":

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import difflib
+import ipaddress
 import os
 import tomllib
 from collections.abc import Iterator, Mapping
@@ -459,6 +460,23 @@ def _validate(c: Config) -> None:
         c.domain.validate()
     except ValueError as exc:
         raise ConfigError(f"domain: {exc}") from exc
+    adm = c.admin
+    _require(adm.health_cache_seconds >= 0 and adm.refresh_seconds > 0
+             and adm.stale_after > adm.refresh_seconds and adm.shared_alert_window >= 0
+             and adm.link_ttl_max >= 1,
+             "admin.health_cache_seconds/refresh_seconds/stale_after/shared_alert_window/"
+             "link_ttl_max", "must be >= 0 / > 0 / > refresh_seconds / >= 0 / >= 1",
+             "set the [admin] values as documented in rtserver.toml")
+    _require(c.domain.monitoring_min_interval <= adm.refresh_seconds
+             <= c.domain.monitoring_max_interval, "admin.refresh_seconds",
+             "is outside domain.monitoring_min_interval..monitoring_max_interval (the console "
+             "starts its monitoring stream with it)", "choose a refresh inside that range")
+    for network in adm.status_allow:
+        try:
+            ipaddress.ip_network(network, strict=False)
+        except ValueError:
+            _require(False, "admin.status_allow", f"{network!r} is not a network (CIDR)",
+                     "list networks such as 127.0.0.1/32 or 10.0.0.0/8")
     _require(bool(c.namespaces), "namespaces", "no namespace is declared",
              "declare at least one [namespaces.NAME] table")
     for name in c.namespaces:

@@ -15,6 +15,7 @@ from rtserver.domain_settings import DomainSettings
 
 __all__ = [
     "AccessRule",
+    "AdminConfig",
     "AuthConfig",
     "BusConfig",
     "Config",
@@ -193,6 +194,27 @@ class DomainsConfig(Section, frozen=True):
     enabled: list[str]
 
 
+class AdminConfig(Section, frozen=True):
+    """``[admin]``: the admin console (``/admin/``) and the admin HTTP routes.
+
+    ``health_cache_seconds``: how long one ``/admin/health`` snapshot (with its
+    database queries) is served again; ``refresh_seconds``: seconds between the
+    console's cluster reads; ``stale_after``: seconds without a worker's answer
+    after which the console shows it stale; ``shared_alert_window``: seconds in
+    which a second alert for the same shared component (bus, database) and the
+    same state is not raised again by another worker; ``link_ttl_max``: longest
+    ``rtserver admin-url --ttl``; ``status_allow``: client networks (CIDR) that
+    may read ``/healthz`` and ``/metrics`` without a token.
+    """
+
+    health_cache_seconds: float
+    refresh_seconds: float
+    stale_after: float
+    shared_alert_window: float
+    link_ttl_max: int
+    status_allow: list[str]
+
+
 class AccessRule(Section, frozen=True):
     """Who may do one action in a namespace.
 
@@ -229,4 +251,5 @@ class Config(Section, frozen=True):
     notifications: NotificationsConfig
     domains: DomainsConfig
     domain: DomainSettings
+    admin: AdminConfig
     namespaces: dict[str, NamespaceConfig]

@@ -103,6 +103,10 @@ class HandlerContext(abc.ABC):
         """Send to one local connection; ``False`` when it is not on this worker."""
 
     @abc.abstractmethod
+    def close_connection(self, conn: Connection, code: int, reason: str) -> None:
+        """Close one local connection with ``code`` and ``reason`` (logged as ``closing``)."""
+
+    @abc.abstractmethod
     async def send_to_user(self, user: str, message: ServerMessage | bytes) -> None:
         """Send to every connection of ``user`` on every worker and node."""
 

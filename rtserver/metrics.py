@@ -8,9 +8,10 @@ workers every series also carries ``worker``.
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections.abc import Callable, Iterator
 
-__all__ = ["REGISTRY", "Counter", "Gauge", "Registry"]
+__all__ = ["REGISTRY", "Counter", "Gauge", "Histogram", "Registry"]
 
 
 def _escape(value: str) -> str:
@@ -77,6 +78,65 @@ class Gauge(_Metric):
             yield from self.values.items()
 
 
+class Histogram(_Metric):
+    """Observations counted in cumulative buckets (upper bounds in ``buckets``), with sum.
+
+    ``observe`` is O(number of buckets) with a bisect, no allocation: meant for
+    once-per-event use (once per publication, never once per delivery).
+    """
+
+    kind = "histogram"
+
+    def __init__(self, name: str, help_text: str, buckets: tuple[float, ...],
+                 labels: tuple[str, ...] = ()) -> None:
+        if not buckets or list(buckets) != sorted(set(buckets)):
+            raise ValueError(f"histogram {name}: buckets must be increasing and distinct. "
+                             "Required action: pass sorted upper bounds")
+        super().__init__(name, help_text, labels)
+        self.buckets = buckets
+        #: label values -> [count per bucket (not cumulative) ..., +Inf count]
+        self.counts: dict[tuple[str, ...], list[int]] = {}
+        self.sums: dict[tuple[str, ...], float] = {}
+        if not labels:
+            self.counts[()] = [0] * (len(buckets) + 1)
+            self.sums[()] = 0.0
+
+    def observe(self, value: float, *label_values: str) -> None:
+        """Count one observation of ``value`` in the series named by ``label_values``."""
+        counts = self.counts.get(label_values)
+        if counts is None:
+            counts = self.counts[label_values] = [0] * (len(self.buckets) + 1)
+            self.sums[label_values] = 0.0
+        counts[bisect_left(self.buckets, value)] += 1
+        self.sums[label_values] += value
+
+    def snapshot(self, *label_values: str) -> list[int]:
+        """A copy of the per-bucket counts of one series (for deltas between two reads)."""
+        return list(self.counts.get(label_values, [0] * (len(self.buckets) + 1)))
+
+    def quantile(self, q: float, counts: list[int]) -> float | None:
+        """The ``q`` quantile estimated from per-bucket ``counts`` (linear inside the
+        bucket, as Prometheus' ``histogram_quantile``); None without observations. A
+        quantile in the +Inf bucket is reported as the largest finite bound."""
+        total = sum(counts)
+        if total == 0:
+            return None
+        rank = q * total
+        seen = 0
+        for i, n in enumerate(counts):
+            if n and seen + n >= rank:
+                if i == len(self.buckets):
+                    return self.buckets[-1]
+                lower = self.buckets[i - 1] if i > 0 else 0.0
+                return lower + (self.buckets[i] - lower) * ((rank - seen) / n)
+            seen += n
+        return self.buckets[-1]
+
+    def samples(self) -> Iterator[tuple[tuple[str, ...], float]]:
+        """Bucket/sum/count series are rendered by :meth:`Registry.render`."""
+        yield from ()
+
+
 class Registry:
     """All metrics of this process."""
 
@@ -104,6 +164,16 @@ class Registry:
         self.metrics[name] = metric
         return metric
 
+    def histogram(self, name: str, help_text: str, buckets: tuple[float, ...],
+                  labels: tuple[str, ...] = ()) -> Histogram:
+        """Create (or return the existing) histogram ``name``."""
+        existing = self.metrics.get(name)
+        if isinstance(existing, Histogram):
+            return existing
+        metric = Histogram(name, help_text, buckets, labels)
+        self.metrics[name] = metric
+        return metric
+
     def render(self, extra_labels: dict[str, str] | None = None) -> str:
         """The Prometheus text exposition of every metric."""
         extra = extra_labels or {}
@@ -111,12 +181,40 @@ class Registry:
         for metric in self.metrics.values():
             lines.append(f"# HELP {metric.name} {metric.help}")
             lines.append(f"# TYPE {metric.name} {metric.kind}")
+            if isinstance(metric, Histogram):
+                _render_histogram(metric, extra, lines)
+                continue
             for label_values, value in metric.samples():
                 pairs = [*zip(metric.labels, label_values, strict=True), *extra.items()]
                 label_text = ",".join(f'{k}="{_escape(v)}"' for k, v in pairs)
                 suffix = f"{{{label_text}}}" if label_text else ""
                 lines.append(f"{metric.name}{suffix} {value:g}")
         return "\n".join(lines) + "\n"
+
+
+def _labels(names: tuple[str, ...], values: tuple[str, ...], extra: dict[str, str],
+            le: str | None = None) -> str:
+    pairs = [*zip(names, values, strict=True), *extra.items()]
+    if le is not None:
+        pairs.append(("le", le))
+    text = ",".join(f'{k}="{_escape(v)}"' for k, v in pairs)
+    return f"{{{text}}}" if text else ""
+
+
+def _render_histogram(metric: Histogram, extra: dict[str, str], lines: list[str]) -> None:
+    for label_values, counts in metric.counts.items():
+        cumulative = 0
+        for bound, n in zip(metric.buckets, counts, strict=False):
+            cumulative += n
+            lines.append(f"{metric.name}_bucket"
+                         f"{_labels(metric.labels, label_values, extra, f'{bound:g}')} "
+                         f"{cumulative}")
+        cumulative += counts[-1]
+        lines.append(f"{metric.name}_bucket{_labels(metric.labels, label_values, extra, '+Inf')}"
+                     f" {cumulative}")
+        plain = _labels(metric.labels, label_values, extra)
+        lines.append(f"{metric.name}_sum{plain} {metric.sums[label_values]:g}")
+        lines.append(f"{metric.name}_count{plain} {cumulative}")
 
 
 REGISTRY = Registry()

@@ -33,6 +33,7 @@ from rtserver.bus.base import (
 from rtserver.config import Config, NamespaceConfig
 from rtserver.connection import Connection, ConnState
 from rtserver.core_metrics import DELIVERIES, ERRORS, PUBLICATIONS, RECOVERIES, STREAM_GAPS
+from rtserver.fanout_latency import FanoutLatency
 from rtserver.hub import Hub
 from rtserver.jsonlog import get_logger
 from rtserver.protocol.codec import Codec, ErrorCode
@@ -93,6 +94,8 @@ class Rooms:
         #: room -> joining sink -> its live publications held until its ``subscribed``.
         self._held: dict[str, dict[Any, _Held]] = {}
         self._excludes: dict[tuple[str, bytes], tuple[Any, float]] = {}
+        #: Fan-out latency per publication (rtserver/fanout_latency.py).
+        self.latency = FanoutLatency()
 
     # ------------------------------------------------------------ join / leave
 
@@ -340,6 +343,7 @@ class Rooms:
 
     def on_publication(self, room: str, epoch: str, seq: int, body: bytes) -> None:
         """Fan a room publication out to the local members, once per seq, in order."""
+        t0 = self.latency.arrived()
         PUBLICATIONS.inc()
         exclude = None
         if self._excludes:
@@ -370,6 +374,7 @@ class Rooms:
             n = self.out.fanout.send_many([s for s in sinks if s not in held], payload, exclude)
         else:
             n = self.out.fanout.send_many(sinks, payload, exclude)
+        self.latency.queued(t0)
         DELIVERIES.inc(amount=n)
 
     def _hold(self, held: dict[Any, _Held], epoch: str, seq: int, payload: bytes) -> None:

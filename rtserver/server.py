@@ -4,8 +4,10 @@ Holds no business rules: bytes in go to :meth:`Node.handle_frame`, bytes out
 leave through the node's fan-out core.
 
 HTTP on the WebSocket port (``process_request``): ``GET /healthz`` (JSON,
-503 when degraded) and ``GET /metrics`` (Prometheus text). Any other path is
-404; the WebSocket endpoint is ``server.ws_path``.
+503 when degraded) and ``GET /metrics`` (Prometheus text), both to the client
+networks of ``admin.status_allow``; ``/admin/`` (the console and the admin
+routes, rtserver/admin_http.py); ``/client/`` (static_files.py). Any other
+path is 404; the WebSocket endpoint is ``server.ws_path``.
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
 from rtserver import jsonlog
+from rtserver.admin_http import AdminHttp
+from rtserver.admin_status import register_process_metrics
 from rtserver.admission import Admission
 from rtserver.bus.base import Bus, BusHealth, BusUnavailable, InterestSnapshot
 from rtserver.bus.embedded_client import EmbeddedBus
@@ -159,12 +163,15 @@ class RtServer:
         self.static_files = StaticFiles(dev=config.server.dev)
         self.hub_bus = hub_bus
         self.previous_exit = previous_exit
+        register_process_metrics()
         if hub_bus is not None:
             hub_bus.set_status_providers(
                 lambda: REGISTRY.render({"worker": str(self.worker_id)}), self.node.health)
         self.admission = Admission(config.server, time.monotonic())
         self.trusted_proxies = TrustedProxies(config.server.trusted_proxies)
         self.ssl_context = server_ssl_context(config.server.certfile, config.server.keyfile)
+        self.admin = AdminHttp(config, self.node, worker_id, hub_bus, self.http_routes,
+                               self._origin_admitted)
         self._refusals = jsonlog.SummaryLog(log, "handshakes_refused")
         for warning in self.admission.origins.warnings:
             log.warning("allowed_origins_any", note=warning)
@@ -179,6 +186,14 @@ class RtServer:
         path = urlsplit(request.path).path
         if path == self.config.server.ws_path:
             return self._admit(connection, request)
+        if path in ("/healthz", "/metrics"):
+            remote = connection.remote_address
+            address: str | None = None
+            if remote:
+                address, _ = self.trusted_proxies.client_address(
+                    str(remote[0]), request.headers.get_all("X-Forwarded-For"))
+            if not self.admin.status_allowed(address):
+                return self.admin.status_refused(path, address)
         if self.hub_bus is not None and parse_qs(urlsplit(request.path).query).get(
                 "scope") != ["worker"] and path in ("/healthz", "/metrics"):
             return await self._cluster_status(path)
@@ -190,8 +205,9 @@ class RtServer:
         if path == "/metrics":
             text = REGISTRY.render({"worker": str(self.worker_id)})
             return _response(http.HTTPStatus.OK, text.encode(), "text/plain; version=0.0.4")
-        if path == "/admin/connections":
-            return self._admin_connections(request)
+        admin = await self.admin.response(path, request)
+        if admin is not None:
+            return admin
         route = self.http_routes.get(path)
         if route is not None:
             return await route(request)
@@ -202,6 +218,11 @@ class RtServer:
                              "action": f"Required action: connect WebSockets to "
                              f"{self.config.server.ws_path}; HTTP serves /healthz and /metrics"})
         return _response(http.HTTPStatus.NOT_FOUND, body, "application/json")
+
+    def _origin_admitted(self, origin: str, host: str | None) -> bool:
+        """Whether a browser page of ``origin`` (served as ``host``) may open a WebSocket."""
+        return not self.admission.page_origins([origin], host) or (
+            self.admission.origins.allows(origin))
 
     def _admit(self, connection: ServerConnection, request: Request) -> Response | None:
         """Admission before the upgrade (rtserver/admission.py): None admits."""
@@ -257,42 +278,6 @@ class RtServer:
                 "# TYPE rtserver_cluster_metrics_unavailable gauge\n"
                 "rtserver_cluster_metrics_unavailable 1\n")
         return _response(http.HTTPStatus.OK, text.encode(), "text/plain; version=0.0.4")
-
-    def _admin_connections(self, request: Request) -> Response:
-        """This worker's connection table (needs ``Authorization: Bearer JWT`` with
-        ``admin:monitor``); ``?state=`` filters, ``?limit=`` bounds the list."""
-        from rtserver.auth import TokenError
-
-        header = request.headers.get("Authorization", "")
-        action = ("Required action: send Authorization: Bearer <JWT> with the admin:monitor "
-                  "permission")
-        if not header.startswith("Bearer "):
-            return _response(http.HTTPStatus.UNAUTHORIZED, orjson.dumps(
-                {"error": "auth_required", "message": "no bearer token", "action": action}),
-                "application/json")
-        try:
-            principal = self.node.verifier.verify(header[7:])
-        except TokenError as exc:
-            return _response(http.HTTPStatus.UNAUTHORIZED, orjson.dumps(
-                {"error": exc.code, "message": exc.message, "action": action}),
-                "application/json")
-        if not principal.has("admin:monitor"):
-            return _response(http.HTTPStatus.FORBIDDEN, orjson.dumps(
-                {"error": "forbidden", "message": "the token lacks admin:monitor",
-                 "action": action}), "application/json")
-        query = parse_qs(urlsplit(request.path).query)
-        state = query.get("state", [None])[0]
-        try:
-            limit = int(query.get("limit", ["1000"])[0])
-        except ValueError:
-            return _response(http.HTTPStatus.BAD_REQUEST, orjson.dumps(
-                {"error": "invalid_field", "message": "limit is not an integer",
-                 "action": "Required action: pass ?limit=N"}), "application/json")
-        conns = [c for c in self.node.hub.connections.values()
-                 if state is None or c.state.value == state]
-        body = {"worker": self.worker_id, "total": len(conns),
-                "connections": [c.snapshot() for c in conns[:max(limit, 0)]]}
-        return _response(http.HTTPStatus.OK, orjson.dumps(body), "application/json")
 
     # ------------------------------------------------------------ connections
 

@@ -19,10 +19,11 @@ from rtserver.plugin import DomainPlugin
 from rtserver.router import Router
 
 from .admin import MONITORING, PERFORMANCE, USER_ACTIVITY, AdminStreams
+from .admin_actions import AdminActions
 from .alerts import ALERTS_ROOM, Alerts
 from .analytics import Analytics
 from .domain import Domain
-from .health import admin_health_response, health_snapshot
+from .health import SnapshotCache, admin_health_response, health_snapshot
 from .ingress_kinds import AlertEvent, AnalyticsEvent, CalculationProgress, QuoteUpdate
 from .messages import (
     AlertsList,
@@ -61,14 +62,18 @@ class InsuranceDomain(DomainPlugin):
     admin: AdminStreams
     alerts: Alerts
     notifications: Notifications
+    actions: AdminActions
 
     def install(self, router: Router, ctx: HandlerContext) -> None:
         """Register every message handler, hook, ingress kind and the /admin/health route."""
         d = self.state = Domain(ctx, self.config.domain)
+        self._health_cache = SnapshotCache(self.config.admin.health_cache_seconds)
         self.quotes = quotes = Quotes(d)
         self.analytics = analytics = Analytics(d)
         self.admin = admin = AdminStreams(d)
         self.alerts = alerts = Alerts(d, admin.monitors)
+        self.actions = AdminActions(d, alerts)
+        self.actions.install(router)  # its close filter first, before notifications'
         self.notifications = Notifications(ctx)
         self.notifications.install(router)
         for message_type, fn in (
@@ -114,9 +119,12 @@ class InsuranceDomain(DomainPlugin):
 
     async def snapshot(self) -> dict[str, Any]:
         """The ``/admin/health`` document."""
-        return await health_snapshot(self.state, self.admin, self.analytics, self.alerts)
+        return await health_snapshot(self.state, self.admin, self.analytics, self.alerts,
+                                     self._health_cache)
 
     async def _admin_health(self, request: Request) -> Response:
+        """``GET /admin/health`` (the token was checked by the core's admin gate); its
+        database queries run at most once per ``admin.health_cache_seconds``."""
         return admin_health_response(await self.snapshot())
 
     async def _on_unsubscribe(self, conn: Connection, room: str) -> None:

@@ -27,12 +27,13 @@ from rtserver.context import BusUnavailable, Connection
 from rtserver.jsonlog import get_logger
 from rtserver.metrics import REGISTRY
 from rtserver.protocol.session import utc_now
-from rtserver.store import StoreUnavailable
+from rtserver.store import Store, StoreUnavailable, SystemAlert
 from rtserver.store.postgres import encode_json
 
 from .domain import NOT_FOUND, Domain
 from .ingress_kinds import AlertEvent
 from .messages import AdminAlert, AlertResolved, AlertsList, AlertsReply, ResolveAlert
+from .queries import create_shared_alert
 
 __all__ = ["ALERTS_ROOM", "Alerts"]
 
@@ -48,6 +49,10 @@ NOT_STORED = REGISTRY.counter(
 LOST = REGISTRY.counter(
     "rtserver_alerts_lost_total",
     "Alerts never stored because domain.alert_pending_max was reached")
+DEDUPLICATED = REGISTRY.counter(
+    "rtserver_alerts_deduplicated_total",
+    "Shared-component alerts not raised again because another worker raised them",
+    ("alert_type",))
 LOCAL_ONLY = REGISTRY.counter(
     "rtserver_alerts_local_only_total",
     "Alerts sent to this worker's admins only because the bus was unavailable")
@@ -59,6 +64,17 @@ class _Pending(msgspec.Struct):
     message: str
     details: bytes
     raised_at: str
+    #: The shared component (bus, database) when stored once per cluster.
+    shared: str | None = None
+
+
+#: The alert types of a component's state: the latest one is its state for the cluster.
+COMPONENT_STATE_ALERTS = ("component_degraded", "component_recovered")
+#: Components every worker sees fail together: their alerts are raised once per cluster.
+SHARED_PREFIXES = ("bus", "database", "store", "redis", "ingress")
+#: Shared components that carry the alerts themselves: each worker shows their alerts
+#: to its own admins (the bus cannot be trusted to deliver news about itself).
+BUS_PREFIXES = ("bus", "redis")
 
 
 class Alerts:
@@ -103,22 +119,52 @@ class Alerts:
             message = f"{component} degraded: {reason or 'no reason given'}"
         details = {"component": component, "ok": ok, "reason": reason,
                    "worker": self.domain.ctx.worker_id}
+        shared = component if component.startswith(SHARED_PREFIXES) else None
+
         async def raise_it() -> None:
-            await self.raise_alert(alert_type, severity, message, details)
+            await self.raise_alert(alert_type, severity, message, details, shared=shared)
 
         self.domain.spawn(raise_it, f"alert-{alert_type}")
         if ok and self.pending:
             self.domain.spawn(self.flush_pending, "alerts-flush")
 
+    async def _store(self, store: Store, p: _Pending) -> tuple[SystemAlert, bool]:
+        """Store one alert: (the alert, False); for a shared component whose same state
+        change another worker stored within ``admin.shared_alert_window``: (that alert,
+        True), counted and logged."""
+        if p.shared is None:
+            return await store.create_alert(alert_type=p.alert_type, severity=p.severity,
+                                            message=p.message, details=p.details), False
+        alert, duplicate = await create_shared_alert(
+            store, alert_type=p.alert_type, severity=p.severity, message=p.message,
+            details=p.details, component=p.shared, state_types=COMPONENT_STATE_ALERTS,
+            window=self.domain.ctx.config.admin.shared_alert_window)
+        if duplicate:
+            DEDUPLICATED.inc(p.alert_type)
+            log.info("alert_deduplicated", alert_type=p.alert_type, component=p.shared,
+                     alert_id=alert.id, note="another worker stored it for the cluster; "
+                     "shown to this worker's admins with its id")
+        return alert, duplicate
+
     async def raise_alert(self, alert_type: str, severity: str, message: str,
-                          details: object) -> AdminAlert:
-        """Store an alert and send it to the monitoring admins; returns what was sent."""
+                          details: object, *, shared: str | None = None) -> AdminAlert:
+        """Store an alert and send it to the monitoring admins; returns what was sent.
+
+        ``shared`` names a component every worker depends on (bus, database, Redis,
+        ingress): its state change is stored once for the cluster (the first
+        worker's row; the others find it, counted in
+        ``rtserver_alerts_deduplicated_total``). Who shows it: for the bus and Redis
+        (which would carry the alert), every worker seeing the change shows it to
+        its own monitoring admins with the one stored id; for the other shared
+        components the first worker publishes it to every admin, the others only
+        to their own admins when their bus is down. An alert that cannot be stored
+        (database down) is shown by each worker to its own admins."""
         d = self.domain
-        RAISED.inc(alert_type, severity)
         raised_at = utc_now()
         details_json = encode_json(details)
-        log.warning("alert_raised", alert_type=alert_type, severity=severity, message=message)
+        pending = _Pending(alert_type, severity, message, details_json, raised_at, shared)
         alert_id: int | None = None
+        duplicate = False
         store = d.ctx.store
         if store is None:
             NOT_STORED.inc("no_database")
@@ -127,20 +173,37 @@ class Alerts:
                         action="start with --database to keep alerts")
         else:
             try:
-                alert = await d.timed_query(store.create_alert(
-                    alert_type=alert_type, severity=severity, message=message,
-                    details=details_json))
-                alert_id = alert.id
+                alert, duplicate = await d.timed_query(self._store(store, pending))
             except StoreUnavailable as exc:
                 NOT_STORED.inc("database_unavailable")
-                self._keep(_Pending(alert_type, severity, message, details_json, raised_at),
-                           str(exc))
+                self._keep(pending, str(exc))
+            else:
+                alert_id = alert.id
+                if duplicate:
+                    severity, message = alert.severity, alert.message
+                    details_json = encode_json(alert.details)
+        if not duplicate:
+            RAISED.inc(alert_type, severity)
+            log.warning("alert_raised", alert_type=alert_type, severity=severity,
+                        message=message)
         frame = AdminAlert(alert_id=alert_id, alert_type=alert_type, severity=severity,
                            message=message, data=msgspec.Raw(details_json),
                            raised_at=raised_at, stored=alert_id is not None,
                            worker=d.ctx.worker_id)
-        await self.deliver(frame)
+        if shared is None:
+            await self.deliver(frame)
+        elif shared.startswith(BUS_PREFIXES) or alert_id is None:
+            self.deliver_local(frame)
+        elif not duplicate:
+            await self.deliver(frame)
+        elif not d.ctx.stats().bus.ok:
+            self.deliver_local(frame)
         return frame
+
+    def deliver_local(self, frame: AdminAlert) -> None:
+        """Send to this worker's monitoring admins only (shared-component alerts)."""
+        for conn_id in self.monitors:
+            self.domain.ctx.send_to_connection(conn_id, frame)
 
     def _keep(self, pending: _Pending, error: str) -> None:
         if len(self.pending) >= self.domain.settings.alert_pending_max:
@@ -175,19 +238,24 @@ class Alerts:
             while self.pending:
                 p = self.pending[0]
                 try:
-                    alert = await store.create_alert(alert_type=p.alert_type,
-                                                     severity=p.severity, message=p.message,
-                                                     details=p.details)
+                    alert, _ = await self._store(store, p)
                 except StoreUnavailable:
                     # Still down: the alert stays pending (counted in health) and the
                     # periodic task retries; the store logged and counted the failure.
                     return
                 self.pending.popleft()
                 log.info("alert_stored_late", alert_id=alert.id, alert_type=p.alert_type)
-                await self.deliver(AdminAlert(
+                # Sent again with its id and the same raised_at as the unstored frame.
+                frame = AdminAlert(
                     alert_id=alert.id, alert_type=p.alert_type, severity=p.severity,
                     message=p.message, data=msgspec.Raw(p.details), raised_at=p.raised_at,
-                    stored=True, worker=self.domain.ctx.worker_id))
+                    stored=True, worker=self.domain.ctx.worker_id)
+                if p.shared is None:
+                    await self.deliver(frame)
+                else:
+                    # Each worker showed its unstored frame to its own admins: the
+                    # stored copy (one id for the cluster) goes the same way.
+                    self.deliver_local(frame)
 
     async def backend_alert(self, message: AlertEvent) -> None:
         """An ``alert`` from the ingress."""

@@ -31,6 +31,7 @@ from .messages import Latency, ValidationFailed
 __all__ = [
     "Domain",
     "LatencyWindow",
+    "remote_ip",
 ]
 
 log = get_logger("rtserver.domains.insurance")
@@ -46,7 +47,8 @@ ACTIVITY_LOG_FAILURES = REGISTRY.counter(
     "Admin actions done but not recorded in admin_activity_logs (database unavailable)")
 
 
-def _ip(remote: str) -> str | None:
+def remote_ip(remote: str) -> str | None:
+    """The address part of a connection's ``host:port`` (None when unknown)."""
     if remote == "unknown" or ":" not in remote:
         return None
     host = remote.rsplit(":", 1)[0]
@@ -176,7 +178,7 @@ class Domain:
             await store.log_admin_activity(
                 admin_user_id=conn.user or "", action=action, resource_type=resource_type,
                 resource_id=resource_id, status="success", details=details,
-                ip_address=_ip(conn.remote), user_agent=conn.user_agent or None)
+                ip_address=remote_ip(conn.remote), user_agent=conn.user_agent or None)
         except StoreUnavailable as exc:
             ACTIVITY_LOG_FAILURES.inc()
             log.error("admin_activity_not_logged", action=action, user=conn.user,

@@ -16,10 +16,18 @@ import asyncpg
 
 from rtserver.jsonlog import get_logger
 from rtserver.metrics import REGISTRY
-from rtserver.store import AdminActivity, Store, StoreUnavailable
+from rtserver.store import AdminActivity, Store, StoreUnavailable, SystemAlert
+from rtserver.store.alerts import ALERT_COLS
 from rtserver.store.postgres import TRANSIENT_ERRORS
 
-__all__ = ["IntervalClaims", "activity_after", "claim_key", "unresolved_alert_count"]
+__all__ = [
+    "IntervalClaims",
+    "activity_after",
+    "alert_history",
+    "claim_key",
+    "create_shared_alert",
+    "unresolved_alert_count",
+]
 
 _log = get_logger("rtserver.domains.insurance.queries")
 _CLAIM_ERRORS = REGISTRY.counter(
@@ -30,6 +38,46 @@ _ACTIVITY_COLS = (
     "id, admin_user_id, action, resource_type, resource_id, status, details, "
     "host(ip_address) AS ip_address, user_agent, created_at"
 )
+
+
+async def create_shared_alert(store: Store, *, alert_type: str, severity: str, message: str,
+                              details: bytes, component: str, state_types: tuple[str, ...],
+                              window: float) -> tuple[SystemAlert, bool]:
+    """Store an alert about a shared component (bus, database) once per cluster.
+
+    Under a transaction-scoped advisory lock on the component: when the latest alert
+    of ``state_types`` about ``component`` within ``window`` seconds is already
+    ``alert_type`` (another worker reported the same state change), that alert and
+    ``True`` (a duplicate, nothing stored); else the new alert and ``False``. A
+    component that changes state again (recovered, then down) is stored again.
+    """
+    async with store.acquire("create_shared_alert") as conn, conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock($1)",
+                           claim_key(f"shared-alert:{component}"))
+        latest = await conn.fetchrow(
+            f"SELECT {ALERT_COLS} FROM system_alerts "
+            "WHERE created_at > now() - make_interval(secs => $1) "
+            "AND details->>'component' = $2 AND alert_type = ANY($3::text[]) "
+            "ORDER BY created_at DESC, id DESC LIMIT 1",
+            window, component, list(state_types))
+        if latest is not None and latest["alert_type"] == alert_type:
+            return SystemAlert(**dict(latest)), True
+        rec = await conn.fetchrow(
+            "INSERT INTO system_alerts (alert_type, severity, message, details) "
+            f"VALUES ($1, $2, $3, $4) RETURNING {ALERT_COLS}",
+            alert_type, severity, message, details)
+    assert rec is not None
+    return SystemAlert(**dict(rec)), False
+
+
+async def alert_history(store: Store, *, resolved: bool | None, limit: int) -> list[SystemAlert]:
+    """Alerts newest first: all, only the resolved or only the open ones."""
+    async with store.acquire("alert_history") as conn:
+        rows = await conn.fetch(
+            f"SELECT {ALERT_COLS} FROM system_alerts "
+            "WHERE ($1::boolean IS NULL OR resolved = $1) "
+            "ORDER BY created_at DESC, id DESC LIMIT $2", resolved, limit)
+    return [SystemAlert(**dict(r)) for r in rows]
 
 
 async def activity_after(

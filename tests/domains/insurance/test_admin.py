@@ -269,8 +269,10 @@ async def test_admin_health_route(domain_server: Any, ws: Any) -> None:
     await ws(server, admin())
 
     def fetch() -> tuple[int, dict[str, Any]]:
-        with urllib.request.urlopen(f"http://127.0.0.1:{server.port}/admin/health",
-                                    timeout=5) as resp:
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{server.port}/admin/health",
+            headers={"Authorization": "Bearer " + token(perms=["admin:monitor"])})
+        with urllib.request.urlopen(request, timeout=5) as resp:
             return resp.status, orjson.loads(resp.read())
 
     status, doc = await asyncio.to_thread(fetch)

@@ -1,0 +1,506 @@
+/**
+ * rtserver's admin console: plain ES modules over the SDK served at /client/.
+ *
+ * Login: a token pasted here or given in the URL fragment (#token=..., the link
+ * of `rtserver admin-url`), kept in sessionStorage until it expires. Data: the
+ * cluster document (GET /admin/cluster every refresh_seconds: every worker's
+ * counters and fan-out latency buckets, turned into rates and p50/p99 here),
+ * pushes over the console's own WebSocket (start_monitoring: system_metrics and
+ * admin_alert as they happen), and the admin routes for alerts, connections,
+ * rooms and the audit log. Actions (admin:operate) go over the WebSocket.
+ * @module
+ */
+
+import { RtClient, tokenExpiry } from "/client/rtserver-client.js";
+import { LineChart, histogramQuantile } from "/admin/chart.js";
+
+const TOKEN_KEY = "rtserver-admin-token";
+
+/** @param {string} id @returns {any} */
+const $ = (id) => {
+  const el = document.getElementById(id);
+  if (el === null) throw new Error(`console: element #${id} is missing`);
+  return el;
+};
+
+/** @param {string} tag @param {Record<string, string>} [attrs] @param {...(Node|string)} children */
+function el(tag, attrs = {}, ...children) {
+  const node = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs)) node.setAttribute(k, v);
+  for (const c of children) node.append(c);
+  return node;
+}
+
+/** @param {HTMLElement} body @param {Array<Array<Node|string>>} rows */
+function fillRows(body, rows) {
+  body.replaceChildren(...rows.map((cells) => el("tr", {}, ...cells.map((c) => el("td", {}, c)))));
+}
+
+const fmt = {
+  /** @param {number|null|undefined} s */
+  duration(s) {
+    if (s === null || s === undefined) return "–";
+    if (s < 60) return `${s.toFixed(0)} s`;
+    if (s < 3600) return `${(s / 60).toFixed(1)} min`;
+    return `${(s / 3600).toFixed(1)} h`;
+  },
+  /** @param {number|null|undefined} b */
+  bytes(b) { return b === null || b === undefined ? "–" : `${(b / 1048576).toFixed(1)} MiB`; },
+  /** @param {number|null} v */
+  rate(v) { return v === null ? "–" : v >= 100 ? v.toFixed(0) : v.toFixed(1); },
+  /** @param {number|string|null|undefined} t */
+  time(t) {
+    if (t === null || t === undefined) return "–";
+    const d = typeof t === "number" ? new Date(t * 1000) : new Date(t);
+    return d.toLocaleTimeString();
+  },
+};
+
+/** @param {Record<string, number>|null|undefined} m */
+const sum = (m) => Object.values(m ?? {}).reduce((a, b) => a + b, 0);
+
+class Console {
+  constructor() {
+    /** @type {string|null} */
+    this.token = null;
+    /** @type {any} */
+    this.session = null;
+    /** @type {RtClient|null} */
+    this.client = null;
+    /** @type {any} */
+    this.previous = null;
+    /** @type {Map<string, number>} worker id -> time (ms) of its last answer */
+    this.lastSeen = new Map();
+    /** @type {Map<number, any>} open alerts by id */
+    this.openAlerts = new Map();
+    /** @type {number[]} */
+    this.timers = [];
+    this.charts = {
+      latency: new LineChart($("chart-latency"), { unit: " ms" }),
+      messages: new LineChart($("chart-messages")),
+      pubs: new LineChart($("chart-pubs")),
+    };
+    /** Cluster documents applied (tests wait on it through data-polls). */
+    this.polls = 0;
+  }
+
+  // ---------------------------------------------------------------- login
+
+  start() {
+    const fragment = new URLSearchParams(location.hash.slice(1));
+    const fromLink = fragment.get("token");
+    if (fromLink) {
+      sessionStorage.setItem(TOKEN_KEY, fromLink);
+      history.replaceState(null, "", location.pathname); // the token leaves the address bar
+    }
+    $("login-button").addEventListener("click", () => this.login($("token-input").value.trim()));
+    $("denied-login").addEventListener("click", () => this.showLogin(""));
+    $("logout").addEventListener("click", () => this.end("login", "Logged out."));
+    const stored = sessionStorage.getItem(TOKEN_KEY);
+    if (stored) this.login(stored);
+    else this.showLogin("");
+  }
+
+  /** @param {string} message */
+  showLogin(message) {
+    this.show("login");
+    $("login-error").textContent = message;
+  }
+
+  /** @param {"login"|"denied"|"console"} screen */
+  show(screen) {
+    $("login").hidden = screen !== "login";
+    $("denied").hidden = screen !== "denied";
+    $("console").hidden = screen !== "console";
+    $("whoami").hidden = screen !== "console";
+    document.body.dataset.screen = screen;
+  }
+
+  /** @param {string} token */
+  async login(token) {
+    if (!token) { this.showLogin("Paste a token first."); return; }
+    const exp = tokenExpiry(token);
+    if (exp !== null && exp <= Date.now()) {
+      sessionStorage.removeItem(TOKEN_KEY);
+      this.end("denied", "This token has expired. Ask for a new one (rtserver admin-url --ttl 3600).");
+      return;
+    }
+    this.token = token;
+    const res = await fetch(`/admin/session?origin=${encodeURIComponent(location.origin)}`,
+                            { headers: this.headers() });
+    if (res.status === 401 || res.status === 403) {
+      const doc = await res.json();
+      sessionStorage.removeItem(TOKEN_KEY);
+      this.token = null;
+      this.end("denied", res.status === 403
+        ? `This token lacks the admin:monitor permission (${doc.message}).`
+        : `The server refused this token: ${doc.message}.`);
+      return;
+    }
+    if (!res.ok) throw new Error(`/admin/session answered ${res.status}`);
+    sessionStorage.setItem(TOKEN_KEY, token);
+    this.session = await res.json();
+    this.enter(exp);
+  }
+
+  headers() { return { Authorization: `Bearer ${this.token}` }; }
+
+  /** @param {"login"|"denied"} screen @param {string} message */
+  end(screen, message) {
+    for (const t of this.timers) clearInterval(t);
+    this.timers = [];
+    this.client?.close();
+    this.client = null;
+    this.token = null;
+    sessionStorage.removeItem(TOKEN_KEY);
+    if (screen === "login") { this.showLogin(message); return; }
+    this.show("denied");
+    $("denied-text").textContent = message;
+  }
+
+  /** @param {number|null} exp */
+  enter(exp) {
+    const s = this.session;
+    this.show("console");
+    document.body.dataset.operate = String(s.can_operate);
+    $("who").textContent = `${s.user ?? "(no user)"} · ${s.permissions.join(", ")}`;
+    $("mode").textContent = s.can_operate ? "operator" : "read-only";
+    $("expires").textContent = exp === null ? "no expiry" : `until ${new Date(exp).toLocaleTimeString()}`;
+    $("disconnect-controls").hidden = !s.can_operate;
+    if (exp !== null) {
+      this.timers.push(window.setInterval(() => {
+        if (Date.now() >= exp) this.end("denied", "Your token expired. Log in again with a new one.");
+      }, 1000));
+    }
+    this.connect();
+    const refresh = s.refresh_seconds * 1000;
+    this.poll();
+    this.timers.push(window.setInterval(() => this.poll(), refresh));
+    this.loadAlerts();
+    this.loadAudit();
+    this.loadRooms();
+    $("conn-form").addEventListener("submit", (/** @type {Event} */ e) => { e.preventDefault(); this.lookup(); });
+    $("room-form").addEventListener("submit", (/** @type {Event} */ e) => { e.preventDefault(); this.loadRooms(); });
+    $("audit-refresh").addEventListener("click", () => this.loadAudit());
+    $("disconnect-user").addEventListener("click", () => this.disconnectUser());
+  }
+
+  // ---------------------------------------------------------------- WebSocket pushes
+
+  connect() {
+    const s = this.session;
+    if (s.origin_allowed === false) {
+      // The server would refuse the handshake (403): say what to change instead.
+      $("ws-state").textContent = "refused";
+      $("cluster-error").textContent = `Live pushes are off: this page's origin ${s.origin} is not in ` +
+        "server.allowed_origins. Required action: add it there (docs/admin.md) and reload.";
+      return;
+    }
+    const scheme = location.protocol === "https:" ? "wss" : "ws";
+    const client = new RtClient({ url: `${scheme}://${location.host}${s.ws_path}`,
+                                  getToken: async () => this.token ?? "" });
+    this.client = client;
+    client.on("state", ({ state }) => {
+      $("ws-state").textContent = state;
+      document.body.dataset.ws = state;
+    });
+    client.on("frame", (/** @type {any} */ f) => {
+      if (f.type === "user_activity") this.activity(f);
+      if (f.type === "alert_resolved" && f.id === undefined) this.alertResolved(f.alert_id);
+    });
+    client.connect().then(() => {
+      client.admin.startMonitoring({
+        interval: s.refresh_seconds,
+        onMetrics: (/** @type {any} */ m) => { document.body.dataset.pushes = String(Number(document.body.dataset.pushes ?? 0) + 1); this.pushed = m; },
+        onAlert: (/** @type {any} */ a) => this.alertRaised(a),
+      });
+      if (s.can_read_activity) {
+        client.request({ type: "start_user_activity", filters: { hours: 24 } }, "stream_started")
+          .then(() => { $("activity-note").textContent = "Admin activity of the last 24 hours, live."; });
+      } else {
+        $("activity-note").textContent = "The activity stream needs the audit:read permission.";
+      }
+    });
+  }
+
+  // ---------------------------------------------------------------- cluster and traffic
+
+  async poll() {
+    const stale = this.session.stale_after * 1000;
+    const ctl = new AbortController();
+    const timer = setTimeout(() => ctl.abort(), stale);
+    let doc;
+    try {
+      const res = await fetch("/admin/cluster", { headers: this.headers(), signal: ctl.signal });
+      if (res.status === 401 || res.status === 403) { this.end("denied", "The server no longer accepts this token."); return; }
+      doc = await res.json();
+      if (!res.ok) { $("cluster-error").textContent = `${doc.message} ${doc.action}`; this.renderCluster(null); return; }
+    } catch (err) {
+      $("cluster-error").textContent = `cluster status unavailable: ${err}`;
+      this.renderCluster(null);
+      return;
+    } finally {
+      clearTimeout(timer);
+    }
+    $("cluster-error").textContent = "";
+    const now = Date.now();
+    for (const wid of Object.keys(doc.workers)) this.lastSeen.set(wid, now);
+    this.renderCluster(doc);
+    this.renderTraffic(doc, now);
+    this.previous = { doc, at: now };
+    this.polls += 1;
+    document.body.dataset.polls = String(this.polls);
+  }
+
+  /** @param {any} doc */
+  renderCluster(doc) {
+    const now = Date.now();
+    const stale = this.session.stale_after * 1000;
+    const ids = new Set([...this.lastSeen.keys(), ...(doc ? Object.keys(doc.workers) : []),
+                         ...(doc ? doc.missing : [])]);
+    const rows = [...ids].sort((a, b) => Number(a) - Number(b)).map((wid) => {
+      const w = doc?.workers[wid];
+      const seen = this.lastSeen.get(wid);
+      const age = seen === undefined ? null : (now - seen) / 1000;
+      const isStale = w === undefined && (seen === undefined || now - seen > stale);
+      const status = el("span", { class: isStale ? "stale" : w?.health.status === "ok" ? "ok" : "degraded",
+                                  "data-testid": `worker-${wid}-status` },
+                        isStale ? "stale" : w === undefined ? "not answering" : w.health.status);
+      if (w === undefined) return [String(wid), status, "–", "–", "–", "–", "–", fmt.duration(age), "–"];
+      const prev = this.previous?.doc.workers[wid];
+      const dt = this.previous ? (now - this.previous.at) / 1000 : 0;
+      const cpu = prev && dt > 0 ? `${(((w.cpu_seconds - prev.cpu_seconds) / dt) * 100).toFixed(0)} %` : "–";
+      const conns = Object.entries(w.connections).map(([k, v]) => `${k} ${v}`).join(", ") || "0";
+      const bus = w.health.bus ? `${w.health.bus.kind} ${w.health.bus.ok ? "ok" : "down"}` : "–";
+      return [String(wid), status, fmt.duration(w.uptime), conns, cpu, fmt.bytes(w.rss_bytes), bus,
+              "now", String(w.restarts ?? 0)];
+    });
+    fillRows($("cluster-rows"), rows);
+    $("cluster-updated").textContent = doc ? `answered by worker ${doc.answered_by} at ${new Date().toLocaleTimeString()}` : "";
+  }
+
+  /** @param {any} doc @param {number} now */
+  renderTraffic(doc, now) {
+    const prev = this.previous;
+    if (!prev) return;
+    const dt = (now - prev.at) / 1000;
+    if (dt <= 0) return;
+    const totals = { in: 0, out: 0, pubs: 0, connects: 0, disconnects: 0, slow: 0 };
+    /** @type {Record<string, number|null>} */
+    const latency = {};
+    /** @type {Record<string, number>} */
+    const closes = {};
+    /** @type {Record<string, number>} */
+    const errors = {};
+    for (const [wid, w] of Object.entries(doc.workers)) {
+      const p = /** @type {any} */ (prev.doc.workers[wid]);
+      if (!p || w.uptime < p.uptime) continue; // a new process: no rate across the restart
+      const d = (/** @type {number} */ a, /** @type {number} */ b) => Math.max(0, a - b);
+      totals.in += d(sum(w.messages_in), sum(p.messages_in));
+      totals.out += d(sum(w.messages_out), sum(p.messages_out));
+      totals.pubs += d(w.publications ?? 0, p.publications ?? 0);
+      const closed = d(sum(w.closes), sum(p.closes));
+      totals.disconnects += closed;
+      totals.connects += Math.max(0, closed + sum(w.connections) - sum(p.connections));
+      totals.slow += d(w.slow_consumers ?? 0, p.slow_consumers ?? 0);
+      for (const [code, n] of Object.entries(w.closes)) closes[code] = (closes[code] ?? 0) + d(n, p.closes[code] ?? 0);
+      for (const [code, n] of Object.entries(w.errors)) errors[code] = (errors[code] ?? 0) + d(n, p.errors[code] ?? 0);
+      const bounds = w.latency.buckets.map((/** @type {any[]} */ b) => b[0]);
+      const cum = w.latency.buckets.map((/** @type {any[]} */ b) => b[1]);
+      const pcum = p.latency.buckets.map((/** @type {any[]} */ b) => b[1]);
+      const deltas = cum.map((/** @type {number} */ c, /** @type {number} */ i) =>
+        Math.max(0, (c - (pcum[i] ?? 0)) - (i > 0 ? cum[i - 1] - (pcum[i - 1] ?? 0) : 0)));
+      const p50 = histogramQuantile(0.5, bounds, deltas);
+      const p99 = histogramQuantile(0.99, bounds, deltas);
+      latency[`w${wid} p50`] = p50 === null ? null : p50 * 1000;
+      latency[`w${wid} p99`] = p99 === null ? null : p99 * 1000;
+    }
+    const rate = (/** @type {number} */ n) => n / dt;
+    this.charts.latency.push(now, latency);
+    this.charts.messages.push(now, { in: rate(totals.in), out: rate(totals.out) });
+    this.charts.pubs.push(now, { publications: rate(totals.pubs), connects: rate(totals.connects),
+                                 disconnects: rate(totals.disconnects) });
+    document.body.dataset.latencyPoints = String(this.charts.latency.points);
+    const counters = [
+      ["connects/s", rate(totals.connects)], ["disconnects/s", rate(totals.disconnects)],
+      ["messages in/s", rate(totals.in)], ["messages out/s", rate(totals.out)],
+      ["publications/s", rate(totals.pubs)], ["slow-consumer closes/s", rate(totals.slow)],
+    ];
+    $("counters").replaceChildren(...counters.map(([name, v]) =>
+      el("div", { class: "counter", "data-testid": `counter-${String(name).split("/")[0].replace(/ /g, "-")}` },
+         el("b", {}, fmt.rate(/** @type {number} */ (v))), String(name))));
+    const list = (/** @type {Record<string, number>} */ m) =>
+      Object.entries(m).filter(([, n]) => n > 0).map(([k, n]) => `${k}: ${fmt.rate(rate(n))}/s`).join(", ") || "none";
+    $("closes").textContent = list(closes);
+    $("errors").textContent = list(errors);
+  }
+
+  // ---------------------------------------------------------------- alerts
+
+  async loadAlerts() {
+    const [open, all] = await Promise.all([this.get("/admin/alerts?state=open&limit=200"),
+                                           this.get("/admin/alerts?state=all&limit=50")]);
+    if (open === null || all === null) return;
+    this.openAlerts = new Map(open.alerts.map((/** @type {any} */ a) => [a.id, {
+      alert_id: a.id, raised_at: a.created_at, severity: a.severity, alert_type: a.alert_type, message: a.message }]));
+    this.renderAlerts();
+    fillRows($("alert-history"), all.alerts.map((/** @type {any} */ a) => [
+      String(a.id), fmt.time(a.created_at), a.alert_type, a.resolved_by ?? "open", fmt.time(a.resolved_at)]));
+  }
+
+  /** @param {any} alert */
+  alertRaised(alert) {
+    if (alert.alert_id === null) {
+      // Not stored yet (database down): shown until it comes back with its id.
+      this.openAlerts.set(-Date.now(), alert);
+    } else {
+      for (const [k, a] of this.openAlerts) if (k < 0 && a.raised_at === alert.raised_at) this.openAlerts.delete(k);
+      this.openAlerts.set(alert.alert_id, alert);
+    }
+    this.renderAlerts();
+  }
+
+  /** @param {number} id */
+  alertResolved(id) {
+    this.openAlerts.delete(id);
+    this.renderAlerts();
+    this.loadAlerts();
+  }
+
+  renderAlerts() {
+    const rows = [...this.openAlerts.entries()].sort((a, b) => b[0] - a[0]).map(([id, a]) => {
+      const action = el("span");
+      if (this.session.can_operate && id > 0) {
+        const comment = el("input", { placeholder: "comment", "aria-label": `comment for alert ${id}`,
+                                      "data-testid": `resolve-comment-${id}` });
+        const button = el("button", { type: "button", "data-testid": `resolve-${id}` }, "Resolve");
+        button.addEventListener("click", () => this.resolve(id, /** @type {HTMLInputElement} */ (comment).value));
+        action.append(comment, button);
+      }
+      const sev = el("span", { class: `sev-${a.severity}` }, a.severity);
+      return [id > 0 ? String(id) : "not stored", fmt.time(a.raised_at), sev, a.alert_type, a.message, action];
+    });
+    const body = $("alert-rows");
+    fillRows(body, rows);
+    [...body.children].forEach((tr, i) => tr.setAttribute("data-testid", `alert-row-${rows[i][0]}`));
+  }
+
+  /** @param {number} id @param {string} comment */
+  async resolve(id, comment) {
+    if (this.client === null) return;
+    try {
+      await this.client.request({ type: "admin_resolve_alert", alert_id: id, comment }, "admin_action_done");
+      this.alertResolved(id);
+      this.loadAudit();
+    } catch (err) {
+      $("conn-result").textContent = `resolve failed: ${/** @type {any} */ (err).message} ${/** @type {any} */ (err).action ?? ""}`;
+    }
+  }
+
+  // ---------------------------------------------------------------- connections, rooms, audit
+
+  /** @param {string} path */
+  async get(path) {
+    const res = await fetch(path, { headers: this.headers() });
+    if (res.status === 401 || res.status === 403) { this.end("denied", "The server no longer accepts this token."); return null; }
+    const doc = await res.json();
+    if (!res.ok) { $("cluster-error").textContent = `${path}: ${doc.message} ${doc.action}`; return null; }
+    return doc;
+  }
+
+  async lookup() {
+    const q = $("conn-query").value.trim();
+    if (!q) return;
+    const [byUser, byId] = await Promise.all([
+      this.get(`/admin/connections?user=${encodeURIComponent(q)}`),
+      this.get(`/admin/connections?connection_id=${encodeURIComponent(q)}`)]);
+    if (byUser === null || byId === null) return;
+    const conns = [...byUser.connections, ...byId.connections];
+    this.lookedUp = conns;
+    const rows = conns.map((/** @type {any} */ c) => {
+      const action = el("span");
+      if (this.session.can_operate) {
+        const b = el("button", { type: "button", "data-testid": `disconnect-${c.connection_id}` }, "Disconnect");
+        b.addEventListener("click", () => this.disconnect({ connection_id: c.connection_id, user: c.user ?? undefined }));
+        action.append(b);
+      }
+      return [String(byUser.worker), c.connection_id, c.user ?? "anonymous", c.state, c.rooms.join(", "),
+              c.remote, c.user_agent ?? "–", fmt.time(c.connected_at), `${fmt.duration(c.idle_seconds)} ago`, action];
+    });
+    fillRows($("conn-rows"), rows);
+    $("conn-result").textContent = `${conns.length} connection(s) on worker ${byUser.worker}`;
+    if (this.session.database) {
+      const key = /^[0-9a-f]{8}-[0-9a-f]{4}-/.test(q) ? "user" : "connection_id";
+      const [byUserRec, byIdRec] = await Promise.all([
+        this.get(`/admin/connection_history?${key}=${encodeURIComponent(q)}`),
+        key === "user" ? this.get(`/admin/connection_history?connection_id=${encodeURIComponent(q)}`)
+                       : Promise.resolve({ records: [] })]);
+      if (byUserRec === null || byIdRec === null) return;
+      fillRows($("history-rows"), [...byUserRec.records, ...byIdRec.records].map((/** @type {any} */ r) => [
+        r.connection_id, r.user_id ?? "anonymous", String(r.worker), r.ip_address ?? "–",
+        fmt.time(r.connected_at), fmt.time(r.last_activity), fmt.time(r.disconnected_at),
+        r.close_code === null ? "open" : String(r.close_code), r.close_reason ?? ""]));
+    }
+  }
+
+  disconnectUser() {
+    const q = $("conn-query").value.trim();
+    if (q) this.disconnect({ user: q });
+  }
+
+  /** @param {{user?: string, connection_id?: string}} target */
+  async disconnect(target) {
+    if (this.client === null) return;
+    const code = Number($("close-code").value);
+    const reason = $("close-reason").value;
+    try {
+      const done = await this.client.request({ type: "admin_disconnect", code, reason, ...target }, "admin_action_done");
+      $("conn-result").textContent = `${done.result}: ${done.detail}`;
+      document.body.dataset.lastAction = done.result;
+    } catch (err) {
+      $("conn-result").textContent = `disconnect failed: ${/** @type {any} */ (err).message}`;
+    }
+    this.loadAudit();
+  }
+
+  async loadRooms() {
+    const q = $("room-query").value.trim();
+    const doc = await this.get(`/admin/rooms?limit=50&q=${encodeURIComponent(q)}`);
+    if (doc === null) return;
+    fillRows($("room-rows"), doc.rooms.map((/** @type {any} */ r) => {
+      const b = el("button", { type: "button", "data-testid": `presence-${r.room}` }, "Presence");
+      b.addEventListener("click", () => this.presence(r.room));
+      return [r.room, String(r.members), r.epoch ?? "–", r.last_seq === null ? "–" : String(r.last_seq), b];
+    }));
+  }
+
+  /** @param {string} room */
+  async presence(room) {
+    const res = await fetch(`/admin/presence?room=${encodeURIComponent(room)}`, { headers: this.headers() });
+    const doc = await res.json();
+    if (!res.ok) { $("presence").textContent = `${room}: ${doc.message}. ${doc.action}`; return; }
+    const who = doc.members.map((/** @type {any} */ m) => m.user ?? `anonymous ${m.connection_id}`).join(", ");
+    $("presence").textContent = `${room}: ${doc.count} present${doc.truncated ? " (list truncated)" : ""}: ${who || "nobody"}`;
+  }
+
+  async loadAudit() {
+    if (!this.session.database) { fillRows($("audit-rows"), [["the audit log needs the database"]]); return; }
+    const doc = await this.get("/admin/audit?limit=50");
+    if (doc === null) return;
+    fillRows($("audit-rows"), doc.entries.map((/** @type {any} */ e) => [
+      fmt.time(e.created_at), e.admin_user_id, e.action, `${e.resource_type ?? ""} ${e.resource_id ?? ""}`,
+      e.status, JSON.stringify(e.details)]));
+    document.body.dataset.auditRows = String(doc.entries.length);
+  }
+
+  /** @param {any} frame */
+  activity(frame) {
+    const list = $("activity-list");
+    for (const e of frame.entries) {
+      list.prepend(el("li", {}, `${fmt.time(e.created_at)} ${e.admin_user_id} ${e.action} ${e.resource_id ?? ""} → ${e.status}`));
+    }
+    while (list.children.length > 200) list.lastChild.remove();
+  }
+}
+
+new Console().start();

@@ -1,0 +1,195 @@
+// The admin console in real Chromium (Debian's /usr/bin/chromium, driven by playwright-core
+// from clients/js/node_modules), run by tests/admin/test_console_chromium.py.
+//
+// The Python side owns the server, the test clients, Redis and PostgreSQL; this script owns
+// the browser. They talk in JSON lines: this script writes {"step": name, ...} on stdout and
+// waits for the answer line on stdin ({"ok": true, ...} or {"ok": false, "error": ...}).
+// Any console error, page error, failed request or HTTP error answer fails the run.
+//
+// env: CONSOLE_URL (http://127.0.0.1:PORT), OPERATOR_TOKEN, READONLY_TOKEN, ARTIFACTS (dir),
+//      SCENARIO ("single": panels and actions, "workers": a SIGKILLed worker turns stale and
+//      comes back respawned).
+
+import { createRequire } from "node:module";
+import { mkdirSync } from "node:fs";
+import path from "node:path";
+import readline from "node:readline";
+import { fileURLToPath } from "node:url";
+
+const here = path.dirname(fileURLToPath(import.meta.url));
+const require = createRequire(path.join(here, "..", "..", "clients", "js", "package.json"));
+const { chromium } = require("playwright-core");
+
+const BASE = process.env.CONSOLE_URL;
+const ARTIFACTS = process.env.ARTIFACTS;
+const SCENARIO = process.env.SCENARIO ?? "single";
+const TIMEOUT = 20000;
+if (!BASE || !ARTIFACTS || !process.env.OPERATOR_TOKEN) {
+  throw new Error("CONSOLE_URL, ARTIFACTS and OPERATOR_TOKEN are required (set by the pytest wrapper)");
+}
+mkdirSync(ARTIFACTS, { recursive: true });
+
+const lines = readline.createInterface({ input: process.stdin });
+const answers = lines[Symbol.asyncIterator]();
+
+/** Ask the Python side to do something; resolves with its answer. */
+async function step(name, fields = {}) {
+  process.stdout.write(JSON.stringify({ step: name, ...fields }) + "\n");
+  const { value, done } = await answers.next();
+  if (done) throw new Error(`stdin closed while waiting for ${name}`);
+  const answer = JSON.parse(value);
+  if (!answer.ok) throw new Error(`step ${name} failed on the Python side: ${answer.error}`);
+  return answer;
+}
+
+const problems = [];
+/** Every page opened, for the failure screenshots. */
+const pages = [];
+
+/** A page that records every console error, page error, failed request and HTTP error. */
+async function watchedPage(browser) {
+  const context = await browser.newContext({ viewport: { width: 1400, height: 1800 } });
+  const page = await context.newPage();
+  page.setDefaultTimeout(TIMEOUT);
+  pages.push(page);
+  page.on("console", (msg) => process.stderr.write(`[page ${msg.type()}] ${msg.text()}\n`));
+  page.on("console", (msg) => { if (msg.type() === "error") problems.push(`console error: ${msg.text()}`); });
+  page.on("pageerror", (err) => problems.push(`page error: ${err.message}`));
+  page.on("requestfailed", (req) => problems.push(`request failed: ${req.url()} ${req.failure()?.errorText}`));
+  page.on("response", (res) => { if (res.status() >= 400) problems.push(`HTTP ${res.status()}: ${res.url()}`); });
+  return { context, page };
+}
+
+function check(condition, message) {
+  if (!condition) throw new Error(`assertion failed: ${message}`);
+}
+
+async function polls(page) {
+  return Number(await page.evaluate(() => document.body.dataset.polls ?? "0"));
+}
+
+async function waitPolls(page, n) {
+  const start = await polls(page);
+  await page.waitForFunction((target) => Number(document.body.dataset.polls ?? "0") >= target, start + n);
+}
+
+async function login(browser, token) {
+  const { context, page } = await watchedPage(browser);
+  await page.goto(`${BASE}/admin/#token=${token}`);
+  await page.waitForFunction(() => document.body.dataset.screen === "console");
+  check(!page.url().includes("token="), "the token left the address bar");
+  await page.waitForFunction(() => document.body.dataset.ws === "connected");
+  await waitPolls(page, 1);
+  return { context, page };
+}
+
+async function single(browser) {
+  // Login screen without a token, then a token that lacks admin:monitor.
+  {
+    const { context, page } = await watchedPage(browser);
+    await page.goto(`${BASE}/admin/`);
+    await page.waitForFunction(() => document.body.dataset.screen === "login");
+    await page.screenshot({ path: path.join(ARTIFACTS, "login.png") });
+    await context.close();
+  }
+  // Read-only: every panel, no action.
+  {
+    const { context, page } = await login(browser, process.env.READONLY_TOKEN);
+    check((await page.textContent("#mode")) === "read-only", "read-only badge");
+    check(await page.isHidden("#disconnect-controls"), "no disconnect controls for read-only");
+    await step("raise_alert");
+    await page.waitForSelector("[data-testid^='alert-row-']");
+    check((await page.$$("[data-testid^='resolve-']")).length === 0, "no resolve buttons for read-only");
+    await page.fill("#conn-query", (await step("victim_user")).user);
+    await page.click("#conn-form button[type=submit]");
+    await page.waitForSelector("[data-testid='connections-table'] tbody tr");
+    check((await page.$$("[data-testid^='disconnect-']")).length === 0, "no disconnect buttons for read-only");
+    await page.screenshot({ path: path.join(ARTIFACTS, "read-only.png"), fullPage: true });
+    await context.close();
+  }
+  // Operator: live counters and latency while a client publishes.
+  const { context, page } = await login(browser, process.env.OPERATOR_TOKEN);
+  check((await page.textContent("#mode")) === "operator", "operator badge");
+  await waitPolls(page, 1);
+  const latencyBefore = Number(await page.evaluate(() => document.body.dataset.latencyPoints ?? "0"));
+  await step("publish_start");
+  await page.waitForFunction(() => {
+    const b = document.querySelector("[data-testid='counter-publications'] b");
+    return b !== null && Number(b.textContent) > 0;
+  });
+  await page.waitForFunction((before) => Number(document.body.dataset.latencyPoints ?? "0") >= before + 4, latencyBefore);
+  await page.waitForFunction(() => document.querySelector("[data-testid='worker-0-status']")?.textContent === "ok");
+  await step("publish_stop");
+  await page.screenshot({ path: path.join(ARTIFACTS, "console.png"), fullPage: true });
+
+  // Rooms: search, then a room's presence list (the console itself is in admin:alerts).
+  await page.fill("#room-query", "admin:");
+  await page.click("#room-form button[type=submit]");
+  await page.click("[data-testid='presence-admin:alerts']");
+  await page.waitForFunction(() => /admin:alerts: [1-9]\d* present/.test(
+    document.querySelector("[data-testid='presence']")?.textContent ?? ""));
+
+  // Disconnect a user from the page: the Python side checks the close code.
+  const { user } = await step("victim_user");
+  await page.fill("#conn-query", user);
+  await page.click("#conn-form button[type=submit]");
+  await page.waitForSelector("[data-testid^='disconnect-']");
+  await page.selectOption("#close-code", "4000");
+  await page.fill("#close-reason", "closed from the console");
+  await page.click("#disconnect-user");
+  await page.waitForFunction(() => document.body.dataset.lastAction === "sent");
+  await step("victim_closed", { code: 4000, reason: "closed from the console" });
+
+  // A Redis outage appears live; resolved from the page with a comment.
+  await step("stop_redis");
+  const row = await page.waitForSelector("[data-testid^='alert-row-']:has-text('component_degraded')");
+  const id = (await row.getAttribute("data-testid")).replace("alert-row-", "");
+  check(/^\d+$/.test(id), `the outage alert is stored (row ${id})`);
+  await page.screenshot({ path: path.join(ARTIFACTS, "alert.png"), fullPage: true });
+  await page.fill(`[data-testid='resolve-comment-${id}']`, "redis restarted by the test");
+  await page.click(`[data-testid='resolve-${id}']`);
+  await page.waitForSelector(`[data-testid='alert-row-${id}']`, { state: "detached" });
+  await page.waitForFunction(() => [...document.querySelectorAll("[data-testid='audit-table'] td")]
+    .some((td) => td.textContent === "admin_resolve_alert"));
+  await page.screenshot({ path: path.join(ARTIFACTS, "audit.png"), fullPage: true });
+  await context.close();
+  return { resolved_alert: Number(id) };
+}
+
+async function workers(browser) {
+  const { context, page } = await login(browser, process.env.OPERATOR_TOKEN);
+  for (const w of ["0", "1"]) {
+    await page.waitForFunction((id) => document.querySelector(`[data-testid='worker-${id}-status']`)?.textContent === "ok", w);
+  }
+  const { worker } = await step("kill_worker");
+  await page.waitForFunction((id) =>
+    document.querySelector(`[data-testid='worker-${id}-status']`)?.textContent === "stale", String(worker));
+  await page.screenshot({ path: path.join(ARTIFACTS, "worker-stale.png"), fullPage: true });
+  // Respawned by the supervisor: answering again, with one restart counted.
+  await page.waitForFunction((id) => {
+    const row = document.querySelector(`[data-testid='worker-${id}-status']`)?.closest("tr");
+    return row?.querySelector("td:nth-child(2)")?.textContent === "ok" && row.lastElementChild?.textContent === "1";
+  }, String(worker), { timeout: 60000 });
+  await page.screenshot({ path: path.join(ARTIFACTS, "worker-respawned.png"), fullPage: true });
+  await context.close();
+  return { worker };
+}
+
+const browser = await chromium.launch({ executablePath: "/usr/bin/chromium", args: ["--no-sandbox"] });
+let result;
+try {
+  result = SCENARIO === "workers" ? await workers(browser) : await single(browser);
+} catch (err) {
+  for (const [i, page] of pages.entries()) {
+    if (page.isClosed()) continue;
+    await page.screenshot({ path: path.join(ARTIFACTS, `failure-${i}.png`), fullPage: true });
+    process.stderr.write(`page ${i} dataset: ${JSON.stringify(await page.evaluate(() => ({ ...document.body.dataset })))}\n`);
+  }
+  process.stderr.write(`problems so far:\n${problems.join("\n")}\n`);
+  throw err;
+} finally {
+  await browser.close();
+}
+if (problems.length) throw new Error(`the page reported problems:\n${problems.join("\n")}`);
+process.stdout.write(JSON.stringify({ done: true, ...result }) + "\n");
+lines.close();
