@@ -105,13 +105,13 @@ class AdminHttp:
     """The ``/admin/`` paths of one worker (built by :class:`rtserver.server.RtServer`)."""
 
     def __init__(self, config: Config, node: Node, worker_id: int,
-                 hub_bus: EmbeddedBus | None, domain_routes: dict[str, Route],
+                 cluster_bus: EmbeddedBus | None, domain_routes: dict[str, Route],
                  origin_allowed: Callable[[str, str | None], bool],
                  ui_root: Path = ADMIN_UI_ROOT) -> None:
         self.config = config
         self.node = node
         self.worker_id = worker_id
-        self.hub_bus = hub_bus
+        self.cluster_bus = cluster_bus
         self.origin_allowed = origin_allowed
         self.ui = StaticDirectory("/admin/", ui_root)
         self.routes: dict[str, Route] = {
@@ -216,7 +216,7 @@ class AdminHttp:
             "database": self.node.store is not None})
 
     async def _cluster(self, request: Request) -> Response:
-        if self.hub_bus is None:
+        if self.cluster_bus is None:
             status: dict[str, Any] = {
                 "workers": {str(self.worker_id): {
                     "metrics": REGISTRY.render({"worker": str(self.worker_id)}),
@@ -224,7 +224,7 @@ class AdminHttp:
                 "missing": [], "expected_workers": 1, "supervisor_metrics": ""}
         else:
             try:
-                status = await self.hub_bus.cluster_status()
+                status = await self.cluster_bus.cluster_status()
             except BusUnavailable as exc:
                 log.error("admin_cluster_unavailable", error=str(exc))
                 doc = {"error": "bus_unavailable",

@@ -134,9 +134,10 @@ class RtServer:
                  sock: socket.socket | None = None,
                  store: Any = None,
                  http_routes: dict[str, HttpRoute] | None = None,
-                 hub_bus: EmbeddedBus | None = None,
+                 cluster_bus: EmbeddedBus | None = None,
                  previous_exit: str | None = None) -> None:
-        """One worker. Under the supervisor, ``hub_bus`` is the connection to its bus hub
+        """One worker. Under the supervisor, ``cluster_bus`` is the connection to the embedded
+        bus server
         (the message bus itself, or only the cluster status channel when ``bus`` is
         Redis): ``/healthz`` and ``/metrics`` then answer for every worker
         (``?scope=worker`` for this one), and ``previous_exit`` (how this worker id's
@@ -161,16 +162,16 @@ class RtServer:
         self.redis_ingress: Any = None
         self._owns_store = False
         self.static_files = StaticFiles(dev=config.server.dev)
-        self.hub_bus = hub_bus
+        self.cluster_bus = cluster_bus
         self.previous_exit = previous_exit
         register_process_metrics()
-        if hub_bus is not None:
-            hub_bus.set_status_providers(
+        if cluster_bus is not None:
+            cluster_bus.set_status_providers(
                 lambda: REGISTRY.render({"worker": str(self.worker_id)}), self.node.health)
         self.admission = Admission(config.server, time.monotonic())
         self.trusted_proxies = TrustedProxies(config.server.trusted_proxies)
         self.ssl_context = server_ssl_context(config.server.certfile, config.server.keyfile)
-        self.admin = AdminHttp(config, self.node, worker_id, hub_bus, self.http_routes,
+        self.admin = AdminHttp(config, self.node, worker_id, cluster_bus, self.http_routes,
                                self._origin_admitted)
         self._refusals = jsonlog.SummaryLog(log, "handshakes_refused")
         for warning in self.admission.origins.warnings:
@@ -194,7 +195,7 @@ class RtServer:
                     str(remote[0]), request.headers.get_all("X-Forwarded-For"))
             if not self.admin.status_allowed(address):
                 return self.admin.status_refused(path, address)
-        if self.hub_bus is not None and parse_qs(urlsplit(request.path).query).get(
+        if self.cluster_bus is not None and parse_qs(urlsplit(request.path).query).get(
                 "scope") != ["worker"] and path in ("/healthz", "/metrics"):
             return await self._cluster_status(path)
         if path == "/healthz":
@@ -256,10 +257,10 @@ class RtServer:
     async def _cluster_status(self, path: str) -> Response:
         """/healthz or /metrics for every worker, collected through the bus hub; this
         worker's own view (with the reason) when the hub cannot answer."""
-        assert self.hub_bus is not None
+        assert self.cluster_bus is not None
         if path == "/healthz":
             try:
-                doc = await self.hub_bus.cluster_health()
+                doc = await self.cluster_bus.cluster_health()
             except BusUnavailable as exc:
                 doc = {"status": "degraded",
                        "reasons": [f"cluster status unavailable: {exc}"],
@@ -269,7 +270,7 @@ class RtServer:
                 http.HTTPStatus.SERVICE_UNAVAILABLE)
             return _response(status, orjson.dumps(doc), "application/json")
         try:
-            text = await self.hub_bus.cluster_metrics()
+            text = await self.cluster_bus.cluster_metrics()
         except BusUnavailable as exc:
             log.error("cluster_metrics_unavailable", error=str(exc))
             text = REGISTRY.render({"worker": str(self.worker_id)}) + (
@@ -449,8 +450,8 @@ class RtServer:
         """Start the node and the database features, then listen."""
         cfg = self.config
         node = self.node
-        if self.hub_bus is not None and self.hub_bus is not node.bus:
-            await self.hub_bus.start(_HubStateHandler(
+        if self.cluster_bus is not None and self.cluster_bus is not node.bus:
+            await self.cluster_bus.start(_HubStateHandler(
                 lambda h: node.set_degraded("bus:hub", not h.ok, h.reason)))
         await self.node.start()
         await self._start_database()
@@ -519,8 +520,8 @@ class RtServer:
         await self.node.stop_domains()
         await self.node.close()
         await self._stop_database()
-        if self.hub_bus is not None and self.hub_bus is not self.node.bus:
-            await self.hub_bus.close()
+        if self.cluster_bus is not None and self.cluster_bus is not self.node.bus:
+            await self.cluster_bus.close()
         self.server = None
         log.lifecycle("stopped")
 

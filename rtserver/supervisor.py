@@ -467,7 +467,7 @@ def run_worker_server(config: Config, plan: WorkerBusPlan, jwt_secret: str,
     from rtserver.server import RtServer
 
     server = RtServer(config, worker_id=ctx.worker_id, bus=bus, sock=sock,
-                      jwt_secret=jwt_secret, hub_bus=hub, previous_exit=ctx.previous_exit)
+                      jwt_secret=jwt_secret, cluster_bus=hub, previous_exit=ctx.previous_exit)
     uvloop.run(server.serve_until_signal())
 
 

@@ -44,7 +44,7 @@ def e2e_worker(config: Config, plan: WorkerBusPlan, ctx: WorkerContext) -> None:
     from rtserver.server import RtServer
 
     server = RtServer(config, worker_id=ctx.worker_id, bus=bus, sock=sock,
-                      jwt_secret=SECRET, hub_bus=hub)
+                      jwt_secret=SECRET, cluster_bus=hub)
 
     async def poke(request: Request) -> Response:
         await server.node.send_to_user(os.environ["E2E_POKE_USER"], b'{"type":"poke"}')
