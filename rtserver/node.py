@@ -1,16 +1,12 @@
 """The node: wiring of hub, bus, fan-out core and domains, and the public server API.
 
-Everything a worker delivers goes through the fan-out core (replies included,
-so per-connection order holds under the per-tick cork). Room publications
-take one path whatever their origin: ``bus.publish`` assigns the seq and the
-bus hands the publication back to :meth:`Node.on_publication` in every
-interested worker, which adds the seq and frames it once for all local members.
+Everything a worker delivers goes through the fan-out core (replies included, so
+per-connection order holds under the per-tick cork). A room publication takes one
+path whatever its origin: ``bus.publish`` assigns the position and hands it back to
+:meth:`Node.on_publication` in every interested worker (rooms.py frames it once).
 
-The node implements :class:`~rtserver.context.HandlerContext`, the narrow API
-its domain plugins get (they are typed against that interface and never
-import this module): send to a connection / user / room, ``broadcast``,
-``subscribe`` / ``unsubscribe`` (access and limits checked inside), the
-store, supervised ``spawn``, metrics and statistics.
+The node implements :class:`~rtserver.context.HandlerContext`, the narrow API its
+domain plugins get (typed against that interface, they never import this module).
 """
 
 from __future__ import annotations
@@ -278,7 +274,10 @@ class Node(HandlerContext):
     # ------------------------------------------------------------ inbound
 
     async def handle_frame(self, conn: Connection, frame: str | bytes) -> None:
-        """Run one client frame through the session and apply its actions."""
+        """Run one client frame through the session and apply its actions (none once the
+        server closes the connection: a policy or slow-consumer close stops reading at once)."""
+        if conn.state is ConnState.CLOSING or conn.state is ConnState.CLOSED:
+            return
         actions = conn.session.on_frame(frame, time.monotonic())
         if self.recorder is not None:
             self.recorder.touch(conn.id)
