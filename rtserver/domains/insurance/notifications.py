@@ -41,6 +41,7 @@ from .ingress_kinds import UserNotify
 
 if TYPE_CHECKING:
     from rtserver.store.models import Notification as StoredNotification
+    from rtserver.store.postgres import Store
 
 __all__ = [
     "NotificationAck",
@@ -251,15 +252,21 @@ class Notifications:
                  count=len(pending), first_id=pending[0].id, last_id=pending[-1].id,
                  more=len(pending) >= batch)
 
+    def _users_store(self, conn: Connection, msg_id: MessageId) -> Store | None:
+        """The store for a request about the connection's own notifications, or None after
+        answering ``feature_unavailable`` (no database) or ``forbidden`` (anonymous)."""
+        store = self.ctx.require_store(conn, "notifications", msg_id)
+        if store is not None and conn.user is None:
+            self.ctx.error(conn, "forbidden", "anonymous connections have no notifications",
+                           "Required action: authenticate with a token", msg_id)
+            return None
+        return store
+
     async def received(self, conn: Connection, msg: NotificationReceived) -> None:
         """``notification_received``: the client has these; mark them delivered."""
         ctx = self.ctx
-        store = ctx.require_store(conn, "notifications", msg.id)
-        if store is None:
-            return
-        if conn.user is None:
-            ctx.error(conn, "forbidden", "anonymous connections have no notifications",
-                      "Required action: authenticate with a token", msg.id)
+        store = self._users_store(conn, msg.id)
+        if store is None or conn.user is None:
             return
         most = ctx.config.notifications.pending_batch
         if not 1 <= len(msg.notification_ids) <= most:
@@ -289,11 +296,8 @@ class Notifications:
     async def ack(self, conn: Connection, msg: NotificationAck) -> None:
         """``notification_ack``: mark one notification read."""
         ctx = self.ctx
-        store = ctx.require_store(conn, "notifications", msg.id)
+        store = self._users_store(conn, msg.id)
         if store is None or conn.user is None:
-            if conn.user is None:
-                ctx.error(conn, "forbidden", "anonymous connections have no notifications",
-                          "Required action: authenticate with a token", msg.id)
             return
         n = await store.mark_read(conn.user, msg.notification_id)
         if n is None:
@@ -306,12 +310,8 @@ class Notifications:
     async def list(self, conn: Connection, msg: NotificationsList) -> None:
         """``notifications_list``: one page, newest first."""
         ctx = self.ctx
-        store = ctx.require_store(conn, "notifications", msg.id)
-        if store is None:
-            return
-        if conn.user is None:
-            ctx.error(conn, "forbidden", "anonymous connections have no notifications",
-                      "Required action: authenticate with a token", msg.id)
+        store = self._users_store(conn, msg.id)
+        if store is None or conn.user is None:
             return
         page_max = ctx.config.notifications.page_max
         if not 1 <= msg.limit <= page_max:
