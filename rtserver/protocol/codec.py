@@ -199,7 +199,11 @@ class Codec:
         try:
             message: ClientMessage = self._decoder.decode(frame)
         except msgspec.ValidationError as exc:
-            raise self._classify(str(exc), frame) from exc
+            text = str(exc)
+            if "got `float`" in text and _LONG_DIGITS.search(frame) is not None:
+                # Older msgspec reads an integer beyond 64 bits as a float.
+                raise self._out_of_range() from exc
+            raise self._classify(text, frame) from exc
         except msgspec.DecodeError as exc:
             raise DecodeFailure(
                 ErrorCode.INVALID_JSON, f"the frame is not valid JSON: {exc}",
@@ -214,13 +218,16 @@ class Codec:
                 "(limits.max_json_depth)", None) from exc
         if _LONG_DIGITS.search(frame) is not None and _out_of_range_int(message):
             msg_id = getattr(message, "id", None)
-            raise DecodeFailure(
-                ErrorCode.NUMBER_OUT_OF_RANGE,
-                "an integer in the message is outside the signed 64-bit range",
-                "Required action: send integers between -2^63 and 2^63-1 (ids: prefer "
-                "strings)",
-                msg_id if isinstance(msg_id, str) else None)
+            raise self._out_of_range(msg_id if isinstance(msg_id, str) else None)
         return message
+
+    @staticmethod
+    def _out_of_range(msg_id: str | None = None) -> DecodeFailure:
+        return DecodeFailure(
+            ErrorCode.NUMBER_OUT_OF_RANGE,
+            "an integer in the message is outside the signed 64-bit range",
+            "Required action: send integers between -2^63 and 2^63-1 (ids: prefer strings)",
+            msg_id)
 
     def _probe_id(self, frame: str | bytes) -> str | int | None:
         try:
