@@ -252,6 +252,8 @@ class Rooms:
 
     async def after_leave(self, conn: Connection, room: str, last: bool) -> None:
         """Bus interest, presence, room event and hooks after ``conn`` left ``room``."""
+        if self._held:
+            self._release(room, conn.sink)  # a connection that closed while joining
         if last:
             self._interest.pop(room, None)
             await self.bus_call(self.bus.remove_interest(room), "remove_interest")
