@@ -15,13 +15,12 @@ from __future__ import annotations
 import asyncio
 import random
 import re
-from array import array
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 
-from rtserver.bench.connection import DEAD, READY, SUBSCRIBING, Conn
+from rtserver.bench.connection import DEAD, READY, SUBSCRIBING, Conn, DeliveryCounters
 from rtserver.bench.streams import FullJitterBackoff, StreamTracker
 from rtserver.bench.wsproto import masked_frame
 
@@ -58,7 +57,7 @@ class Client:
     inflight: dict[str, tuple[str, bytes]] = field(default_factory=dict)
 
 
-class ChaosClients:
+class ChaosClients(DeliveryCounters):
     """All clients of one chaos run; implements the ``ConnOwner`` protocol of ``Conn``."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop, backoff: FullJitterBackoff,
@@ -72,16 +71,8 @@ class ChaosClients:
         self.clients: list[Client] = []
         self.by_conn: dict[int, Client] = {}
         self.stopping = False
-        # ConnOwner attributes (the measuring fast path is not used by hooked conns).
-        self.lat = array("q")
-        self.fanout: dict[int, list[int]] = {}
-        self.deliveries = 0
-        self.recv_unique = 0
-        self.duplicates = 0
-        self.out_of_order = 0
-        self.user_clock = 0
-        self.send_errors = 0
-        self.close_send_errors = 0
+        # ConnOwner counters (the measuring fast path is not used by hooked conns).
+        super().__init__()
         # Scenario counters.
         self.sent: dict[str, str] = {}  # payload id -> room
         self.acks: dict[str, tuple[str, int]] = {}

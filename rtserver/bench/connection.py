@@ -45,6 +45,7 @@ __all__ = [
     "SUBSCRIBING",
     "Conn",
     "ConnOwner",
+    "DeliveryCounters",
 ]
 
 SO_TIMESTAMPNS = 35  # Linux asm-generic; also the SCM type of the control message
@@ -62,6 +63,21 @@ _EPOCH_RE = re.compile(rb'"epoch":\s*"([^"]*)"')
 # connection states
 CONNECTING, HANDSHAKE, AUTH, SUBSCRIBING, READY, DEAD = range(6)
 STATE_NAMES = ("connecting", "handshake", "auth", "subscribing", "ready", "dead")
+
+class DeliveryCounters:
+    """The counters a :class:`Conn` updates in place on its owner (one place to set them up)."""
+
+    def __init__(self) -> None:
+        self.lat = array("q")
+        self.fanout: dict[int, list[int]] = {}
+        self.deliveries = 0
+        self.recv_unique = 0
+        self.duplicates = 0
+        self.out_of_order = 0
+        self.user_clock = 0
+        self.send_errors = 0
+        self.close_send_errors = 0
+
 
 class ConnOwner(Protocol):
     """What a :class:`Conn` needs from the generator process that owns it."""

@@ -33,7 +33,7 @@ import orjson
 import uvloop
 
 from rtserver.bench.capacity import FD_RESERVE, raise_nofile
-from rtserver.bench.connection import DEAD, READY, STATE_NAMES, Conn
+from rtserver.bench.connection import DEAD, READY, STATE_NAMES, Conn, DeliveryCounters
 from rtserver.bench.tokens import mint
 from rtserver.bench.wsproto import masked_frame
 
@@ -57,7 +57,7 @@ def clock_offset_ns(samples: int = 9) -> int:
     return best[1]
 
 
-class Generator:
+class Generator(DeliveryCounters):
     """State of one generator process (connections, counters, samples)."""
 
     def __init__(self) -> None:
@@ -72,15 +72,7 @@ class Generator:
         self.lost_conns = 0
         self.errors: dict[str, int] = {}
         self.server_errors: dict[str, int] = {}
-        self.lat = array("q")
-        self.fanout: dict[int, list[int]] = {}
-        self.deliveries = 0
-        self.recv_unique = 0
-        self.duplicates = 0
-        self.out_of_order = 0
-        self.user_clock = 0
-        self.send_errors = 0
-        self.close_send_errors = 0
+        super().__init__()
         self.phase = "idle"
         self.closed_loop = False
         self.publishing = False
