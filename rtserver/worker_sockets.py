@@ -94,14 +94,19 @@ def remove_stale_runtime(parent: str, temporary: bool) -> list[str]:
         if temporary:
             if not entry.name.startswith("rtserver-") or not entry.is_dir(follow_symlinks=False):
                 continue
-            if entry.stat(follow_symlinks=False).st_uid != os.getuid():
-                continue
             named = _TEMP_DIR.match(entry.name)
             if named:
                 pids.append(int(named.group(1)))
             try:
+                if entry.stat(follow_symlinks=False).st_uid != os.getuid():
+                    continue
                 pids += [int(m.group(1)) for m in map(_HUB_SOCKET.fullmatch, os.listdir(entry))
                          if m]
+            except FileNotFoundError:
+                # Gone between the scan and now: its supervisor (or another
+                # starting one) removed it, which is what we came to do.
+                _log.debug("runtime_stale_vanished", path=entry.path)
+                continue
             except OSError as exc:
                 _log.warning("runtime_stale_unreadable", path=entry.path, error=str(exc),
                              action="Required action: remove it by hand if no rtserver uses it")
@@ -118,6 +123,9 @@ def remove_stale_runtime(parent: str, temporary: bool) -> list[str]:
                 shutil.rmtree(entry.path)
             else:
                 os.unlink(entry.path)
+        except FileNotFoundError:
+            _log.debug("runtime_stale_vanished", path=entry.path)
+            continue
         except OSError as exc:
             _log.error("runtime_stale_unremovable", path=entry.path, error=str(exc),
                        action="Required action: remove it by hand (its supervisor is gone)")

@@ -7,6 +7,7 @@ line and a ``startup_failed`` JSON line carrying the same exit status, never a t
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -150,6 +151,30 @@ def test_stale_runtime_dirs_removed(tmp_path: Path) -> None:
     assert sorted(removed) == sorted([str(stale_named), str(stale_old)])
     assert live.exists() and unrelated.exists()
     assert not stale_named.exists() and not stale_old.exists()
+
+
+def test_stale_scan_skips_entries_removed_while_it_runs(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Another supervisor removing its own directory mid-scan must not stop a start."""
+    dead = _dead_pid()
+    vanishing = tmp_path / f"rtserver-{dead}-abc"
+    vanishing.mkdir()
+    (vanishing / f"rtserver-{dead}.sock").write_text("")
+    stale = tmp_path / f"rtserver-{dead}-def"
+    stale.mkdir()
+    real_scandir = os.scandir
+
+    def scandir_then_remove(path: str) -> list[os.DirEntry[str]]:
+        entries = sorted(real_scandir(path), key=lambda e: e.name)
+        if path == str(tmp_path):  # the scan under test (rmtree below scans too)
+            monkeypatch.setattr(os, "scandir", real_scandir)
+            shutil.rmtree(vanishing)  # removed after the listing, before its entry is read
+        return entries
+
+    monkeypatch.setattr(os, "scandir", scandir_then_remove)
+    removed = remove_stale_runtime(str(tmp_path), temporary=True)
+    assert removed == [str(stale)]
+    assert not stale.exists()
 
 
 def test_stale_sockets_removed_from_configured_runtime_dir(tmp_path: Path) -> None:
