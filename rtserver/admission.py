@@ -34,6 +34,8 @@ from typing import TYPE_CHECKING, Literal
 
 import msgspec
 
+from rtserver.metrics import REGISTRY
+
 if TYPE_CHECKING:
     from rtserver.config_sections import ServerConfig
 
@@ -115,9 +117,9 @@ class OriginPolicy:
 class Admission:
     """One worker's admission decisions and connection counts."""
 
-    __slots__ = ("_dev", "_per_address", "_tokens", "_updated", "burst", "max_connections",
-                 "max_per_address", "max_unauthenticated", "open", "origins", "rate",
-                 "retry_after")
+    __slots__ = ("_dev", "_per_address", "_tokens", "_updated", "burst", "handshakes",
+                 "handshakes_max", "max_connections", "max_per_address", "max_unauthenticated",
+                 "open", "origins", "rate", "retry_after")
 
     def __init__(self, config: ServerConfig, now: float) -> None:
         self.origins = OriginPolicy(config.allowed_origins)
@@ -132,6 +134,10 @@ class Admission:
         self._updated = now
         #: Admitted connections not released yet (handshakes in flight included).
         self.open = 0
+        #: Admitted connections whose client has not authenticated yet (upgrade and
+        #: token check in flight), and the most of them at once since the worker started.
+        self.handshakes = 0
+        self.handshakes_max = 0
         self._per_address: dict[str, int] = {}
 
     def per_address(self, address: str) -> int:
@@ -153,7 +159,8 @@ class Admission:
         ``origins``: every ``Origin`` header value of the request; ``address``:
         the client's IP address; ``now``: monotonic seconds; ``unauthenticated``:
         this worker's open connections that have not authenticated yet.
-        An admitted connection must be given back with :meth:`release`.
+        An admitted connection must be given back with :meth:`release`; it counts as a
+        handshake in progress until :meth:`handshake_ended`.
         """
         if len(origins) > 1:
             return Refusal(403, "origin", "the request has more than one Origin header",
@@ -197,7 +204,26 @@ class Admission:
                 "once (?token=JWT)", self.retry_after)
         self.open += 1
         self._per_address[address] = held + 1
+        self.handshakes += 1
+        if self.handshakes > self.handshakes_max:
+            self.handshakes_max = self.handshakes
         return None
+
+    def register_metrics(self) -> None:
+        """Export the handshakes in progress (and their most at once) on ``/metrics``."""
+        REGISTRY.gauge("rtserver_handshakes_in_progress", "Admitted WebSocket connections whose "
+                       "client has not authenticated yet",
+                       collect=lambda: {(): float(self.handshakes)})
+        REGISTRY.gauge("rtserver_handshakes_in_progress_max", "The most handshakes in progress "
+                       "at once since this worker started",
+                       collect=lambda: {(): float(self.handshakes_max)})
+
+    def handshake_ended(self) -> None:
+        """An admitted connection authenticated, or ended before it did (called once each)."""
+        if self.handshakes <= 0:
+            raise RuntimeError("handshake_ended without a handshake in progress (a bug in the "
+                               "caller)")
+        self.handshakes -= 1
 
     def release(self, address: str) -> None:
         """An admitted connection from ``address`` ended (handshake failed or closed)."""

@@ -103,7 +103,7 @@ class RtConnection(ServerConnection):
     # Per-connection values live in slots: a new attribute set after websockets built the
     # connection would turn its key-sharing ``__dict__`` into a private one (~1.8 KiB each,
     # measured with tracemalloc at 2,000 connections).
-    __slots__ = ("forwarded_client", "last_pong")
+    __slots__ = ("forwarded_client", "handshaking", "last_pong")
     #: Set on the subclass each RtServer makes: admitted connection -> the address its
     #: admission slot is counted under.
     admitted: ClassVar[dict[RtConnection, str]] = {}
@@ -115,6 +115,8 @@ class RtConnection(ServerConnection):
         self.last_pong = 0.0
         #: The client's IP address when a trusted proxy forwarded it (set before the upgrade).
         self.forwarded_client: str | None = None
+        #: Admitted and not authenticated yet (counted in ``admission.handshakes``).
+        self.handshaking = False
 
     @property
     def remote_address(self) -> Any:
@@ -125,10 +127,17 @@ class RtConnection(ServerConnection):
 
     def connection_lost(self, exc: Exception | None) -> None:
         """Release the admission slot, then let websockets finish."""
+        self.end_handshake()
         address = self.admitted.pop(self, None)
         if address is not None and self.admission is not None:
             self.admission.release(address)
         super().connection_lost(exc)
+
+    def end_handshake(self) -> None:
+        """The client authenticated, or the connection ended before it did."""
+        if self.handshaking and self.admission is not None:
+            self.handshaking = False
+            self.admission.handshake_ended()
 
     def acknowledge_pings(self, data: bytes) -> None:
         """Record the pong (ours are unsolicited for websockets, which ignores them)."""
@@ -183,6 +192,7 @@ class RtServer:
         # This server's connection class: its admission and admitted table (class-level).
         self._connection_class = type("RtConnection", (RtConnection,), {
             "admission": self.admission, "admitted": {}})
+        self.admission.register_metrics()
         self.trusted_proxies = TrustedProxies(config.server.trusted_proxies)
         self.ssl_context = server_ssl_context(config.server.certfile, config.server.keyfile)
         self.admin = AdminHttp(config, self.node, worker_id, cluster_bus, self.http_routes,
@@ -257,6 +267,7 @@ class RtServer:
             self.node.hub.state_counts[ConnState.CONNECTING])
         if refusal is None:
             connection.admitted[connection] = address
+            connection.handshaking = True
             return None
         ADMISSION_REFUSED.inc(refusal.reason)
         self._refusals.note(refusal.reason, time.monotonic(),
@@ -326,6 +337,8 @@ class RtServer:
                 await node.authenticate_anonymous(conn)
             else:
                 await self._await_auth(ws, conn)
+            assert isinstance(ws, RtConnection)
+            ws.end_handshake()
             async for frame in ws:
                 await node.handle_frame(conn, frame)
         except ConnectionClosed as exc:
