@@ -19,7 +19,7 @@ from typing import Any
 import orjson
 import uvloop
 
-from rtserver.bench import __version__, chaos
+from rtserver.bench import __version__, chaos, storm
 from rtserver.bench.capacity import GeneratorPlan, HostLimits, host_limits, server_fd_problem
 from rtserver.bench.peers import PEER_NAMES
 from rtserver.bench.progress import PLAIN_INTERVAL
@@ -58,9 +58,10 @@ def build_parser() -> argparse.ArgumentParser:
         "docs/bench.md describes every scenario and figure.",
     )
     s = p.add_argument_group("scenario")
-    s.add_argument("scenario", choices=[*SCENARIOS, "sweep", "chaos"],
+    s.add_argument("scenario", choices=[*SCENARIOS, "sweep", "chaos", "storm"],
                    help="what to measure (sweep: one scenario for each --workers value; "
-                   "chaos: real faults and the stream invariant, see its group)")
+                   "chaos: real faults and the stream invariant; storm: reconnect storms "
+                   "with recovery; see their groups)")
     t = p.add_argument_group("targets")
     t.add_argument("--spawn", action="store_true", help="start `python -m rtserver serve --port 0`")
     t.add_argument(
@@ -212,6 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--check-rss-kb", type=float, help="server RSS per connection limit (KiB)")
     c.add_argument("--check-min-deliveries", type=float, help="minimum deliveries per second")
     chaos.add_arguments(p)
+    storm.add_arguments(p)
     # Test-only fault injection, deliberately absent from --help and docs/bench.md:
     # passes `--inject SPEC` (drop-every=N | duplicate-every=N) to the `naive` peer so the
     # smoke tests can prove that loss and duplicates are detected.
@@ -265,9 +267,14 @@ def _peer_fd_problem(name: str, connections: int, limits: HostLimits) -> str | N
 def main(argv: list[str]) -> int:
     """Run the harness; returns the exit status (see module docstring)."""
     parser = build_parser()
+    # `--vs NAME` is `--vs --peer NAME`.
+    argv = [x for i, a in enumerate(argv) for x in (
+        ["--peer", a] if i and argv[i - 1] == "--vs" and a in PEER_NAMES else [a])]
     args = parser.parse_args(argv)
     if args.scenario == "chaos":
         return chaos.run(args)
+    if args.scenario == "storm":
+        return storm.run(args)
     scenario = args.sweep_scenario if args.scenario == "sweep" else args.scenario
     try:
         cfg = run_config(args, scenario)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import os
 
-__all__ = ["ProcSample", "cpu_seconds", "descendants", "rss_bytes", "sample"]
+__all__ = ["ProcSample", "children_cpu_seconds", "cpu_seconds", "descendants", "rss_bytes",
+           "sample"]
 
 _TICK = os.sysconf("SC_CLK_TCK")
 
@@ -82,3 +83,10 @@ def sample(pids: list[int]) -> ProcSample:
         cpu += c
         rss += r
     return ProcSample(pids, cpu, rss, per)
+
+
+def children_cpu_seconds(pid: int) -> float:
+    """cutime + cstime of one process in seconds: the CPU of its children it has reaped
+    (a respawning supervisor's dead workers)."""
+    f = _stat_fields(pid)
+    return (int(f[13]) + int(f[14])) / _TICK
