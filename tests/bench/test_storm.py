@@ -77,6 +77,9 @@ def test_tiny_history_reports_recovered_false(tmp_path: Path) -> None:
                                "--backoff-min", "0.5")
     assert code == 0 and doc["ok"], out
     (s,) = doc["storms"]
-    assert s["not_recovered"].get("history_trimmed", 0) == s["affected"] > 0, out
+    # Rooms whose publisher was on the killed worker missed fewer messages: those
+    # clients may recover; every other answer is an explicit history_trimmed.
+    assert set(s["not_recovered"]) == {"history_trimmed"}, out
+    assert s["recovered"] + s["not_recovered"]["history_trimmed"] == s["affected"] > 0, out
     assert s["explicit_skipped"] > 0, out
     assert s["lost"] == 0 and s["duplicates"] == 0 and s["out_of_order"] == 0, out
