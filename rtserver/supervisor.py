@@ -463,7 +463,12 @@ def run_worker_server(config: Config, plan: WorkerBusPlan, jwt_secret: str,
     jsonlog.set_worker(ctx.worker_id)
     _log.info("config", effective=masked(config), sources=sources)
     bus, hub = build_worker_bus(ctx, plan)
-    sock = make_reuseport_socket(ctx.host, ctx.port, ctx.backlog)
+    # Bound, not listening: a listening SO_REUSEPORT socket gets its share of new
+    # connections at once, and they would wait in its backlog while this worker imports,
+    # starts its node and joins the hub (a respawned worker: ~0.5 s of a reconnect
+    # storm). The server calls listen() (server.backlog) when it starts accepting.
+    sock = make_reuseport_socket(ctx.host, ctx.port)
+    sock.setblocking(False)
     from rtserver.server import RtServer
 
     server = RtServer(config, worker_id=ctx.worker_id, bus=bus, sock=sock,

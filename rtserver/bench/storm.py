@@ -311,6 +311,14 @@ class StormRun:
             except TimeoutError:
                 continue
 
+    def per_worker(self, gens: list[GenProc]) -> dict[int, int]:
+        """Ready clients per worker id, from the latest progress events of ``gens``."""
+        per: dict[int, int] = {}
+        for g in gens:
+            for w, c in g.progress.get("workers", {}).items():
+                per[int(w)] = per.get(int(w), 0) + int(c)
+        return per
+
     async def storm(self, fault: str, jitter: str) -> dict[str, Any]:
         """One fault with one jitter mode; its figures."""
         a = self.a
@@ -321,25 +329,29 @@ class StormRun:
         t = self.target
         assert t is not None and t.proc is not None
         await self.wait_workers(t)
+        res: dict[str, Any] = {"fault": fault, "jitter": jitter}
+        per = self.per_worker(recv)
+        if max(per.values(), default=0) > 0.6 * sum(per.values()):
+            # A killed worker's clients all went to the others: spread them again, so
+            # that every storm starts from the same layout.
+            self.send_all({"cmd": "rebalance", "workers": self.workers}, recv)
+            await self.gather(recv, "ready", a.connect_timeout, label)
+            res["rebalanced_from"] = per
         await asyncio.sleep(a.settle)  # publishing, every client subscribed
+        res["workers_at_fault"] = per = self.per_worker(recv)
         before_max = (await asyncio.to_thread(_scrape, t.port, 5.0))[1]
         worker = None
         if fault == "kill-worker":
-            per: dict[int, int] = {}
-            for g in recv:
-                for w, c in g.progress.get("workers", {}).items():
-                    per[int(w)] = per.get(int(w), 0) + int(c)
             worker = max(range(self.workers), key=lambda w: (per.get(w, 0), -w))
         self.send_all({"cmd": "fault", "kind": fault, "worker": worker})
         acks = await self.gather(self.gens, "fault_ack", 30.0, label)
-        expected = sum(e["expected"] for e in acks[:-1])
+        res["expected"] = sum(e["expected"] for e in acks[:-1])
         scrape: dict[str, Any] = {"scrapes": 0, "scrape_failures": {}, "peak_sampled": 0.0,
                                   "worker_max": {}}
         stop = asyncio.Event()
         sup = t.proc.pid
         cpu0 = _tree_cpu(sup)
         rc0 = _children_cpu()
-        res: dict[str, Any] = {"fault": fault, "jitter": jitter, "expected": expected}
         t_f = time.monotonic_ns()
         scraper = asyncio.create_task(self.scrape_loop(scrape, stop))
         old_cpu = 0.0

@@ -116,6 +116,8 @@ class StormProcess(DeliveryCounters, Publishing):
             self.check_cmd = cmd
             self.check_deadline = time.monotonic() + float(cmd["timeout"])
             self._check()
+        elif name == "rebalance":
+            self._rebalance(int(cmd["workers"]))
         elif name == "close":
             self._close_all()
         else:
@@ -166,6 +168,31 @@ class StormProcess(DeliveryCounters, Publishing):
         self.pending = list(reversed(self.clients))
         self.connecting = 0
         self._progress()
+        self._fill_window()
+        self._maybe_all_ready()
+
+    def _rebalance(self, workers: int) -> None:
+        """Reconnect (paced, outside any storm) enough clients of the busiest worker that
+        the workers hold about equal shares again; ``ready`` when all are back."""
+        per: dict[int, list[SClient]] = {}
+        for c in self.clients:
+            if self._is_ready(c):
+                per.setdefault(c.worker, []).append(c)
+        heavy = max(per.values(), key=len, default=[])
+        excess = len(heavy) - len(self.clients) / workers
+        todo = heavy[:min(len(heavy), max(0, round(2 * excess)))]
+        for cl in todo:
+            sock = cl.conn
+            assert sock is not None
+            self.by_conn.pop(id(sock), None)
+            sock.close()
+            cl.conn = None
+            cl.worker = -1
+            cl.ready_at = 0.0
+        self.announced_ready = False
+        self.pending = list(reversed(todo))
+        self.connecting = 0
+        self.log("rebalance", reconnecting=len(todo), of_worker_clients=len(heavy))
         self._fill_window()
         self._maybe_all_ready()
 
