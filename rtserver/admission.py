@@ -195,6 +195,9 @@ class Admission:
                 "on this worker",
                 "Required action: close unused connections before opening more "
                 "(server.max_connections_per_address)", self.retry_after)
+        # Handshakes admitted and not authenticated yet, the upgrade in flight included
+        # (``unauthenticated`` counts only the upgraded ones).
+        unauthenticated = max(unauthenticated, self.handshakes)
         if unauthenticated >= self.max_unauthenticated:
             return Refusal(
                 503, "unauthenticated",

@@ -88,6 +88,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--history-size", type=int, default=100,
                    help="bus.history_size of the server (default 100, the shipped value: "
                    "100 s at 1 msg/s); small values make recovered:false history_trimmed")
+    g.add_argument("--max-unauthenticated", type=int,
+                   help="server.max_unauthenticated of the server (default: the shipped value)")
     g.add_argument("--backoff-min", type=float, default=0.5,
                    help="reconnect delay cap of attempt 0 in s (the SDK's minDelay, 0.5)")
     g.add_argument("--backoff-max", type=float, default=20.0,
@@ -105,10 +107,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="seconds between /metrics scrapes during a storm (0.1)")
 
 
-def _config(report_dir: Path, history_size: int) -> tuple[Path, dict[str, str]]:
+def _config(report_dir: Path, history_size: int,
+            max_unauthenticated: int | None) -> tuple[Path, dict[str, str]]:
     """The bench config with the storm's overrides; the file and the overrides."""
     text = bench_server_config(report_dir).read_text()
     over = {"history_size": str(history_size), "max_restarts": "1000"}
+    if max_unauthenticated is not None:
+        over["max_unauthenticated"] = str(max_unauthenticated)
     for key, value in over.items():
         text, n = re.subn(rf"(?m)^{re.escape(key)}\s*=.*$", f"{key} = {value}", text)
         if n != 1:
@@ -478,7 +483,7 @@ def run(args: argparse.Namespace) -> int:
     report_dir.mkdir(parents=True, exist_ok=True)
     started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     try:
-        config, overrides = _config(report_dir, args.history_size)
+        config, overrides = _config(report_dir, args.history_size, args.max_unauthenticated)
         result = uvloop.run(StormRun(args, report_dir, config).run())
     except (TargetError, StormError, CapacityError, OSError, RuntimeError) as exc:
         sys.stderr.write(f"\nbench storm: run aborted: {exc}\n")

@@ -28,6 +28,7 @@ from __future__ import annotations
 import os
 import random
 import re
+import resource
 import sys
 import time
 from typing import Any
@@ -325,6 +326,8 @@ class StormProcess(DeliveryCounters, Publishing):
         worker = cmd.get("worker")
         expected = sum(1 for c in self.clients
                        if self._is_ready(c) and (worker is None or c.worker == int(worker)))
+        ru = resource.getrusage(resource.RUSAGE_SELF)
+        self.storm_cpu0 = (ru.ru_utime + ru.ru_stime, time.monotonic())
         self.storm = {"kind": cmd["kind"], "affected": 0, "back": 0, "attempts": 0,
                       "relapses": 0, "expected": expected, "announced": False}
         for c in self.clients:
@@ -374,6 +377,9 @@ class StormProcess(DeliveryCounters, Publishing):
                 if c.last_before >= 0:
                     lost_tail += max(0, before.get(c.room, 0) - c.last_before)
         st = self.storm or {}
+        ru = resource.getrusage(resource.RUSAGE_SELF)
+        cpu0, wall0 = self.storm_cpu0
+        cpu_pct = 100.0 * (ru.ru_utime + ru.ru_stime - cpu0) / max(1e-9, time.monotonic() - wall0)
         back_ns = [c.t_back - int(cmd["t_fault_ns"]) for c in self.clients
                    if c.affected and c.t_back]
         self.emit({
@@ -387,7 +393,8 @@ class StormProcess(DeliveryCounters, Publishing):
             "explicit_skipped": self.s_explicit_skipped, "lost": lost,
             "acked_not_delivered_before_epoch_change": lost_tail,
             "duplicates": self.duplicates, "out_of_order": self.out_of_order,
-            "payload_repeats": self.s_payload_repeats, "deliveries": self.deliveries})
+            "payload_repeats": self.s_payload_repeats, "deliveries": self.deliveries,
+            "cpu_pct": cpu_pct})
         self.storm = None
         for c in self.clients:
             c.last_before = -1

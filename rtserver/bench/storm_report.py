@@ -46,6 +46,7 @@ def storm_summary(checked: list[dict[str, Any]]) -> dict[str, Any]:
         "payload_repeats": sum(e["payload_repeats"] for e in checked),
         "acked_not_delivered_before_epoch_change": sum(
             e["acked_not_delivered_before_epoch_change"] for e in checked),
+        "generator_cpu_pct": [round(e["cpu_pct"], 1) for e in checked],
     }
     out["failed_attempts_total"] = sum(out["failed_attempts"].values())
     return out
@@ -84,6 +85,7 @@ ROWS: list[tuple[str, Any]] = [
     ("  per-worker max (server gauge)",
      lambda s: "/".join(f"{v:g}" for _k, v in sorted(s["handshakes"]["worker_max"].items()))
      or None),
+    ("receiver generator CPU, max (%)", lambda s: max(s["generator_cpu_pct"], default=None)),
 ]
 
 #: Ratios full/none printed per fault: (label, key in the storm dict).
