@@ -139,6 +139,21 @@ def _events(log_path: Path, names: tuple[str, ...]) -> list[dict[str, Any]]:
     return out
 
 
+#: Kernel TCP counters (/proc/net/netstat, machine-wide) read at the fault and the end.
+NETSTAT_KEYS = ("ListenOverflows", "ListenDrops", "TCPSynRetrans", "TCPTimeouts")
+
+
+def _netstat() -> dict[str, int]:
+    """The :data:`NETSTAT_KEYS` of ``TcpExt`` in /proc/net/netstat."""
+    with open("/proc/net/netstat") as fh:
+        lines = fh.read().splitlines()
+    for head, values in zip(lines[::2], lines[1::2], strict=False):
+        if head.startswith("TcpExt:"):
+            d = dict(zip(head.split()[1:], values.split()[1:], strict=True))
+            return {k: int(d[k]) for k in NETSTAT_KEYS if k in d}
+    raise StormError("/proc/net/netstat has no TcpExt line. Required action: run on Linux")
+
+
 def _children_cpu() -> float:
     ru = resource.getrusage(resource.RUSAGE_CHILDREN)
     return ru.ru_utime + ru.ru_stime
@@ -357,6 +372,7 @@ class StormRun:
         sup = t.proc.pid
         cpu0 = _tree_cpu(sup)
         rc0 = _children_cpu()
+        net0 = _netstat()
         t_f = time.monotonic_ns()
         scraper = asyncio.create_task(self.scrape_loop(scrape, stop))
         old_cpu = 0.0
@@ -392,12 +408,14 @@ class StormRun:
             cur = self.target
             assert cur is not None and cur.proc is not None
             new_cpu = _tree_cpu(cur.proc.pid)
+            net1 = _netstat()
         finally:
             stop.set()
             await scraper
         res["server_cpu_s"] = old_cpu + new_cpu if fault == "drain" else new_cpu - cpu0
         res["server_cpu_pct"] = 100.0 * res["server_cpu_s"] / ((t_end - t_f) / 1e9)
         res["handshakes"] = {**scrape, "worker_max_before": before_max}
+        res["kernel_tcp"] = {k: net1[k] - net0[k] for k in net0 if k in net1}
         await asyncio.sleep(a.settle)
         self.send_all({"cmd": "publish", "on": False}, pub)
         paused = (await self.gather(pub, "paused", a.ack_timeout + 30, label))[0]

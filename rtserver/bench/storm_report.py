@@ -85,6 +85,8 @@ ROWS: list[tuple[str, Any]] = [
     ("  per-worker max (server gauge)",
      lambda s: "/".join(f"{v:g}" for _k, v in sorted(s["handshakes"]["worker_max"].items()))
      or None),
+    ("kernel: listen queue overflows", lambda s: s.get("kernel_tcp", {}).get("ListenOverflows")),
+    ("kernel: SYN retransmits", lambda s: s.get("kernel_tcp", {}).get("TCPSynRetrans")),
     ("receiver generator CPU, max (%)", lambda s: max(s["generator_cpu_pct"], default=None)),
 ]
 
