@@ -83,3 +83,20 @@ def test_tiny_history_reports_recovered_false(tmp_path: Path) -> None:
     assert s["recovered"] + s["not_recovered"]["history_trimmed"] == s["affected"] > 0, out
     assert s["explicit_skipped"] > 0, out
     assert s["lost"] == 0 and s["duplicates"] == 0 and s["out_of_order"] == 0, out
+
+
+def test_backoff_is_the_sdks() -> None:
+    import random
+
+    from rtserver.bench.storm_client import Backoff
+
+    b = Backoff(0.5, 20.0, random.Random(1))
+    b.jitter = "none"
+    assert [b.delay(a) for a in range(8)] == [0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 20.0, 20.0]
+    b.jitter = "full"
+    for a in range(8):
+        cap = min(20.0, 0.5 * 2 ** a)
+        delays = [b.delay(a) for _ in range(200)]
+        assert all(0 <= d < cap for d in delays) and max(delays) > cap / 2
+    with pytest.raises(ValueError):
+        Backoff(0.0, 1.0, random.Random(1))
