@@ -188,6 +188,15 @@ def _scrape(port: int, timeout: float) -> tuple[float, dict[str, float]]:
     return now, peak
 
 
+async def _next_event(g: GenProc, name: str, deadline: float) -> dict[str, Any]:
+    """The next event of ``g`` before ``deadline`` (monotonic), else GeneratorError."""
+    try:
+        return await asyncio.wait_for(g.events.get(), max(0.0, deadline - time.monotonic()))
+    except TimeoutError as exc:
+        raise GeneratorError(f"generator {g.index}: no {name!r} event in time. Required "
+                             f"action: read {g.log.name}") from exc
+
+
 class StormRun:
     """The server, the generator processes and the storms of one run."""
 
@@ -295,7 +304,7 @@ class StormRun:
     async def gather(self, gens: list[GenProc], name: str, timeout: float,
                      phase: str) -> list[dict[str, Any]]:
         """Event ``name`` from every one of ``gens``, with progress lines meanwhile."""
-        tasks = [asyncio.create_task(g.expect(name, timeout)) for g in gens]
+        tasks = [asyncio.create_task(self.expect(g, name, timeout)) for g in gens]
         try:
             while not all(t.done() for t in tasks):
                 await asyncio.wait(tasks, timeout=0.2)
@@ -305,6 +314,19 @@ class StormRun:
         finally:
             for t in tasks:
                 t.cancel()
+
+    @staticmethod
+    async def expect(g: GenProc, name: str, timeout: float) -> dict[str, Any]:
+        """Event ``name`` of ``g``; a ``back`` that comes after its storm timed out is
+        skipped, any other event raises :class:`GeneratorError`."""
+        deadline = time.monotonic() + timeout
+        while True:
+            ev = await _next_event(g, name, deadline)
+            if ev.get("ev") == name:
+                return ev
+            if ev.get("ev") != "back":
+                raise GeneratorError(f"generator {g.index}: expected {name!r}, got "
+                                     f"{ev.get('ev')!r}. Required action: read {g.log.name}")
 
     def send_all(self, cmd: dict[str, Any], gens: list[GenProc] | None = None) -> None:
         """One command to every generator (or ``gens``)."""
@@ -359,7 +381,11 @@ class StormRun:
             res["rebalanced_from"] = per
         await asyncio.sleep(a.settle)  # publishing, every client subscribed
         res["workers_at_fault"] = per = self.per_worker(recv)
-        before_max = (await asyncio.to_thread(_scrape, t.port, 5.0))[1]
+        try:
+            before_max: dict[str, float] | str = (await asyncio.to_thread(_scrape, t.port,
+                                                                          5.0))[1]
+        except OSError as exc:
+            before_max = f"not read: {exc}"
         worker = None
         if fault == "kill-worker":
             worker = max(range(self.workers), key=lambda w: (per.get(w, 0), -w))
@@ -503,7 +529,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         config, overrides = _config(report_dir, args.history_size, args.max_unauthenticated)
         result = uvloop.run(StormRun(args, report_dir, config).run())
-    except (TargetError, StormError, CapacityError, OSError, RuntimeError) as exc:
+    except (TargetError, StormError, GeneratorError, CapacityError, OSError,
+            RuntimeError) as exc:
         sys.stderr.write(f"\nbench storm: run aborted: {exc}\n")
         return 2
     doc = {"harness": "rtserver bench", "scenario": "storm", "started": started,
