@@ -368,6 +368,8 @@ def _validate(c: Config) -> None:
     except ValueError as exc:
         raise ConfigError(f"server.trusted_proxies: {exc}. Required action: list IP addresses "
                           "or CIDR networks such as 10.0.0.0/8") from exc
+    _require(s.gc_young_threshold >= 100, "server.gc_young_threshold", "must be >= 100",
+             "set the allocations between young-generation collections (CPython: 700)")
     _require(s.max_incoming_queue >= 1, "server.max_incoming_queue", "must be >= 1",
              "set a positive number")
     if a.jwt_algorithm == "HS256":

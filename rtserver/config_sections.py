@@ -57,6 +57,7 @@ class ServerConfig(Section, frozen=True):
     shutdown_grace: float
     dev: bool
     log_writer: Literal["direct", "background"]
+    gc_young_threshold: int
     allowed_origins: list[str]
     max_connections: int
     max_connections_per_address: int

@@ -40,6 +40,7 @@ from rtserver.config import Config, masked
 from rtserver.connection import ConnState
 from rtserver.fanout import load_fanout
 from rtserver.forwarded import CLIENT_ADDRESS, TrustedProxies
+from rtserver.gc_tuning import tune_gc
 from rtserver.metrics import REGISTRY
 from rtserver.node import Node
 from rtserver.plugin import DomainPlugin, load_domain_classes
@@ -547,6 +548,7 @@ class RtServer:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._on_signal, sig)
         await self.start()
+        tune_gc(self.config.server.gc_young_threshold)
         await stopping.wait()
         await self.stop()
 
