@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Coroutine, Sequence
 from typing import Any, Protocol
 
 import orjson
@@ -176,12 +176,9 @@ class Rooms:
                    if s is not None]
         plain = [r for r, _, s in targets if s is None]
         try:
-            _raise_first(await asyncio.gather(*(self._ensure_interest(r) for r in rooms),
-                                              return_exceptions=True))
+            await _all([self._ensure_interest(r) for r in rooms])
             recoveries = await self.bus.recover_many(recover) if recover else []
-            found = await asyncio.gather(*(self.bus.position(r) for r in plain),
-                                         return_exceptions=True)
-            positions: list[StreamPosition] = _raise_first(found)
+            positions: list[StreamPosition] = await _all([self.bus.position(r) for r in plain])
         except BusUnavailable as exc:
             for room in rooms:
                 self._release(room, sink)
@@ -445,8 +442,13 @@ class _Held:
         self.size = 0
 
 
-def _raise_first(results: list[Any]) -> list[Any]:
-    """``asyncio.gather(..., return_exceptions=True)`` results, raising the first error."""
+async def _all(coros: list[Coroutine[Any, Any, Any]]) -> list[Any]:
+    """Run ``coros`` concurrently to the end and return their results, raising the first
+    error once all are done. One coroutine (a plain subscribe) is awaited directly:
+    ``asyncio.gather`` would cost a task and a future per subscribe."""
+    if len(coros) == 1:
+        return [await coros[0]]
+    results = await asyncio.gather(*coros, return_exceptions=True)
     for result in results:
         if isinstance(result, BaseException):
             raise result

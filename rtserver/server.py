@@ -26,7 +26,7 @@ from urllib.parse import parse_qs, urlsplit
 import orjson
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.datastructures import Headers
-from websockets.exceptions import ConnectionClosed
+from websockets.exceptions import ConnectionClosed, ConnectionClosedOK
 from websockets.http11 import Request, Response
 
 from rtserver import jsonlog
@@ -50,6 +50,7 @@ from rtserver.router import HttpRoute
 from rtserver.startup import bind_failure, resolve_secret
 from rtserver.static_files import StaticFiles
 from rtserver.tls import server_ssl_context, server_tls_options
+from rtserver.ws_slim import ConnectionLogger, slim_connection, slim_frames
 
 __all__ = ["RtServer", "run_server"]
 
@@ -95,6 +96,8 @@ class _HubStateHandler:
 
 # The headers every handled handshake request is left with (shared, empty).
 _NO_HEADERS = Headers()
+# The logger of every websockets connection (rtserver/ws_slim.py).
+_WS_LOGGER = ConnectionLogger()
 
 
 class RtConnection(ServerConnection):
@@ -112,6 +115,7 @@ class RtConnection(ServerConnection):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        slim_connection(self, _WS_LOGGER)
         #: Monotonic time of the last pong (0: none yet).
         self.last_pong = 0.0
         #: The client's IP address when a trusted proxy forwarded it (set before the upgrade).
@@ -123,6 +127,11 @@ class RtConnection(ServerConnection):
         if self.forwarded_client is not None:
             return (self.forwarded_client, 0)
         return super().remote_address
+
+    def connection_made(self, transport: Any) -> None:
+        """Let websockets set up the connection, then slim its frame queue (ws_slim.py)."""
+        super().connection_made(transport)
+        slim_frames(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
         """Release the admission slot, then let websockets finish."""
@@ -323,16 +332,22 @@ class RtServer:
         try:
             if tok is not None:
                 await node.authenticate_token(conn, tok)
+                tok = None  # not kept in this frame for the connection's lifetime
             elif self.config.auth.allow_anonymous:
                 await node.authenticate_anonymous(conn)
             else:
                 await self._await_auth(ws, conn)
-            async for frame in ws:
+            # ws.recv() directly: ``async for`` would keep an async generator frame
+            # per connection (about 250 B) for nothing.
+            recv = ws.recv
+            while True:
+                frame = await recv()
                 await node.handle_frame(conn, frame)
         except ConnectionClosed as exc:
-            # Abnormal closes end the loop here; the close code and reason are
-            # logged by connection_closed() below, for every way of closing.
-            log.debug("connection_closed_error", connection_id=conn.id, error=str(exc))
+            # Every close ends the loop here; the close code and reason are logged by
+            # connection_closed() below, for every way of closing.
+            if not isinstance(exc, ConnectionClosedOK):
+                log.debug("connection_closed_error", connection_id=conn.id, error=str(exc))
         except Exception as exc:  # noqa: BLE001 - a server bug: logged, counted, closed 1011
             log.error("connection_handler_failed", connection_id=conn.id, user=conn.user,
                       error=repr(exc), traceback=traceback.format_exc())
@@ -481,6 +496,7 @@ class RtServer:
             ping_interval=None,
             ping_timeout=None,
             create_connection=self._connection_class,
+            logger=_WS_LOGGER,
             max_size=cfg.server.max_message_bytes,
             max_queue=cfg.server.max_incoming_queue,
             server_header="rtserver",
