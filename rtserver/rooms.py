@@ -232,8 +232,8 @@ class Rooms:
         return held if held is not None else _Held()
 
     async def _joined(self, conn: Connection, room: str, rules: NamespaceConfig) -> None:
-        member = PresenceMember(user=conn.user or "", connection_id=conn.id)
         if rules.presence:
+            member = PresenceMember(user=conn.user or "", connection_id=conn.id)
             await self.bus_call(self.bus.presence_join(room, member), "presence_join")
         if rules.room_events:
             event = RoomEvent(event="member_joined", room=room, user=conn.user,

@@ -18,7 +18,6 @@ import signal
 import socket
 import time
 import traceback
-import uuid
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar
 from urllib.parse import parse_qs, urlsplit
@@ -326,7 +325,8 @@ class RtServer:
         tok, user_agent = self._take_request(ws)
         remote = ws.remote_address
         remote_text = f"{remote[0]}:{remote[1]}" if remote else "unknown"
-        conn = node.open_connection(ws, str(uuid.uuid4()), remote_text, user_agent)
+        # websockets gave the connection a random UUID (uuid4) already: no second one.
+        conn = node.open_connection(ws, str(ws.id), remote_text, user_agent)
         code: int | None = None
         reason = "closed"
         try:
