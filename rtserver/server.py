@@ -49,7 +49,7 @@ from rtserver.router import HttpRoute
 from rtserver.startup import bind_failure, resolve_secret
 from rtserver.static_files import StaticFiles
 from rtserver.tls import server_ssl_context, server_tls_options
-from rtserver.ws_slim import ConnectionLogger, slim_connection, slim_frames
+from rtserver.ws_slim import ConnectionLogger, open_connection, slim_connection, slim_frames
 
 __all__ = ["RtServer", "run_server"]
 
@@ -93,8 +93,6 @@ class _HubStateHandler:
         return InterestSnapshot(rooms=[], users=[], presence=[])
 
 
-# The headers every handled handshake request is left with (shared, empty).
-_NO_HEADERS = Headers()
 # The logger of every websockets connection (rtserver/ws_slim.py).
 _WS_LOGGER = ConnectionLogger()
 
@@ -305,28 +303,9 @@ class RtServer:
 
     # ------------------------------------------------------------ connections
 
-    @staticmethod
-    def _take_request(ws: ServerConnection) -> tuple[str | None, str | None]:
-        """The URL token and the User-Agent; then the handshake request and response are
-        dropped (about 3 KiB of headers per connection otherwise kept for its lifetime)."""
-        request = ws.request
-        assert request is not None
-        tokens = parse_qs(urlsplit(request.path).query).get("token")
-        user_agent = request.headers.get("User-Agent")  # None: the client sent none
-        # websockets needs ws.request to stay set, and its frame parser keeps a
-        # reference to the same object: empty it in place.
-        request.headers = _NO_HEADERS
-        request.path = "/"
-        ws.response = None
-        return (tokens[0] if tokens else None), user_agent
-
     async def _handler(self, ws: ServerConnection) -> None:
         node = self.node
-        tok, user_agent = self._take_request(ws)
-        remote = ws.remote_address
-        remote_text = f"{remote[0]}:{remote[1]}" if remote else "unknown"
-        # websockets gave the connection a random UUID (uuid4) already: no second one.
-        conn = node.open_connection(ws, str(ws.id), remote_text, user_agent)
+        conn, tok = open_connection(node, ws)
         code: int | None = None
         reason = "closed"
         try:
@@ -343,6 +322,7 @@ class RtServer:
             while True:
                 frame = await recv()
                 await node.handle_frame(conn, frame)
+                del frame  # not kept while waiting for the next one
         except ConnectionClosed as exc:
             # Every close ends the loop here; the close code and reason are logged by
             # connection_closed() below, for every way of closing.

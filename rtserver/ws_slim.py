@@ -10,6 +10,9 @@ docs/benchmarks.md, "Connect storm and memory (issue 15)"):
   instead, and it skips building the log record of websockets' per-connection
   info chatter ("connection open", ...) unless debug is enabled (the JSON bridge
   writes those lines at debug only, so nothing that was written is lost);
+- the handshake request's headers (about 3 KiB) and the request-received future,
+  kept for the connection's lifetime (:func:`open_connection` drops them), and
+  locals of the handler's frame (the peer address tuple);
 - two empty ``collections.deque`` (about 760 B each: a deque allocates a block
   of 64 slots at once) for the drain waiters and the incoming frames;
   :class:`ListQueue` is an empty list (56 B) with the deque methods websockets
@@ -21,11 +24,18 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qs, urlsplit
+
+from websockets.datastructures import Headers
 
 from rtserver import jsonlog
 
-__all__ = ["ConnectionLogger", "ListQueue", "slim_connection", "slim_frames"]
+if TYPE_CHECKING:
+    from rtserver.connection import Connection
+    from rtserver.node import Node
+
+__all__ = ["ConnectionLogger", "ListQueue", "open_connection", "slim_connection", "slim_frames"]
 
 #: websockets' info lines of one connection's life, which the JSON bridge writes
 #: at debug (rtserver's own ``connection_state`` lines carry the same with context).
@@ -123,3 +133,38 @@ def slim_frames(connection: Any) -> None:
     frames = connection.recv_messages.frames
     if not frames.queue:
         frames.queue = ListQueue()
+
+
+# The headers every handled handshake request is left with (shared, empty).
+_NO_HEADERS = Headers()
+
+
+def take_request(ws: Any) -> tuple[str | None, str | None]:
+    """The URL token and the User-Agent; then the handshake request and response are
+    dropped (about 3 KiB of headers per connection otherwise kept for its lifetime), and
+    the request-received future (done) is replaced by the connection-lost one."""
+    request = ws.request
+    assert request is not None
+    tokens = parse_qs(urlsplit(request.path).query).get("token")
+    user_agent = request.headers.get("User-Agent")  # None: the client sent none
+    # websockets needs ws.request to stay set, and its frame parser keeps a
+    # reference to the same object: empty it in place.
+    request.headers = _NO_HEADERS
+    request.path = "/"
+    ws.response = None
+    # Awaited only before the request arrived; an existing attribute keeps the
+    # connection's key-sharing __dict__.
+    ws.request_rcvd = ws.connection_lost_waiter
+    return (tokens[0] if tokens else None), user_agent
+
+
+def open_connection(node: Node, ws: Any) -> tuple[Connection, str | None]:
+    """Register a just-upgraded connection with the node: ``(connection, URL token)``.
+
+    In a function of its own so that the handler's long-lived frame keeps none of
+    the handshake's values (the peer address tuple, the User-Agent)."""
+    tok, user_agent = take_request(ws)
+    remote = ws.remote_address
+    remote_text = f"{remote[0]}:{remote[1]}" if remote else "unknown"
+    # websockets gave the connection a random UUID (uuid4) already: no second one.
+    return node.open_connection(ws, str(ws.id), remote_text, user_agent), tok
