@@ -235,6 +235,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--frames", type=int, default=1,
                         help="tracemalloc frames per allocation (1: the innermost)")
     parser.add_argument("--top", type=int, default=25, help="source lines listed")
+    parser.add_argument("--json", action="store_true",
+                        help="also print the figures as one JSON line at the end")
     parser.add_argument("--client", type=int, metavar="PORT", help=argparse.SUPPRESS)
     parser.add_argument("--secret", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -245,7 +247,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.client is not None:
         uvloop.run(_client(args.client, args.room_size, args.secret))
         return 0
-    _print(uvloop.run(_run(args)), args.top)
+    result = uvloop.run(_run(args))
+    _print(result, args.top)
+    if args.json:
+        import orjson
+
+        print(orjson.dumps(result).decode())
     return 0
 
 
