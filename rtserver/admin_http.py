@@ -11,10 +11,13 @@
 
 Core routes: ``/admin/session`` (who the token is, what the console may show),
 ``/admin/cluster`` (every worker through the bus hub), ``/admin/connections``
-(this worker's table, ``?user=``, ``?connection_id=``, ``?state=``,
-``?limit=``), ``/admin/rooms`` (this worker's largest rooms, ``?q=``,
-``?limit=``), ``/admin/presence`` (``?room=``: a room's members on every worker,
-through the bus), ``/admin/connection_history`` (``?user=`` or ``?connection_id=``:
+(every worker's table through the hub, ``?user=``, ``?connection_id=``,
+``?state=``, ``?limit=``), ``/admin/rooms`` (every worker's largest rooms with
+messages/s and the bus's history depth, ``?q=``, ``?limit=``),
+``/admin/presence`` (``?room=``: a room's members on every worker, through the
+bus, with each worker's member count); the workers that did not answer within
+``workers.collect_timeout`` are listed in ``missing`` (see
+:mod:`rtserver.admin_cluster`), ``/admin/connection_history`` (``?user=`` or ``?connection_id=``:
 the recorded connections of every worker, with close codes), ``/admin/audit``
 (``admin_activity_logs``, newest first).
 """
@@ -23,7 +26,6 @@ from __future__ import annotations
 
 import http
 import ipaddress
-import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -34,6 +36,7 @@ from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 
 from rtserver import jsonlog
+from rtserver.admin_cluster import ClusterView, merge_connections, merge_rooms
 from rtserver.admin_queries import connection_history
 from rtserver.admin_status import cluster_document, worker_document
 from rtserver.auth import AccessDenied, Principal, TokenError
@@ -112,6 +115,7 @@ class AdminHttp:
         self.node = node
         self.worker_id = worker_id
         self.cluster_bus = cluster_bus
+        self.view = ClusterView(node, worker_id, cluster_bus)
         self.origin_allowed = origin_allowed
         self.ui = StaticDirectory("/admin/", ui_root)
         self.routes: dict[str, Route] = {
@@ -237,44 +241,57 @@ class AdminHttp:
                 return json_response(http.HTTPStatus.SERVICE_UNAVAILABLE, doc)
         return json_response(http.HTTPStatus.OK, cluster_document(status, self.worker_id))
 
+    async def _ask(self, name: str, args: dict[str, Any]) -> dict[str, Any] | Response:
+        try:
+            return await self.view.ask(name, args)
+        except BusUnavailable as exc:
+            log.error("admin_query_unavailable", query=name, error=str(exc))
+            return _refusal(http.HTTPStatus.SERVICE_UNAVAILABLE, "bus_unavailable",
+                            f"the workers cannot be asked through the hub: {exc}",
+                            "Required action: check the supervisor's bus hub; retry")
+
     async def _connections(self, request: Request) -> Response:
         query = _query(request)
         limit = _limit(query, 1000, 100_000)
         if isinstance(limit, Response):
             return limit
-        state = query.get("state", [None])[0]
-        user = query.get("user", [None])[0]
-        conn_id = query.get("connection_id", [None])[0]
-        conns = [c for c in self.node.hub.connections.values()
-                 if (state is None or c.state.value == state)
-                 and (user is None or c.user == user)
-                 and (conn_id is None or c.id == conn_id)]
-        now = time.monotonic()
-        # last_activity is on the monotonic clock: also given as seconds of idleness.
+        doc = await self._ask("connections", {
+            "limit": limit, "state": query.get("state", [None])[0],
+            "user": query.get("user", [None])[0],
+            "connection_id": query.get("connection_id", [None])[0]})
+        if isinstance(doc, Response):
+            return doc
+        answers = doc.pop("workers")
         return json_response(http.HTTPStatus.OK, {
-            "worker": self.worker_id, "total": len(conns),
-            "connections": [{**c.snapshot(),
-                             "idle_seconds": round(now - c.session.last_activity, 3)}
-                            for c in conns[:limit]]})
+            **doc, "worker": self.worker_id,
+            "total": sum(a["total"] for a in answers.values()),
+            "workers": {wid: {"total": a["total"]} for wid, a in answers.items()},
+            "connections": merge_connections(answers, limit)})
 
     async def _rooms(self, request: Request) -> Response:
         query = _query(request)
         limit = _limit(query, 50, 10_000)
         if isinstance(limit, Response):
             return limit
-        needle = query.get("q", [""])[0]
-        hub = self.node.hub
-        rooms = [(name, len(members)) for name, members in hub.rooms.items()
-                 if needle in name and not name.startswith("$")]
-        rooms.sort(key=lambda item: (-item[1], item[0]))
-        out = []
-        for name, members in rooms[:limit]:
-            position = hub.positions.get(name)
-            out.append({"room": name, "members": members,
-                        "epoch": position[0] if position else None,
-                        "last_seq": position[1] if position else None})
-        return json_response(http.HTTPStatus.OK, {"worker": self.worker_id,
-                                                  "total": len(rooms), "rooms": out})
+        doc = await self._ask("rooms", {"q": query.get("q", [""])[0], "limit": limit})
+        if isinstance(doc, Response):
+            return doc
+        answers = doc.pop("workers")
+        rooms = merge_rooms(answers, limit)
+        history = await self.view.history([r["room"] for r in rooms]) if rooms else {
+            "rooms": {}}
+        held = history.get("rooms", {})
+        for row in rooms:
+            # None: the bus holds no stream of the room (or, with history_error, unknown).
+            row["history"] = held.get(row["room"])
+        error = ({k: history[k] for k in ("error", "message", "action")}
+                 if "error" in history else None)
+        return json_response(http.HTTPStatus.OK, {
+            **doc, "worker": self.worker_id,
+            "total": len({r[0] for a in answers.values() for r in a["rooms"]}),
+            "workers": {wid: {"rooms": a["total"]} for wid, a in answers.items()},
+            "rate_window": self.config.admin.room_rate_window,
+            "history_bounds": history.get("bounds"), "history_error": error, "rooms": rooms})
 
     async def _presence(self, request: Request) -> Response:
         room = _query(request).get("room", [""])[0]
@@ -293,8 +310,14 @@ class AdminHttp:
         except BusUnavailable as exc:
             return _refusal(http.HTTPStatus.SERVICE_UNAVAILABLE, "bus_unavailable", str(exc),
                             "Required action: check the bus; retry")
+        doc = await self._ask("presence", {"room": room})
+        if isinstance(doc, Response):
+            return doc
+        answers = doc.pop("workers")
         return json_response(http.HTTPStatus.OK, {
-            "room": room, "count": snap.count, "truncated": snap.count > len(snap.members),
+            **doc, "room": room, "count": snap.count,
+            "truncated": snap.count > len(snap.members),
+            "members_by_worker": {wid: a["members"] for wid, a in answers.items()},
             "members": [{"user": m.user or None, "connection_id": m.connection_id}
                         for m in snap.members]})
 

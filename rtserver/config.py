@@ -471,6 +471,10 @@ def _validate(c: Config) -> None:
              <= c.domain.monitoring_max_interval, "admin.refresh_seconds",
              "is outside domain.monitoring_min_interval..monitoring_max_interval (the console "
              "starts its monitoring stream with it)", "choose a refresh inside that range")
+    _require(1 <= adm.room_rate_window <= 3600, "admin.room_rate_window",
+             "must lie within 1..3600 seconds", "set a window such as 10")
+    _require(adm.connection_state_history >= 2, "admin.connection_state_history",
+             "must be >= 2 (the first state and the latest)", "set a bound such as 16")
     for network in adm.status_allow:
         try:
             ipaddress.ip_network(network, strict=False)

@@ -106,7 +106,8 @@ class Node(HandlerContext):
         self.bus = bus
         self.fanout_module = fanout_module
         self.worker_id = worker_id
-        self.hub = Hub(config.heartbeat.sweep_slices)
+        self.hub = Hub(config.heartbeat.sweep_slices, config.admin.connection_state_history,
+                       config.admin.room_rate_window)
         #: What the domains registered (handlers, hooks, ingress kinds, routes).
         self.router = Router()
         #: One instance per enabled domain: each holds its own per-node state.

@@ -368,6 +368,7 @@ class Rooms:
             log.error("stream_gap_unannounced", room=room, epoch=epoch, last_seq=last[1],
                       seq=seq, missed=seq - last[1] - 1)
         positions[room] = (epoch, seq)
+        self.hub.rates.count(room, t0)
         payload = with_seq(body, seq)
         held = self._held.get(room) if self._held else None
         if held:

@@ -17,6 +17,7 @@ from rtserver.bus.base import (
     Bus,
     BusHandler,
     BusHealth,
+    HistoryReport,
     PresenceMember,
     PresenceSnapshot,
     Recovery,
@@ -134,6 +135,10 @@ class LocalBus(Bus):
         members = self._presence.get(room, {})
         listed = [m for _, m in zip(range(limit), members.values(), strict=False)]
         return PresenceSnapshot(count=len(members), members=listed)
+
+    async def history_info(self, rooms: list[str]) -> HistoryReport:
+        """The history depth of ``rooms`` in this process's room streams."""
+        return self._streams.history_info(rooms, time.monotonic())
 
     def health(self) -> BusHealth:
         """Always healthy: nothing external."""

@@ -55,6 +55,7 @@ from rtserver.bus.base import (
     BusHandler,
     BusHealth,
     BusUnavailable,
+    HistoryReport,
     InterestSnapshot,
     PresenceMember,
     PresenceSnapshot,
@@ -69,6 +70,7 @@ from rtserver.bus.redis_pubsub import Subscriber, open_subscriber
 from rtserver.bus.redis_scripts import SCRIPTS
 from rtserver.bus.redis_settings import RedisBusSettings, safe_url
 from rtserver.bus.redis_streams import (
+    history_info,
     parse_history_entry,
     parse_publication,
     recovery_from_reply,
@@ -510,6 +512,15 @@ class RedisBus(Bus):
         raw = await self._command("history",
                                   self._client.lrange(self._k_hist + room, 0, limit - 1))
         return [parse_history_entry(entry)[:2] for entry in reversed(raw)]
+
+    async def history_info(self, rooms: list[str]) -> HistoryReport:
+        """The history depth of ``rooms`` as stored in Redis, and the bounds (one pipeline)."""
+        if not self._up or self._client is None:
+            raise self._unavailable("history_info")
+        s = self.settings
+        return HistoryReport(history_size=s.history_size, history_max_bytes=s.history_max_bytes,
+                             history_ttl=s.history_ttl, rooms=await self._command(
+                                 "history_info", history_info(self._client, s.key_prefix, rooms)))
 
     async def emit_room_event(self, room: str, payload: bytes) -> None:
         """PUBLISH a room event to the room channel."""

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from rtserver.bus.base import Recovery, StreamPosition
+from rtserver.bus.base import HistoryInfo, Recovery, StreamPosition
 
-__all__ = ["parse_history_entry", "parse_publication", "recovery_from_reply"]
+__all__ = ["history_info", "parse_history_entry", "parse_publication", "recovery_from_reply"]
 
 
 def parse_publication(data: bytes) -> tuple[int, str, bytes]:
@@ -44,3 +44,28 @@ def recovery_from_reply(since: StreamPosition, reply: Any) -> Recovery:
         return Recovery(position=position, publications=pubs, recovered=True, reason=None)
     return Recovery(position=position, publications=pubs, recovered=False,
                     reason="history_trimmed")
+
+
+async def history_info(client: Any, prefix: str, rooms: list[str]) -> list[HistoryInfo | None]:
+    """The stored history of ``rooms`` (``P:hist:<room>``, ``P:hbytes:<room>``,
+    ``P:ep:<room>``) in one pipeline; ``None`` for a room without an epoch key."""
+    pipe = client.pipeline(transaction=False)
+    for room in rooms:
+        pipe.llen(f"{prefix}:hist:{room}")
+        pipe.get(f"{prefix}:hbytes:{room}")
+        pipe.lindex(f"{prefix}:hist:{room}", -1)
+        pipe.lindex(f"{prefix}:hist:{room}", 0)
+        pipe.get(f"{prefix}:ep:{room}")
+    replies = await pipe.execute()
+    out: list[HistoryInfo | None] = []
+    for i, room in enumerate(rooms):
+        held, size, oldest, newest, epoch = replies[5 * i:5 * i + 5]
+        if epoch is None:
+            out.append(None)
+            continue
+        out.append(HistoryInfo(
+            room=room, epoch=epoch.decode() if isinstance(epoch, bytes) else str(epoch),
+            held=int(held), bytes=int(size or 0),
+            first_seq=parse_history_entry(oldest)[0] if oldest else None,
+            last_seq=parse_history_entry(newest)[0] if newest else None))
+    return out

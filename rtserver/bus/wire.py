@@ -44,6 +44,7 @@ __all__ = [
     "K_COLLECT_REPLY",
     "K_EVENT",
     "K_HELLO",
+    "K_HISTORY_INFO",
     "K_NAMES",
     "K_POSITION",
     "K_PRESENCE",
@@ -106,6 +107,7 @@ K_PRESENCE: Final = 12
 K_STATUS: Final = 13
 K_COLLECT_REPLY: Final = 14
 K_RECOVER: Final = 15
+K_HISTORY_INFO: Final = 16
 # hub -> worker
 K_ACK: Final = 32
 K_PUB: Final = 34
@@ -120,8 +122,8 @@ K_NAMES: Final[dict[int, str]] = {
     K_ADD_USER: "add_user", K_REMOVE_USER: "remove_user", K_ROOM_EVENT: "room_event",
     K_SEND_USER: "send_user", K_PRESENCE_JOIN: "presence_join",
     K_PRESENCE_LEAVE: "presence_leave", K_PRESENCE: "presence", K_STATUS: "status",
-    K_COLLECT_REPLY: "collect_reply", K_RECOVER: "recover", K_ACK: "ack", K_PUB: "pub",
-    K_EVENT: "event", K_USER: "user", K_COLLECT: "collect",
+    K_COLLECT_REPLY: "collect_reply", K_RECOVER: "recover", K_HISTORY_INFO: "history_info",
+    K_ACK: "ack", K_PUB: "pub", K_EVENT: "event", K_USER: "user", K_COLLECT: "collect",
 }
 
 
