@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from rtserver.config_sections import AdminConfig
 from rtserver.connection import Connection, ConnState
 from rtserver.jsonlog import get_logger
 from rtserver.metrics import REGISTRY
@@ -28,13 +29,12 @@ _TRANSITIONS_TOTAL = REGISTRY.counter(
 class Hub:
     """Connection and subscription tables owned by one worker."""
 
-    def __init__(self, sweep_slots: int, state_history: int, rate_window: int) -> None:
-        """``state_history``: transitions kept per connection
-        (``admin.connection_state_history``); ``rate_window``: seconds of a room's
-        messages/s (``admin.room_rate_window``)."""
-        self.state_history = state_history
+    def __init__(self, sweep_slots: int, admin: AdminConfig) -> None:
+        """``admin.connection_state_history``: transitions kept per connection;
+        ``admin.room_rate_window``: seconds of a room's messages/s."""
+        self.state_history = admin.connection_state_history
         #: Publications per room delivered here (rooms with local members only).
-        self.rates = RoomRates(rate_window)
+        self.rates = RoomRates(admin.room_rate_window)
         self.connections: dict[str, Connection] = {}
         #: Connections spread round-robin over the heartbeat sweep's steps: each
         #: step of the sweep handles one slot, a new connection joins one at once.

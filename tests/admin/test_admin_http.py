@@ -173,6 +173,38 @@ async def test_connection_history(domain_server: Any, db_dsn: str) -> None:
     assert status == 400 and orjson.loads(body)["action"].startswith("Required action:")
 
 
+async def test_connection_state_history_live_and_stored(domain_server: Any, ws: Any,
+                                                        db_dsn: str) -> None:
+    # With database.dsn the server runs its own connection recorder.
+    server = await domain_server(store=False, config={"database": {
+        "dsn": db_dsn, "record_flush_interval": 0.2}})
+    user = "5d6e7f80-91a2-4b3c-8d4e-5f6a7b8c9d0e"
+    client = await ws(server, token(user))
+    tok = token(perms=["admin:monitor"])
+    _, _, body = await get(server.port, f"/admin/connections?user={user}", tok)
+    [live] = orjson.loads(body)["connections"]
+    assert [h["state"] for h in live["state_history"]] == ["connecting", "authenticated"]
+    conn = server.node.connection(live["connection_id"])
+    assert conn is not None
+    server.node.close_connection(conn, 4321, "closed by the test")
+    with pytest.raises(Exception):  # noqa: B017 - any close ends recv
+        await client.recv(5)
+    path = f"/admin/connection_history?connection_id={live['connection_id']}"
+    async with asyncio.timeout(15):  # written every database.record_flush_interval
+        while True:
+            _, _, body = await get(server.port, path, tok)
+            records = orjson.loads(body)["records"]
+            if records and records[0]["state_history"] is not None:
+                break
+            await asyncio.sleep(0.1)
+    history = records[0]["state_history"]
+    assert [(h["state"], h["close_code"]) for h in history] == [
+        ("connecting", None), ("authenticated", None), ("closing", 4321), ("closed", 4321)]
+    assert history[2]["reason"] == "closed by the test"
+    assert [h["at"] for h in history] == sorted(h["at"] for h in history)
+    assert history[0]["at"] == live["state_history"][0]["at"]
+
+
 @pytest.mark.parametrize(("path", "ctype"), [
     ("/admin/", "text/html; charset=utf-8"),
     ("/admin/console.js", "text/javascript; charset=utf-8"),
