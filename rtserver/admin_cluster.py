@@ -137,8 +137,8 @@ class ClusterView:
                "expected_workers": status["expected_workers"], "answered_by": self.worker_id,
                "scope": "process" if self.cluster_bus is None else "node"}
         if self.node.bus.kind == "redis":
-            doc["other_nodes"] = ("not included: the workers of other nodes sharing the Redis "
-                                  "bus answer on their own nodes")
+            doc["other_nodes"] = ("not included (each node answers for its own workers; "
+                                  "presence and history cover every node)")
         return doc
 
     async def history(self, rooms: list[str]) -> dict[str, Any]:

@@ -59,6 +59,33 @@ const fmt = {
 /** @param {Record<string, number>|null|undefined} m */
 const sum = (m) => Object.values(m ?? {}).reduce((a, b) => a + b, 0);
 
+/**
+ * Which workers an admin answer covers: the ones that answered, and by name the ones that
+ * did not answer in time or failed (never a silently partial answer).
+ * @param {any} doc
+ */
+function coverage(doc) {
+  const answered = Object.keys(doc.workers ?? {}).sort();
+  let text = `answered by worker(s) ${answered.join(", ") || "none"} (${answered.length} of ${doc.expected_workers})`;
+  if (doc.missing?.length) text += `; NOT ANSWERING: ${doc.missing.join(", ")}`;
+  const failed = Object.keys(doc.failed ?? {});
+  if (failed.length) text += `; FAILED: ${failed.join(", ")}`;
+  if (doc.other_nodes) text += `; other nodes sharing the Redis bus: ${doc.other_nodes}`;
+  return text;
+}
+
+/**
+ * A connection's state transitions, oldest first: "connecting 12:00:01 → authenticated ...".
+ * @param {Array<{state: string, at: number, reason: string, close_code: number|null}>} history
+ * @param {number} dropped
+ */
+function stateHistory(history, dropped) {
+  const steps = history.map((h) => `${h.state} ${fmt.time(h.at)}` +
+    (h.close_code === null ? "" : ` (${h.close_code})`));
+  if (dropped > 0 && steps.length > 1) steps.splice(1, 0, `… ${dropped} more`);
+  return steps.join(" → ");
+}
+
 class Console {
   constructor() {
     /** @type {string|null} */
@@ -424,11 +451,13 @@ class Console {
         b.addEventListener("click", () => this.disconnect({ connection_id: c.connection_id, user: c.user ?? undefined }));
         action.append(b);
       }
-      return [String(byUser.worker), c.connection_id, c.user ?? "anonymous", c.state, c.rooms.join(", "),
+      const states = el("span", { "data-testid": `state-history-${c.connection_id}` },
+                        stateHistory(c.state_history, c.state_history_dropped));
+      return [String(c.worker), c.connection_id, c.user ?? "anonymous", c.state, states, c.rooms.join(", "),
               c.remote, c.user_agent ?? "–", fmt.time(c.connected_at), `${fmt.duration(c.idle_seconds)} ago`, action];
     });
     fillRows($("conn-rows"), rows);
-    $("conn-result").textContent = `${conns.length} connection(s) on worker ${byUser.worker}`;
+    $("conn-result").textContent = `${conns.length} connection(s); ${coverage(byUser)}`;
     if (this.session.database) {
       const key = /^[0-9a-f]{8}-[0-9a-f]{4}-/.test(q) ? "user" : "connection_id";
       const [byUserRec, byIdRec] = await Promise.all([
@@ -439,7 +468,8 @@ class Console {
       fillRows($("history-rows"), [...byUserRec.records, ...byIdRec.records].map((/** @type {any} */ r) => [
         r.connection_id, r.user_id ?? "anonymous", String(r.worker), r.ip_address ?? "–",
         fmt.time(r.connected_at), fmt.time(r.last_activity), fmt.time(r.disconnected_at),
-        r.close_code === null ? "open" : String(r.close_code), r.close_reason ?? ""]));
+        r.close_code === null ? "open" : String(r.close_code), r.close_reason ?? "",
+        r.state_history === null ? "–" : stateHistory(r.state_history, 0)]));
     }
   }
 
@@ -467,11 +497,26 @@ class Console {
     const q = $("room-query").value.trim();
     const doc = await this.get(`/admin/rooms?limit=50&q=${encodeURIComponent(q)}`);
     if (doc === null) return;
+    const bounds = doc.history_bounds;
     fillRows($("room-rows"), doc.rooms.map((/** @type {any} */ r) => {
       const b = el("button", { type: "button", "data-testid": `presence-${r.room}` }, "Presence");
       b.addEventListener("click", () => this.presence(r.room));
-      return [r.room, String(r.members), r.epoch ?? "–", r.last_seq === null ? "–" : String(r.last_seq), b];
+      const byWorker = Object.entries(r.members_by_worker).map(([w, n]) => `w${w}: ${n}`).join(", ");
+      const rate = el("span", { "data-testid": `rate-${r.room}`, "data-rate": String(r.messages_per_second) },
+                      fmt.rate(r.messages_per_second));
+      const h = r.history;
+      const depth = el("span", { "data-testid": `history-${r.room}`, "data-held": h === null ? "" : String(h.held) },
+                       h === null ? (doc.history_error === null ? "none" : "unknown")
+                         : `${h.held}${bounds ? ` / ${bounds.history_size}` : ""} msgs, ${h.bytes} B` +
+                           (h.first_seq === null ? "" : `, seq ${h.first_seq}..${h.last_seq}`));
+      return [r.room, `${r.members} (${byWorker})`, rate, r.epoch ?? "–",
+              r.last_seq === null ? "–" : String(r.last_seq), depth, b];
     }));
+    const notes = [coverage(doc), `messages/s over the last ${doc.rate_window} s`];
+    if (bounds) notes.push(`history kept: ${bounds.history_size} messages, ${bounds.history_max_bytes} B, ${bounds.history_ttl} s`);
+    if (doc.history_error !== null) notes.push(`history depth unknown: ${doc.history_error.message} ${doc.history_error.action}`);
+    $("rooms-coverage").textContent = notes.join("; ");
+    document.body.dataset.roomLoads = String(Number(document.body.dataset.roomLoads ?? "0") + 1);
   }
 
   /** @param {string} room */
@@ -480,7 +525,9 @@ class Console {
     const doc = await res.json();
     if (!res.ok) { $("presence").textContent = `${room}: ${doc.message}. ${doc.action}`; return; }
     const who = doc.members.map((/** @type {any} */ m) => m.user ?? `anonymous ${m.connection_id}`).join(", ");
-    $("presence").textContent = `${room}: ${doc.count} present${doc.truncated ? " (list truncated)" : ""}: ${who || "nobody"}`;
+    const byWorker = Object.entries(doc.members_by_worker).map(([w, n]) => `w${w}: ${n}`).join(", ");
+    $("presence").textContent = `${room}: ${doc.count} present${doc.truncated ? " (list truncated)" : ""}: ` +
+      `${who || "nobody"} (members by worker: ${byWorker || "none"}; ${coverage(doc)})`;
   }
 
   async loadAudit() {

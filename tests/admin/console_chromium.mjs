@@ -119,8 +119,24 @@ async function single(browser) {
   });
   await page.waitForFunction((before) => Number(document.body.dataset.latencyPoints ?? "0") >= before + 4, latencyBefore);
   await page.waitForFunction(() => document.querySelector("[data-testid='worker-0-status']")?.textContent === "ok");
-  await step("publish_stop");
+  const { published, history_size: historySize, rate_window: rateWindow } = await step("publish_stop");
   await page.screenshot({ path: path.join(ARTIFACTS, "console.png"), fullPage: true });
+
+  // Rooms: the publisher's room with its messages/s, last seq and history depth.
+  const roomLoads = Number(await page.evaluate(() => document.body.dataset.roomLoads ?? "0"));
+  await page.fill("#room-query", "bench:console");
+  await page.click("#room-form button[type=submit]");
+  await page.waitForFunction((n) => Number(document.body.dataset.roomLoads ?? "0") > n, roomLoads);
+  const rateCell = await page.waitForSelector("[data-testid='rate-bench:console']");
+  const rate = Number(await rateCell.getAttribute("data-rate"));
+  check(rate > 0 && rate <= published / rateWindow + 1e-9, `msgs/s ${rate} for ${published} publications`);
+  const held = Number(await page.getAttribute("[data-testid='history-bench:console']", "data-held"));
+  check(held === Math.min(published, historySize), `history depth ${held} (${published} published, size ${historySize})`);
+  const historyText = await page.textContent("[data-testid='history-bench:console']");
+  check(historyText.includes(`seq ${published - held + 1}..${published}`), `history seqs shown: ${historyText}`);
+  check((await page.textContent("[data-testid='rooms-table'] tbody")).includes(String(published)), "last seq shown");
+  check(/answered by worker\(s\) 0 \(1 of 1\)/.test(await page.textContent("[data-testid='rooms-coverage']")), "rooms coverage shown");
+  await page.screenshot({ path: path.join(ARTIFACTS, "rooms.png"), fullPage: true });
 
   // Rooms: search, then a room's presence list (the console itself is in admin:alerts).
   await page.fill("#room-query", "admin:");
@@ -134,6 +150,10 @@ async function single(browser) {
   await page.fill("#conn-query", user);
   await page.click("#conn-form button[type=submit]");
   await page.waitForSelector("[data-testid^='disconnect-']");
+  // Its state history: accepted, then authenticated by its token.
+  const states = await page.textContent("[data-testid^='state-history-']");
+  check(/^connecting .+ → authenticated .+$/.test(states), `state history shown: ${states}`);
+  await page.screenshot({ path: path.join(ARTIFACTS, "connection.png"), fullPage: true });
   await page.selectOption("#close-code", "4000");
   await page.fill("#close-reason", "closed from the console");
   await page.click("#disconnect-user");
@@ -162,6 +182,12 @@ async function workers(browser) {
     await page.waitForFunction((id) => document.querySelector(`[data-testid='worker-${id}-status']`)?.textContent === "ok", w);
   }
   const { worker } = await step("kill_worker");
+  // The rooms answer names the worker that cannot answer (never a silently partial list).
+  const roomLoads = Number(await page.evaluate(() => document.body.dataset.roomLoads ?? "0"));
+  await page.click("#room-form button[type=submit]");
+  await page.waitForFunction((n) => Number(document.body.dataset.roomLoads ?? "0") > n, roomLoads);
+  const coverage = await page.textContent("[data-testid='rooms-coverage']");
+  check(coverage.includes(`NOT ANSWERING: ${worker}`), `the rooms panel names worker ${worker}: ${coverage}`);
   await page.waitForFunction((id) =>
     document.querySelector(`[data-testid='worker-${id}-status']`)?.textContent === "stale", String(worker));
   await page.screenshot({ path: path.join(ARTIFACTS, "worker-stale.png"), fullPage: true });

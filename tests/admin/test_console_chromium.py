@@ -96,13 +96,16 @@ async def test_console_panels_and_actions(domain_server: Any, ws: Any, redis_pro
     await member.recv_type("subscribed")
     publisher = await ws(server, token(perms=["publish"], rooms=["bench:*"]))
     tasks: list[asyncio.Task[None]] = []
+    acked = [0]
+    stopping = asyncio.Event()
 
     async def publish() -> None:
         i = 0
-        while True:
+        while not stopping.is_set():
             i += 1
             await publisher.request({"type": "publish", "room": "bench:console",
                                      "data": {"i": i}, "id": i}, "ack")
+            acked[0] = i
             await asyncio.sleep(0.02)
 
     async def drain() -> None:
@@ -122,9 +125,13 @@ async def test_console_panels_and_actions(domain_server: Any, ws: Any, redis_pro
                 tasks.extend([asyncio.create_task(publish()), asyncio.create_task(drain())])
                 return {}
             case "publish_stop":
-                for task in tasks:
-                    task.cancel()
-                return {}
+                stopping.set()  # after its current ack: every publication is acked
+                await tasks[0]
+                tasks[1].cancel()
+                # The page checks the room's last seq, messages/s and history depth.
+                return {"published": acked[0],
+                        "history_size": server.node.bus.settings.history_size,
+                        "rate_window": server.config.admin.room_rate_window}
             case "victim_closed":
                 async with asyncio.timeout(10):
                     await victim.ws.wait_closed()
@@ -159,7 +166,7 @@ async def test_console_panels_and_actions(domain_server: Any, ws: Any, redis_pro
     assert [(r["admin_user_id"], r["status"]) for r in audit] == [(OPERATOR, "resolved")]
     assert "redis restarted by the test" in audit[0]["details"]
     assert [r["status"] for r in disconnect] == ["sent"]
-    for name in ("login", "read-only", "console", "alert", "audit"):
+    for name in ("login", "read-only", "console", "rooms", "connection", "alert", "audit"):
         assert (ARTIFACTS / f"{name}.png").stat().st_size > 0
 
 
