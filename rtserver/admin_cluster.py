@@ -11,9 +11,11 @@ answers: one document with a per-worker breakdown, never a silently partial
 one. Without a hub (one process) the answer is this worker's, with
 ``expected_workers`` 1.
 
-Scope: the hub knows the workers of one machine. With the Redis bus, rooms'
-presence and history come from Redis (every node); the room and connection
-tables are those of this node's workers (``scope: "node"`` in the answer).
+With the Redis bus the query goes through Redis instead
+(:mod:`rtserver.bus.redis_admin`): every worker of every node answers, keyed
+by its node id, and the expected workers are those registered in Redis
+(``scope: "cluster"``); with the hub alone, the workers of this machine
+(``scope: "node"``).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from typing import Any
 
 from rtserver.bus.base import BusUnavailable
 from rtserver.bus.embedded_client import EmbeddedBus
+from rtserver.bus.redis_bus import RedisBus
 from rtserver.jsonlog import get_logger
 from rtserver.node import Node
 
@@ -103,43 +106,51 @@ def merge_rooms(answers: dict[str, dict[str, Any]], limit: int) -> list[dict[str
 
 def merge_connections(answers: dict[str, dict[str, Any]], limit: int) -> list[dict[str, Any]]:
     """Every worker's connections, newest first, at most ``limit``."""
-    rows = [c for answer in answers.values() for c in answer["connections"]]
+    rows = [{**c, "source": wid} for wid, answer in answers.items()
+            for c in answer["connections"]]
     rows.sort(key=lambda c: -c["connected_at"])
     return rows[:limit]
 
 
 class ClusterView:
-    """Asks an admin query of every worker (through the hub) or of this one alone."""
+    """Asks an admin query of every worker (through Redis or the hub) or of this one."""
 
     def __init__(self, node: Node, worker_id: int, cluster_bus: EmbeddedBus | None) -> None:
         self.node = node
         self.worker_id = worker_id
         self.cluster_bus = cluster_bus
-        if cluster_bus is not None:
-            cluster_bus.set_query_provider(lambda name, args: local_answer(node, name, args))
+        self.redis = node.bus if isinstance(node.bus, RedisBus) else None
+        for bus in (cluster_bus, self.redis):
+            if bus is not None:
+                bus.set_query_provider(lambda name, args: local_answer(node, name, args))
 
     async def ask(self, name: str, args: dict[str, Any]) -> dict[str, Any]:
         """``{"workers": {id: answer}, "missing": [...], "failed": {id: error},
         "expected_workers": n, "answered_by": id, "scope": ...}``; raises
-        :class:`BusUnavailable` when the hub cannot be asked."""
-        if self.cluster_bus is None:
-            status: dict[str, Any] = {
-                "workers": {str(self.worker_id): local_answer(self.node, name, args)},
-                "missing": [], "expected_workers": 1}
-        else:
+        :class:`BusUnavailable` when the workers cannot be asked.
+
+        ``scope``: ``cluster`` (Redis: every worker of every node, keyed by node id),
+        ``node`` (the hub: every worker of this machine, keyed by worker number) or
+        ``process`` (one worker without a hub)."""
+        if self.redis is not None:
+            scope = "cluster"
+            status = await self.redis.cluster_query(
+                name, args, self.node.config.workers.collect_timeout)
+        elif self.cluster_bus is not None:
+            scope = "node"
             status = await self.cluster_bus.cluster_query(name, args)
+        else:
+            scope = "process"
+            status = {"workers": {str(self.worker_id): local_answer(self.node, name, args)},
+                      "missing": [], "expected_workers": 1}
         workers = {wid: a for wid, a in status["workers"].items() if "error" not in a}
         failed = {wid: a for wid, a in status["workers"].items() if "error" in a}
         if status["missing"] or failed:
             log.warning("admin_query_partial", query=name, missing=status["missing"],
                         failed=sorted(failed))
-        doc = {"workers": workers, "missing": list(status["missing"]), "failed": failed,
-               "expected_workers": status["expected_workers"], "answered_by": self.worker_id,
-               "scope": "process" if self.cluster_bus is None else "node"}
-        if self.node.bus.kind == "redis":
-            doc["other_nodes"] = ("not included (each node answers for its own workers; "
-                                  "presence and history cover every node)")
-        return doc
+        return {"workers": workers, "missing": list(status["missing"]), "failed": failed,
+                "expected_workers": status["expected_workers"], "answered_by": self.worker_id,
+                "scope": scope}
 
     async def history(self, rooms: list[str]) -> dict[str, Any]:
         """The bus's history depth of ``rooms`` and its bounds, or the error (explicit)."""

@@ -70,7 +70,8 @@ function coverage(doc) {
   if (doc.missing?.length) text += `; NOT ANSWERING: ${doc.missing.join(", ")}`;
   const failed = Object.keys(doc.failed ?? {});
   if (failed.length) text += `; FAILED: ${failed.join(", ")}`;
-  if (doc.other_nodes) text += `; other nodes sharing the Redis bus: ${doc.other_nodes}`;
+  text += { cluster: "; every node (Redis)", node: "; this machine's workers", process: "; one process" }[
+    /** @type {"cluster"|"node"|"process"} */ (doc.scope)] ?? "";
   return text;
 }
 
@@ -453,7 +454,7 @@ class Console {
       }
       const states = el("span", { "data-testid": `state-history-${c.connection_id}` },
                         stateHistory(c.state_history, c.state_history_dropped));
-      return [String(c.worker), c.connection_id, c.user ?? "anonymous", c.state, states, c.rooms.join(", "),
+      return [c.source, c.connection_id, c.user ?? "anonymous", c.state, states, c.rooms.join(", "),
               c.remote, c.user_agent ?? "–", fmt.time(c.connected_at), `${fmt.duration(c.idle_seconds)} ago`, action];
     });
     fillRows($("conn-rows"), rows);

@@ -9,7 +9,8 @@ Keys and channels (``P`` = ``key_prefix``)::
     P:room:<room>    channel  room publications and room events
     P:user:<user>    channel  user messages
     P:node:<node>    channel  this worker's own channel (keeps the subscriber
-                              connection subscribed even with no interest)
+                              connection subscribed even with no interest; admin answers)
+    P:admin, P:workers        admin queries (:mod:`rtserver.bus.redis_admin`)
 
 Publishing is one Lua script (:mod:`rtserver.bus.redis_scripts`): check the
 epoch, ``INCR`` the room seq, store the history and ``PUBLISH`` — one atomic
@@ -55,7 +56,6 @@ from rtserver.bus.base import (
     BusHandler,
     BusHealth,
     BusUnavailable,
-    HistoryReport,
     InterestSnapshot,
     PresenceMember,
     PresenceSnapshot,
@@ -64,13 +64,13 @@ from rtserver.bus.base import (
     announce_health,
 )
 from rtserver.bus.bus_metrics import RECONNECTS, REQUEST_FAILURES
+from rtserver.bus.redis_admin import RedisAdminQueries
 from rtserver.bus.redis_presence import RedisPresence
 from rtserver.bus.redis_publish import CONN_ERRORS, RedisPublisher, err_text
 from rtserver.bus.redis_pubsub import Subscriber, open_subscriber
 from rtserver.bus.redis_scripts import SCRIPTS
 from rtserver.bus.redis_settings import RedisBusSettings, safe_url
 from rtserver.bus.redis_streams import (
-    history_info,
     parse_history_entry,
     parse_publication,
     recovery_from_reply,
@@ -94,7 +94,7 @@ class _Down(Exception):
     """Internal: the Redis connection failed (carries the reason)."""
 
 
-class RedisBus(Bus):
+class RedisBus(RedisAdminQueries, Bus):
     """A worker's bus over Redis."""
 
     kind = "redis"
@@ -135,6 +135,7 @@ class RedisBus(Bus):
         self._declared = (0, 0, 0)
         self._presence = RedisPresence(p, settings.presence_ttl, self._sha)
         self._health = BusHealth(kind="redis", ok=False, reason="not started")
+        self._admin_init()
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -176,6 +177,7 @@ class RedisBus(Bus):
         if self._up and self._client is not None:
             try:
                 await self._presence.remove_all(self._client, self._snapshot().presence)
+                await self._admin_unregister(self._client)
             except (*_CONN_ERRORS, RedisError) as exc:
                 _log.warning("bus_presence_cleanup_failed", bus="redis", error=_err(exc),
                              note="entries expire after presence_ttl")
@@ -197,7 +199,7 @@ class RedisBus(Bus):
             self._sha[name] = str(await client.script_load(text))
         await self._drop_pubsub()
         await self._open_subscriber()
-        await self._subscribe([self._ch_node])
+        await self._subscribe([self._ch_node, self._ch_admin])
         snap = self._snapshot()
         # The snapshot's SUBSCRIBEs are written in the same step as the snapshot is
         # taken; interest changes made from now on go out behind them, in order.
@@ -212,6 +214,7 @@ class RedisBus(Bus):
         await self._check_epoch(client, snap)
         await self._await_subscribed(confirmed)
         await self._presence.refresh(client, snap.presence)
+        await self._admin_register(client)
         offset_ms = await self._clock_offset(client)
         self._publisher.attach(client, self._sha, self._epoch or "", offset_ms)
         if since:
@@ -392,6 +395,8 @@ class RedisBus(Bus):
             elif kind == 0x55:  # U: user message
                 nl = data.index(b"\n", 1)
                 handler.on_user_message(channel[len(self._ch_user_b):].decode(), data[nl + 1:])
+            elif kind == 0x51 or kind == 0x41:  # Q / A: admin query, answer
+                self.on_admin_message(kind, data)
             else:
                 _log.error("bus_unknown_message", bus="redis", channel=channel, kind=kind)
         except Exception as exc:  # noqa: BLE001 - one bad delivery must not stop the stream
@@ -513,15 +518,6 @@ class RedisBus(Bus):
                                   self._client.lrange(self._k_hist + room, 0, limit - 1))
         return [parse_history_entry(entry)[:2] for entry in reversed(raw)]
 
-    async def history_info(self, rooms: list[str]) -> HistoryReport:
-        """The history depth of ``rooms`` as stored in Redis, and the bounds (one pipeline)."""
-        if not self._up or self._client is None:
-            raise self._unavailable("history_info")
-        s = self.settings
-        return HistoryReport(history_size=s.history_size, history_max_bytes=s.history_max_bytes,
-                             history_ttl=s.history_ttl, rooms=await self._command(
-                                 "history_info", history_info(self._client, s.key_prefix, rooms)))
-
     async def emit_room_event(self, room: str, payload: bytes) -> None:
         """PUBLISH a room event to the room channel."""
         if not self._up or self._client is None:
@@ -591,6 +587,7 @@ class RedisBus(Bus):
                 snap = self._snapshot()
                 await self._presence.refresh(client, snap.presence)
                 await self._touch_rooms(client, snap.rooms)
+                await self._admin_register(client)
             except (_Down, *_CONN_ERRORS, RedisError) as exc:
                 # _Down here: Redis answered TIME too slowly; the offset is kept as it was.
                 _log.warning("bus_presence_refresh_failed", bus="redis", error=_err(exc))

@@ -1,7 +1,8 @@
 """``/admin/rooms``, ``/admin/connections`` and ``/admin/presence`` answer for every worker
-of a real ``rtserver serve --workers 2`` (the hub asks each worker): a room whose members
-are on the other worker is listed with its messages/s and history depth, a connection on
-the other worker is found with its state history, and a worker that does not answer
+of a real ``rtserver serve --workers 2`` (the hub asks each worker) and for every node of two
+``rtserver serve --redis`` sharing one Redis (every worker asked through Redis): a room whose
+members are on the other worker or node is listed with its messages/s and history depth, a
+connection there is found with its state history, and a worker that does not answer
 (SIGSTOPped) is named in ``missing``."""
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any
 
 import orjson
 import pytest
+import redis.asyncio as aioredis
 from websockets.asyncio.client import connect
 
 from conftest import Client, ServerProcess, token
@@ -41,13 +43,15 @@ presence = true
 """
 
 
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    config = tmp_path_factory.mktemp("cluster") / "rtserver.toml"
-    config.write_text(CONFIG)
-    proc = ServerProcess(["--workers", "2", "--domains", "", "--config", str(config)],
+REDIS_URL = "redis://127.0.0.1:6379/0"
+
+
+@contextlib.contextmanager
+def running(args: list[str], config: Path, listening: int) -> Iterator[ServerProcess]:
+    """``rtserver serve ARGS --config CONFIG``, its log drained, stopped with SIGTERM."""
+    proc = ServerProcess([*args, "--domains", "", "--config", str(config)],
                          env={"PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "tests")])},
-                         listening_lines=2)
+                         listening_lines=listening)
     stop = threading.Event()
     try:
         proc.wait_listening(60.0)
@@ -58,6 +62,40 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]
         with contextlib.suppress(ProcessLookupError):
             proc.proc.send_signal(signal.SIGTERM)
         proc.proc.wait(30.0)
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    config = tmp_path_factory.mktemp("cluster") / "rtserver.toml"
+    config.write_text(CONFIG)
+    with running(["--workers", "2"], config, 2) as proc:
+        yield proc
+
+
+@pytest.fixture(scope="module")
+def nodes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServerProcess, ...]]:
+    """Two nodes (one worker each) sharing a Redis key prefix of their own."""
+    prefix = f"rtadmq-{os.getpid()}-{id(tmp_path_factory)}"
+    config = tmp_path_factory.mktemp("nodes") / "rtserver.toml"
+    config.write_text(CONFIG + f'[bus]\nredis_key_prefix = "{prefix}"\n')
+    try:
+        with running(["--redis", REDIS_URL], config, 1) as a, \
+                running(["--redis", REDIS_URL], config, 1) as b:
+            yield a, b
+    finally:
+        async def clean() -> None:
+            client = aioredis.from_url(REDIS_URL)
+            keys = [k async for k in client.scan_iter(match=f"{prefix}:*", count=1000)]
+            if keys:
+                await client.delete(*keys)
+            await client.aclose()
+        asyncio.run(clean())
+
+
+def node_id(proc: ServerProcess) -> str:
+    """The Redis node id of the (one) worker of ``proc``."""
+    [event] = [e for e in proc.lines if e.get("event") == "bus_connected" and "node" in e]
+    return str(event["node"])
 
 
 async def http_get(port: int, path: str, tok: str = ADMIN) -> tuple[int, dict[str, Any]]:
@@ -182,3 +220,44 @@ async def test_a_worker_that_does_not_answer_is_named(cluster: ServerProcess,
     assert status == 200, doc
     assert doc["answered_by"] == 0 and doc["missing"] == ["1"] and set(doc["workers"]) == {"0"}
     assert conn_id in {c["connection_id"] for c in doc["connections"]}
+
+
+async def test_redis_every_node_answers(nodes: tuple[ServerProcess, ...],
+                                        opened: list[Any]) -> None:
+    a, b = nodes
+    far = node_id(b)
+    member, conn_id = await client_on(b.port, "0", token(rooms=["probe:*"]), opened)
+    await member.request({"type": "subscribe", "room": "probe:node", "id": 1}, "subscribed")
+    publisher, _ = await client_on(a.port, "0", token(perms=["publish"], rooms=["probe:*"]),
+                                   opened)
+    n = 7
+    for i in range(1, n + 1):
+        await publisher.request({"type": "publish", "room": "probe:node", "data": {"i": i},
+                                 "id": i}, "ack")
+    for i in range(1, n + 1):
+        assert (await member.recv_type("message"))["seq"] == i
+    status, doc = await http_get(a.port, "/admin/rooms?q=probe:node")
+    assert status == 200 and doc["scope"] == "cluster", doc
+    assert set(doc["workers"]) == {node_id(a), far} and doc["missing"] == []
+    [room] = doc["rooms"]
+    assert room["members_by_worker"] == {far: 1} and room["last_seq"] == n
+    assert room["messages_per_second"] == pytest.approx(n / RATE_WINDOW)
+    assert (room["history"]["held"], room["history"]["last_seq"]) == (n, n)
+    status, doc = await http_get(a.port, f"/admin/connections?connection_id={conn_id}")
+    [entry] = doc["connections"]
+    assert entry["source"] == far and entry["connection_id"] == conn_id
+    assert [h["state"] for h in entry["state_history"]] == ["connecting", "authenticated"]
+
+
+async def test_redis_a_node_that_does_not_answer_is_named(nodes: tuple[ServerProcess, ...],
+                                                         opened: list[Any]) -> None:
+    a, b = nodes
+    [started] = b.events("worker_started")
+    os.kill(started["pid"], signal.SIGSTOP)
+    try:
+        status, doc = await http_get(a.port, "/admin/connections")
+    finally:
+        os.kill(started["pid"], signal.SIGCONT)
+    assert status == 200, doc
+    assert doc["missing"] == [node_id(b)] and set(doc["workers"]) == {node_id(a)}
+    assert doc["expected_workers"] == 2
