@@ -5,9 +5,9 @@ A :class:`Connection` is created by the node and registered in the worker's
 ``rooms`` set is mutated only by :meth:`Hub.join` / :meth:`Hub.leave`; the
 session reads the same set (as a read-only view) to check limits.
 
-Its state history (``transitions``) is one flat list, four items per
-transition: state, wall-clock time, reason, close code (about 60 bytes per
-transition; bounded by ``admin.connection_state_history``, see
+Its state history (``transitions``) is one flat tuple, four items per
+transition: state, wall-clock time, reason, close code (the states, reasons and
+codes are shared objects; bounded by ``admin.connection_state_history``, see
 :meth:`Connection.record_state`).
 """
 
@@ -56,8 +56,9 @@ class Connection:
         self.ping_sent_at = 0.0
         #: Index of the heartbeat sweep slot holding this connection.
         self.slot = 0
-        #: State history, flat: state, time.time(), reason, close code, state, ...
-        self.transitions: list[Any] = []
+        #: State history, flat: state, time.time(), reason, close code, state, ... (a tuple:
+        #: smaller than a list, replaced at each of the few transitions).
+        self.transitions: tuple[Any, ...] = ()
         #: Transitions dropped from the middle of the history (over its bound).
         self.transitions_dropped = 0
 
@@ -65,11 +66,11 @@ class Connection:
                      bound: int) -> None:
         """Append one transition; over ``bound`` the second-oldest one is dropped (the first
         state and the latest ``bound - 1`` stay) and counted in ``transitions_dropped``."""
-        items = self.transitions
-        items += (state.value, at, reason, close_code)
+        items = (*self.transitions, state.value, at, reason, close_code)
         if len(items) > 4 * bound:
-            del items[4:8]
+            items = items[:4] + items[8:]
             self.transitions_dropped += 1
+        self.transitions = items
 
     def state_history(self) -> list[dict[str, Any]]:
         """The recorded transitions, oldest first (admin endpoints, the close record)."""

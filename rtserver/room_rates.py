@@ -4,8 +4,8 @@
 node's delivery path (``Rooms.on_publication``) calls :meth:`RoomRates.count`
 once per publication of a room with local members (never per delivery), with
 the arrival time it already took for the fan-out latency
-(``time.perf_counter``). Per room it keeps ``[second, total, bucket_0 ..
-bucket_{window-1}]``: a count adds one to the current second's bucket and,
+(``time.perf_counter``). Per room it keeps ``[second, index of its bucket,
+total, bucket_0 .. bucket_{window-1}]``: a count adds one to the current second's bucket and,
 when the second changed, zeroes the buckets of the seconds skipped (at most
 ``window``, so amortized O(1)). :meth:`RoomRates.rate` is the sum of the last
 ``window`` buckets divided by ``window`` (``admin.room_rate_window``); the
@@ -42,24 +42,26 @@ class RoomRates:
             return
         window = self.window
         if second - last >= window:
-            for i in range(2, window + 2):
+            for i in range(3, window + 3):
                 counts[i] = 0
         else:
             for s in range(last + 1, second + 1):
-                counts[2 + s % window] = 0
+                counts[3 + s % window] = 0
         counts[0] = second
+        counts[1] = 3 + second % window
 
     def count(self, room: str, now: float) -> None:
         """One publication of ``room`` arrived at ``now`` (``perf_counter``)."""
         second = int(now)
         counts = self._rooms.get(room)
         if counts is None:
-            counts = [second, 0] + [0] * self.window
+            counts = [second, 3 + second % self.window, 0] + [0] * self.window
             self._rooms[room] = counts
         elif counts[0] != second:
             self._advance(counts, second)
-        counts[2 + second % self.window] += 1
-        counts[1] += 1
+        # counts: [second, index of its bucket, total, bucket_0 .. bucket_{window-1}]
+        counts[counts[1]] += 1
+        counts[2] += 1
 
     def rate(self, room: str, now: float | None = None) -> tuple[float, int]:
         """``(messages/s over the window, publications counted since the room got local
@@ -68,7 +70,7 @@ class RoomRates:
         if counts is None:
             return 0.0, 0
         self._advance(counts, int(perf_counter() if now is None else now))
-        return sum(counts[2:]) / self.window, counts[1]
+        return sum(counts[3:]) / self.window, counts[2]
 
     def forget(self, room: str) -> None:
         """``room`` lost its last local member."""
