@@ -317,6 +317,7 @@ class AdminHttp:
         return json_response(http.HTTPStatus.OK, {
             **doc, "room": room, "count": snap.count,
             "truncated": snap.count > len(snap.members),
+            "workers": {wid: {"members": a["members"]} for wid, a in answers.items()},
             "members_by_worker": {wid: a["members"] for wid, a in answers.items()},
             "members": [{"user": m.user or None, "connection_id": m.connection_id}
                         for m in snap.members]})

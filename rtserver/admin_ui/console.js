@@ -59,6 +59,9 @@ const fmt = {
 /** @param {Record<string, number>|null|undefined} m */
 const sum = (m) => Object.values(m ?? {}).reduce((a, b) => a + b, 0);
 
+/** Members by worker ("w0: 2, w1: 1"; Redis node ids as they are). @param {Record<string, number>} m */
+const byWorker = (m) => Object.entries(m).map(([w, n]) => `${/^\d+$/.test(w) ? "w" : ""}${w}: ${n}`).join(", ");
+
 /**
  * Which workers an admin answer covers: the ones that answered, and by name the ones that
  * did not answer in time or failed (never a silently partial answer).
@@ -502,7 +505,6 @@ class Console {
     fillRows($("room-rows"), doc.rooms.map((/** @type {any} */ r) => {
       const b = el("button", { type: "button", "data-testid": `presence-${r.room}` }, "Presence");
       b.addEventListener("click", () => this.presence(r.room));
-      const byWorker = Object.entries(r.members_by_worker).map(([w, n]) => `w${w}: ${n}`).join(", ");
       const rate = el("span", { "data-testid": `rate-${r.room}`, "data-rate": String(r.messages_per_second) },
                       fmt.rate(r.messages_per_second));
       const h = r.history;
@@ -510,7 +512,7 @@ class Console {
                        h === null ? (doc.history_error === null ? "none" : "unknown")
                          : `${h.held}${bounds ? ` / ${bounds.history_size}` : ""} msgs, ${h.bytes} B` +
                            (h.first_seq === null ? "" : `, seq ${h.first_seq}..${h.last_seq}`));
-      return [r.room, `${r.members} (${byWorker})`, rate, r.epoch ?? "–",
+      return [r.room, `${r.members} (${byWorker(r.members_by_worker)})`, rate, r.epoch ?? "–",
               r.last_seq === null ? "–" : String(r.last_seq), depth, b];
     }));
     const notes = [coverage(doc), `messages/s over the last ${doc.rate_window} s`];
@@ -526,9 +528,8 @@ class Console {
     const doc = await res.json();
     if (!res.ok) { $("presence").textContent = `${room}: ${doc.message}. ${doc.action}`; return; }
     const who = doc.members.map((/** @type {any} */ m) => m.user ?? `anonymous ${m.connection_id}`).join(", ");
-    const byWorker = Object.entries(doc.members_by_worker).map(([w, n]) => `w${w}: ${n}`).join(", ");
     $("presence").textContent = `${room}: ${doc.count} present${doc.truncated ? " (list truncated)" : ""}: ` +
-      `${who || "nobody"} (members by worker: ${byWorker || "none"}; ${coverage(doc)})`;
+      `${who || "nobody"} (members by worker: ${byWorker(doc.members_by_worker) || "none"}; ${coverage(doc)})`;
   }
 
   async loadAudit() {

@@ -142,7 +142,7 @@ async function single(browser) {
   await page.fill("#room-query", "admin:");
   await page.click("#room-form button[type=submit]");
   await page.click("[data-testid='presence-admin:alerts']");
-  await page.waitForFunction(() => /admin:alerts: [1-9]\d* present/.test(
+  await page.waitForFunction(() => /admin:alerts: [1-9]\d* present.*answered by worker\(s\) \S+ \(1 of 1\)/.test(
     document.querySelector("[data-testid='presence']")?.textContent ?? ""));
 
   // Disconnect a user from the page: the Python side checks the close code.

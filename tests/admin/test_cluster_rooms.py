@@ -197,6 +197,7 @@ async def test_presence_counts_every_worker(cluster: ServerProcess, opened: list
         doc = await get_from(port, "/admin/presence?room=probe:here", worker)
         assert doc["count"] == 2 and len(doc["members"]) == 2
         assert doc["members_by_worker"] == {"0": 1, "1": 1} and doc["missing"] == []
+        assert doc["workers"] == {"0": {"members": 1}, "1": {"members": 1}}
 
 
 async def test_a_worker_that_does_not_answer_is_named(cluster: ServerProcess,
