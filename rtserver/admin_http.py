@@ -9,6 +9,9 @@
   token, 403 without the permission, answered before the route runs (so a
   refused request never reaches the database).
 
+``GET /admin/session/exchange`` is the one exception: it takes the single-use token
+of a login link instead (rtserver/admin_session.py) and answers a session token.
+
 Core routes: ``/admin/session`` (who the token is, what the console may show),
 ``/admin/cluster`` (every worker through the bus hub), ``/admin/connections``
 (this worker's table, ``?user=``, ``?connection_id=``, ``?state=``,
@@ -35,6 +38,7 @@ from websockets.http11 import Request, Response
 
 from rtserver import jsonlog
 from rtserver.admin_queries import connection_history
+from rtserver.admin_session import EXCHANGE_PATH, LinkRefused, LoginLinks
 from rtserver.admin_status import cluster_document, worker_document
 from rtserver.auth import AccessDenied, Principal, TokenError
 from rtserver.bus.base import BusUnavailable
@@ -107,13 +111,14 @@ class AdminHttp:
     def __init__(self, config: Config, node: Node, worker_id: int,
                  cluster_bus: EmbeddedBus | None, domain_routes: dict[str, Route],
                  origin_allowed: Callable[[str, str | None], bool],
-                 ui_root: Path = ADMIN_UI_ROOT) -> None:
+                 ui_root: Path = ADMIN_UI_ROOT, *, jwt_secret: str) -> None:
         self.config = config
         self.node = node
         self.worker_id = worker_id
         self.cluster_bus = cluster_bus
         self.origin_allowed = origin_allowed
         self.ui = StaticDirectory("/admin/", ui_root)
+        self.login_links = LoginLinks(config, node.verifier, jwt_secret, lambda: node.store)
         self.routes: dict[str, Route] = {
             "/admin/session": self._session, "/admin/cluster": self._cluster,
             "/admin/connections": self._connections, "/admin/rooms": self._rooms,
@@ -149,8 +154,19 @@ class AdminHttp:
                         f"{path} is not served to {remote}",
                         "Required action: add the scraper's network to admin.status_allow")
 
-    async def response(self, path: str, request: Request) -> Response | None:
-        """The answer for an ``/admin`` path, or None when ``path`` is not one."""
+    async def response(self, path: str, request: Request,
+                       remote: str | None = None) -> Response | None:
+        """The answer for an ``/admin`` path, or None when ``path`` is not one
+        (``remote``: the client's address, recorded with the use of a login link)."""
+        if path == EXCHANGE_PATH:
+            try:
+                doc = await self.login_links.exchange(
+                    request.headers.get("Authorization", ""), remote,
+                    request.headers.get("User-Agent"))
+            except LinkRefused as exc:
+                return _refusal(exc.status, exc.error, exc.message, exc.action)
+            _ANSWERED.inc(path)
+            return json_response(http.HTTPStatus.OK, doc)
         if path in ("/admin", "/admin/"):
             return self._ui("index.html", request)
         if not path.startswith("/admin/"):

@@ -186,7 +186,7 @@ class RtServer:
         self.trusted_proxies = TrustedProxies(config.server.trusted_proxies)
         self.ssl_context = server_ssl_context(config.server.certfile, config.server.keyfile)
         self.admin = AdminHttp(config, self.node, worker_id, cluster_bus, self.http_routes,
-                               self._origin_admitted)
+                               self._origin_admitted, jwt_secret=secret)
         self._refusals = jsonlog.SummaryLog(log, "handshakes_refused")
         for warning in self.admission.origins.warnings:
             log.warning("allowed_origins_any", note=warning)
@@ -201,14 +201,13 @@ class RtServer:
         path = urlsplit(request.path).path
         if path == self.config.server.ws_path:
             return self._admit(connection, request)
-        if path in ("/healthz", "/metrics"):
-            remote = connection.remote_address
-            address: str | None = None
-            if remote:
-                address, _ = self.trusted_proxies.client_address(
-                    str(remote[0]), request.headers.get_all("X-Forwarded-For"))
-            if not self.admin.status_allowed(address):
-                return self.admin.status_refused(path, address)
+        remote = connection.remote_address
+        address: str | None = None
+        if remote:
+            address, _ = self.trusted_proxies.client_address(
+                str(remote[0]), request.headers.get_all("X-Forwarded-For"))
+        if path in ("/healthz", "/metrics") and not self.admin.status_allowed(address):
+            return self.admin.status_refused(path, address)
         if self.cluster_bus is not None and parse_qs(urlsplit(request.path).query).get(
                 "scope") != ["worker"] and path in ("/healthz", "/metrics"):
             return await self._cluster_status(path)
@@ -220,7 +219,7 @@ class RtServer:
         if path == "/metrics":
             text = REGISTRY.render({"worker": str(self.worker_id)})
             return _response(http.HTTPStatus.OK, text.encode(), "text/plain; version=0.0.4")
-        admin = await self.admin.response(path, request)
+        admin = await self.admin.response(path, request, address)
         if admin is not None:
             return admin
         route = self.http_routes.get(path)
