@@ -152,8 +152,9 @@ class LoginLinks:
                            "Required action: check the database, then open the link again",
                            **who) from exc
         if not first:
+            used_at = use.used_at.isoformat(timespec="seconds")
             raise _refused("already_used", http.HTTPStatus.UNAUTHORIZED, "link_already_used",
-                           f"this login link was already used at {use.used_at.isoformat()} "
+                           f"this login link was already used at {used_at} "
                            f"from {use.ip_address or 'an unknown address'}", _NEW_LINK,
                            first_used_at=use.used_at.isoformat(),
                            first_used_from=use.ip_address, **who)

@@ -1,8 +1,9 @@
 /**
  * rtserver's admin console: plain ES modules over the SDK served at /client/.
  *
- * Login: a token pasted here or given in the URL fragment (#token=..., the link
- * of `rtserver admin-url`), kept in sessionStorage until it expires. Data: the
+ * Login: a token pasted here or given in the URL fragment (#token=...), kept in
+ * sessionStorage until it expires; the single-use link of `rtserver admin-url` is
+ * exchanged once for a session token first (login_link.js). Data: the
  * cluster document (GET /admin/cluster every refresh_seconds: every worker's
  * counters and fan-out latency buckets, turned into rates and p50/p99 here),
  * pushes over the console's own WebSocket (start_monitoring: system_metrics and
@@ -13,6 +14,8 @@
 
 import { RtClient, tokenExpiry } from "/client/rtserver-client.js";
 import { LineChart, histogramQuantile } from "/admin/chart.js";
+import { LOGIN_PURPOSE, exchangeLink, tokenPurpose } from "/admin/login_link.js";
+import { QuoteActivity } from "/admin/quote_activity.js";
 
 const TOKEN_KEY = "rtserver-admin-token";
 
@@ -87,17 +90,14 @@ class Console {
   // ---------------------------------------------------------------- login
 
   start() {
-    const fragment = new URLSearchParams(location.hash.slice(1));
-    const fromLink = fragment.get("token");
-    if (fromLink) {
-      sessionStorage.setItem(TOKEN_KEY, fromLink);
-      history.replaceState(null, "", location.pathname); // the token leaves the address bar
-    }
     $("login-button").addEventListener("click", () => this.login($("token-input").value.trim()));
     $("denied-login").addEventListener("click", () => this.showLogin(""));
     $("logout").addEventListener("click", () => this.end("login", "Logged out."));
-    const stored = sessionStorage.getItem(TOKEN_KEY);
-    if (stored) this.login(stored);
+    const fragment = new URLSearchParams(location.hash.slice(1));
+    const fromLink = fragment.get("token");
+    if (fromLink) history.replaceState(null, "", location.pathname); // the token leaves the address bar
+    const token = fromLink || sessionStorage.getItem(TOKEN_KEY);
+    if (token) this.login(token);
     else this.showLogin("");
   }
 
@@ -119,6 +119,16 @@ class Console {
   /** @param {string} token */
   async login(token) {
     if (!token) { this.showLogin("Paste a token first."); return; }
+    if (tokenPurpose(token) === LOGIN_PURPOSE) {
+      // A single-use login link: exchanged once for a session token (same permissions and
+      // expiry); only the session token is kept.
+      const exchanged = await exchangeLink(token);
+      if (!exchanged.ok) {
+        this.end("denied", exchanged.message, exchanged.title, exchanged.error);
+        return;
+      }
+      token = exchanged.token;
+    }
     const exp = tokenExpiry(token);
     if (exp !== null && exp <= Date.now()) {
       sessionStorage.removeItem(TOKEN_KEY);
@@ -145,8 +155,11 @@ class Console {
 
   headers() { return { Authorization: `Bearer ${this.token}` }; }
 
-  /** @param {"login"|"denied"} screen @param {string} message */
-  end(screen, message) {
+  /**
+   * @param {"login"|"denied"} screen @param {string} message
+   * @param {string} [title] of the denied screen @param {string} [reason] its data-denied code
+   */
+  end(screen, message, title = "Access ended", reason = "") {
     for (const t of this.timers) clearInterval(t);
     this.timers = [];
     this.client?.close();
@@ -155,7 +168,9 @@ class Console {
     sessionStorage.removeItem(TOKEN_KEY);
     if (screen === "login") { this.showLogin(message); return; }
     this.show("denied");
+    $("denied-title").textContent = title;
     $("denied-text").textContent = message;
+    document.body.dataset.denied = reason;
   }
 
   /** @param {number|null} exp */
@@ -214,6 +229,7 @@ class Console {
         onMetrics: (/** @type {any} */ m) => { document.body.dataset.pushes = String(Number(document.body.dataset.pushes ?? 0) + 1); this.pushed = m; },
         onAlert: (/** @type {any} */ a) => this.alertRaised(a),
       });
+      new QuoteActivity(client, s.permissions, $("quote-activity-note"), $("quote-activity-rows")).start();
       if (s.can_read_activity) {
         client.request({ type: "start_user_activity", filters: { hours: 24 } }, "stream_started")
           .then(() => { $("activity-note").textContent = "Admin activity of the last 24 hours, live."; });

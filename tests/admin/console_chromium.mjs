@@ -8,7 +8,8 @@
 //
 // env: CONSOLE_URL (http://127.0.0.1:PORT), OPERATOR_TOKEN, READONLY_TOKEN, ARTIFACTS (dir),
 //      SCENARIO ("single": panels and actions, "workers": a SIGKILLed worker turns stale and
-//      comes back respawned).
+//      comes back respawned, "link": the single-use link of `rtserver admin-url` in LINK_URL
+//      logs in once and is refused in a new page; the quote activity panel shows an edit).
 
 import { createRequire } from "node:module";
 import { mkdirSync } from "node:fs";
@@ -46,17 +47,27 @@ const problems = [];
 /** Every page opened, for the failure screenshots. */
 const pages = [];
 
-/** A page that records every console error, page error, failed request and HTTP error. */
-async function watchedPage(browser) {
+/**
+ * A page that records every console error, page error, failed request and HTTP error, except
+ * a 401 from a URL ending in one of `expected401` (and Chromium's console line about it).
+ */
+async function watchedPage(browser, expected401 = []) {
   const context = await browser.newContext({ viewport: { width: 1400, height: 1800 } });
   const page = await context.newPage();
   page.setDefaultTimeout(TIMEOUT);
   pages.push(page);
   page.on("console", (msg) => process.stderr.write(`[page ${msg.type()}] ${msg.text()}\n`));
-  page.on("console", (msg) => { if (msg.type() === "error") problems.push(`console error: ${msg.text()}`); });
+  const expected = (url, status) => status === 401 && expected401.some((end) => url.endsWith(end));
+  page.on("console", (msg) => {
+    if (msg.type() !== "error") return;
+    if (expected(msg.location()?.url ?? "", 401) && msg.text().includes("status of 401")) return;
+    problems.push(`console error: ${msg.text()}`);
+  });
   page.on("pageerror", (err) => problems.push(`page error: ${err.message}`));
   page.on("requestfailed", (req) => problems.push(`request failed: ${req.url()} ${req.failure()?.errorText}`));
-  page.on("response", (res) => { if (res.status() >= 400) problems.push(`HTTP ${res.status()}: ${res.url()}`); });
+  page.on("response", (res) => {
+    if (res.status() >= 400 && !expected(res.url(), res.status())) problems.push(`HTTP ${res.status()}: ${res.url()}`);
+  });
   return { context, page };
 }
 
@@ -175,10 +186,52 @@ async function workers(browser) {
   return { worker };
 }
 
+async function link(browser) {
+  const url = process.env.LINK_URL;
+  check(url && url.includes("/admin/#token="), `LINK_URL is a login link (${url})`);
+  // First open: the link's token is exchanged once for a session token.
+  const { context, page } = await watchedPage(browser);
+  await page.goto(url);
+  await page.waitForFunction(() => document.body.dataset.screen === "console");
+  check(!page.url().includes("token="), "the link's token left the address bar");
+  const kept = await page.evaluate(() => sessionStorage.getItem("rtserver-admin-token"));
+  check(kept !== null && !url.endsWith(kept), "the session token is kept, not the link's");
+  await page.waitForFunction(() => document.body.dataset.ws === "connected");
+  // Quote activity: a test client edits a quote and the row appears.
+  await page.waitForFunction(() => document.body.dataset.quoteActivity === "live");
+  const { quote_id: quote, version, user } = await step("edit_quote");
+  const row = await page.waitForSelector(`[data-testid='quote-activity-${quote}-${version}']`);
+  const cells = await row.$$eval("td", (tds) => tds.map((td) => td.textContent));
+  check(cells[1] === quote && cells[2] === "edit of driver_name" && cells[3] === String(version) &&
+        cells[4] === user, `the quote activity row (${cells})`);
+  await page.screenshot({ path: path.join(ARTIFACTS, "quote-activity.png"), fullPage: true });
+  // A reload keeps the session (sessionStorage); the link is not used again.
+  await page.reload();
+  await page.waitForFunction(() => document.body.dataset.screen === "console");
+  // Opened again in a new page: refused, with the screen that says so.
+  const again = await watchedPage(browser, ["/admin/session/exchange"]);
+  await again.page.goto(url);
+  await again.page.waitForFunction(() => document.body.dataset.screen === "denied");
+  check(await again.page.evaluate(() => document.body.dataset.denied) === "link_already_used",
+        "refused as already used");
+  check((await again.page.textContent("#denied-title")) === "Login link already used", "the title");
+  const text = await again.page.textContent("#denied-text");
+  check(text.includes("already used at") && text.includes("rtserver admin-url"), `the text (${text})`);
+  check(!again.page.url().includes("token="), "the refused link's token left the address bar too");
+  await again.page.screenshot({ path: path.join(ARTIFACTS, "link-already-used.png"), fullPage: true });
+  await again.context.close();
+  await context.close();
+  return {};
+}
+
+const SCENARIOS = { single, workers, link };
+
 const browser = await chromium.launch({ executablePath: "/usr/bin/chromium", args: ["--no-sandbox"] });
 let result;
 try {
-  result = SCENARIO === "workers" ? await workers(browser) : await single(browser);
+  const scenario = SCENARIOS[SCENARIO];
+  if (scenario === undefined) throw new Error(`unknown SCENARIO ${SCENARIO}`);
+  result = await scenario(browser);
 } catch (err) {
   for (const [i, page] of pages.entries()) {
     if (page.isClosed()) continue;
