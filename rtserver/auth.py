@@ -123,7 +123,8 @@ class _Claims(msgspec.Struct):
     aud: str | list[str] | None = None
     iss: str | None = None
     purpose: str | None = None
-    jti: str | None = None
+    # RFC 7519 makes jti a string; identity providers that send a number are not refused.
+    jti: str | int | None = None
 
 
 _header_decoder = msgspec.json.Decoder(_Header)
@@ -248,9 +249,8 @@ class TokenVerifier:
             claims = _claims_decoder.decode(payload)
         except (ValueError, msgspec.MsgspecError) as exc:
             raise _invalid(f"the token's claims are invalid: {exc}") from exc
-        principal = self._check_claims(claims, time.time() if now is None else now)
         _check_purpose(claims, purpose)
-        return principal
+        return self._check_claims(claims, time.time() if now is None else now)
 
     def _check_claims(self, claims: _Claims, now: float) -> Principal:
         leeway = self._leeway
@@ -283,13 +283,15 @@ class TokenVerifier:
             raise _invalid(f"the token's sub {str(claims.sub)[:64]!r} is not a UUID") from exc
         return Principal(user=user, permissions=frozenset(claims.perms),
                          grants=tuple(claims.rooms), anonymous=False,
-                         expires_at=float(claims.exp), token_id=claims.jti)
+                         expires_at=float(claims.exp),
+                         token_id=None if claims.purpose is None else str(claims.jti))
 
 
 def _check_purpose(claims: _Claims, purpose: str | None) -> None:
     """Raise :class:`TokenError` unless the token's ``purpose`` claim is ``purpose``."""
     if claims.purpose == purpose:
-        if purpose is not None and not (claims.jti and len(claims.jti) <= _MAX_JTI):
+        if purpose is not None and not (isinstance(claims.jti, str)
+                                        and 0 < len(claims.jti) <= _MAX_JTI):
             raise _invalid(f"the {purpose} token has no jti claim of 1..{_MAX_JTI} "
                            "characters")
         return

@@ -10,14 +10,15 @@ import uuid
 from typing import Any
 
 import asyncpg
+import jwt
 import orjson
 import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
-from conftest import SECRET, token
+from conftest import SECRET, make_config, token
 from rtserver.admin_session import EXCHANGE_PATH
-from rtserver.auth import ADMIN_LOGIN_PURPOSE, mint_token
+from rtserver.auth import ADMIN_LOGIN_PURPOSE, TokenError, TokenVerifier, mint_token
 from rtserver.metrics import REGISTRY
 from tests.admin.conftest import get
 
@@ -35,6 +36,29 @@ def link_token(perms: list[str] | None = None, ttl: float = 600, *,
 
 def outcomes(outcome: str) -> float:
     return REGISTRY.counter("rtserver_admin_login_links_total", "", ("outcome",)).get(outcome)
+
+
+def test_verifier_keeps_purpose_tokens_apart() -> None:
+    verifier = TokenVerifier(make_config().auth, SECRET)
+    link = link_token()
+    with pytest.raises(TokenError) as refused:
+        verifier.verify(link)  # an access token is asked for
+    assert refused.value.code == "token_invalid"
+    assert "/admin/session/exchange" in refused.value.message
+    principal = verifier.verify(link, purpose=ADMIN_LOGIN_PURPOSE)
+    assert principal.user == OPERATOR and principal.token_id is not None
+    with pytest.raises(TokenError) as refused:
+        verifier.verify(token(OPERATOR), purpose=ADMIN_LOGIN_PURPOSE)
+    assert refused.value.code == "not_a_purpose_token"
+    no_jti = mint_token(SECRET, OPERATOR, [], [], 60, purpose=ADMIN_LOGIN_PURPOSE)
+    with pytest.raises(TokenError) as refused:
+        verifier.verify(no_jti, purpose=ADMIN_LOGIN_PURPOSE)
+    assert refused.value.code == "token_invalid" and "jti" in refused.value.message
+    # An access token from an identity provider with a numeric jti still works.
+    now = int(time.time())
+    idp = jwt.encode({"sub": OPERATOR, "exp": now + 60, "iat": now, "jti": 12345}, SECRET,
+                     algorithm="HS256")
+    assert verifier.verify(idp).token_id is None
 
 
 async def exchange(port: int, tok: str | None) -> tuple[int, dict[str, Any]]:
