@@ -29,7 +29,6 @@ import ipaddress
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import msgspec
@@ -39,10 +38,10 @@ from websockets.http11 import Request, Response
 from rtserver import jsonlog
 from rtserver.admin_queries import connection_history
 from rtserver.admin_session import EXCHANGE_PATH, LinkRefused, LoginLinks
-from rtserver.admin_status import cluster_document, worker_document
 from rtserver.auth import AccessDenied, Principal, TokenError
 from rtserver.bus.base import BusUnavailable
 from rtserver.bus.embedded_client import EmbeddedBus
+from rtserver.cluster_feed import collect_cluster
 from rtserver.config import Config
 from rtserver.metrics import REGISTRY
 from rtserver.node import Node
@@ -232,26 +231,9 @@ class AdminHttp:
             "database": self.node.store is not None})
 
     async def _cluster(self, request: Request) -> Response:
-        if self.cluster_bus is None:
-            status: dict[str, Any] = {
-                "workers": {str(self.worker_id): {
-                    "metrics": REGISTRY.render({"worker": str(self.worker_id)}),
-                    "health": self.node.health()}},
-                "missing": [], "expected_workers": 1, "supervisor_metrics": ""}
-        else:
-            try:
-                status = await self.cluster_bus.cluster_status()
-            except BusUnavailable as exc:
-                log.error("admin_cluster_unavailable", error=str(exc))
-                doc = {"error": "bus_unavailable",
-                       "message": f"the cluster status cannot be collected: {exc}",
-                       "action": "Required action: check the supervisor's bus hub; this "
-                       "worker's own view is in 'worker'",
-                       "worker": worker_document(
-                           REGISTRY.render({"worker": str(self.worker_id)}),
-                           self.node.health())}
-                return json_response(http.HTTPStatus.SERVICE_UNAVAILABLE, doc)
-        return json_response(http.HTTPStatus.OK, cluster_document(status, self.worker_id))
+        ok, doc = await collect_cluster(self.cluster_bus, self.worker_id, self.node.health)
+        return json_response(http.HTTPStatus.OK if ok else http.HTTPStatus.SERVICE_UNAVAILABLE,
+                             doc)
 
     async def _connections(self, request: Request) -> Response:
         query = _query(request)

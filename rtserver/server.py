@@ -36,6 +36,7 @@ from rtserver.admission import Admission
 from rtserver.bus.base import Bus, BusHealth, BusUnavailable, InterestSnapshot
 from rtserver.bus.embedded_client import EmbeddedBus
 from rtserver.bus.local import LocalBus
+from rtserver.cluster_feed import ClusterFeed, collect_cluster
 from rtserver.config import Config, masked
 from rtserver.connection import ConnState
 from rtserver.fanout import load_fanout
@@ -187,6 +188,10 @@ class RtServer:
         self.ssl_context = server_ssl_context(config.server.certfile, config.server.keyfile)
         self.admin = AdminHttp(config, self.node, worker_id, cluster_bus, self.http_routes,
                                self._origin_admitted, jwt_secret=secret)
+        #: The console's cluster pushes (start_cluster): one collection per interval.
+        self.cluster_feed = ClusterFeed(self.node, config.admin.refresh_seconds, lambda: (
+            collect_cluster(cluster_bus, worker_id, self.node.health)))
+        self.cluster_feed.install(self.node.router)
         self._refusals = jsonlog.SummaryLog(log, "handshakes_refused")
         for warning in self.admission.origins.warnings:
             log.warning("allowed_origins_any", note=warning)
@@ -530,6 +535,7 @@ class RtServer:
                       "longer to close")
             for conn in list(self.node.hub.connections.values()):
                 conn.ws.transport.abort()
+        await self.cluster_feed.close()
         await self.node.stop_domains()
         await self.node.close()
         await self._stop_database()
