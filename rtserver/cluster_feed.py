@@ -21,6 +21,7 @@ again), logged and counted as a task failure.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -90,7 +91,7 @@ async def collect_cluster(cluster_bus: EmbeddedBus | None, worker_id: int,
             "message": f"the cluster status cannot be collected: {exc}",
             "action": "Required action: check the supervisor's bus hub; this worker's own "
             "view is in 'worker'",
-            "answered_by": worker_id,
+            "answered_by": worker_id, "server_time": time.time(),
             "worker": worker_document(_local_metrics(worker_id), health())}
     return True, cluster_document(status, worker_id)
 

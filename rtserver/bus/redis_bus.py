@@ -69,6 +69,7 @@ from rtserver.bus.redis_pubsub import Subscriber, open_subscriber
 from rtserver.bus.redis_scripts import SCRIPTS
 from rtserver.bus.redis_settings import RedisBusSettings, safe_url
 from rtserver.bus.redis_streams import (
+    accepted_on,
     parse_history_entry,
     parse_publication,
     recovery_from_reply,
@@ -112,6 +113,7 @@ class RedisBus(Bus):
         self._ch_user_b = self._ch_user.encode()
         self._ch_node = f"{p}:node:{settings.node_id}"
         self._origin = settings.node_id.encode()
+        self._clock = settings.clock_id.encode()
         self._loop: asyncio.AbstractEventLoop
         self._handler: BusHandler | None = None
         self._client: aioredis.Redis | None = None
@@ -381,9 +383,13 @@ class RedisBus(Bus):
                 room = channel[len(self._ch_room_b):].decode()
                 held = self._gaps.rooms
                 if held and room in held:
-                    held[room].append((epoch, seq, body))
+                    held[room].append((epoch, seq, body))  # delivered later: not timed
                 else:
-                    handler.on_publication(room, epoch, seq, body)
+                    self.accepted_at = accepted_on(data, self._clock)
+                    try:
+                        handler.on_publication(room, epoch, seq, body)
+                    finally:
+                        self.accepted_at = 0.0
             elif kind == 0x45:  # E: room event
                 nl = data.index(b"\n", 1)
                 handler.on_room_event(channel[len(self._ch_room_b):].decode(), data[nl + 1:])

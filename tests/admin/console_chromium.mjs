@@ -7,9 +7,11 @@
 // Any console error, page error, failed request or HTTP error answer fails the run.
 //
 // env: CONSOLE_URL (http://127.0.0.1:PORT), OPERATOR_TOKEN, READONLY_TOKEN, ARTIFACTS (dir),
-//      SCENARIO ("single": panels and actions, "workers": a SIGKILLed worker turns stale and
-//      comes back respawned, "link": the single-use link of `rtserver admin-url` in LINK_URL
-//      logs in once and is refused in a new page; the quote activity panel shows an edit).
+//      SCENARIO ("single": panels and actions, the cluster panels from pushes, and the
+//      explicit polling while the WebSocket is down; "workers": publish accepted -> delivered
+//      latency of both workers, a SIGKILLed worker turns stale and comes back respawned;
+//      "link": the single-use link of `rtserver admin-url` in LINK_URL logs in once and is
+//      refused in a new page; the quote activity panel shows an edit).
 
 import { createRequire } from "node:module";
 import { mkdirSync } from "node:fs";
@@ -44,6 +46,9 @@ async function step(name, fields = {}) {
 }
 
 const problems = [];
+/** GET /admin/cluster requests made by any page (the console reads it only while its
+ * WebSocket is down). */
+const clusterReads = [];
 /** Every page opened, for the failure screenshots. */
 const pages = [];
 
@@ -68,6 +73,7 @@ async function watchedPage(browser, expected401 = []) {
   page.on("response", (res) => {
     if (res.status() >= 400 && !expected(res.url(), res.status())) problems.push(`HTTP ${res.status()}: ${res.url()}`);
   });
+  page.on("request", (req) => { if (new URL(req.url()).pathname === "/admin/cluster") clusterReads.push(req.url()); });
   return { context, page };
 }
 
@@ -84,8 +90,26 @@ async function waitPolls(page, n) {
   await page.waitForFunction((target) => Number(document.body.dataset.polls ?? "0") >= target, start + n);
 }
 
-async function login(browser, token) {
+async function clusterPushes(page) {
+  return Number(await page.evaluate(() => document.body.dataset.clusterPushes ?? "0"));
+}
+
+/**
+ * The console's WebSocket through a route the test can cut: while `wsRoute.blocked`, the
+ * open socket is closed (1012) and every reconnect attempt is closed at once.
+ */
+const wsRoute = { blocked: false, open: /** @type {any[]} */ ([]) };
+async function routeSockets(page) {
+  await page.routeWebSocket(/\/ws(\?|$)/, (ws) => {
+    if (wsRoute.blocked) { ws.close({ code: 1012, reason: "blocked by the test" }); return; }
+    ws.connectToServer();
+    wsRoute.open.push(ws);
+  });
+}
+
+async function login(browser, token, { route = false } = {}) {
   const { context, page } = await watchedPage(browser);
+  if (route) await routeSockets(page);
   await page.goto(`${BASE}/admin/#token=${token}`);
   await page.waitForFunction(() => document.body.dataset.screen === "console");
   check(!page.url().includes("token="), "the token left the address bar");
@@ -118,11 +142,14 @@ async function single(browser) {
     await page.screenshot({ path: path.join(ARTIFACTS, "read-only.png"), fullPage: true });
     await context.close();
   }
-  // Operator: live counters and latency while a client publishes.
-  const { context, page } = await login(browser, process.env.OPERATOR_TOKEN);
+  // Operator: live counters and latency while a client publishes, all from pushes.
+  const { context, page } = await login(browser, process.env.OPERATOR_TOKEN, { route: true });
   check((await page.textContent("#mode")) === "operator", "operator badge");
   await waitPolls(page, 1);
-  const latencyBefore = Number(await page.evaluate(() => document.body.dataset.latencyPoints ?? "0"));
+  const readsWhileUp = clusterReads.length;
+  // Read together: every chart point below comes from one applied document.
+  const [pushesBefore, latencyBefore] = await page.evaluate(() => [
+    Number(document.body.dataset.clusterPushes ?? "0"), Number(document.body.dataset.latencyPoints ?? "0")]);
   await step("publish_start");
   await page.waitForFunction(() => {
     const b = document.querySelector("[data-testid='counter-publications'] b");
@@ -130,8 +157,32 @@ async function single(browser) {
   });
   await page.waitForFunction((before) => Number(document.body.dataset.latencyPoints ?? "0") >= before + 4, latencyBefore);
   await page.waitForFunction(() => document.querySelector("[data-testid='worker-0-status']")?.textContent === "ok");
+  await page.waitForFunction(() => /\d/.test(document.querySelector("[data-testid='delivery-0-p99']")?.textContent ?? ""));
   await step("publish_stop");
   await page.screenshot({ path: path.join(ARTIFACTS, "console.png"), fullPage: true });
+  // The panels changed from cluster_status pushes (a read still in flight from before the
+  // WebSocket was up may land too; none is made while it is up, checked below).
+  await page.waitForFunction((n) => Number(document.body.dataset.clusterPushes ?? "0") >= n, pushesBefore + 4);
+  check(clusterReads.length === readsWhileUp,
+        `no GET /admin/cluster while the WebSocket was up (${clusterReads.length - readsWhileUp} made)`);
+  check((await page.evaluate(() => document.body.dataset.ws)) === "connected", "the WebSocket stayed up");
+  check(await page.isHidden("#push-state"), "no 'pushes down' notice while the WebSocket is up");
+
+  // The WebSocket down: the page says so and reads /admin/cluster once per interval.
+  wsRoute.blocked = true;
+  for (const ws of wsRoute.open.splice(0)) await ws.close({ code: 1012, reason: "cut by the test" });
+  await page.waitForFunction(() => /Live pushes down.*polling \/admin\/cluster/.test(
+    document.querySelector("[data-testid='push-state']")?.textContent ?? ""));
+  const readsBefore = clusterReads.length;
+  const appliedBefore = await polls(page);
+  await page.waitForFunction((n) => Number(document.body.dataset.polls ?? "0") >= n, appliedBefore + 2);
+  check(clusterReads.length >= readsBefore + 2, "polling /admin/cluster while the WebSocket is down");
+  await page.screenshot({ path: path.join(ARTIFACTS, "pushes-down.png"), fullPage: true });
+  wsRoute.blocked = false;
+  await page.waitForFunction(() => document.body.dataset.ws === "connected", null, { timeout: 30000 });
+  await page.waitForFunction(() => document.querySelector("[data-testid='push-state']")?.hidden === true);
+  const pushesBack = await clusterPushes(page);
+  await page.waitForFunction((n) => Number(document.body.dataset.clusterPushes ?? "0") >= n, pushesBack + 1);
 
   // Rooms: search, then a room's presence list (the console itself is in admin:alerts).
   await page.fill("#room-query", "admin:");
@@ -172,6 +223,14 @@ async function workers(browser) {
   for (const w of ["0", "1"]) {
     await page.waitForFunction((id) => document.querySelector(`[data-testid='worker-${id}-status']`)?.textContent === "ok", w);
   }
+  // Published on both workers, delivered by both: accepted -> delivered of each worker.
+  await step("publish_across");
+  for (const w of ["0", "1"]) {
+    await page.waitForFunction((id) => /\d/.test(
+      document.querySelector(`[data-testid='delivery-${id}-p99']`)?.textContent ?? ""), w);
+  }
+  await step("publish_stop");
+  await page.screenshot({ path: path.join(ARTIFACTS, "delivery-latency.png"), fullPage: true });
   const { worker } = await step("kill_worker");
   await page.waitForFunction((id) =>
     document.querySelector(`[data-testid='worker-${id}-status']`)?.textContent === "stale", String(worker));

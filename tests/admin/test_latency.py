@@ -5,6 +5,7 @@ accepted -> delivered across the workers of one node."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 import urllib.request
 from typing import Any
@@ -15,9 +16,11 @@ from websockets.asyncio.client import connect
 
 from conftest import Client, ServerProcess, token
 from rtserver.admin_status import parse_metrics
+from rtserver.bus.redis_bus import RedisBus
 from rtserver.fanout_latency import FANOUT_LATENCY, LATENCY_BUCKETS, FanoutLatency
 from rtserver.metrics import Histogram, Registry
-from tests.admin.conftest import get
+from tests.admin.conftest import get, new_prefix, redis_bus
+from tests.bus.conftest import Recorder
 from tests.domains.insurance.helpers import wait_until
 
 
@@ -155,3 +158,46 @@ async def test_replays_are_not_timed() -> None:
     await asyncio.sleep(0)  # the tick's callback
     await asyncio.sleep(0)
     assert sum(fanout.snapshot()) == 2 and sum(delivery.snapshot()) == 1
+
+
+class _Stamps(Recorder):
+    """Records the bus's accepted time of every publication handed to it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.bus: Any = None
+        self.accepted: list[float] = []
+
+    def on_publication(self, room: str, epoch: str, seq: int, body: bytes) -> None:
+        self.accepted.append(self.bus.accepted_at)
+        super().on_publication(room, epoch, seq, body)
+
+
+async def test_redis_bus_times_only_this_machines_publications() -> None:
+    """Redis (127.0.0.1:6379): a publication carries its node, clock and accepted time; a
+    worker times it only when it was accepted on its own machine's monotonic clock."""
+    prefix = new_prefix()
+    here = dataclasses.replace(redis_bus(6379, prefix, 0).settings)
+    elsewhere = dataclasses.replace(redis_bus(6379, prefix, 1).settings,
+                                    clock_id="boot:another-machine")
+    sibling = redis_bus(6379, prefix, 2).settings
+    receiver, remote, local = RedisBus(here), RedisBus(elsewhere), RedisBus(sibling)
+    stamps = _Stamps()
+    stamps.bus = receiver
+    await receiver.start(stamps)
+    await remote.start(Recorder())
+    await local.start(Recorder())
+    try:
+        stamps.rooms.add("bench:clock")
+        await receiver.add_interest("bench:clock")
+        before = time.monotonic()
+        await remote.publish("bench:clock", b'{"type":"message","n":1}')
+        await local.publish("bench:clock", b'{"type":"message","n":2}')
+        await stamps.wait_for(lambda: len(stamps.accepted) == 2)
+        from_remote, from_sibling = stamps.accepted
+        assert from_remote == 0.0  # another machine's clock: not observed
+        assert before <= from_sibling <= time.monotonic()  # a sibling worker's: observed
+        assert receiver.accepted_at == 0.0  # only while the publication is handed over
+    finally:
+        for bus in (receiver, remote, local):
+            await bus.close()
