@@ -177,7 +177,7 @@ async def test_redis_bus_times_only_this_machines_publications() -> None:
     """Redis (127.0.0.1:6379): a publication carries its node, clock and accepted time; a
     worker times it only when it was accepted on its own machine's monotonic clock."""
     prefix = new_prefix()
-    here = dataclasses.replace(redis_bus(6379, prefix, 0).settings)
+    here = redis_bus(6379, prefix, 0).settings
     elsewhere = dataclasses.replace(redis_bus(6379, prefix, 1).settings,
                                     clock_id="boot:another-machine")
     sibling = redis_bus(6379, prefix, 2).settings
