@@ -9,6 +9,9 @@
   token, 403 without the permission, answered before the route runs (so a
   refused request never reaches the database).
 
+``GET /admin/session/exchange`` is the one exception: it takes the single-use token
+of a login link instead (rtserver/admin_session.py) and answers a session token.
+
 Core routes: ``/admin/session`` (who the token is, what the console may show),
 ``/admin/cluster`` (every worker through the bus hub), ``/admin/connections``
 (every worker's table through the hub, ``?user=``, ``?connection_id=``,
@@ -38,10 +41,11 @@ from websockets.http11 import Request, Response
 from rtserver import jsonlog
 from rtserver.admin_cluster import ClusterView, merge_connections, merge_rooms
 from rtserver.admin_queries import connection_history
-from rtserver.admin_status import cluster_document, worker_document
+from rtserver.admin_session import EXCHANGE_PATH, LinkRefused, LoginLinks
 from rtserver.auth import AccessDenied, Principal, TokenError
 from rtserver.bus.base import BusUnavailable
 from rtserver.bus.embedded_client import EmbeddedBus
+from rtserver.cluster_feed import collect_cluster
 from rtserver.config import Config
 from rtserver.metrics import REGISTRY
 from rtserver.node import Node
@@ -110,7 +114,7 @@ class AdminHttp:
     def __init__(self, config: Config, node: Node, worker_id: int,
                  cluster_bus: EmbeddedBus | None, domain_routes: dict[str, Route],
                  origin_allowed: Callable[[str, str | None], bool],
-                 ui_root: Path = ADMIN_UI_ROOT) -> None:
+                 ui_root: Path = ADMIN_UI_ROOT, *, jwt_secret: str) -> None:
         self.config = config
         self.node = node
         self.worker_id = worker_id
@@ -118,6 +122,7 @@ class AdminHttp:
         self.view = ClusterView(node, worker_id, cluster_bus)
         self.origin_allowed = origin_allowed
         self.ui = StaticDirectory("/admin/", ui_root)
+        self.login_links = LoginLinks(config, node.verifier, jwt_secret, lambda: node.store)
         self.routes: dict[str, Route] = {
             "/admin/session": self._session, "/admin/cluster": self._cluster,
             "/admin/connections": self._connections, "/admin/rooms": self._rooms,
@@ -153,8 +158,19 @@ class AdminHttp:
                         f"{path} is not served to {remote}",
                         "Required action: add the scraper's network to admin.status_allow")
 
-    async def response(self, path: str, request: Request) -> Response | None:
-        """The answer for an ``/admin`` path, or None when ``path`` is not one."""
+    async def response(self, path: str, request: Request,
+                       remote: str | None = None) -> Response | None:
+        """The answer for an ``/admin`` path, or None when ``path`` is not one
+        (``remote``: the client's address, recorded with the use of a login link)."""
+        if path == EXCHANGE_PATH:
+            try:
+                doc = await self.login_links.exchange(
+                    request.headers.get("Authorization", ""), remote,
+                    request.headers.get("User-Agent"))
+            except LinkRefused as exc:
+                return _refusal(exc.status, exc.error, exc.message, exc.action)
+            _ANSWERED.inc(path)
+            return json_response(http.HTTPStatus.OK, doc)
         if path in ("/admin", "/admin/"):
             return self._ui("index.html", request)
         if not path.startswith("/admin/"):
@@ -220,26 +236,9 @@ class AdminHttp:
             "database": self.node.store is not None})
 
     async def _cluster(self, request: Request) -> Response:
-        if self.cluster_bus is None:
-            status: dict[str, Any] = {
-                "workers": {str(self.worker_id): {
-                    "metrics": REGISTRY.render({"worker": str(self.worker_id)}),
-                    "health": self.node.health()}},
-                "missing": [], "expected_workers": 1, "supervisor_metrics": ""}
-        else:
-            try:
-                status = await self.cluster_bus.cluster_status()
-            except BusUnavailable as exc:
-                log.error("admin_cluster_unavailable", error=str(exc))
-                doc = {"error": "bus_unavailable",
-                       "message": f"the cluster status cannot be collected: {exc}",
-                       "action": "Required action: check the supervisor's bus hub; this "
-                       "worker's own view is in 'worker'",
-                       "worker": worker_document(
-                           REGISTRY.render({"worker": str(self.worker_id)}),
-                           self.node.health())}
-                return json_response(http.HTTPStatus.SERVICE_UNAVAILABLE, doc)
-        return json_response(http.HTTPStatus.OK, cluster_document(status, self.worker_id))
+        ok, doc = await collect_cluster(self.cluster_bus, self.worker_id, self.node.health)
+        return json_response(http.HTTPStatus.OK if ok else http.HTTPStatus.SERVICE_UNAVAILABLE,
+                             doc)
 
     async def _ask(self, name: str, args: dict[str, Any]) -> dict[str, Any] | Response:
         try:

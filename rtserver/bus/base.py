@@ -213,6 +213,12 @@ class Bus(abc.ABC):
     """One interface for the local, embedded and Redis buses."""
 
     kind: str
+    #: While the bus hands a live publication to :meth:`BusHandler.on_publication`: the
+    #: ``time.monotonic()`` (CLOCK_MONOTONIC: one clock for every process of a machine) at
+    #: which a worker of this node handed it to its bus (publish accepted), for the
+    #: publish → delivered histogram (rtserver/fanout_latency.py). 0.0 when there is none:
+    #: a publication replayed after a reconnect or published on another node.
+    accepted_at: float = 0.0
 
     @abc.abstractmethod
     async def start(self, handler: BusHandler) -> None:

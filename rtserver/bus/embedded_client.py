@@ -64,6 +64,8 @@ _enc = msgspec.msgpack.Encoder()
 _dec = msgspec.msgpack.Decoder()
 _PUB_HEAD = wire.PUBLISH_HEAD
 _ACK_PUB = wire.ACK_PUBLISH
+_STAMP = wire.PUB_HEAD
+_STAMP_SIZE = wire.PUB_HEAD.size
 _ACK_POS = wire.ACK_POSITION
 
 LATE_ANSWERS = REGISTRY.counter(
@@ -404,11 +406,17 @@ class EmbeddedBus(ClusterStatusClient, Bus):
             if kind == wire.K_PUB:
                 room = f.key
                 epoch = f"{self._instance}.{f.req}"
+                payload = f.payload
+                body = payload[_STAMP_SIZE:]
                 held = self._gaps.rooms
                 if held and room in held:
-                    held[room].append((epoch, f.seq, f.payload))
+                    held[room].append((epoch, f.seq, body))  # delivered later: not timed
                 else:
-                    handler.on_publication(room, epoch, f.seq, f.payload)
+                    self.accepted_at = _STAMP.unpack_from(payload)[0]
+                    try:
+                        handler.on_publication(room, epoch, f.seq, body)
+                    finally:
+                        self.accepted_at = 0.0
             elif kind == wire.K_USER:
                 handler.on_user_message(f.key, f.payload)
             elif kind == wire.K_EVENT:
@@ -445,8 +453,9 @@ class EmbeddedBus(ClusterStatusClient, Bus):
             key = f"{self._key_prefix}{self._keys}"
             flags = wire.PUBLISH_KEY_GENERATED
         kb = key.encode()
-        deadline = time.monotonic() + self.settings.request_timeout
-        payload = _PUB_HEAD.pack(deadline, flags, len(kb)) + kb + body
+        accepted = time.monotonic()
+        deadline = accepted + self.settings.request_timeout
+        payload = _PUB_HEAD.pack(deadline, accepted, flags, len(kb)) + kb + body
         seq, answer = await self._send_request(wire.K_PUBLISH, room, payload, retriable=True)
         n, status = _ACK_PUB.unpack(answer)
         if status == wire.PUBLISH_EXPIRED:

@@ -67,6 +67,7 @@ _M_HUB_EXPIRED = REGISTRY.counter(
     "Publishes refused by the hub because they arrived after their deadline (not applied)")
 _PUB_HEAD = wire.PUBLISH_HEAD
 _ACK_PUB = wire.ACK_PUBLISH
+_STAMP = wire.PUB_HEAD
 _ACK_POS = wire.ACK_POSITION
 
 _enc = msgspec.msgpack.Encoder()
@@ -329,7 +330,7 @@ class EmbeddedBusServer:
         client reports it failed, so it must not be applied).
         """
         payload = f.payload
-        deadline, flags, klen = _PUB_HEAD.unpack_from(payload)
+        deadline, accepted, flags, klen = _PUB_HEAD.unpack_from(payload)
         start = _PUB_HEAD.size
         key = payload[start:start + klen].decode() if klen else None
         body = payload[start + klen:]
@@ -351,7 +352,7 @@ class EmbeddedBusServer:
             _M_HUB_PUBLISHED.inc()
             targets = self._rooms.get(room)
             if targets:
-                frame = wire.encode(wire.K_PUB, n, seq, room, body)
+                frame = wire.encode(wire.K_PUB, n, seq, room, _STAMP.pack(accepted) + body)
                 for target in targets:
                     target.send(frame)
         status = wire.PUBLISH_APPLIED if applied else wire.PUBLISH_DUPLICATE

@@ -90,7 +90,11 @@ class LocalBus(Bus):
         n, seq, applied = streams.publish(room, body, key, now)
         epoch = streams.epoch_name(n)
         if applied and room in self._rooms:
-            self._h().on_publication(room, epoch, seq, body)
+            self.accepted_at = now  # accepted here, delivered here (same process)
+            try:
+                self._h().on_publication(room, epoch, seq, body)
+            finally:
+                self.accepted_at = 0.0
         return StreamPosition(epoch=epoch, seq=seq)
 
     async def position(self, room: str) -> StreamPosition:

@@ -8,9 +8,8 @@ Keys and channels (``P`` = ``key_prefix``)::
     P:pres:<room>    zset     presence (:mod:`rtserver.bus.redis_presence`)
     P:room:<room>    channel  room publications and room events
     P:user:<user>    channel  user messages
-    P:node:<node>    channel  this worker's own channel (keeps the subscriber
-                              connection subscribed even with no interest; admin answers)
-    P:admin, P:workers        admin queries (:mod:`rtserver.bus.redis_admin`)
+    P:node:<node>    channel  this worker's own channel (keeps the subscriber subscribed)
+    P:admin, P:workers        admin queries and answers (:mod:`rtserver.bus.redis_admin`)
 
 Publishing is one Lua script (:mod:`rtserver.bus.redis_scripts`): check the
 epoch, ``INCR`` the room seq, store the history and ``PUBLISH`` — one atomic
@@ -22,13 +21,12 @@ payload`` (user message). Every worker, the publisher included, receives its
 publications through its subscription (:class:`~rtserver.bus.redis_pubsub.Subscriber`).
 
 Failure handling: a connection error marks the bus down (health degraded,
-``on_bus_state``, logged, counted); publishes and queries raise
-:class:`BusUnavailable`; interest and presence changes are logged as deferred
-(the node has them in its Hub). The reconnect loop (backoff with jitter, every
-attempt logged) reloads the scripts, re-declares exactly the handler's
-:meth:`~rtserver.bus.base.BusHandler.interest_snapshot`, checks the epoch,
-logs ``bus_recovered`` and calls ``on_bus_state``. The bus keeps no copy of
-the worker's rooms, users or presence.
+``on_bus_state``, logged, counted); publishes and queries raise :class:`BusUnavailable`;
+interest and presence changes are logged as deferred (the node has them in its Hub).
+The reconnect loop (backoff with jitter, every attempt logged) reloads the scripts,
+re-declares exactly the handler's :meth:`~rtserver.bus.base.BusHandler.interest_snapshot`,
+checks the epoch, logs ``bus_recovered`` and calls ``on_bus_state``. The bus keeps no
+copy of the worker's rooms, users or presence.
 
 Redis restarted without persistence: the epoch key is gone, the first node to
 reconnect sets a new one and every node sees the change (``redis_data_lost``);
@@ -71,6 +69,7 @@ from rtserver.bus.redis_pubsub import Subscriber, open_subscriber
 from rtserver.bus.redis_scripts import SCRIPTS
 from rtserver.bus.redis_settings import RedisBusSettings, safe_url
 from rtserver.bus.redis_streams import (
+    accepted_on,
     parse_history_entry,
     parse_publication,
     recovery_from_reply,
@@ -114,6 +113,7 @@ class RedisBus(RedisAdminQueries, Bus):
         self._ch_user_b = self._ch_user.encode()
         self._ch_node = f"{p}:node:{settings.node_id}"
         self._origin = settings.node_id.encode()
+        self._clock = settings.clock_id.encode()
         self._loop: asyncio.AbstractEventLoop
         self._handler: BusHandler | None = None
         self._client: aioredis.Redis | None = None
@@ -386,9 +386,13 @@ class RedisBus(RedisAdminQueries, Bus):
                 room = channel[len(self._ch_room_b):].decode()
                 held = self._gaps.rooms
                 if held and room in held:
-                    held[room].append((epoch, seq, body))
+                    held[room].append((epoch, seq, body))  # delivered later: not timed
                 else:
-                    handler.on_publication(room, epoch, seq, body)
+                    self.accepted_at = accepted_on(data, self._clock)
+                    try:
+                        handler.on_publication(room, epoch, seq, body)
+                    finally:
+                        self.accepted_at = 0.0
             elif kind == 0x45:  # E: room event
                 nl = data.index(b"\n", 1)
                 handler.on_room_event(channel[len(self._ch_room_b):].decode(), data[nl + 1:])
