@@ -190,6 +190,10 @@ def configure(level: str = "info", stream: TextIO | None = None, *,
     if writer == "background" and _writer is None:
         _writer = _BackgroundWriter()
         atexit.register(flush)
+    if writer != "loop" and _loop_writer is not None:  # back to direct/background
+        _loop_writer.drain()
+        _loop_writer.sink.close()
+        _loop_writer = None
     if writer == "loop" and _loop_writer is None:
         if loop_settings is None or stream not in (None, sys.stderr):
             raise ValueError("writer='loop' writes to stderr's descriptor and needs "

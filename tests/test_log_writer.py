@@ -10,11 +10,13 @@ from __future__ import annotations
 import asyncio
 import fcntl
 import os
+import pty
 import re
 import signal
 import socket
 import threading
 import time
+import tty
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -184,11 +186,14 @@ def _nonblock(fd: int) -> bool:
     return bool(fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_NONBLOCK)
 
 
-@pytest.mark.parametrize("kind", ["pipe", "shared", "socket"])
+@pytest.mark.parametrize("kind", ["pipe", "shared", "socket", "tty"])
 def test_sink_keeps_the_loop_running_and_every_line_in_order(kind: str) -> None:
+    ours, theirs = socket.socketpair()
     if kind == "socket":
-        ours, theirs = socket.socketpair()
         wfd, rfd = ours.fileno(), theirs.fileno()
+    elif kind == "tty":
+        rfd, wfd = pty.openpty()  # a terminal: the writer opens the pty's slave again
+        tty.setraw(wfd)  # no newline translation, so the bytes read are the bytes written
     else:
         rfd, wfd = os.pipe()
     sink = open_sink(wfd, reopen=kind != "shared")
@@ -227,9 +232,8 @@ def test_sink_keeps_the_loop_running_and_every_line_in_order(kind: str) -> None:
     sink.close()
     for fd in (rfd, wfd) if kind != "socket" else ():
         os.close(fd)
-    if kind == "socket":
-        ours.close()
-        theirs.close()
+    ours.close()
+    theirs.close()
     assert [orjson.loads(line)["n"] for line in b"".join(received).splitlines()] == list(
         range(total))
     assert len(warnings) == 1 and warnings[0][0] > 100_000  # rate-limited: one per interval
