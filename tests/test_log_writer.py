@@ -256,3 +256,37 @@ def test_outside_the_loop_lines_are_written_after_the_buffer() -> None:
     os.close(wfd)
     with os.fdopen(rfd, "rb") as f:
         assert f.read() == b"in-loop 0\nin-loop 1\nin-loop 2\nafter\n"
+
+
+def test_a_server_whose_stderr_is_a_socket_writes_every_line(tmp_path: Path) -> None:
+    """systemd's StandardError=journal gives a stream socket: send(MSG_DONTWAIT) on it."""
+    import subprocess
+    import sys
+
+    from tests.conftest import SECRET
+
+    ours, theirs = socket.socketpair()
+    env = {**os.environ, "RTSERVER_JWT_SECRET": SECRET, "RTSERVER_PORT": "0"}
+    proc = subprocess.Popen([sys.executable, "-m", "rtserver", "serve", "--domains", ""],
+                            env=env, stderr=ours.fileno(), stdout=subprocess.DEVNULL)
+    ours.close()
+    try:
+        data = b""
+        theirs.settimeout(30)
+        while b'"event":"listening"' not in data:
+            chunk = theirs.recv(65536)
+            assert chunk, f"server exited before listening: {data[-2000:]!r}"
+            data += chunk
+        proc.send_signal(signal.SIGTERM)
+        while chunk := theirs.recv(65536):
+            data += chunk
+        assert proc.wait(30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+        theirs.close()
+    lines = parse(data.decode())
+    assert lines[0]["event"] == "log_writer" and lines[0]["sink"] == "socket"
+    assert_contiguous(lines)
+    assert lines[-1]["event"] == "stopped"
