@@ -41,6 +41,7 @@ from rtserver.config_sections import (
     WorkersConfig,
 )
 from rtserver.jsonlog import get_logger
+from rtserver.log_writer import LoopWriterSettings
 from rtserver.redact import mask_url_credentials
 
 __all__ = [
@@ -65,6 +66,7 @@ __all__ = [
     "effective_values",
     "load_config",
     "load_layers",
+    "log_writer_settings",
     "mask_value",
     "masked",
     "resolve_workers",
@@ -370,6 +372,10 @@ def _validate(c: Config) -> None:
                           "or CIDR networks such as 10.0.0.0/8") from exc
     _require(s.max_incoming_queue >= 1, "server.max_incoming_queue", "must be >= 1",
              "set a positive number")
+    _require(s.log_buffer_warn_bytes >= 1, "server.log_buffer_warn_bytes", "must be >= 1",
+             "set the buffered log bytes that raise a log_buffer_high warning")
+    _require(s.log_buffer_warn_interval > 0, "server.log_buffer_warn_interval", "must be > 0",
+             "set the seconds between log_buffer_high warnings")
     if a.jwt_algorithm == "HS256":
         _require(bool(a.jwt_secret) or s.dev, "auth.jwt_secret",
                  "no JWT signing secret is configured",
@@ -508,6 +514,12 @@ def _mask_table(table: dict[str, Any], prefix: str) -> None:
             _mask_table(value, dotted + ".")
         else:
             table[key] = mask_value(dotted, value)
+
+
+def log_writer_settings(config: Config) -> LoopWriterSettings:
+    """The loop log writer's settings (``server.log_buffer_warn_*``)."""
+    return LoopWriterSettings(warn_bytes=config.server.log_buffer_warn_bytes,
+                              warn_interval=config.server.log_buffer_warn_interval)
 
 
 def masked(config: Config) -> dict[str, Any]:

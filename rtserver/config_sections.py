@@ -56,7 +56,9 @@ class ServerConfig(Section, frozen=True):
     max_incoming_queue: int
     shutdown_grace: float
     dev: bool
-    log_writer: Literal["direct", "background"]
+    log_writer: Literal["loop", "direct", "background"]
+    log_buffer_warn_bytes: int
+    log_buffer_warn_interval: float
     allowed_origins: list[str]
     max_connections: int
     max_connections_per_address: int

@@ -37,7 +37,7 @@ from rtserver.bus.base import Bus, BusHealth, BusUnavailable, InterestSnapshot
 from rtserver.bus.embedded_client import EmbeddedBus
 from rtserver.bus.local import LocalBus
 from rtserver.cluster_feed import ClusterFeed, collect_cluster
-from rtserver.config import Config, masked
+from rtserver.config import Config, log_writer_settings, masked
 from rtserver.connection import ConnState
 from rtserver.fanout import load_fanout
 from rtserver.forwarded import CLIENT_ADDRESS, TrustedProxies
@@ -571,8 +571,8 @@ def run_server(config: Config, worker_id: int = 0, sock: socket.socket | None = 
     """
     import uvloop
 
-    jsonlog.configure(config.server.log_level,
-                      background=config.server.log_writer == "background")
+    jsonlog.configure(config.server.log_level, writer=config.server.log_writer,
+                      loop_settings=log_writer_settings(config))
     jsonlog.set_worker(worker_id)
     log.lifecycle("config", effective=masked(config), sources=dict(sources))
     if config.fanout.implementation == "python":
@@ -581,4 +581,5 @@ def run_server(config: Config, worker_id: int = 0, sock: socket.socket | None = 
                     "slower than the compiled core")
     server = RtServer(config, worker_id=worker_id, sock=sock)
     uvloop.run(server.serve_until_signal())
+    jsonlog.flush()  # the lines the loop buffered last (atexit would too; this is the normal path)
     return 0
