@@ -14,15 +14,16 @@ of a login link instead (rtserver/admin_session.py) and answers a session token.
 
 Core routes: ``/admin/session`` (who the token is, what the console may show),
 ``/admin/cluster`` (every worker through the bus hub), ``/admin/connections``
-(every worker's table through the hub, ``?user=``, ``?connection_id=``,
-``?state=``, ``?limit=``), ``/admin/rooms`` (every worker's largest rooms with
-messages/s and the bus's history depth, ``?q=``, ``?limit=``),
-``/admin/presence`` (``?room=``: a room's members on every worker, through the
-bus, with each worker's member count); the workers that did not answer within
-``workers.collect_timeout`` are listed in ``missing`` (see
-:mod:`rtserver.admin_cluster`), ``/admin/connection_history`` (``?user=`` or ``?connection_id=``:
-the recorded connections of every worker, with close codes), ``/admin/audit``
-(``admin_activity_logs``, newest first).
+(every worker's table, ``?user=``, ``?connection_id=``, ``?state=``,
+``?limit=``), ``/admin/rooms`` (every worker's largest rooms with messages/s
+and the bus's history depth, ``?q=``, ``?limit=``), ``/admin/presence``
+(``?room=``: a room's members on every worker, through the bus, with each
+worker's member count), ``/admin/connection_history`` (``?user=`` or
+``?connection_id=``: the recorded connections of every worker, with close codes
+and state history), ``/admin/audit`` (``admin_activity_logs``, newest first).
+Rooms, connections and the per-worker presence are asked of every worker
+through Redis or the hub; the workers that did not answer within
+``workers.collect_timeout`` are listed in ``missing`` (:mod:`rtserver.admin_cluster`).
 """
 
 from __future__ import annotations
@@ -246,8 +247,9 @@ class AdminHttp:
         except BusUnavailable as exc:
             log.error("admin_query_unavailable", query=name, error=str(exc))
             return _refusal(http.HTTPStatus.SERVICE_UNAVAILABLE, "bus_unavailable",
-                            f"the workers cannot be asked through the hub: {exc}",
-                            "Required action: check the supervisor's bus hub; retry")
+                            f"the workers cannot be asked through the bus: {exc}",
+                            "Required action: check the bus (Redis or the supervisor's hub); "
+                            "retry")
 
     async def _connections(self, request: Request) -> Response:
         query = _query(request)

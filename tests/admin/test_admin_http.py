@@ -14,7 +14,7 @@ import pytest
 from conftest import token
 from rtserver.admin_http import CONSOLE_CSP
 from rtserver.metrics import REGISTRY
-from tests.admin.conftest import get
+from tests.admin.conftest import get, new_prefix, redis_bus
 from tests.domains.insurance.helpers import insurance, recv_until
 
 ROUTES = ["/admin/session", "/admin/cluster", "/admin/connections", "/admin/rooms",
@@ -203,6 +203,20 @@ async def test_connection_state_history_live_and_stored(domain_server: Any, ws: 
     assert history[2]["reason"] == "closed by the test"
     assert [h["at"] for h in history] == sorted(h["at"] for h in history)
     assert history[0]["at"] == live["state_history"][0]["at"]
+
+
+async def test_rooms_and_connections_503_when_the_workers_cannot_be_asked(
+        domain_server: Any, redis_proc: Any) -> None:
+    server = await domain_server(bus=redis_bus(redis_proc.port, new_prefix(), 0))
+    tok = token(perms=["admin:monitor"])
+    status, _, body = await get(server.port, "/admin/rooms", tok)
+    assert status == 200 and orjson.loads(body)["scope"] == "cluster"
+    redis_proc.stop()
+    for path in ("/admin/rooms", "/admin/connections"):
+        status, _, body = await get(server.port, path, tok)
+        doc = orjson.loads(body)
+        assert status == 503 and doc["error"] == "bus_unavailable", doc
+        assert doc["action"].startswith("Required action:")
 
 
 @pytest.mark.parametrize(("path", "ctype"), [
