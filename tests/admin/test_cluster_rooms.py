@@ -34,7 +34,7 @@ CONFIG = f"""
 [admin]
 room_rate_window = {RATE_WINDOW}
 [workers]
-collect_timeout = 1.0
+collect_timeout = 3.0
 [namespaces.probe]
 subscribe = {{ permissions = [], access = "grant" }}
 publish = {{ permissions = ["publish"], access = "grant" }}
