@@ -343,6 +343,7 @@ class Rooms:
     def on_publication(self, room: str, epoch: str, seq: int, body: bytes) -> None:
         """Fan a room publication out to the local members, once per seq, in order."""
         t0 = self.latency.arrived()
+        accepted = self.bus.accepted_at
         PUBLICATIONS.inc()
         exclude = None
         if self._excludes:
@@ -365,6 +366,7 @@ class Rooms:
             log.error("stream_gap_unannounced", room=room, epoch=epoch, last_seq=last[1],
                       seq=seq, missed=seq - last[1] - 1)
         positions[room] = (epoch, seq)
+        self.hub.rates.count(room, t0)
         payload = with_seq(body, seq)
         held = self._held.get(room) if self._held else None
         if held:
@@ -373,7 +375,7 @@ class Rooms:
             n = self.out.fanout.send_many([s for s in sinks if s not in held], payload, exclude)
         else:
             n = self.out.fanout.send_many(sinks, payload, exclude)
-        self.latency.queued(t0)
+        self.latency.queued(t0, accepted)
         DELIVERIES.inc(amount=n)
 
     def _hold(self, held: dict[Any, _Held], epoch: str, seq: int, payload: bytes) -> None:

@@ -35,7 +35,8 @@ from rtserver.admission import Admission
 from rtserver.bus.base import Bus, BusHealth, BusUnavailable, InterestSnapshot
 from rtserver.bus.embedded_client import EmbeddedBus
 from rtserver.bus.local import LocalBus
-from rtserver.config import Config, masked
+from rtserver.cluster_feed import ClusterFeed, collect_cluster
+from rtserver.config import Config, log_writer_settings, masked
 from rtserver.connection import ConnState
 from rtserver.fanout import load_fanout
 from rtserver.forwarded import CLIENT_ADDRESS, TrustedProxies
@@ -193,7 +194,11 @@ class RtServer:
         self.trusted_proxies = TrustedProxies(config.server.trusted_proxies)
         self.ssl_context = server_ssl_context(config.server.certfile, config.server.keyfile)
         self.admin = AdminHttp(config, self.node, worker_id, cluster_bus, self.http_routes,
-                               self._origin_admitted)
+                               self._origin_admitted, jwt_secret=secret)
+        #: The console's cluster pushes (start_cluster): one collection per interval.
+        self.cluster_feed = ClusterFeed(self.node, config.admin.refresh_seconds, lambda: (
+            collect_cluster(cluster_bus, worker_id, self.node.health)))
+        self.cluster_feed.install(self.node.router)
         self._refusals = jsonlog.SummaryLog(log, "handshakes_refused")
         for warning in self.admission.origins.warnings:
             log.warning("allowed_origins_any", note=warning)
@@ -208,14 +213,13 @@ class RtServer:
         path = urlsplit(request.path).path
         if path == self.config.server.ws_path:
             return self._admit(connection, request)
-        if path in ("/healthz", "/metrics"):
-            remote = connection.remote_address
-            address: str | None = None
-            if remote:
-                address, _ = self.trusted_proxies.client_address(
-                    str(remote[0]), request.headers.get_all("X-Forwarded-For"))
-            if not self.admin.status_allowed(address):
-                return self.admin.status_refused(path, address)
+        remote = connection.remote_address
+        address: str | None = None
+        if remote:
+            address, _ = self.trusted_proxies.client_address(
+                str(remote[0]), request.headers.get_all("X-Forwarded-For"))
+        if path in ("/healthz", "/metrics") and not self.admin.status_allowed(address):
+            return self.admin.status_refused(path, address)
         if self.cluster_bus is not None and parse_qs(urlsplit(request.path).query).get(
                 "scope") != ["worker"] and path in ("/healthz", "/metrics"):
             return await self._cluster_status(path)
@@ -227,7 +231,7 @@ class RtServer:
         if path == "/metrics":
             text = REGISTRY.render({"worker": str(self.worker_id)})
             return _response(http.HTTPStatus.OK, text.encode(), "text/plain; version=0.0.4")
-        admin = await self.admin.response(path, request)
+        admin = await self.admin.response(path, request, address)
         if admin is not None:
             return admin
         route = self.http_routes.get(path)
@@ -528,6 +532,7 @@ class RtServer:
                       "longer to close")
             for conn in list(self.node.hub.connections.values()):
                 conn.ws.transport.abort()
+        await self.cluster_feed.close()
         await self.node.stop_domains()
         await self.node.close()
         await self._stop_database()
@@ -564,8 +569,8 @@ def run_server(config: Config, worker_id: int = 0, sock: socket.socket | None = 
     """
     import uvloop
 
-    jsonlog.configure(config.server.log_level,
-                      background=config.server.log_writer == "background")
+    jsonlog.configure(config.server.log_level, writer=config.server.log_writer,
+                      loop_settings=log_writer_settings(config))
     jsonlog.set_worker(worker_id)
     log.lifecycle("config", effective=masked(config), sources=dict(sources))
     if config.fanout.implementation == "python":
@@ -574,4 +579,5 @@ def run_server(config: Config, worker_id: int = 0, sock: socket.socket | None = 
                     "slower than the compiled core")
     server = RtServer(config, worker_id=worker_id, sock=sock)
     uvloop.run(server.serve_until_signal())
+    jsonlog.flush()  # the lines the loop buffered last (atexit would too; this is the normal path)
     return 0
