@@ -79,7 +79,7 @@ def _rss() -> int:
 
 # ------------------------------------------------------------------ client (child)
 
-async def _client(port: int, room_size: int, secret: str) -> None:
+async def _client(port: int, room_size: int, secret: str, in_flight: int) -> None:
     """For each line ``START COUNT`` on stdin: open and subscribe COUNT connections, say
     ``ready``, hold them until stdin says ``close``, close them and say ``closed``."""
     from websockets.asyncio.client import connect
@@ -107,7 +107,7 @@ async def _client(port: int, room_size: int, secret: str) -> None:
                     if '"error"' in reply:
                         raise SystemExit(f"subscribe refused: {reply}")
 
-        sem = asyncio.Semaphore(500)
+        sem = asyncio.Semaphore(in_flight)
         sockets = await asyncio.gather(*(one(start + i, sem) for i in range(count)))
         print("ready", flush=True)
         if (await reader.readline()).decode().strip() != "close":
@@ -159,6 +159,7 @@ async def _run(args: argparse.Namespace) -> dict[str, Any]:
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "rtserver.bench.conn_memory", "--client", str(server.port),
         "--connections", str(args.connections), "--room-size", str(args.room_size),
+        "--in-flight", str(args.in_flight),
         "--secret", secret, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
         env=env)
     n = args.connections
@@ -232,6 +233,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                                      description=__doc__.split("\n\n")[0])
     parser.add_argument("--connections", type=int, default=10000)
     parser.add_argument("--room-size", type=int, default=10)
+    parser.add_argument("--in-flight", type=int, default=500,
+                        help="handshakes the client has in flight at once")
     parser.add_argument("--frames", type=int, default=1,
                         help="tracemalloc frames per allocation (1: the innermost)")
     parser.add_argument("--top", type=int, default=25, help="source lines listed")
@@ -240,12 +243,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--client", type=int, metavar="PORT", help=argparse.SUPPRESS)
     parser.add_argument("--secret", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.in_flight < 1:
+        parser.error("--in-flight must be >= 1")
     if not 1 <= args.connections <= 15000:
         parser.error("--connections must be within 1..15000 (one client process, fd limit)")
     import uvloop
 
     if args.client is not None:
-        uvloop.run(_client(args.client, args.room_size, args.secret))
+        uvloop.run(_client(args.client, args.room_size, args.secret, args.in_flight))
         return 0
     result = uvloop.run(_run(args))
     _print(result, args.top)
