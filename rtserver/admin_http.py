@@ -9,21 +9,27 @@
   token, 403 without the permission, answered before the route runs (so a
   refused request never reaches the database).
 
+``GET /admin/session/exchange`` is the one exception: it takes the single-use token
+of a login link instead (rtserver/admin_session.py) and answers a session token.
+
 Core routes: ``/admin/session`` (who the token is, what the console may show),
 ``/admin/cluster`` (every worker through the bus hub), ``/admin/connections``
-(this worker's table, ``?user=``, ``?connection_id=``, ``?state=``,
-``?limit=``), ``/admin/rooms`` (this worker's largest rooms, ``?q=``,
-``?limit=``), ``/admin/presence`` (``?room=``: a room's members on every worker,
-through the bus), ``/admin/connection_history`` (``?user=`` or ``?connection_id=``:
-the recorded connections of every worker, with close codes), ``/admin/audit``
-(``admin_activity_logs``, newest first).
+(every worker's table, ``?user=``, ``?connection_id=``, ``?state=``,
+``?limit=``), ``/admin/rooms`` (every worker's largest rooms with messages/s
+and the bus's history depth, ``?q=``, ``?limit=``), ``/admin/presence``
+(``?room=``: a room's members on every worker, through the bus, with each
+worker's member count), ``/admin/connection_history`` (``?user=`` or
+``?connection_id=``: the recorded connections of every worker, with close codes
+and state history), ``/admin/audit`` (``admin_activity_logs``, newest first).
+Rooms, connections and the per-worker presence are asked of every worker
+through Redis or the hub; the workers that did not answer within
+``workers.collect_timeout`` are listed in ``missing`` (:mod:`rtserver.admin_cluster`).
 """
 
 from __future__ import annotations
 
 import http
 import ipaddress
-import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -34,11 +40,13 @@ from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 
 from rtserver import jsonlog
+from rtserver.admin_cluster import ClusterView, merge_connections, merge_rooms
 from rtserver.admin_queries import connection_history
-from rtserver.admin_status import cluster_document, worker_document
+from rtserver.admin_session import EXCHANGE_PATH, LinkRefused, LoginLinks
 from rtserver.auth import AccessDenied, Principal, TokenError
 from rtserver.bus.base import BusUnavailable
 from rtserver.bus.embedded_client import EmbeddedBus
+from rtserver.cluster_feed import collect_cluster
 from rtserver.config import Config
 from rtserver.metrics import REGISTRY
 from rtserver.node import Node
@@ -107,13 +115,15 @@ class AdminHttp:
     def __init__(self, config: Config, node: Node, worker_id: int,
                  cluster_bus: EmbeddedBus | None, domain_routes: dict[str, Route],
                  origin_allowed: Callable[[str, str | None], bool],
-                 ui_root: Path = ADMIN_UI_ROOT) -> None:
+                 ui_root: Path = ADMIN_UI_ROOT, *, jwt_secret: str) -> None:
         self.config = config
         self.node = node
         self.worker_id = worker_id
         self.cluster_bus = cluster_bus
+        self.view = ClusterView(node, worker_id, cluster_bus)
         self.origin_allowed = origin_allowed
         self.ui = StaticDirectory("/admin/", ui_root)
+        self.login_links = LoginLinks(config, node.verifier, jwt_secret, lambda: node.store)
         self.routes: dict[str, Route] = {
             "/admin/session": self._session, "/admin/cluster": self._cluster,
             "/admin/connections": self._connections, "/admin/rooms": self._rooms,
@@ -149,8 +159,19 @@ class AdminHttp:
                         f"{path} is not served to {remote}",
                         "Required action: add the scraper's network to admin.status_allow")
 
-    async def response(self, path: str, request: Request) -> Response | None:
-        """The answer for an ``/admin`` path, or None when ``path`` is not one."""
+    async def response(self, path: str, request: Request,
+                       remote: str | None = None) -> Response | None:
+        """The answer for an ``/admin`` path, or None when ``path`` is not one
+        (``remote``: the client's address, recorded with the use of a login link)."""
+        if path == EXCHANGE_PATH:
+            try:
+                doc = await self.login_links.exchange(
+                    request.headers.get("Authorization", ""), remote,
+                    request.headers.get("User-Agent"))
+            except LinkRefused as exc:
+                return _refusal(exc.status, exc.error, exc.message, exc.action)
+            _ANSWERED.inc(path)
+            return json_response(http.HTTPStatus.OK, doc)
         if path in ("/admin", "/admin/"):
             return self._ui("index.html", request)
         if not path.startswith("/admin/"):
@@ -216,65 +237,62 @@ class AdminHttp:
             "database": self.node.store is not None})
 
     async def _cluster(self, request: Request) -> Response:
-        if self.cluster_bus is None:
-            status: dict[str, Any] = {
-                "workers": {str(self.worker_id): {
-                    "metrics": REGISTRY.render({"worker": str(self.worker_id)}),
-                    "health": self.node.health()}},
-                "missing": [], "expected_workers": 1, "supervisor_metrics": ""}
-        else:
-            try:
-                status = await self.cluster_bus.cluster_status()
-            except BusUnavailable as exc:
-                log.error("admin_cluster_unavailable", error=str(exc))
-                doc = {"error": "bus_unavailable",
-                       "message": f"the cluster status cannot be collected: {exc}",
-                       "action": "Required action: check the supervisor's bus hub; this "
-                       "worker's own view is in 'worker'",
-                       "worker": worker_document(
-                           REGISTRY.render({"worker": str(self.worker_id)}),
-                           self.node.health())}
-                return json_response(http.HTTPStatus.SERVICE_UNAVAILABLE, doc)
-        return json_response(http.HTTPStatus.OK, cluster_document(status, self.worker_id))
+        ok, doc = await collect_cluster(self.cluster_bus, self.worker_id, self.node.health)
+        return json_response(http.HTTPStatus.OK if ok else http.HTTPStatus.SERVICE_UNAVAILABLE,
+                             doc)
+
+    async def _ask(self, name: str, args: dict[str, Any]) -> dict[str, Any] | Response:
+        try:
+            return await self.view.ask(name, args)
+        except BusUnavailable as exc:
+            log.error("admin_query_unavailable", query=name, error=str(exc))
+            return _refusal(http.HTTPStatus.SERVICE_UNAVAILABLE, "bus_unavailable",
+                            f"the workers cannot be asked through the bus: {exc}",
+                            "Required action: check the bus (Redis or the supervisor's hub); "
+                            "retry")
 
     async def _connections(self, request: Request) -> Response:
         query = _query(request)
         limit = _limit(query, 1000, 100_000)
         if isinstance(limit, Response):
             return limit
-        state = query.get("state", [None])[0]
-        user = query.get("user", [None])[0]
-        conn_id = query.get("connection_id", [None])[0]
-        conns = [c for c in self.node.hub.connections.values()
-                 if (state is None or c.state.value == state)
-                 and (user is None or c.user == user)
-                 and (conn_id is None or c.id == conn_id)]
-        now = time.monotonic()
-        # last_activity is on the monotonic clock: also given as seconds of idleness.
+        doc = await self._ask("connections", {
+            "limit": limit, "state": query.get("state", [None])[0],
+            "user": query.get("user", [None])[0],
+            "connection_id": query.get("connection_id", [None])[0]})
+        if isinstance(doc, Response):
+            return doc
+        answers = doc.pop("workers")
         return json_response(http.HTTPStatus.OK, {
-            "worker": self.worker_id, "total": len(conns),
-            "connections": [{**c.snapshot(),
-                             "idle_seconds": round(now - c.session.last_activity, 3)}
-                            for c in conns[:limit]]})
+            **doc, "worker": self.worker_id,
+            "total": sum(a["total"] for a in answers.values()),
+            "workers": {wid: {"total": a["total"]} for wid, a in answers.items()},
+            "connections": merge_connections(answers, limit)})
 
     async def _rooms(self, request: Request) -> Response:
         query = _query(request)
         limit = _limit(query, 50, 10_000)
         if isinstance(limit, Response):
             return limit
-        needle = query.get("q", [""])[0]
-        hub = self.node.hub
-        rooms = [(name, len(members)) for name, members in hub.rooms.items()
-                 if needle in name and not name.startswith("$")]
-        rooms.sort(key=lambda item: (-item[1], item[0]))
-        out = []
-        for name, members in rooms[:limit]:
-            position = hub.positions.get(name)
-            out.append({"room": name, "members": members,
-                        "epoch": position[0] if position else None,
-                        "last_seq": position[1] if position else None})
-        return json_response(http.HTTPStatus.OK, {"worker": self.worker_id,
-                                                  "total": len(rooms), "rooms": out})
+        doc = await self._ask("rooms", {"q": query.get("q", [""])[0], "limit": limit})
+        if isinstance(doc, Response):
+            return doc
+        answers = doc.pop("workers")
+        rooms = merge_rooms(answers, limit)
+        history = await self.view.history([r["room"] for r in rooms]) if rooms else {
+            "rooms": {}}
+        held = history.get("rooms", {})
+        for row in rooms:
+            # None: the bus holds no stream of the room (or, with history_error, unknown).
+            row["history"] = held.get(row["room"])
+        error = ({k: history[k] for k in ("error", "message", "action")}
+                 if "error" in history else None)
+        return json_response(http.HTTPStatus.OK, {
+            **doc, "worker": self.worker_id,
+            "total": len({r[0] for a in answers.values() for r in a["rooms"]}),
+            "workers": {wid: {"rooms": a["total"]} for wid, a in answers.items()},
+            "rate_window": self.config.admin.room_rate_window,
+            "history_bounds": history.get("bounds"), "history_error": error, "rooms": rooms})
 
     async def _presence(self, request: Request) -> Response:
         room = _query(request).get("room", [""])[0]
@@ -293,8 +311,15 @@ class AdminHttp:
         except BusUnavailable as exc:
             return _refusal(http.HTTPStatus.SERVICE_UNAVAILABLE, "bus_unavailable", str(exc),
                             "Required action: check the bus; retry")
+        doc = await self._ask("presence", {"room": room})
+        if isinstance(doc, Response):
+            return doc
+        answers = doc.pop("workers")
         return json_response(http.HTTPStatus.OK, {
-            "room": room, "count": snap.count, "truncated": snap.count > len(snap.members),
+            **doc, "room": room, "count": snap.count,
+            "truncated": snap.count > len(snap.members),
+            "workers": {wid: {"members": a["members"]} for wid, a in answers.items()},
+            "members_by_worker": {wid: a["members"] for wid, a in answers.items()},
             "members": [{"user": m.user or None, "connection_id": m.connection_id}
                         for m in snap.members]})
 

@@ -13,7 +13,8 @@ from rtserver.store import Store
 __all__ = ["connection_history"]
 
 _COLS = ("connection_id, user_id, host(ip_address) AS ip_address, user_agent, worker, "
-         "connected_at, disconnected_at, last_activity, close_code, close_reason")
+         "connected_at, disconnected_at, last_activity, close_code, close_reason, "
+         "state_history")
 
 
 async def connection_history(store: Store, *, user: str | None, connection_id: str | None,

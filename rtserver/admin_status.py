@@ -3,7 +3,7 @@
 Every worker already answers the hub's status collection with its ``/metrics``
 text and its ``/healthz`` document; :func:`cluster_document` turns those into
 one JSON document per worker (counters, connections by state, close codes,
-errors, the fan-out latency buckets, CPU and RSS) so that the console reads
+errors, the fan-out and publish → delivered latency buckets, CPU and RSS) so that the console reads
 exactly what Prometheus scrapes. Counters stay cumulative: the console computes
 rates (and the latency quantiles of the last interval) from two reads.
 """
@@ -40,7 +40,11 @@ _FAMILIES: dict[str, tuple[str, str | None]] = {
     "rtserver_process_cpu_seconds_total": ("cpu_seconds", None),
     "rtserver_process_resident_memory_bytes": ("rss_bytes", None),
 }
-_LATENCY = "rtserver_fanout_latency_seconds"
+#: Histograms copied into the document: metric name -> key.
+_HISTOGRAMS: dict[str, str] = {
+    "rtserver_fanout_latency_seconds": "latency",
+    "rtserver_publish_delivery_latency_seconds": "delivery_latency",
+}
 
 
 def parse_metrics(text: str) -> list[tuple[str, dict[str, str], float]]:
@@ -59,12 +63,15 @@ def parse_metrics(text: str) -> list[tuple[str, dict[str, str], float]]:
 
 
 def worker_document(metrics_text: str, health: dict[str, Any]) -> dict[str, Any]:
-    """One worker's counters, gauges and latency buckets (cumulative, as scraped)."""
-    doc: dict[str, Any] = {"health": health, "latency": {"buckets": [], "count": 0.0,
-                                                         "sum": 0.0}}
+    """One worker's counters, gauges and latency buckets (cumulative, as scraped):
+    ``latency`` (fan-out) and ``delivery_latency`` (publish accepted → delivered)."""
+    doc: dict[str, Any] = {"health": health}
     for key, label in _FAMILIES.values():
         doc[key] = {} if label is not None else None
-    buckets: list[tuple[float, float]] = []
+    buckets: dict[str, list[tuple[float, float]]] = {}
+    for key in _HISTOGRAMS.values():
+        doc[key] = {"buckets": [], "count": 0.0, "sum": 0.0}
+        buckets[key] = []
     for name, labels, value in parse_metrics(metrics_text):
         family = _FAMILIES.get(name)
         if family is not None:
@@ -73,16 +80,20 @@ def worker_document(metrics_text: str, health: dict[str, Any]) -> dict[str, Any]
                 doc[key] = value
             else:
                 doc[key][labels.get(label, "")] = doc[key].get(labels.get(label, ""), 0) + value
-        elif name == _LATENCY + "_bucket":
+            continue
+        base, _, part = name.rpartition("_")
+        hist = _HISTOGRAMS.get(base)
+        if hist is None:
+            continue
+        if part == "bucket":
             le = labels["le"]
-            buckets.append((float("inf") if le == "+Inf" else float(le), value))
-        elif name == _LATENCY + "_count":
-            doc["latency"]["count"] = value
-        elif name == _LATENCY + "_sum":
-            doc["latency"]["sum"] = value
-    buckets.sort()
-    # JSON has no infinity: the +Inf bound is sent as null.
-    doc["latency"]["buckets"] = [[None if b == float("inf") else b, n] for b, n in buckets]
+            buckets[hist].append((float("inf") if le == "+Inf" else float(le), value))
+        elif part in ("count", "sum"):
+            doc[hist][part] = value
+    for key, found in buckets.items():
+        found.sort()
+        # JSON has no infinity: the +Inf bound is sent as null.
+        doc[key]["buckets"] = [[None if b == float("inf") else b, n] for b, n in found]
     return doc
 
 

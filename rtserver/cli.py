@@ -165,16 +165,19 @@ def _admin_url_parser(sub: Sub) -> None:
     p = sub.add_parser(
         "admin-url", help="print a login link of the admin console (/admin/)",
         formatter_class=_RAW,
-        description="Print http://HOST:PORT/admin/#token=JWT: a token with admin:monitor "
-        "(--operate adds admin:operate, --audit audit:read) signed like `rtserver token`. "
-        "The token travels in the URL fragment (never sent to the server in the request "
-        "line) and the page moves it to sessionStorage and out of the address bar.",
+        description="Print http://HOST:PORT/admin/#token=JWT: a single-use login token with "
+        "admin:monitor (--operate adds admin:operate, --audit audit:read) signed like "
+        "`rtserver token`. The token travels in the URL fragment (never sent to the server "
+        "in the request line); the page takes it out of the address bar and exchanges it "
+        "once for a session token with the same permissions and expiry (the server needs "
+        "--database: the use is recorded in PostgreSQL). Opening the link again is refused.",
         epilog="example:\n  RTSERVER_JWT_SECRET=... rtserver admin-url --user "
         "6f1c2a9e-8d4b-4b0e-9a57-3f5d2c1b7e10 --operate --ttl 3600\n\n" + _config_help())
     _add_config_flag(p)
     p.add_argument("--user", required=True, help="the operator's UUID (who the audit log names)")
     p.add_argument("--ttl", type=float, required=True,
-                   help="seconds until the link expires (at most admin.link_ttl_max)")
+                   help="seconds until the link and its session expire (at most "
+                   "admin.link_ttl_max)")
     p.add_argument("--operate", action="store_true", help="allow actions (admin:operate)")
     p.add_argument("--audit", action="store_true", help="show the activity stream (audit:read)")
     p.add_argument("--base-url", help="the server as the browser reaches it "

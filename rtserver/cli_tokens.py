@@ -4,23 +4,28 @@ from __future__ import annotations
 
 import argparse
 import sys
+import uuid
 from pathlib import Path
 
-from rtserver.auth import mint_token
+from rtserver.auth import ADMIN_LOGIN_PURPOSE, mint_token
 from rtserver.config import Config
 
 __all__ = ["admin_url", "signed_token"]
 
 
 def admin_url(config: Config, args: argparse.Namespace) -> int:
-    """``rtserver admin-url``: print the console login link; returns the exit status."""
+    """``rtserver admin-url``: print the console login link; returns the exit status.
+
+    The link holds a single-use login token (``purpose`` admin_login, a new ``jti``):
+    the console exchanges it once at ``/admin/session/exchange`` for a session token."""
     if not 0 < args.ttl <= config.admin.link_ttl_max:
         print(f"rtserver: --ttl {args.ttl:g} is outside 0..{config.admin.link_ttl_max} s "
               "(admin.link_ttl_max). Required action: pass a shorter --ttl", file=sys.stderr)
         return 2
     perms = ["admin:monitor", *(["admin:operate"] if args.operate else []),
              *(["audit:read"] if args.audit else [])]
-    token = signed_token(config, args.user, perms, [], args.ttl)
+    token = signed_token(config, args.user, perms, [], args.ttl,
+                         purpose=ADMIN_LOGIN_PURPOSE, jti=uuid.uuid4().hex)
     if isinstance(token, int):
         return token
     base = args.base_url
@@ -36,8 +41,10 @@ def admin_url(config: Config, args: argparse.Namespace) -> int:
 
 
 def signed_token(config: Config, user: str, perms: list[str], rooms: list[str],
-                 ttl: float) -> str | int:
-    """A token signed with the configured key, or the exit status after the message."""
+                 ttl: float, *, purpose: str | None = None,
+                 jti: str | None = None) -> str | int:
+    """A token signed with the configured key, or the exit status after the message
+    (``purpose`` / ``jti``: those claims, for a login link)."""
     if config.auth.jwt_algorithm == "HS256":
         key = config.auth.jwt_secret
         if not key:
@@ -57,7 +64,8 @@ def signed_token(config: Config, user: str, perms: list[str], rooms: list[str],
         return 2
     try:
         return mint_token(key, user, perms, rooms, ttl, config.auth.jwt_algorithm,
-                          audience=config.auth.jwt_audience, issuer=config.auth.jwt_issuer)
+                          audience=config.auth.jwt_audience, issuer=config.auth.jwt_issuer,
+                          purpose=purpose, jti=jti)
     except ValueError as exc:
         print(f"rtserver: invalid --user: {exc}. Required action: give a UUID", file=sys.stderr)
         return 2

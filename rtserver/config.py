@@ -41,6 +41,7 @@ from rtserver.config_sections import (
     WorkersConfig,
 )
 from rtserver.jsonlog import get_logger
+from rtserver.log_writer import LoopWriterSettings
 from rtserver.redact import mask_url_credentials
 
 __all__ = [
@@ -65,6 +66,7 @@ __all__ = [
     "effective_values",
     "load_config",
     "load_layers",
+    "log_writer_settings",
     "mask_value",
     "masked",
     "resolve_workers",
@@ -368,8 +370,14 @@ def _validate(c: Config) -> None:
     except ValueError as exc:
         raise ConfigError(f"server.trusted_proxies: {exc}. Required action: list IP addresses "
                           "or CIDR networks such as 10.0.0.0/8") from exc
+    _require(s.gc_young_threshold >= 100, "server.gc_young_threshold", "must be >= 100",
+             "set the allocations between young-generation collections (CPython: 700)")
     _require(s.max_incoming_queue >= 1, "server.max_incoming_queue", "must be >= 1",
              "set a positive number")
+    _require(s.log_buffer_warn_bytes >= 1, "server.log_buffer_warn_bytes", "must be >= 1",
+             "set the buffered log bytes that raise a log_buffer_high warning")
+    _require(s.log_buffer_warn_interval > 0, "server.log_buffer_warn_interval", "must be > 0",
+             "set the seconds between log_buffer_high warnings")
     if a.jwt_algorithm == "HS256":
         _require(bool(a.jwt_secret) or s.dev, "auth.jwt_secret",
                  "no JWT signing secret is configured",
@@ -471,6 +479,10 @@ def _validate(c: Config) -> None:
              <= c.domain.monitoring_max_interval, "admin.refresh_seconds",
              "is outside domain.monitoring_min_interval..monitoring_max_interval (the console "
              "starts its monitoring stream with it)", "choose a refresh inside that range")
+    _require(1 <= adm.room_rate_window <= 3600, "admin.room_rate_window",
+             "must lie within 1..3600 seconds", "set a window such as 10")
+    _require(adm.connection_state_history >= 2, "admin.connection_state_history",
+             "must be >= 2 (the first state and the latest)", "set a bound such as 16")
     for network in adm.status_allow:
         try:
             ipaddress.ip_network(network, strict=False)
@@ -504,6 +516,12 @@ def _mask_table(table: dict[str, Any], prefix: str) -> None:
             _mask_table(value, dotted + ".")
         else:
             table[key] = mask_value(dotted, value)
+
+
+def log_writer_settings(config: Config) -> LoopWriterSettings:
+    """The loop log writer's settings (``server.log_buffer_warn_*``)."""
+    return LoopWriterSettings(warn_bytes=config.server.log_buffer_warn_bytes,
+                              warn_interval=config.server.log_buffer_warn_interval)
 
 
 def masked(config: Config) -> dict[str, Any]:

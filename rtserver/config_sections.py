@@ -56,7 +56,10 @@ class ServerConfig(Section, frozen=True):
     max_incoming_queue: int
     shutdown_grace: float
     dev: bool
-    log_writer: Literal["direct", "background"]
+    log_writer: Literal["loop", "direct", "background"]
+    log_buffer_warn_bytes: int
+    log_buffer_warn_interval: float
+    gc_young_threshold: int
     allowed_origins: list[str]
     max_connections: int
     max_connections_per_address: int
@@ -204,7 +207,9 @@ class AdminConfig(Section, frozen=True):
     which a second alert for the same shared component (bus, database) and the
     same state is not raised again by another worker; ``link_ttl_max``: longest
     ``rtserver admin-url --ttl``; ``status_allow``: client networks (CIDR) that
-    may read ``/healthz`` and ``/metrics`` without a token.
+    may read ``/healthz`` and ``/metrics`` without a token; ``room_rate_window``:
+    seconds over which a room's messages/s is averaged (one counter per second per
+    room); ``connection_state_history``: state transitions kept per connection.
     """
 
     health_cache_seconds: float
@@ -213,6 +218,8 @@ class AdminConfig(Section, frozen=True):
     shared_alert_window: float
     link_ttl_max: int
     status_allow: list[str]
+    room_rate_window: int
+    connection_state_history: int
 
 
 class AccessRule(Section, frozen=True):

@@ -4,6 +4,11 @@ A :class:`Connection` is created by the node and registered in the worker's
 :class:`~rtserver.hub.Hub`, the one owner of the tables it appears in: its
 ``rooms`` set is mutated only by :meth:`Hub.join` / :meth:`Hub.leave`; the
 session reads the same set (as a read-only view) to check limits.
+
+Its state history (``transitions``) is one flat tuple, four items per
+transition: state, wall-clock time, reason, close code (the states, reasons and
+codes are shared objects; bounded by ``admin.connection_state_history``, see
+:meth:`Connection.record_state`).
 """
 
 from __future__ import annotations
@@ -31,7 +36,7 @@ class Connection:
     """One client connection: identity, state, rooms (via its session), write side."""
 
     __slots__ = ("connected_at", "id", "ping_sent_at", "remote", "rooms", "session", "sink",
-                 "slot", "state", "user_agent", "ws")
+                 "slot", "state", "transitions", "transitions_dropped", "user_agent", "ws")
 
     def __init__(self, connection_id: str, ws: Any, sink: Any, session: Session,
                  remote: str, user_agent: str | None, connected_at: float,
@@ -51,6 +56,27 @@ class Connection:
         self.ping_sent_at = 0.0
         #: Index of the heartbeat sweep slot holding this connection.
         self.slot = 0
+        #: State history, flat: state, time.time(), reason, close code, state, ... (a tuple:
+        #: smaller than a list, replaced at each of the few transitions).
+        self.transitions: tuple[Any, ...] = ()
+        #: Transitions dropped from the middle of the history (over its bound).
+        self.transitions_dropped = 0
+
+    def record_state(self, state: ConnState, at: float, reason: str, close_code: int | None,
+                     bound: int) -> None:
+        """Append one transition; over ``bound`` the second-oldest one is dropped (the first
+        state and the latest ``bound - 1`` stay) and counted in ``transitions_dropped``."""
+        items = (*self.transitions, state.value, at, reason, close_code)
+        if len(items) > 4 * bound:
+            items = items[:4] + items[8:]
+            self.transitions_dropped += 1
+        self.transitions = items
+
+    def state_history(self) -> list[dict[str, Any]]:
+        """The recorded transitions, oldest first (admin endpoints, the close record)."""
+        t = self.transitions
+        return [{"state": t[i], "at": t[i + 1], "reason": t[i + 2], "close_code": t[i + 3]}
+                for i in range(0, len(t), 4)]
 
     @property
     def principal(self) -> Principal | None:
@@ -76,4 +102,6 @@ class Connection:
             "user_agent": self.user_agent,
             "connected_at": self.connected_at,
             "last_activity": self.session.last_activity,
+            "state_history": self.state_history(),
+            "state_history_dropped": self.transitions_dropped,
         }

@@ -12,18 +12,27 @@ kernel did not take at once). It observes, per publication,
 ``now - arrival`` into :data:`FANOUT_LATENCY` (``/metrics``:
 ``rtserver_fanout_latency_seconds``, a Prometheus histogram).
 
-Cost per publication: one ``perf_counter()``, one list append, one bisect of
-16 bounds; per tick: one ``call_soon``.
+The same callback observes *publish accepted → delivered* into
+:data:`DELIVERY_LATENCY` (``rtserver_publish_delivery_latency_seconds``):
+``queued`` also takes the accepting worker's ``time.monotonic()`` carried
+through the bus (:attr:`rtserver.bus.base.Bus.accepted_at`; CLOCK_MONOTONIC is
+one clock for every process of a machine, so the difference is meaningful
+between workers of one node) and the callback observes ``monotonic() -
+accepted``. A publication without one (0.0: a replay, another node's) is not
+observed there.
+
+Cost per publication: one ``perf_counter()``, one or two list appends, one or
+two bisects of 16 bounds; per tick: one ``call_soon`` (and one ``monotonic()``).
 """
 
 from __future__ import annotations
 
 import asyncio
-from time import perf_counter
+from time import monotonic, perf_counter
 
 from rtserver.metrics import REGISTRY, Histogram
 
-__all__ = ["FANOUT_LATENCY", "LATENCY_BUCKETS", "FanoutLatency"]
+__all__ = ["DELIVERY_LATENCY", "FANOUT_LATENCY", "LATENCY_BUCKETS", "FanoutLatency"]
 
 #: Upper bounds (seconds) of the latency histogram: 10 µs .. 1 s.
 LATENCY_BUCKETS: tuple[float, ...] = (
@@ -36,13 +45,23 @@ FANOUT_LATENCY: Histogram = REGISTRY.histogram(
     "local members' sockets (one observation per publication with local members)",
     LATENCY_BUCKETS)
 
+DELIVERY_LATENCY: Histogram = REGISTRY.histogram(
+    "rtserver_publish_delivery_latency_seconds",
+    "Seconds from a publication accepted by a worker of this node (handed to its bus) to "
+    "its frames written to this worker's members' sockets; the accepting worker's own "
+    "delivery included (one observation per publication with local members)",
+    LATENCY_BUCKETS)
+
 
 class FanoutLatency:
     """Measures publications of one worker (one instance per :class:`Rooms`)."""
 
-    def __init__(self, histogram: Histogram = FANOUT_LATENCY) -> None:
+    def __init__(self, histogram: Histogram = FANOUT_LATENCY,
+                 delivery: Histogram = DELIVERY_LATENCY) -> None:
         self.histogram = histogram
+        self.delivery = delivery
         self._pending: list[float] = []
+        self._accepted: list[float] = []
         self._loop: asyncio.AbstractEventLoop | None = None
 
     @staticmethod
@@ -50,8 +69,10 @@ class FanoutLatency:
         """The arrival time of a publication (call before its fan-out)."""
         return perf_counter()
 
-    def queued(self, t0: float) -> None:
-        """The publication that arrived at ``t0`` was queued for its members."""
+    def queued(self, t0: float, accepted: float) -> None:
+        """The publication that arrived at ``t0`` was queued for its members; ``accepted``:
+        the ``time.monotonic()`` at which a worker of this node accepted it, or 0.0 when
+        not known (then only the fan-out latency is observed)."""
         pending = self._pending
         if not pending:
             loop = self._loop
@@ -59,6 +80,8 @@ class FanoutLatency:
                 loop = self._loop = asyncio.get_running_loop()
             loop.call_soon(self._written)
         pending.append(t0)
+        if accepted:
+            self._accepted.append(accepted)
 
     def _written(self) -> None:
         now = perf_counter()
@@ -66,3 +89,9 @@ class FanoutLatency:
         observe = self.histogram.observe
         for t0 in pending:
             observe(now - t0)
+        if self._accepted:
+            accepted, self._accepted = self._accepted, []
+            now = monotonic()
+            observe = self.delivery.observe
+            for t in accepted:
+                observe(now - t)

@@ -8,11 +8,14 @@ fan-out core iterates them directly.
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
+from rtserver.config_sections import AdminConfig
 from rtserver.connection import Connection, ConnState
 from rtserver.jsonlog import get_logger
 from rtserver.metrics import REGISTRY
+from rtserver.room_rates import RoomRates
 
 __all__ = ["Hub"]
 
@@ -26,7 +29,12 @@ _TRANSITIONS_TOTAL = REGISTRY.counter(
 class Hub:
     """Connection and subscription tables owned by one worker."""
 
-    def __init__(self, sweep_slots: int) -> None:
+    def __init__(self, sweep_slots: int, admin: AdminConfig) -> None:
+        """``admin.connection_state_history``: transitions kept per connection;
+        ``admin.room_rate_window``: seconds of a room's messages/s."""
+        self.state_history = admin.connection_state_history
+        #: Publications per room delivered here (rooms with local members only).
+        self.rates = RoomRates(admin.room_rate_window)
         self.connections: dict[str, Connection] = {}
         #: Connections spread round-robin over the heartbeat sweep's steps: each
         #: step of the sweep handles one slot, a new connection joins one at once.
@@ -50,6 +58,7 @@ class Hub:
         self._next_slot = (self._next_slot + 1) % len(self.sweep_slots)
         self.state_counts[conn.state] += 1
         _TRANSITIONS_TOTAL.inc(conn.state.value)
+        conn.record_state(conn.state, time.time(), "accepted", None, self.state_history)
         log.info("connection_state", connection_id=conn.id, user=None,
                  state=conn.state.value, reason="accepted", remote=conn.remote,
                  user_agent=conn.user_agent)
@@ -63,6 +72,7 @@ class Hub:
         self.state_counts[state] += 1
         conn.state = state
         _TRANSITIONS_TOTAL.inc(state.value)
+        conn.record_state(state, time.time(), reason, close_code, self.state_history)
         if state in (ConnState.AUTHENTICATED, ConnState.ANONYMOUS):
             self.all_sinks.add(conn.sink)
             user = conn.user
@@ -114,6 +124,7 @@ class Hub:
         if not members:
             del self.rooms[room]
             self.positions.pop(room, None)
+            self.rates.forget(room)
             return True
         return False
 

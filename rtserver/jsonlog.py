@@ -7,13 +7,23 @@ Usage::
     log.info("connection_state", connection_id=cid, state="open")
 
 Every line carries ``ts`` (ISO-8601 UTC), ``level``, ``logger``, ``event``,
-``worker`` and the given fields. Field formatting happens only when the level
+``worker``, ``log_seq`` (this process's line count: 1, 2, ...; a gap is a lost line)
+and the given fields. Field formatting happens only when the level
 is enabled, so a disabled debug line costs one comparison.
 
-A server process (:func:`configure` with ``background=True``) never blocks its
-event loop on a slow stderr: lines go to an in-process queue that one writer
-thread empties in order, in batches; nothing is dropped (the queue grows while
-stderr is slow), and every queued line is written before the process exits
+How a line reaches stderr is :func:`configure`'s ``writer``:
+
+* ``"direct"``: written by the caller, synchronously (CLI commands, tests);
+* ``"loop"`` (server processes, the default of ``server.log_writer``): the
+  loop-integrated writer of :mod:`rtserver.log_writer`, no thread: in the event
+  loop a line is buffered and written with the others once per loop tick, never
+  waiting for a slow stderr; outside the loop it is written at once, after
+  whatever is buffered;
+* ``"background"``: an in-process queue that one writer thread empties in order,
+  in batches.
+
+With ``loop`` and ``background`` nothing is dropped (the buffer grows while
+stderr is slow) and every buffered line is written before the process exits
 (``atexit``) or when :func:`flush` is called.
 """
 
@@ -25,15 +35,19 @@ import queue
 import sys
 import threading
 from datetime import UTC, datetime
-from typing import Any, TextIO
+from typing import Any, Literal, TextIO
 
 import orjson
 
+from rtserver.log_writer import LoopWriter, LoopWriterSettings, open_sink
 from rtserver.redact import MASK, redact_text
 
-__all__ = ["JsonLogger", "SummaryLog", "configure", "flush", "get_logger", "set_worker"]
+__all__ = ["JsonLogger", "LogWriter", "SummaryLog", "configure", "flush", "get_logger",
+           "set_worker"]
 
 _worker_id = 0
+#: Lines written by this process so far: each line's ``log_seq`` (a gap shows a lost line).
+_seq = 0
 _stream: TextIO = sys.stderr
 _level = logging.INFO
 
@@ -80,6 +94,7 @@ class _BackgroundWriter:
 
 
 _writer: _BackgroundWriter | None = None
+_loop_writer: LoopWriter | None = None
 
 
 def _emit(text: str) -> None:
@@ -95,7 +110,14 @@ def _emit(text: str) -> None:
 
 
 def flush(timeout: float = 10.0) -> bool:
-    """Write every queued line now (a no-op without the background writer)."""
+    """Write every queued line now (a no-op with the direct writer).
+
+    ``timeout`` bounds the wait for the background thread only; the loop writer
+    writes its buffer here, waiting for stderr as long as it must (as a direct
+    write would).
+    """
+    if _loop_writer is not None:
+        _loop_writer.drain()
     return _writer.flush(timeout) if _writer is not None else True
 
 
@@ -140,15 +162,20 @@ def _clean(key: str, value: Any) -> Any:
     return value
 
 
+LogWriter = Literal["direct", "loop", "background"]
+
+
 def configure(level: str = "info", stream: TextIO | None = None, *,
-              background: bool = False) -> None:
-    """Set the minimum level (debug, info, warning, error) and the output stream.
+              writer: LogWriter = "direct",
+              loop_settings: LoopWriterSettings | None = None) -> None:
+    """Set the minimum level (debug, info, warning, error), the output stream and writer.
 
     Library log records (the standard ``logging`` module) are written as JSON
-    lines too, at the same minimum level. ``background``: write through the
-    writer thread (server processes: the event loop never waits for stderr).
+    lines too, at the same minimum level. ``writer`` (``server.log_writer``): see
+    the module docstring; ``"loop"`` writes to stderr's descriptor (not to
+    ``stream``) and needs ``loop_settings``.
     """
-    global _level, _stream, _writer
+    global _level, _stream, _writer, _loop_writer
     value = logging.getLevelName(level.upper())
     if not isinstance(value, int):
         raise ValueError(
@@ -160,9 +187,39 @@ def configure(level: str = "info", stream: TextIO | None = None, *,
     root = logging.getLogger()
     root.handlers = [_StdlibBridge()]
     root.setLevel(value)
-    if background and _writer is None:
+    if writer == "background" and _writer is None:
         _writer = _BackgroundWriter()
         atexit.register(flush)
+    if writer != "loop" and _loop_writer is not None:  # back to direct/background
+        _loop_writer.drain()
+        _loop_writer.sink.close()
+        _loop_writer = None
+    if writer == "loop" and _loop_writer is None:
+        if loop_settings is None or stream not in (None, sys.stderr):
+            raise ValueError("writer='loop' writes to stderr's descriptor and needs "
+                             "loop_settings. Required action: pass loop_settings, no stream")
+        sys.stderr.flush()
+        sink = open_sink(2)
+        _loop_writer = LoopWriter(sink, loop_settings, _buffer_high)
+        atexit.register(flush)
+        log = JsonLogger("rtserver.jsonlog")
+        if sink.kind == "shared":
+            log.warning("log_writer", writer="loop", sink=sink.kind, note=sink.note,
+                        action="Required action: give the server a stderr it can open "
+                        "again (a pipe or terminal it owns), a file or a socket, or accept "
+                        "that a log write may block")
+        else:
+            log.info("log_writer", writer="loop", sink=sink.kind, note=sink.note)
+
+
+def _buffer_high(buffered: int, blocked: int, threshold: int) -> None:
+    JsonLogger("rtserver.jsonlog").warning(
+        "log_buffer_high", buffered_bytes=buffered, writes_blocked=blocked,
+        threshold=threshold,
+        note="stderr is not taking log lines as fast as they come; they are buffered in "
+        "memory (none dropped) and written when it does (rtserver_log_buffered_bytes)",
+        action="Required action: make the reader of the server's stderr keep up (journald, "
+        "the pipe's reader, the terminal)")
 
 
 def set_worker(worker: int) -> None:
@@ -188,14 +245,17 @@ class JsonLogger:
         return level >= _level
 
     def _write(self, level: int, levelname: str, event: str, fields: dict[str, Any]) -> None:
+        global _seq
         if level < _level:
             return
+        _seq += 1
         record: dict[str, Any] = {
             "ts": datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
             "level": levelname,
             "logger": self.name,
             "event": event,
             "worker": _worker_id,
+            "log_seq": _seq,
         }
         for key, value in fields.items():
             record[key] = _clean(key, value)
@@ -205,10 +265,13 @@ class JsonLogger:
             # A value orjson cannot carry (an integer beyond 64 bits, a string with
             # a lone surrogate): the line is still written, with every field as
             # its ASCII repr, and says so.
-            safe = {str(k): v if k in ("ts", "level", "logger", "event", "worker")
+            safe = {str(k): v if k in ("ts", "level", "logger", "event", "worker", "log_seq")
                     else ascii(v) for k, v in record.items()}
             safe["log_encoding_error"] = str(exc)
             line = orjson.dumps(safe)
+        if _loop_writer is not None:
+            _loop_writer.write(line + b"\n")
+            return
         text = line.decode() + "\n"
         if _writer is not None:
             _writer.write(text)

@@ -106,7 +106,7 @@ class Node(HandlerContext):
         self.bus = bus
         self.fanout_module = fanout_module
         self.worker_id = worker_id
-        self.hub = Hub(config.heartbeat.sweep_slices)
+        self.hub = Hub(config.heartbeat.sweep_slices, config.admin)
         #: What the domains registered (handlers, hooks, ingress kinds, routes).
         self.router = Router()
         #: One instance per enabled domain: each holds its own per-node state.
@@ -239,7 +239,8 @@ class Node(HandlerContext):
         self.hub.set_state(conn, ConnState.CLOSED, reason, code)
         CLOSES.inc(close_label(code))
         if self.recorder is not None:
-            self.recorder.record_disconnect(conn.id, close_code=code, close_reason=reason)
+            self.recorder.record_disconnect(conn.id, close_code=code, close_reason=reason,
+                                            state_history=conn.state_history())
         for room in rooms:
             await self.rooms.after_leave(conn, room, room in emptied)
         if user_gone and user is not None:

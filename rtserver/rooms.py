@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Coroutine, Sequence
 from typing import Any, Protocol
 
 import orjson
@@ -176,12 +176,9 @@ class Rooms:
                    if s is not None]
         plain = [r for r, _, s in targets if s is None]
         try:
-            _raise_first(await asyncio.gather(*(self._ensure_interest(r) for r in rooms),
-                                              return_exceptions=True))
+            await _all([self._ensure_interest(r) for r in rooms])
             recoveries = await self.bus.recover_many(recover) if recover else []
-            found = await asyncio.gather(*(self.bus.position(r) for r in plain),
-                                         return_exceptions=True)
-            positions: list[StreamPosition] = _raise_first(found)
+            positions: list[StreamPosition] = await _all([self.bus.position(r) for r in plain])
         except BusUnavailable as exc:
             for room in rooms:
                 self._release(room, sink)
@@ -235,8 +232,8 @@ class Rooms:
         return held if held is not None else _Held()
 
     async def _joined(self, conn: Connection, room: str, rules: NamespaceConfig) -> None:
-        member = PresenceMember(user=conn.user or "", connection_id=conn.id)
         if rules.presence:
+            member = PresenceMember(user=conn.user or "", connection_id=conn.id)
             await self.bus_call(self.bus.presence_join(room, member), "presence_join")
         if rules.room_events:
             event = RoomEvent(event="member_joined", room=room, user=conn.user,
@@ -346,6 +343,7 @@ class Rooms:
     def on_publication(self, room: str, epoch: str, seq: int, body: bytes) -> None:
         """Fan a room publication out to the local members, once per seq, in order."""
         t0 = self.latency.arrived()
+        accepted = self.bus.accepted_at
         PUBLICATIONS.inc()
         exclude = None
         if self._excludes:
@@ -368,6 +366,7 @@ class Rooms:
             log.error("stream_gap_unannounced", room=room, epoch=epoch, last_seq=last[1],
                       seq=seq, missed=seq - last[1] - 1)
         positions[room] = (epoch, seq)
+        self.hub.rates.count(room, t0)
         payload = with_seq(body, seq)
         held = self._held.get(room) if self._held else None
         if held:
@@ -376,7 +375,7 @@ class Rooms:
             n = self.out.fanout.send_many([s for s in sinks if s not in held], payload, exclude)
         else:
             n = self.out.fanout.send_many(sinks, payload, exclude)
-        self.latency.queued(t0)
+        self.latency.queued(t0, accepted)
         DELIVERIES.inc(amount=n)
 
     def _hold(self, held: dict[Any, _Held], epoch: str, seq: int, payload: bytes) -> None:
@@ -445,8 +444,13 @@ class _Held:
         self.size = 0
 
 
-def _raise_first(results: list[Any]) -> list[Any]:
-    """``asyncio.gather(..., return_exceptions=True)`` results, raising the first error."""
+async def _all(coros: list[Coroutine[Any, Any, Any]]) -> list[Any]:
+    """Run ``coros`` concurrently to the end and return their results, raising the first
+    error once all are done. One coroutine (a plain subscribe) is awaited directly:
+    ``asyncio.gather`` would cost a task and a future per subscribe."""
+    if len(coros) == 1:
+        return [await coros[0]]
+    results = await asyncio.gather(*coros, return_exceptions=True)
     for result in results:
         if isinstance(result, BaseException):
             raise result

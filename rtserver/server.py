@@ -18,7 +18,6 @@ import signal
 import socket
 import time
 import traceback
-import uuid
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar
 from urllib.parse import parse_qs, urlsplit
@@ -26,7 +25,7 @@ from urllib.parse import parse_qs, urlsplit
 import orjson
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.datastructures import Headers
-from websockets.exceptions import ConnectionClosed
+from websockets.exceptions import ConnectionClosed, ConnectionClosedOK
 from websockets.http11 import Request, Response
 
 from rtserver import jsonlog
@@ -36,10 +35,12 @@ from rtserver.admission import Admission
 from rtserver.bus.base import Bus, BusHealth, BusUnavailable, InterestSnapshot
 from rtserver.bus.embedded_client import EmbeddedBus
 from rtserver.bus.local import LocalBus
-from rtserver.config import Config, masked
+from rtserver.cluster_feed import ClusterFeed, collect_cluster
+from rtserver.config import Config, log_writer_settings, masked
 from rtserver.connection import ConnState
 from rtserver.fanout import load_fanout
 from rtserver.forwarded import CLIENT_ADDRESS, TrustedProxies
+from rtserver.gc_tuning import tune_gc
 from rtserver.metrics import REGISTRY
 from rtserver.node import Node
 from rtserver.plugin import DomainPlugin, load_domain_classes
@@ -49,6 +50,7 @@ from rtserver.router import HttpRoute
 from rtserver.startup import bind_failure, resolve_secret
 from rtserver.static_files import StaticFiles
 from rtserver.tls import server_ssl_context, server_tls_options
+from rtserver.ws_slim import ConnectionLogger, open_connection, slim_connection, slim_frames
 
 __all__ = ["RtServer", "run_server"]
 
@@ -92,8 +94,8 @@ class _HubStateHandler:
         return InterestSnapshot(rooms=[], users=[], presence=[])
 
 
-# The headers every handled handshake request is left with (shared, empty).
-_NO_HEADERS = Headers()
+# The logger of every websockets connection (rtserver/ws_slim.py).
+_WS_LOGGER = ConnectionLogger()
 
 
 class RtConnection(ServerConnection):
@@ -111,6 +113,7 @@ class RtConnection(ServerConnection):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        slim_connection(self, _WS_LOGGER)
         #: Monotonic time of the last pong (0: none yet).
         self.last_pong = 0.0
         #: The client's IP address when a trusted proxy forwarded it (set before the upgrade).
@@ -124,6 +127,11 @@ class RtConnection(ServerConnection):
         if self.forwarded_client is not None:
             return (self.forwarded_client, 0)
         return super().remote_address
+
+    def connection_made(self, transport: Any) -> None:
+        """Let websockets set up the connection, then slim its frame queue (ws_slim.py)."""
+        super().connection_made(transport)
+        slim_frames(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
         """Release the admission slot, then let websockets finish."""
@@ -196,7 +204,11 @@ class RtServer:
         self.trusted_proxies = TrustedProxies(config.server.trusted_proxies)
         self.ssl_context = server_ssl_context(config.server.certfile, config.server.keyfile)
         self.admin = AdminHttp(config, self.node, worker_id, cluster_bus, self.http_routes,
-                               self._origin_admitted)
+                               self._origin_admitted, jwt_secret=secret)
+        #: The console's cluster pushes (start_cluster): one collection per interval.
+        self.cluster_feed = ClusterFeed(self.node, config.admin.refresh_seconds, lambda: (
+            collect_cluster(cluster_bus, worker_id, self.node.health)))
+        self.cluster_feed.install(self.node.router)
         self._refusals = jsonlog.SummaryLog(log, "handshakes_refused")
         for warning in self.admission.origins.warnings:
             log.warning("allowed_origins_any", note=warning)
@@ -211,14 +223,13 @@ class RtServer:
         path = urlsplit(request.path).path
         if path == self.config.server.ws_path:
             return self._admit(connection, request)
-        if path in ("/healthz", "/metrics"):
-            remote = connection.remote_address
-            address: str | None = None
-            if remote:
-                address, _ = self.trusted_proxies.client_address(
-                    str(remote[0]), request.headers.get_all("X-Forwarded-For"))
-            if not self.admin.status_allowed(address):
-                return self.admin.status_refused(path, address)
+        remote = connection.remote_address
+        address: str | None = None
+        if remote:
+            address, _ = self.trusted_proxies.client_address(
+                str(remote[0]), request.headers.get_all("X-Forwarded-For"))
+        if path in ("/healthz", "/metrics") and not self.admin.status_allowed(address):
+            return self.admin.status_refused(path, address)
         if self.cluster_bus is not None and parse_qs(urlsplit(request.path).query).get(
                 "scope") != ["worker"] and path in ("/healthz", "/metrics"):
             return await self._cluster_status(path)
@@ -230,7 +241,7 @@ class RtServer:
         if path == "/metrics":
             text = REGISTRY.render({"worker": str(self.worker_id)})
             return _response(http.HTTPStatus.OK, text.encode(), "text/plain; version=0.0.4")
-        admin = await self.admin.response(path, request)
+        admin = await self.admin.response(path, request, address)
         if admin is not None:
             return admin
         route = self.http_routes.get(path)
@@ -307,44 +318,33 @@ class RtServer:
 
     # ------------------------------------------------------------ connections
 
-    @staticmethod
-    def _take_request(ws: ServerConnection) -> tuple[str | None, str | None]:
-        """The URL token and the User-Agent; then the handshake request and response are
-        dropped (about 3 KiB of headers per connection otherwise kept for its lifetime)."""
-        request = ws.request
-        assert request is not None
-        tokens = parse_qs(urlsplit(request.path).query).get("token")
-        user_agent = request.headers.get("User-Agent")  # None: the client sent none
-        # websockets needs ws.request to stay set, and its frame parser keeps a
-        # reference to the same object: empty it in place.
-        request.headers = _NO_HEADERS
-        request.path = "/"
-        ws.response = None
-        return (tokens[0] if tokens else None), user_agent
-
     async def _handler(self, ws: ServerConnection) -> None:
         node = self.node
-        tok, user_agent = self._take_request(ws)
-        remote = ws.remote_address
-        remote_text = f"{remote[0]}:{remote[1]}" if remote else "unknown"
-        conn = node.open_connection(ws, str(uuid.uuid4()), remote_text, user_agent)
+        conn, tok = open_connection(node, ws)
         code: int | None = None
         reason = "closed"
         try:
             if tok is not None:
                 await node.authenticate_token(conn, tok)
+                tok = None  # not kept in this frame for the connection's lifetime
             elif self.config.auth.allow_anonymous:
                 await node.authenticate_anonymous(conn)
             else:
                 await self._await_auth(ws, conn)
             assert isinstance(ws, RtConnection)
             ws.end_handshake()
-            async for frame in ws:
+            # ws.recv() directly: ``async for`` would keep an async generator frame
+            # per connection (about 250 B) for nothing.
+            recv = ws.recv
+            while True:
+                frame = await recv()
                 await node.handle_frame(conn, frame)
+                del frame  # not kept while waiting for the next one
         except ConnectionClosed as exc:
-            # Abnormal closes end the loop here; the close code and reason are
-            # logged by connection_closed() below, for every way of closing.
-            log.debug("connection_closed_error", connection_id=conn.id, error=str(exc))
+            # Every close ends the loop here; the close code and reason are logged by
+            # connection_closed() below, for every way of closing.
+            if not isinstance(exc, ConnectionClosedOK):
+                log.debug("connection_closed_error", connection_id=conn.id, error=str(exc))
         except Exception as exc:  # noqa: BLE001 - a server bug: logged, counted, closed 1011
             log.error("connection_handler_failed", connection_id=conn.id, user=conn.user,
                       error=repr(exc), traceback=traceback.format_exc())
@@ -493,6 +493,7 @@ class RtServer:
             ping_interval=None,
             ping_timeout=None,
             create_connection=self._connection_class,
+            logger=_WS_LOGGER,
             max_size=cfg.server.max_message_bytes,
             max_queue=cfg.server.max_incoming_queue,
             server_header="rtserver",
@@ -544,6 +545,7 @@ class RtServer:
                       "longer to close")
             for conn in list(self.node.hub.connections.values()):
                 conn.ws.transport.abort()
+        await self.cluster_feed.close()
         await self.node.stop_domains()
         await self.node.close()
         await self._stop_database()
@@ -560,6 +562,7 @@ class RtServer:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._on_signal, sig)
         await self.start()
+        tune_gc(self.config.server.gc_young_threshold)
         await stopping.wait()
         await self.stop()
 
@@ -579,8 +582,8 @@ def run_server(config: Config, worker_id: int = 0, sock: socket.socket | None = 
     """
     import uvloop
 
-    jsonlog.configure(config.server.log_level,
-                      background=config.server.log_writer == "background")
+    jsonlog.configure(config.server.log_level, writer=config.server.log_writer,
+                      loop_settings=log_writer_settings(config))
     jsonlog.set_worker(worker_id)
     log.lifecycle("config", effective=masked(config), sources=dict(sources))
     if config.fanout.implementation == "python":
@@ -589,4 +592,5 @@ def run_server(config: Config, worker_id: int = 0, sock: socket.socket | None = 
                     "slower than the compiled core")
     server = RtServer(config, worker_id=worker_id, sock=sock)
     uvloop.run(server.serve_until_signal())
+    jsonlog.flush()  # the lines the loop buffered last (atexit would too; this is the normal path)
     return 0

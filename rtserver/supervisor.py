@@ -56,7 +56,7 @@ from rtserver.bus.embedded_settings import EmbeddedBusServerSettings, EmbeddedBu
 from rtserver.bus.redis_bus import RedisBus
 from rtserver.bus.redis_settings import RedisBusSettings, default_node_id
 from rtserver.bus.room_streams import HistorySettings
-from rtserver.config import Config, masked
+from rtserver.config import Config, log_writer_settings, masked
 from rtserver.jsonlog import get_logger
 from rtserver.metrics import REGISTRY
 from rtserver.startup import EXIT_RUNTIME_DIR, StartupError
@@ -458,8 +458,8 @@ def run_worker_server(config: Config, plan: WorkerBusPlan, jwt_secret: str,
     """
     import uvloop
 
-    jsonlog.configure(config.server.log_level,
-                      background=config.server.log_writer == "background")
+    jsonlog.configure(config.server.log_level, writer=config.server.log_writer,
+                      loop_settings=log_writer_settings(config))
     jsonlog.set_worker(ctx.worker_id)
     _log.info("config", effective=masked(config), sources=sources)
     bus, hub = build_worker_bus(ctx, plan)
@@ -474,6 +474,7 @@ def run_worker_server(config: Config, plan: WorkerBusPlan, jwt_secret: str,
     server = RtServer(config, worker_id=ctx.worker_id, bus=bus, sock=sock,
                       jwt_secret=jwt_secret, cluster_bus=hub, previous_exit=ctx.previous_exit)
     uvloop.run(server.serve_until_signal())
+    jsonlog.flush()  # the lines the loop buffered last (atexit would too; this is the normal path)
 
 
 def plan_from_config(config: Config) -> tuple[SupervisorSettings, WorkerBusPlan]:
@@ -513,8 +514,11 @@ def serve_workers(config: Config, settings: SupervisorSettings, plan: WorkerBusP
 
     from rtserver.startup import resolve_secret
 
-    jsonlog.configure(config.server.log_level,
-                      background=config.server.log_writer == "background")
+    jsonlog.set_worker(SUPERVISOR_LOG_ID)  # its first lines too (log_seq counts per process)
+    jsonlog.configure(config.server.log_level, writer=config.server.log_writer,
+                      loop_settings=log_writer_settings(config))
     secret = resolve_secret(config)
     main = functools.partial(run_worker_server, config, plan, secret, sources)
-    return run_supervisor(settings, main, loop_factory=uvloop.new_event_loop)
+    status = run_supervisor(settings, main, loop_factory=uvloop.new_event_loop)
+    jsonlog.flush()
+    return status

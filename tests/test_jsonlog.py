@@ -14,7 +14,7 @@ def test_background_writer_keeps_every_line_in_order_and_flushes_at_exit() -> No
     script = textwrap.dedent("""
         import sys, time
         from rtserver import jsonlog
-        jsonlog.configure("info", background=True)
+        jsonlog.configure("info", writer="background")
         log = jsonlog.get_logger("t")
         t0 = time.perf_counter()
         for i in range(20000):

@@ -1,18 +1,22 @@
 /**
  * rtserver's admin console: plain ES modules over the SDK served at /client/.
  *
- * Login: a token pasted here or given in the URL fragment (#token=..., the link
- * of `rtserver admin-url`), kept in sessionStorage until it expires. Data: the
- * cluster document (GET /admin/cluster every refresh_seconds: every worker's
- * counters and fan-out latency buckets, turned into rates and p50/p99 here),
- * pushes over the console's own WebSocket (start_monitoring: system_metrics and
- * admin_alert as they happen), and the admin routes for alerts, connections,
- * rooms and the audit log. Actions (admin:operate) go over the WebSocket.
+ * Login: a token pasted here or given in the URL fragment (#token=...), kept in
+ * sessionStorage until it expires; the single-use link of `rtserver admin-url` is
+ * exchanged once for a session token first (login_link.js). Data: the
+ * cluster document pushed over the console's own WebSocket every refresh_seconds
+ * (start_cluster: every worker's counters, fan-out and publish → delivered latency
+ * buckets, turned into rates and p50/p99 here; GET /admin/cluster is read instead
+ * only while the WebSocket is down, and the page says so), start_monitoring
+ * (system_metrics and admin_alert as they happen), and the admin routes for alerts,
+ * connections, rooms and the audit log. Actions (admin:operate) go over the WebSocket.
  * @module
  */
 
 import { RtClient, tokenExpiry } from "/client/rtserver-client.js";
 import { LineChart, histogramQuantile } from "/admin/chart.js";
+import { LOGIN_PURPOSE, exchangeLink, tokenPurpose } from "/admin/login_link.js";
+import { QuoteActivity } from "/admin/quote_activity.js";
 
 const TOKEN_KEY = "rtserver-admin-token";
 
@@ -59,6 +63,58 @@ const fmt = {
 /** @param {Record<string, number>|null|undefined} m */
 const sum = (m) => Object.values(m ?? {}).reduce((a, b) => a + b, 0);
 
+/** Members by worker ("w0: 2, w1: 1"; Redis node ids as they are). @param {Record<string, number>} m */
+const byWorker = (m) => Object.entries(m).map(([w, n]) => `${/^\d+$/.test(w) ? "w" : ""}${w}: ${n}`).join(", ");
+
+/**
+ * Which workers an admin answer covers: the ones that answered, and by name the ones that
+ * did not answer in time or failed (never a silently partial answer).
+ * @param {any} doc
+ */
+function coverage(doc) {
+  const answered = Object.keys(doc.workers ?? {}).sort();
+  let text = `answered by worker(s) ${answered.join(", ") || "none"} (${answered.length} of ${doc.expected_workers})`;
+  if (doc.missing?.length) text += `; NOT ANSWERING: ${doc.missing.join(", ")}`;
+  const failed = Object.keys(doc.failed ?? {});
+  if (failed.length) text += `; FAILED: ${failed.join(", ")}`;
+  text += { cluster: "; every node (Redis)", node: "; this machine's workers", process: "; one process" }[
+    /** @type {"cluster"|"node"|"process"} */ (doc.scope)] ?? "";
+  return text;
+}
+
+/**
+ * A connection's state transitions, oldest first: "connecting 12:00:01 → authenticated ...".
+ * @param {Array<{state: string, at: number, reason: string, close_code: number|null}>} history
+ * @param {number} dropped
+ */
+function stateHistory(history, dropped) {
+  const steps = history.map((h) => `${h.state} ${fmt.time(h.at)}` +
+    (h.close_code === null ? "" : ` (${h.close_code})`));
+  if (dropped > 0 && steps.length > 1) steps.splice(1, 0, `… ${dropped} more`);
+  return steps.join(" → ");
+}
+
+/** @param {number|null} v milliseconds, or null without observations */
+const ms = (v) => (v === null ? "–" : `${v >= 10 ? v.toFixed(1) : v.toFixed(3)} ms`);
+
+/**
+ * p50 and p99 (ms) of the observations between two reads of one cumulative histogram.
+ * @param {{buckets: Array<[number|null, number]>}|undefined} h
+ * @param {{buckets: Array<[number|null, number]>}|undefined} prev
+ * @returns {{p50: number|null, p99: number|null}}
+ */
+function intervalQuantiles(h, prev) {
+  if (!h || !prev) return { p50: null, p99: null };
+  const bounds = h.buckets.map((b) => b[0]);
+  const cum = h.buckets.map((b) => b[1]);
+  const pcum = prev.buckets.map((b) => b[1]);
+  const deltas = cum.map((c, i) =>
+    Math.max(0, (c - (pcum[i] ?? 0)) - (i > 0 ? cum[i - 1] - (pcum[i - 1] ?? 0) : 0)));
+  const p50 = histogramQuantile(0.5, bounds, deltas);
+  const p99 = histogramQuantile(0.99, bounds, deltas);
+  return { p50: p50 === null ? null : p50 * 1000, p99: p99 === null ? null : p99 * 1000 };
+}
+
 class Console {
   constructor() {
     /** @type {string|null} */
@@ -77,27 +133,31 @@ class Console {
     this.timers = [];
     this.charts = {
       latency: new LineChart($("chart-latency"), { unit: " ms" }),
+      delivery: new LineChart($("chart-delivery"), { unit: " ms" }),
       messages: new LineChart($("chart-messages")),
       pubs: new LineChart($("chart-pubs")),
     };
-    /** Cluster documents applied (tests wait on it through data-polls). */
+    /** Cluster documents applied, pushed or read (tests wait on it through data-polls). */
     this.polls = 0;
+    /** cluster_status pushes received (data-cluster-pushes). */
+    this.clusterPushes = 0;
+    /** GET /admin/cluster reads while the WebSocket is down (data-cluster-reads). */
+    this.clusterReads = 0;
+    /** @type {number|null} the fallback reading timer while the WebSocket is down */
+    this.pollTimer = null;
   }
 
   // ---------------------------------------------------------------- login
 
   start() {
-    const fragment = new URLSearchParams(location.hash.slice(1));
-    const fromLink = fragment.get("token");
-    if (fromLink) {
-      sessionStorage.setItem(TOKEN_KEY, fromLink);
-      history.replaceState(null, "", location.pathname); // the token leaves the address bar
-    }
     $("login-button").addEventListener("click", () => this.login($("token-input").value.trim()));
     $("denied-login").addEventListener("click", () => this.showLogin(""));
     $("logout").addEventListener("click", () => this.end("login", "Logged out."));
-    const stored = sessionStorage.getItem(TOKEN_KEY);
-    if (stored) this.login(stored);
+    const fragment = new URLSearchParams(location.hash.slice(1));
+    const fromLink = fragment.get("token");
+    if (fromLink) history.replaceState(null, "", location.pathname); // the token leaves the address bar
+    const token = fromLink || sessionStorage.getItem(TOKEN_KEY);
+    if (token) this.login(token);
     else this.showLogin("");
   }
 
@@ -119,6 +179,16 @@ class Console {
   /** @param {string} token */
   async login(token) {
     if (!token) { this.showLogin("Paste a token first."); return; }
+    if (tokenPurpose(token) === LOGIN_PURPOSE) {
+      // A single-use login link: exchanged once for a session token (same permissions and
+      // expiry); only the session token is kept.
+      const exchanged = await exchangeLink(token);
+      if (!exchanged.ok) {
+        this.end("denied", exchanged.message, exchanged.title, exchanged.error);
+        return;
+      }
+      token = exchanged.token;
+    }
     const exp = tokenExpiry(token);
     if (exp !== null && exp <= Date.now()) {
       sessionStorage.removeItem(TOKEN_KEY);
@@ -145,17 +215,23 @@ class Console {
 
   headers() { return { Authorization: `Bearer ${this.token}` }; }
 
-  /** @param {"login"|"denied"} screen @param {string} message */
-  end(screen, message) {
+  /**
+   * @param {"login"|"denied"} screen @param {string} message
+   * @param {string} [title] of the denied screen @param {string} [reason] its data-denied code
+   */
+  end(screen, message, title = "Access ended", reason = "") {
     for (const t of this.timers) clearInterval(t);
     this.timers = [];
+    this.stopPolling();
     this.client?.close();
     this.client = null;
     this.token = null;
     sessionStorage.removeItem(TOKEN_KEY);
     if (screen === "login") { this.showLogin(message); return; }
     this.show("denied");
+    $("denied-title").textContent = title;
     $("denied-text").textContent = message;
+    document.body.dataset.denied = reason;
   }
 
   /** @param {number|null} exp */
@@ -173,9 +249,6 @@ class Console {
       }, 1000));
     }
     this.connect();
-    const refresh = s.refresh_seconds * 1000;
-    this.poll();
-    this.timers.push(window.setInterval(() => this.poll(), refresh));
     this.loadAlerts();
     this.loadAudit();
     this.loadRooms();
@@ -194,6 +267,7 @@ class Console {
       $("ws-state").textContent = "refused";
       $("cluster-error").textContent = `Live pushes are off: this page's origin ${s.origin} is not in ` +
         "server.allowed_origins. Required action: add it there (docs/admin.md) and reload.";
+      this.pushesDown("refused");
       return;
     }
     const scheme = location.protocol === "https:" ? "wss" : "ws";
@@ -203,6 +277,8 @@ class Console {
     client.on("state", ({ state }) => {
       $("ws-state").textContent = state;
       document.body.dataset.ws = state;
+      if (state === "connected") this.pushesUp();
+      else this.pushesDown(state);
     });
     client.on("frame", (/** @type {any} */ f) => {
       if (f.type === "user_activity") this.activity(f);
@@ -213,6 +289,14 @@ class Console {
         interval: s.refresh_seconds,
         onMetrics: (/** @type {any} */ m) => { document.body.dataset.pushes = String(Number(document.body.dataset.pushes ?? 0) + 1); this.pushed = m; },
         onAlert: (/** @type {any} */ a) => this.alertRaised(a),
+      });
+      new QuoteActivity(client, s.permissions, $("quote-activity-note"), $("quote-activity-rows")).start();
+      client.admin.startCluster({
+        onStatus: (/** @type {any} */ doc) => {
+          this.clusterPushes += 1;
+          document.body.dataset.clusterPushes = String(this.clusterPushes);
+          this.apply(doc);
+        },
       });
       if (s.can_read_activity) {
         client.request({ type: "start_user_activity", filters: { hours: 24 } }, "stream_started")
@@ -225,16 +309,45 @@ class Console {
 
   // ---------------------------------------------------------------- cluster and traffic
 
-  async poll() {
+  /** The WebSocket is up: the cluster panels come from its pushes alone. */
+  pushesUp() {
+    this.stopPolling();
+    $("push-state").hidden = true;
+    $("push-state").textContent = "";
+    document.body.dataset.clusterSource = "push";
+  }
+
+  /**
+   * The WebSocket is not connected: say so, and read GET /admin/cluster once per interval
+   * until it is back (the first read after one interval: a connect in progress makes none).
+   * @param {string} state
+   */
+  pushesDown(state) {
+    const seconds = this.session.refresh_seconds;
+    $("push-state").hidden = false;
+    $("push-state").textContent = `Live pushes down (WebSocket ${state}): polling /admin/cluster ` +
+      `every ${seconds} s until the WebSocket is back.`;
+    document.body.dataset.clusterSource = "polling";
+    if (this.pollTimer === null) this.pollTimer = window.setInterval(() => this.read(), seconds * 1000);
+  }
+
+  stopPolling() {
+    if (this.pollTimer !== null) clearInterval(this.pollTimer);
+    this.pollTimer = null;
+  }
+
+  /** One GET /admin/cluster (only while the WebSocket is down). */
+  async read() {
     const stale = this.session.stale_after * 1000;
     const ctl = new AbortController();
     const timer = setTimeout(() => ctl.abort(), stale);
     let doc;
     try {
+      this.clusterReads += 1;
+      document.body.dataset.clusterReads = String(this.clusterReads);
       const res = await fetch("/admin/cluster", { headers: this.headers(), signal: ctl.signal });
       if (res.status === 401 || res.status === 403) { this.end("denied", "The server no longer accepts this token."); return; }
       doc = await res.json();
-      if (!res.ok) { $("cluster-error").textContent = `${doc.message} ${doc.action}`; this.renderCluster(null); return; }
     } catch (err) {
       $("cluster-error").textContent = `cluster status unavailable: ${err}`;
       this.renderCluster(null);
@@ -242,7 +355,21 @@ class Console {
     } finally {
       clearTimeout(timer);
     }
-    $("cluster-error").textContent = "";
+    this.apply(doc);
+  }
+
+  /**
+   * A cluster document (pushed or read). One with `error` (the hub did not answer) has the
+   * answering worker's own view only: the others show as not answering, then stale.
+   * @param {any} doc
+   */
+  apply(doc) {
+    if (doc.error) {
+      $("cluster-error").textContent = `${doc.message} ${doc.action}`;
+      doc = { ...doc, workers: { [String(doc.answered_by)]: doc.worker }, missing: [] };
+    } else {
+      $("cluster-error").textContent = "";
+    }
     const now = Date.now();
     for (const wid of Object.keys(doc.workers)) this.lastSeen.set(wid, now);
     this.renderCluster(doc);
@@ -250,6 +377,19 @@ class Console {
     this.previous = { doc, at: now };
     this.polls += 1;
     document.body.dataset.polls = String(this.polls);
+  }
+
+  /**
+   * Seconds between the previous document and `doc`, on the server's clock when both carry it.
+   * @param {any} doc @param {number} now
+   */
+  elapsed(doc, now) {
+    const prev = this.previous;
+    if (!prev) return 0;
+    if (typeof doc.server_time === "number" && typeof prev.doc.server_time === "number") {
+      return doc.server_time - prev.doc.server_time;
+    }
+    return (now - prev.at) / 1000;
   }
 
   /** @param {any} doc */
@@ -268,7 +408,7 @@ class Console {
                         isStale ? "stale" : w === undefined ? "not answering" : w.health.status);
       if (w === undefined) return [String(wid), status, "–", "–", "–", "–", "–", fmt.duration(age), "–"];
       const prev = this.previous?.doc.workers[wid];
-      const dt = this.previous ? (now - this.previous.at) / 1000 : 0;
+      const dt = doc ? this.elapsed(doc, now) : 0;
       const cpu = prev && dt > 0 ? `${(((w.cpu_seconds - prev.cpu_seconds) / dt) * 100).toFixed(0)} %` : "–";
       const conns = Object.entries(w.connections).map(([k, v]) => `${k} ${v}`).join(", ") || "0";
       const bus = w.health.bus ? `${w.health.bus.kind} ${w.health.bus.ok ? "ok" : "down"}` : "–";
@@ -283,11 +423,15 @@ class Console {
   renderTraffic(doc, now) {
     const prev = this.previous;
     if (!prev) return;
-    const dt = (now - prev.at) / 1000;
+    const dt = this.elapsed(doc, now);
     if (dt <= 0) return;
     const totals = { in: 0, out: 0, pubs: 0, connects: 0, disconnects: 0, slow: 0 };
     /** @type {Record<string, number|null>} */
     const latency = {};
+    /** @type {Record<string, number|null>} */
+    const delivery = {};
+    /** @type {Array<Array<string>>} */
+    const latencyRows = [];
     /** @type {Record<string, number>} */
     const closes = {};
     /** @type {Record<string, number>} */
@@ -305,18 +449,21 @@ class Console {
       totals.slow += d(w.slow_consumers ?? 0, p.slow_consumers ?? 0);
       for (const [code, n] of Object.entries(w.closes)) closes[code] = (closes[code] ?? 0) + d(n, p.closes[code] ?? 0);
       for (const [code, n] of Object.entries(w.errors)) errors[code] = (errors[code] ?? 0) + d(n, p.errors[code] ?? 0);
-      const bounds = w.latency.buckets.map((/** @type {any[]} */ b) => b[0]);
-      const cum = w.latency.buckets.map((/** @type {any[]} */ b) => b[1]);
-      const pcum = p.latency.buckets.map((/** @type {any[]} */ b) => b[1]);
-      const deltas = cum.map((/** @type {number} */ c, /** @type {number} */ i) =>
-        Math.max(0, (c - (pcum[i] ?? 0)) - (i > 0 ? cum[i - 1] - (pcum[i - 1] ?? 0) : 0)));
-      const p50 = histogramQuantile(0.5, bounds, deltas);
-      const p99 = histogramQuantile(0.99, bounds, deltas);
-      latency[`w${wid} p50`] = p50 === null ? null : p50 * 1000;
-      latency[`w${wid} p99`] = p99 === null ? null : p99 * 1000;
+      const fan = intervalQuantiles(w.latency, p.latency);
+      const del = intervalQuantiles(w.delivery_latency, p.delivery_latency);
+      latency[`w${wid} p50`] = fan.p50;
+      latency[`w${wid} p99`] = fan.p99;
+      delivery[`w${wid} p50`] = del.p50;
+      delivery[`w${wid} p99`] = del.p99;
+      latencyRows.push([wid, ms(fan.p50), ms(fan.p99), ms(del.p50), ms(del.p99)]);
     }
     const rate = (/** @type {number} */ n) => n / dt;
     this.charts.latency.push(now, latency);
+    this.charts.delivery.push(now, delivery);
+    document.body.dataset.deliveryPoints = String(this.charts.delivery.points);
+    $("latency-rows").replaceChildren(...latencyRows.map(([wid, ...cells]) => el("tr", {},
+      el("td", {}, wid), ...cells.map((c, i) => el("td", {
+        "data-testid": `${i < 2 ? "fanout" : "delivery"}-${wid}-${i % 2 === 0 ? "p50" : "p99"}` }, c)))));
     this.charts.messages.push(now, { in: rate(totals.in), out: rate(totals.out) });
     this.charts.pubs.push(now, { publications: rate(totals.pubs), connects: rate(totals.connects),
                                  disconnects: rate(totals.disconnects) });
@@ -424,11 +571,13 @@ class Console {
         b.addEventListener("click", () => this.disconnect({ connection_id: c.connection_id, user: c.user ?? undefined }));
         action.append(b);
       }
-      return [String(byUser.worker), c.connection_id, c.user ?? "anonymous", c.state, c.rooms.join(", "),
+      const states = el("span", { "data-testid": `state-history-${c.connection_id}` },
+                        stateHistory(c.state_history, c.state_history_dropped));
+      return [c.source, c.connection_id, c.user ?? "anonymous", c.state, states, c.rooms.join(", "),
               c.remote, c.user_agent ?? "–", fmt.time(c.connected_at), `${fmt.duration(c.idle_seconds)} ago`, action];
     });
     fillRows($("conn-rows"), rows);
-    $("conn-result").textContent = `${conns.length} connection(s) on worker ${byUser.worker}`;
+    $("conn-result").textContent = `${conns.length} connection(s); ${coverage(byUser)}`;
     if (this.session.database) {
       const key = /^[0-9a-f]{8}-[0-9a-f]{4}-/.test(q) ? "user" : "connection_id";
       const [byUserRec, byIdRec] = await Promise.all([
@@ -439,7 +588,8 @@ class Console {
       fillRows($("history-rows"), [...byUserRec.records, ...byIdRec.records].map((/** @type {any} */ r) => [
         r.connection_id, r.user_id ?? "anonymous", String(r.worker), r.ip_address ?? "–",
         fmt.time(r.connected_at), fmt.time(r.last_activity), fmt.time(r.disconnected_at),
-        r.close_code === null ? "open" : String(r.close_code), r.close_reason ?? ""]));
+        r.close_code === null ? "open" : String(r.close_code), r.close_reason ?? "",
+        r.state_history === null ? "–" : stateHistory(r.state_history, 0)]));
     }
   }
 
@@ -467,11 +617,25 @@ class Console {
     const q = $("room-query").value.trim();
     const doc = await this.get(`/admin/rooms?limit=50&q=${encodeURIComponent(q)}`);
     if (doc === null) return;
+    const bounds = doc.history_bounds;
     fillRows($("room-rows"), doc.rooms.map((/** @type {any} */ r) => {
       const b = el("button", { type: "button", "data-testid": `presence-${r.room}` }, "Presence");
       b.addEventListener("click", () => this.presence(r.room));
-      return [r.room, String(r.members), r.epoch ?? "–", r.last_seq === null ? "–" : String(r.last_seq), b];
+      const rate = el("span", { "data-testid": `rate-${r.room}`, "data-rate": String(r.messages_per_second) },
+                      fmt.rate(r.messages_per_second));
+      const h = r.history;
+      const depth = el("span", { "data-testid": `history-${r.room}`, "data-held": h === null ? "" : String(h.held) },
+                       h === null ? (doc.history_error === null ? "none" : "unknown")
+                         : `${h.held}${bounds ? ` / ${bounds.history_size}` : ""} msgs, ${h.bytes} B` +
+                           (h.first_seq === null ? "" : `, seq ${h.first_seq}..${h.last_seq}`));
+      return [r.room, `${r.members} (${byWorker(r.members_by_worker)})`, rate, r.epoch ?? "–",
+              r.last_seq === null ? "–" : String(r.last_seq), depth, b];
     }));
+    const notes = [coverage(doc), `messages/s over the last ${doc.rate_window} s`];
+    if (bounds) notes.push(`history kept: ${bounds.history_size} messages, ${bounds.history_max_bytes} B, ${bounds.history_ttl} s`);
+    if (doc.history_error !== null) notes.push(`history depth unknown: ${doc.history_error.message} ${doc.history_error.action}`);
+    $("rooms-coverage").textContent = notes.join("; ");
+    document.body.dataset.roomLoads = String(Number(document.body.dataset.roomLoads ?? "0") + 1);
   }
 
   /** @param {string} room */
@@ -480,7 +644,8 @@ class Console {
     const doc = await res.json();
     if (!res.ok) { $("presence").textContent = `${room}: ${doc.message}. ${doc.action}`; return; }
     const who = doc.members.map((/** @type {any} */ m) => m.user ?? `anonymous ${m.connection_id}`).join(", ");
-    $("presence").textContent = `${room}: ${doc.count} present${doc.truncated ? " (list truncated)" : ""}: ${who || "nobody"}`;
+    $("presence").textContent = `${room}: ${doc.count} present${doc.truncated ? " (list truncated)" : ""}: ` +
+      `${who || "nobody"} (members by worker: ${byWorker(doc.members_by_worker) || "none"}; ${coverage(doc)})`;
   }
 
   async loadAudit() {

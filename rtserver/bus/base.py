@@ -39,6 +39,8 @@ __all__ = [
     "BusHandler",
     "BusHealth",
     "BusUnavailable",
+    "HistoryInfo",
+    "HistoryReport",
     "InterestSnapshot",
     "PresenceMember",
     "PresenceSnapshot",
@@ -105,6 +107,29 @@ class Recovery(msgspec.Struct, frozen=True):
     publications: list[tuple[int, bytes]]
     recovered: bool
     reason: str | None
+
+
+class HistoryInfo(msgspec.Struct, frozen=True):
+    """One room's history as its seq authority holds it (:meth:`Bus.history_info`):
+    ``held`` messages of ``bytes`` body bytes, seqs ``first_seq..last_seq`` (None when
+    empty) of epoch ``epoch``."""
+
+    room: str
+    epoch: str | None
+    held: int
+    bytes: int
+    first_seq: int | None
+    last_seq: int | None
+
+
+class HistoryReport(msgspec.Struct, frozen=True):
+    """The retention bounds of the bus's histories and the state of the asked rooms
+    (``None`` for a room the authority holds no stream of)."""
+
+    history_size: int
+    history_max_bytes: int
+    history_ttl: float
+    rooms: list[HistoryInfo | None]
 
 
 class InterestSnapshot(msgspec.Struct, frozen=True):
@@ -188,6 +213,12 @@ class Bus(abc.ABC):
     """One interface for the local, embedded and Redis buses."""
 
     kind: str
+    #: While the bus hands a live publication to :meth:`BusHandler.on_publication`: the
+    #: ``time.monotonic()`` (CLOCK_MONOTONIC: one clock for every process of a machine) at
+    #: which a worker of this node handed it to its bus (publish accepted), for the
+    #: publish → delivered histogram (rtserver/fanout_latency.py). 0.0 when there is none:
+    #: a publication replayed after a reconnect or published on another node.
+    accepted_at: float = 0.0
 
     @abc.abstractmethod
     async def start(self, handler: BusHandler) -> None:
@@ -256,6 +287,11 @@ class Bus(abc.ABC):
     @abc.abstractmethod
     async def presence(self, room: str, limit: int) -> PresenceSnapshot:
         """Count and up to ``limit`` members of ``room`` over every worker."""
+
+    @abc.abstractmethod
+    async def history_info(self, rooms: list[str]) -> HistoryReport:
+        """The history depth of ``rooms`` and the retention bounds (one round trip; no
+        state is created for a room without one). Raises :class:`BusUnavailable`."""
 
     @abc.abstractmethod
     def health(self) -> BusHealth:

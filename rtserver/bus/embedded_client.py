@@ -19,7 +19,8 @@ deadline; other requests fail with :class:`~rtserver.bus.base.BusUnavailable`.
 the server collects every connected worker's metrics text and health (a
 ``COLLECT`` frame answered from the providers given to the bus) and answers
 with the merged result (missing workers are named, which makes the health
-degraded).
+degraded). :meth:`EmbeddedBus.cluster_query` asks every worker an admin
+query the same way (answered from the query provider given to the bus).
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ from rtserver.bus.base import (
     BusHandler,
     BusHealth,
     BusUnavailable,
+    HistoryReport,
     PresenceMember,
     PresenceSnapshot,
     Recovery,
@@ -49,7 +51,7 @@ from rtserver.bus.base import (
 )
 from rtserver.bus.bus_metrics import RECONNECTS, REQUEST_FAILURES
 from rtserver.bus.embedded_settings import EmbeddedBusSettings, check_socket_path
-from rtserver.bus.metrics_text import cluster_health_doc, cluster_metrics_text
+from rtserver.bus.embedded_status import ClusterStatusClient
 from rtserver.bus.stream_recovery import GapFiller
 from rtserver.jsonlog import get_logger
 from rtserver.metrics import REGISTRY
@@ -62,6 +64,8 @@ _enc = msgspec.msgpack.Encoder()
 _dec = msgspec.msgpack.Decoder()
 _PUB_HEAD = wire.PUBLISH_HEAD
 _ACK_PUB = wire.ACK_PUBLISH
+_STAMP = wire.PUB_HEAD
+_STAMP_SIZE = wire.PUB_HEAD.size
 _ACK_POS = wire.ACK_POSITION
 
 LATE_ANSWERS = REGISTRY.counter(
@@ -99,7 +103,7 @@ class _ClientConn(asyncio.Protocol):
         self.bus._on_lost(self, exc)
 
 
-class EmbeddedBus(Bus):
+class EmbeddedBus(ClusterStatusClient, Bus):
     """A worker's bus client talking to the supervisor's :class:`EmbeddedBusServer`."""
 
     kind = "embedded"
@@ -114,6 +118,7 @@ class EmbeddedBus(Bus):
         self.settings = settings
         self._metrics_provider = metrics_provider
         self._health_provider = health_provider
+        self._query_provider: Callable[[str, dict[str, Any]], Any] | None = None
         self._loop: asyncio.AbstractEventLoop
         self._handler: BusHandler | None = None
         self._conn: _ClientConn | None = None
@@ -137,14 +142,6 @@ class EmbeddedBus(Bus):
         # Keys of publishes the caller gave none (for the retry after a reconnect).
         self._key_prefix = f"\x01{uuid.uuid4().hex[:12]}:"
         self._keys = 0
-
-    # --- status providers
-
-    def set_status_providers(self, metrics_provider: Callable[[], str] | None,
-                             health_provider: Callable[[], dict[str, Any]] | None) -> None:
-        """Replace the providers answering the hub's cluster metrics/health requests."""
-        self._metrics_provider = metrics_provider
-        self._health_provider = health_provider
 
     # --- lifecycle
 
@@ -409,41 +406,32 @@ class EmbeddedBus(Bus):
             if kind == wire.K_PUB:
                 room = f.key
                 epoch = f"{self._instance}.{f.req}"
+                payload = f.payload
+                body = payload[_STAMP_SIZE:]
                 held = self._gaps.rooms
                 if held and room in held:
-                    held[room].append((epoch, f.seq, f.payload))
+                    held[room].append((epoch, f.seq, body))  # delivered later: not timed
                 else:
-                    handler.on_publication(room, epoch, f.seq, f.payload)
+                    self.accepted_at = _STAMP.unpack_from(payload)[0]
+                    try:
+                        handler.on_publication(room, epoch, f.seq, body)
+                    finally:
+                        self.accepted_at = 0.0
             elif kind == wire.K_USER:
                 handler.on_user_message(f.key, f.payload)
             elif kind == wire.K_EVENT:
                 handler.on_room_event(f.key, f.payload)
             elif kind == wire.K_COLLECT:
-                self._answer_collect(f.req)
+                if f.payload:
+                    self._answer_query(f.req, f.payload)
+                else:
+                    self._answer_collect(f.req)
             else:
                 _log.error("bus_unknown_frame", kind=kind)
         except Exception as exc:  # noqa: BLE001 - one bad delivery must not stop the stream
             HANDLER_ERRORS.inc("embedded")
             _log.error("bus_handler_failed", frame=wire.K_NAMES.get(kind, str(kind)),
                        key=f.key, error=repr(exc))
-
-    def _answer_collect(self, cid: int) -> None:
-        worker = self.settings.worker_id
-        if self._metrics_provider is not None:
-            metrics = self._metrics_provider()
-        else:
-            metrics = REGISTRY.render({"worker": str(worker)})
-        if self._health_provider is not None:
-            health = self._health_provider()
-        else:
-            h = self._health
-            health = {"ok": h.ok, "bus": {"kind": h.kind, "ok": h.ok, "reason": h.reason}}
-        payload = _enc.encode({"metrics": metrics, "health": health, "pid": os.getpid(),
-                               "time": time.time()})
-        self._out.append(wire.encode(wire.K_COLLECT_REPLY, cid, 0, "", payload))
-        if not self._flush_scheduled:
-            self._flush_scheduled = True
-            self._loop.call_soon(self._flush)
 
     # --- Bus API
 
@@ -465,8 +453,9 @@ class EmbeddedBus(Bus):
             key = f"{self._key_prefix}{self._keys}"
             flags = wire.PUBLISH_KEY_GENERATED
         kb = key.encode()
-        deadline = time.monotonic() + self.settings.request_timeout
-        payload = _PUB_HEAD.pack(deadline, flags, len(kb)) + kb + body
+        accepted = time.monotonic()
+        deadline = accepted + self.settings.request_timeout
+        payload = _PUB_HEAD.pack(deadline, accepted, flags, len(kb)) + kb + body
         seq, answer = await self._send_request(wire.K_PUBLISH, room, payload, retriable=True)
         n, status = _ACK_PUB.unpack(answer)
         if status == wire.PUBLISH_EXPIRED:
@@ -560,18 +549,7 @@ class EmbeddedBus(Bus):
             count=int(count),
             members=[PresenceMember(user=u, connection_id=c) for u, c in members])
 
-    # --- cluster status
-
-    async def cluster_status(self) -> dict[str, Any]:
-        """Every worker's metrics text and health as collected by the hub."""
-        _, payload = await self._request(wire.K_STATUS, "")
-        result: dict[str, Any] = _dec.decode(payload)
-        return result
-
-    async def cluster_metrics(self) -> str:
-        """Prometheus text for the whole server (every worker, labelled, plus the supervisor)."""
-        return cluster_metrics_text(await self.cluster_status())
-
-    async def cluster_health(self) -> dict[str, Any]:
-        """Health of the whole server: ``status`` ok/degraded, per-worker health, reasons."""
-        return cluster_health_doc(await self.cluster_status())
+    async def history_info(self, rooms: list[str]) -> HistoryReport:
+        """The history depth of ``rooms`` in the hub's room streams, and its bounds."""
+        _, payload = await self._request(wire.K_HISTORY_INFO, "", _enc.encode(rooms))
+        return msgspec.msgpack.decode(payload, type=HistoryReport)

@@ -25,7 +25,11 @@ later is refused, so a publish its client reported failed is never applied).
 Cluster ``/healthz`` and ``/metrics``: a worker's ``STATUS`` request makes the
 server ask every connected worker for its metrics text and health (a
 ``COLLECT`` frame), wait up to ``collect_timeout`` and answer with the
-merged result (missing workers are named).
+merged result (missing workers are named). A ``STATUS`` with a payload is an
+admin query (msgpack ``[name, args]``, :mod:`rtserver.admin_cluster`): the
+``COLLECT`` carries it, every worker answers it from its own tables and the
+hub merges the answers the same way. ``HISTORY_INFO`` answers the history
+depth of rooms and the retention bounds.
 """
 
 from __future__ import annotations
@@ -63,6 +67,7 @@ _M_HUB_EXPIRED = REGISTRY.counter(
     "Publishes refused by the hub because they arrived after their deadline (not applied)")
 _PUB_HEAD = wire.PUBLISH_HEAD
 _ACK_PUB = wire.ACK_PUBLISH
+_STAMP = wire.PUB_HEAD
 _ACK_POS = wire.ACK_POSITION
 
 _enc = msgspec.msgpack.Encoder()
@@ -70,11 +75,13 @@ _dec = msgspec.msgpack.Decoder()
 
 
 class _Collection:
-    __slots__ = ("handle", "req", "requester", "results", "waiting")
+    __slots__ = ("handle", "query", "req", "requester", "results", "waiting")
 
-    def __init__(self, requester: _ServerConn, req: int) -> None:
+    def __init__(self, requester: _ServerConn, req: int, query: bytes) -> None:
         self.requester = requester
         self.req = req
+        #: Empty for a status collection, else the admin query passed to every worker.
+        self.query = query
         self.waiting: set[_ServerConn] = set()
         self.results: dict[str, dict[str, Any]] = {}
         self.handle: asyncio.TimerHandle | None = None
@@ -306,7 +313,10 @@ class EmbeddedBusServer:
                           connected=len(self._by_worker))
             self._reply(conn, f.req, 0, _enc.encode({"instance": self._streams.instance}))
         elif kind == wire.K_STATUS:
-            self._start_collection(conn, f.req)
+            self._start_collection(conn, f.req, f.payload)
+        elif kind == wire.K_HISTORY_INFO:
+            report = self._streams.history_info(list(_dec.decode(f.payload)), time.monotonic())
+            self._reply(conn, f.req, 0, _enc.encode(report))
         elif kind == wire.K_COLLECT_REPLY:
             self._collect_reply(conn, f.req, f.payload)
         else:
@@ -320,7 +330,7 @@ class EmbeddedBusServer:
         client reports it failed, so it must not be applied).
         """
         payload = f.payload
-        deadline, flags, klen = _PUB_HEAD.unpack_from(payload)
+        deadline, accepted, flags, klen = _PUB_HEAD.unpack_from(payload)
         start = _PUB_HEAD.size
         key = payload[start:start + klen].decode() if klen else None
         body = payload[start + klen:]
@@ -342,7 +352,7 @@ class EmbeddedBusServer:
             _M_HUB_PUBLISHED.inc()
             targets = self._rooms.get(room)
             if targets:
-                frame = wire.encode(wire.K_PUB, n, seq, room, body)
+                frame = wire.encode(wire.K_PUB, n, seq, room, _STAMP.pack(accepted) + body)
                 for target in targets:
                     target.send(frame)
         status = wire.PUBLISH_APPLIED if applied else wire.PUBLISH_DUPLICATE
@@ -402,12 +412,12 @@ class EmbeddedBusServer:
 
     # --- cluster metrics / health
 
-    def _start_collection(self, requester: _ServerConn, req: int) -> None:
+    def _start_collection(self, requester: _ServerConn, req: int, query: bytes) -> None:
         self._collect_ids = (self._collect_ids + 1) & 0xFFFFFFFF or 1
         cid = self._collect_ids
-        coll = _Collection(requester, req)
+        coll = _Collection(requester, req, query)
         self._collections[cid] = coll
-        frame = wire.encode(wire.K_COLLECT, cid)
+        frame = wire.encode(wire.K_COLLECT, cid, 0, "", query)
         for conn in self._by_worker.values():
             coll.waiting.add(conn)
             conn.send(frame)
@@ -443,7 +453,8 @@ class EmbeddedBusServer:
             coll.handle.cancel()
         expected = [str(i) for i in range(self.settings.expected_workers)]
         missing = [w for w in expected if w not in coll.results]
-        supervisor_metrics = self._local_metrics() if self._local_metrics is not None else ""
+        supervisor_metrics = (self._local_metrics() if self._local_metrics is not None
+                              and not coll.query else "")
         result = {
             "workers": coll.results,
             "missing": missing,

@@ -17,6 +17,7 @@ from rtserver.bus.base import (
     Bus,
     BusHandler,
     BusHealth,
+    HistoryReport,
     PresenceMember,
     PresenceSnapshot,
     Recovery,
@@ -89,7 +90,11 @@ class LocalBus(Bus):
         n, seq, applied = streams.publish(room, body, key, now)
         epoch = streams.epoch_name(n)
         if applied and room in self._rooms:
-            self._h().on_publication(room, epoch, seq, body)
+            self.accepted_at = now  # accepted here, delivered here (same process)
+            try:
+                self._h().on_publication(room, epoch, seq, body)
+            finally:
+                self.accepted_at = 0.0
         return StreamPosition(epoch=epoch, seq=seq)
 
     async def position(self, room: str) -> StreamPosition:
@@ -134,6 +139,10 @@ class LocalBus(Bus):
         members = self._presence.get(room, {})
         listed = [m for _, m in zip(range(limit), members.values(), strict=False)]
         return PresenceSnapshot(count=len(members), members=listed)
+
+    async def history_info(self, rooms: list[str]) -> HistoryReport:
+        """The history depth of ``rooms`` in this process's room streams."""
+        return self._streams.history_info(rooms, time.monotonic())
 
     def health(self) -> BusHealth:
         """Always healthy: nothing external."""

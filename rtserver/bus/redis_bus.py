@@ -8,8 +8,8 @@ Keys and channels (``P`` = ``key_prefix``)::
     P:pres:<room>    zset     presence (:mod:`rtserver.bus.redis_presence`)
     P:room:<room>    channel  room publications and room events
     P:user:<user>    channel  user messages
-    P:node:<node>    channel  this worker's own channel (keeps the subscriber
-                              connection subscribed even with no interest)
+    P:node:<node>    channel  this worker's own channel (keeps the subscriber subscribed)
+    P:admin, P:workers        admin queries and answers (:mod:`rtserver.bus.redis_admin`)
 
 Publishing is one Lua script (:mod:`rtserver.bus.redis_scripts`): check the
 epoch, ``INCR`` the room seq, store the history and ``PUBLISH`` — one atomic
@@ -21,13 +21,12 @@ payload`` (user message). Every worker, the publisher included, receives its
 publications through its subscription (:class:`~rtserver.bus.redis_pubsub.Subscriber`).
 
 Failure handling: a connection error marks the bus down (health degraded,
-``on_bus_state``, logged, counted); publishes and queries raise
-:class:`BusUnavailable`; interest and presence changes are logged as deferred
-(the node has them in its Hub). The reconnect loop (backoff with jitter, every
-attempt logged) reloads the scripts, re-declares exactly the handler's
-:meth:`~rtserver.bus.base.BusHandler.interest_snapshot`, checks the epoch,
-logs ``bus_recovered`` and calls ``on_bus_state``. The bus keeps no copy of
-the worker's rooms, users or presence.
+``on_bus_state``, logged, counted); publishes and queries raise :class:`BusUnavailable`;
+interest and presence changes are logged as deferred (the node has them in its Hub).
+The reconnect loop (backoff with jitter, every attempt logged) reloads the scripts,
+re-declares exactly the handler's :meth:`~rtserver.bus.base.BusHandler.interest_snapshot`,
+checks the epoch, logs ``bus_recovered`` and calls ``on_bus_state``. The bus keeps no
+copy of the worker's rooms, users or presence.
 
 Redis restarted without persistence: the epoch key is gone, the first node to
 reconnect sets a new one and every node sees the change (``redis_data_lost``);
@@ -63,12 +62,14 @@ from rtserver.bus.base import (
     announce_health,
 )
 from rtserver.bus.bus_metrics import RECONNECTS, REQUEST_FAILURES
+from rtserver.bus.redis_admin import RedisAdminQueries
 from rtserver.bus.redis_presence import RedisPresence
 from rtserver.bus.redis_publish import CONN_ERRORS, RedisPublisher, err_text
 from rtserver.bus.redis_pubsub import Subscriber, open_subscriber
 from rtserver.bus.redis_scripts import SCRIPTS
 from rtserver.bus.redis_settings import RedisBusSettings, safe_url
 from rtserver.bus.redis_streams import (
+    accepted_on,
     parse_history_entry,
     parse_publication,
     recovery_from_reply,
@@ -92,7 +93,7 @@ class _Down(Exception):
     """Internal: the Redis connection failed (carries the reason)."""
 
 
-class RedisBus(Bus):
+class RedisBus(RedisAdminQueries, Bus):
     """A worker's bus over Redis."""
 
     kind = "redis"
@@ -112,6 +113,7 @@ class RedisBus(Bus):
         self._ch_user_b = self._ch_user.encode()
         self._ch_node = f"{p}:node:{settings.node_id}"
         self._origin = settings.node_id.encode()
+        self._clock = settings.clock_id.encode()
         self._loop: asyncio.AbstractEventLoop
         self._handler: BusHandler | None = None
         self._client: aioredis.Redis | None = None
@@ -133,6 +135,7 @@ class RedisBus(Bus):
         self._declared = (0, 0, 0)
         self._presence = RedisPresence(p, settings.presence_ttl, self._sha)
         self._health = BusHealth(kind="redis", ok=False, reason="not started")
+        self._admin_init()
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -174,6 +177,7 @@ class RedisBus(Bus):
         if self._up and self._client is not None:
             try:
                 await self._presence.remove_all(self._client, self._snapshot().presence)
+                await self._admin_unregister(self._client)
             except (*_CONN_ERRORS, RedisError) as exc:
                 _log.warning("bus_presence_cleanup_failed", bus="redis", error=_err(exc),
                              note="entries expire after presence_ttl")
@@ -195,7 +199,7 @@ class RedisBus(Bus):
             self._sha[name] = str(await client.script_load(text))
         await self._drop_pubsub()
         await self._open_subscriber()
-        await self._subscribe([self._ch_node])
+        await self._subscribe([self._ch_node, self._ch_admin])
         snap = self._snapshot()
         # The snapshot's SUBSCRIBEs are written in the same step as the snapshot is
         # taken; interest changes made from now on go out behind them, in order.
@@ -210,6 +214,7 @@ class RedisBus(Bus):
         await self._check_epoch(client, snap)
         await self._await_subscribed(confirmed)
         await self._presence.refresh(client, snap.presence)
+        await self._admin_register(client)
         offset_ms = await self._clock_offset(client)
         self._publisher.attach(client, self._sha, self._epoch or "", offset_ms)
         if since:
@@ -381,15 +386,21 @@ class RedisBus(Bus):
                 room = channel[len(self._ch_room_b):].decode()
                 held = self._gaps.rooms
                 if held and room in held:
-                    held[room].append((epoch, seq, body))
+                    held[room].append((epoch, seq, body))  # delivered later: not timed
                 else:
-                    handler.on_publication(room, epoch, seq, body)
+                    self.accepted_at = accepted_on(data, self._clock)
+                    try:
+                        handler.on_publication(room, epoch, seq, body)
+                    finally:
+                        self.accepted_at = 0.0
             elif kind == 0x45:  # E: room event
                 nl = data.index(b"\n", 1)
                 handler.on_room_event(channel[len(self._ch_room_b):].decode(), data[nl + 1:])
             elif kind == 0x55:  # U: user message
                 nl = data.index(b"\n", 1)
                 handler.on_user_message(channel[len(self._ch_user_b):].decode(), data[nl + 1:])
+            elif kind == 0x51 or kind == 0x41:  # Q / A: admin query, answer
+                self.on_admin_message(kind, data)
             else:
                 _log.error("bus_unknown_message", bus="redis", channel=channel, kind=kind)
         except Exception as exc:  # noqa: BLE001 - one bad delivery must not stop the stream
@@ -580,6 +591,7 @@ class RedisBus(Bus):
                 snap = self._snapshot()
                 await self._presence.refresh(client, snap.presence)
                 await self._touch_rooms(client, snap.rooms)
+                await self._admin_register(client)
             except (_Down, *_CONN_ERRORS, RedisError) as exc:
                 # _Down here: Redis answered TIME too slowly; the offset is kept as it was.
                 _log.warning("bus_presence_refresh_failed", bus="redis", error=_err(exc))

@@ -59,11 +59,12 @@ def err_text(exc: BaseException) -> str:
 
 
 class _Publish:
-    __slots__ = ("body", "deadline", "fut", "generated", "key", "room", "timer")
+    __slots__ = ("accepted", "body", "deadline", "fut", "generated", "key", "room", "timer")
 
-    def __init__(self, room: str, body: bytes, key: str, generated: bool, deadline: float,
-                 fut: asyncio.Future[StreamPosition]) -> None:
+    def __init__(self, room: str, body: bytes, key: str, generated: bool, accepted: float,
+                 deadline: float, fut: asyncio.Future[StreamPosition]) -> None:
         self.room = room
+        self.accepted = accepted
         self.body = body
         self.key = key
         self.generated = generated
@@ -83,7 +84,7 @@ class RedisPublisher:
         self._k_hbytes, self._k_idem = f"{p}:hbytes:", f"{p}:idem:"
         self._k_dataset = f"{p}:epoch"
         self._ch_room = f"{p}:room:"
-        self._origin = settings.node_id.encode()
+        self._origin = f"{settings.node_id} {settings.clock_id} ".encode()
         self._mark_down = mark_down
         self._queue: list[_Publish] = []
         self._held: list[_Publish] = []
@@ -127,8 +128,9 @@ class RedisPublisher:
             self._keys += 1
             key = f"{self._key_prefix}{self._keys}"
         fut: asyncio.Future[StreamPosition] = loop.create_future()
-        self._queue.append(_Publish(room, body, key, generated,
-                                    time.monotonic() + self.settings.request_timeout, fut))
+        accepted = time.monotonic()
+        self._queue.append(_Publish(room, body, key, generated, accepted,
+                                    accepted + self.settings.request_timeout, fut))
         if not self._paused and (self._task is None or self._task.done()):
             self._task = loop.create_task(self._flusher())
         return fut
@@ -262,7 +264,8 @@ class RedisPublisher:
                 pipe.evalsha(
                     sha, 6, self._k_seq + room, self._k_hist + room, self._k_ep + room,
                     self._k_dataset, self._k_hbytes + room, self._k_idem + pub.key,
-                    self._ch_room + room, self._origin, pub.body, s.history_size,
+                    self._ch_room + room, b"%b%.6f" % (self._origin, pub.accepted),
+                    pub.body, s.history_size,
                     self._dataset, new_epoch, ttl_ms, s.history_max_bytes,
                     deadline_ms, retry_ms if pub.generated else window_ms, pub.key)
             _M_PUB_BATCHES.inc()

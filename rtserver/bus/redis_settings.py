@@ -1,15 +1,29 @@
-"""Settings of the Redis bus (config ``[bus]``) and the node id of a worker."""
+"""Settings of the Redis bus (config ``[bus]``), the node id of a worker, the clock id of
+its machine."""
 
 from __future__ import annotations
 
 import os
 import socket
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from rtserver.backoff import BackoffPolicy
 
-__all__ = ["RedisBusSettings", "default_node_id", "safe_url"]
+__all__ = ["RedisBusSettings", "default_node_id", "machine_clock_id", "safe_url"]
+
+_BOOT_ID = "/proc/sys/kernel/random/boot_id"
+
+
+def machine_clock_id() -> str:
+    """The identity of this machine's CLOCK_MONOTONIC: Linux's boot id (every process of one
+    boot, containers included, reads the same monotonic clock). Where it cannot be read,
+    ``pid:<pid>``: only this process's own publications are then timed."""
+    try:
+        with open(_BOOT_ID, encoding="ascii") as f:
+            return "boot:" + f.read().strip()
+    except OSError:
+        return f"pid:{os.getpid()}"
 
 
 def default_node_id(worker_id: int) -> str:
@@ -50,6 +64,10 @@ class RedisBusSettings:
     publish_batch_max: int
     #: Delays between reconnect attempts (config ``[bus] reconnect_*``).
     reconnect: BackoffPolicy
+    #: The machine's monotonic clock (:func:`machine_clock_id`, never configured): a
+    #: publication carries its accepted time with this id and only a worker of the same
+    #: clock observes publish -> delivered (rtserver/fanout_latency.py).
+    clock_id: str = field(default_factory=machine_clock_id)
 
     def __post_init__(self) -> None:
         if not 0 < self.presence_refresh_interval < self.presence_ttl:

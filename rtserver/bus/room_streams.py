@@ -32,7 +32,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from rtserver.bus.base import Recovery, StreamPosition
+from rtserver.bus.base import HistoryInfo, HistoryReport, Recovery, StreamPosition
 from rtserver.jsonlog import get_logger
 from rtserver.metrics import REGISTRY
 
@@ -208,6 +208,24 @@ class RoomStreams:
             return Recovery(position=pos, publications=pubs, recovered=True, reason=None)
         return Recovery(position=pos, publications=pubs, recovered=False,
                         reason="history_trimmed")
+
+    def history_info(self, rooms: list[str], now: float) -> HistoryReport:
+        """The history depth of ``rooms`` (age-trimmed first; no stream is created)."""
+        out: list[HistoryInfo | None] = []
+        for room in rooms:
+            st = self._streams.get(room)
+            if st is None:
+                out.append(None)
+                continue
+            self._trim_age(st, now)
+            ring = st.ring
+            out.append(HistoryInfo(room=room, epoch=st.epoch, held=len(ring),
+                                   bytes=st.ring_bytes,
+                                   first_seq=ring[0][0] if ring else None,
+                                   last_seq=ring[-1][0] if ring else None))
+        s = self.settings
+        return HistoryReport(history_size=s.history_size, history_max_bytes=s.history_max_bytes,
+                             history_ttl=s.history_ttl, rooms=out)
 
     def maybe_sweep(self, now: float, interested: Callable[[str], bool]) -> None:
         """Sweep when the last sweep is ``history_ttl / 4`` seconds old (cheap otherwise)."""

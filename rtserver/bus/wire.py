@@ -16,10 +16,13 @@ instance is in the HELLO answer (msgpack ``{"instance": ...}``), ``n`` travels
 as the ``req`` of a ``PUB`` and as :data:`ACK_POSITION` (``u32 n``) in the
 answers to POSITION, or :data:`ACK_PUBLISH` (``u32 n, u8 status``) to PUBLISH.
 A PUBLISH payload is :data:`PUBLISH_HEAD` (``f64 deadline`` on the machine's
-monotonic clock, ``u8 flags`` (:data:`PUBLISH_KEY_GENERATED`: the key was made
-by the client for its own retry, not given by the caller), ``u16 keylen``),
-the idempotency key, then the body. RECOVER
-and its answer are msgpack.
+monotonic clock, ``f64 accepted``: the publishing worker's ``time.monotonic()``
+when it handed the publication to the bus, ``u8 flags``
+(:data:`PUBLISH_KEY_GENERATED`: the key was made by the client for its own
+retry, not given by the caller), ``u16 keylen``), the idempotency key, then the
+body. A PUB payload is :data:`PUB_HEAD` (``f64 accepted``, copied from the
+PUBLISH) then the body: every worker observes publish accepted → delivered on
+the one clock of the machine. RECOVER and its answer are msgpack.
 
 Room bodies and user payloads are never decoded or re-encoded by the hub: it
 slices the key and hands the payload bytes on, so a message costs one header
@@ -44,6 +47,7 @@ __all__ = [
     "K_COLLECT_REPLY",
     "K_EVENT",
     "K_HELLO",
+    "K_HISTORY_INFO",
     "K_NAMES",
     "K_POSITION",
     "K_PRESENCE",
@@ -64,6 +68,7 @@ __all__ = [
     "PUBLISH_EXPIRED",
     "PUBLISH_HEAD",
     "PUBLISH_KEY_GENERATED",
+    "PUB_HEAD",
     "Frame",
     "FrameError",
     "FrameReader",
@@ -74,8 +79,10 @@ HEADER: Final = struct.Struct("!IBIQH")
 HEADER_SIZE: Final = HEADER.size
 _REST: Final = struct.Struct("!BIQH")
 _LEN: Final = struct.Struct("!I")
-#: PUBLISH payload head: deadline (monotonic seconds), key length.
-PUBLISH_HEAD: Final = struct.Struct("!dBH")
+#: PUBLISH payload head: deadline and accepted time (monotonic seconds), flags, key length.
+PUBLISH_HEAD: Final = struct.Struct("!ddBH")
+#: PUB payload head: the accepted time of the PUBLISH (monotonic seconds).
+PUB_HEAD: Final = struct.Struct("!d")
 #: PUBLISH flag: the key only serves the client's retry until the deadline.
 PUBLISH_KEY_GENERATED: Final = 1
 #: ACK payload of PUBLISH: epoch number, status (``PUBLISH_*``).
@@ -106,6 +113,7 @@ K_PRESENCE: Final = 12
 K_STATUS: Final = 13
 K_COLLECT_REPLY: Final = 14
 K_RECOVER: Final = 15
+K_HISTORY_INFO: Final = 16
 # hub -> worker
 K_ACK: Final = 32
 K_PUB: Final = 34
@@ -120,8 +128,8 @@ K_NAMES: Final[dict[int, str]] = {
     K_ADD_USER: "add_user", K_REMOVE_USER: "remove_user", K_ROOM_EVENT: "room_event",
     K_SEND_USER: "send_user", K_PRESENCE_JOIN: "presence_join",
     K_PRESENCE_LEAVE: "presence_leave", K_PRESENCE: "presence", K_STATUS: "status",
-    K_COLLECT_REPLY: "collect_reply", K_RECOVER: "recover", K_ACK: "ack", K_PUB: "pub",
-    K_EVENT: "event", K_USER: "user", K_COLLECT: "collect",
+    K_COLLECT_REPLY: "collect_reply", K_RECOVER: "recover", K_HISTORY_INFO: "history_info",
+    K_ACK: "ack", K_PUB: "pub", K_EVENT: "event", K_USER: "user", K_COLLECT: "collect",
 }
 
 

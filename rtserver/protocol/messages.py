@@ -37,6 +37,8 @@ __all__ = [
     "RoomEvent",
     "ServerMessage",
     "Since",
+    "StartCluster",
+    "StopCluster",
     "Subscribe",
     "SubscribeItem",
     "Subscribed",
@@ -123,8 +125,21 @@ class Presence(ClientMessage, tag="presence", frozen=True):
     id: MessageId = None
 
 
+class StartCluster(ClientMessage, tag="start_cluster", frozen=True):
+    """Push the cluster document (every worker's status, counters and latency buckets)
+    every ``admin.refresh_seconds`` (needs ``admin:monitor``; rtserver/cluster_feed.py)."""
+
+    id: MessageId = None
+
+
+class StopCluster(ClientMessage, tag="stop_cluster", frozen=True):
+    """Stop the ``start_cluster`` pushes of this connection."""
+
+    id: MessageId = None
+
+
 CLIENT_MESSAGES: tuple[type[ClientMessage], ...] = (
-    Auth, Ping, Subscribe, Unsubscribe, Publish, Presence,
+    Auth, Ping, Subscribe, Unsubscribe, Publish, Presence, StartCluster, StopCluster,
 )
 
 

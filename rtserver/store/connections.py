@@ -13,10 +13,11 @@ __all__ = ["UPSERT_CONNECTIONS", "ConnectionQueries"]
 UPSERT_CONNECTIONS = """
 INSERT INTO websocket_connections AS w (
     connection_id, worker, user_id, admin_user_id, ip_address, user_agent,
-    connected_at, disconnected_at, last_activity, close_code, close_reason)
+    connected_at, disconnected_at, last_activity, close_code, close_reason, state_history)
 SELECT * FROM unnest(
     $1::text[], $2::int[], $3::text[], $4::text[], $5::inet[], $6::text[],
-    $7::timestamptz[], $8::timestamptz[], $9::timestamptz[], $10::int[], $11::text[])
+    $7::timestamptz[], $8::timestamptz[], $9::timestamptz[], $10::int[], $11::text[],
+    $12::jsonb[])
 ON CONFLICT (connection_id) DO UPDATE SET
     user_id = coalesce(EXCLUDED.user_id, w.user_id),
     admin_user_id = coalesce(EXCLUDED.admin_user_id, w.admin_user_id),
@@ -26,7 +27,8 @@ ON CONFLICT (connection_id) DO UPDATE SET
     disconnected_at = coalesce(EXCLUDED.disconnected_at, w.disconnected_at),
     last_activity = greatest(EXCLUDED.last_activity, w.last_activity),
     close_code = coalesce(EXCLUDED.close_code, w.close_code),
-    close_reason = coalesce(EXCLUDED.close_reason, w.close_reason)
+    close_reason = coalesce(EXCLUDED.close_reason, w.close_reason),
+    state_history = coalesce(EXCLUDED.state_history, w.state_history)
 """
 """The batched upsert of connection rows: one array parameter per column."""
 
@@ -43,12 +45,12 @@ class ConnectionQueries(StorePool):
         """
         if not rows:
             return
-        cols: list[list[Any]] = [[] for _ in range(11)]
+        cols: list[list[Any]] = [[] for _ in range(12)]
         for r in rows:
             for i, v in enumerate((
                 r.connection_id, r.worker, r.user_id, r.admin_user_id, r.ip_address,
                 r.user_agent, r.connected_at, r.disconnected_at, r.last_activity,
-                r.close_code, r.close_reason,
+                r.close_code, r.close_reason, r.state_history,
             )):
                 cols[i].append(v)
         async with self.acquire("write_connections") as conn:

@@ -76,6 +76,8 @@ class ConnectionRow(msgspec.Struct):
     last_activity: datetime | None = None
     close_code: int | None = None
     close_reason: str | None = None
+    #: JSON of the state transitions (``[{"state", "at", "reason", "close_code"}]``, jsonb).
+    state_history: bytes | None = None
 
 
 class ConnectionRecord(msgspec.Struct, frozen=True):

@@ -5,7 +5,8 @@ pool, its bounds and its errors live in :mod:`rtserver.store.pool`; the
 queries live in one module per group of tables (:mod:`~rtserver.store.connections`,
 :mod:`~rtserver.store.notifications`, :mod:`~rtserver.store.quotes`,
 :mod:`~rtserver.store.analytics`, :mod:`~rtserver.store.admin`,
-:mod:`~rtserver.store.alerts`) and :class:`Store` combines them.
+:mod:`~rtserver.store.alerts`, :mod:`~rtserver.store.login_links`) and :class:`Store`
+combines them.
 
 Every method acquires a connection with the configured
 ``pool_acquire_timeout``; every query runs under the configured
@@ -27,6 +28,7 @@ from rtserver.store.admin import AdminQueries
 from rtserver.store.alerts import ALERT_SEVERITIES, AlertQueries
 from rtserver.store.analytics import AnalyticsQueries
 from rtserver.store.connections import ConnectionQueries
+from rtserver.store.login_links import LoginLinkQueries
 from rtserver.store.notifications import NotificationQueries
 from rtserver.store.pool import TRANSIENT_ERRORS, StoreUnavailable, encode_json
 from rtserver.store.quotes import QuoteQueries
@@ -47,6 +49,7 @@ class Store(
     AnalyticsQueries,
     AdminQueries,
     AlertQueries,
+    LoginLinkQueries,
 ):
     """Typed access to the rtserver database through one asyncpg pool.
 

@@ -32,10 +32,11 @@ import asyncio
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Literal
+from typing import Any, Literal
 
 import asyncpg
 import msgspec
+import orjson
 
 from rtserver.backoff import BackoffPolicy
 from rtserver.jsonlog import get_logger
@@ -78,7 +79,7 @@ class CloseReport(msgspec.Struct, frozen=True):
 class _Pending:
     __slots__ = (
         "admin_user_id", "close_code", "close_reason", "connected_at", "disconnected_at",
-        "ip_address", "last_activity", "user_agent", "user_id",
+        "ip_address", "last_activity", "state_history", "user_agent", "user_id",
     )
 
     def __init__(self) -> None:
@@ -91,11 +92,13 @@ class _Pending:
         self.last_activity: float | None = None
         self.close_code: int | None = None
         self.close_reason: str | None = None
+        #: The connection's state transitions, JSON (set with its close).
+        self.state_history: bytes | None = None
 
     def merge_newer(self, newer: _Pending) -> None:
         """Fold ``newer`` (events recorded after this row's) into this row."""
         for name in ("user_id", "admin_user_id", "ip_address", "user_agent",
-                     "disconnected_at", "close_code", "close_reason"):
+                     "disconnected_at", "close_code", "close_reason", "state_history"):
             value = getattr(newer, name)
             if value is not None:
                 setattr(self, name, value)
@@ -252,9 +255,11 @@ class ConnectionRecorder:
             entry.last_activity = now
 
     def record_disconnect(
-        self, connection_id: str, *, close_code: int | None, close_reason: str | None
+        self, connection_id: str, *, close_code: int | None, close_reason: str | None,
+        state_history: list[dict[str, Any]] | None = None,
     ) -> None:
-        """The connection closed with ``close_code`` / ``close_reason``."""
+        """The connection closed with ``close_code`` / ``close_reason``; ``state_history``
+        (:meth:`Connection.state_history`) is stored with it (``None``: none recorded)."""
         if self._activity_interval is not None:
             self._last_touch.pop(connection_id, None)
         entry = self._entry(connection_id, "disconnect")
@@ -265,6 +270,8 @@ class ConnectionRecorder:
         entry.last_activity = now
         entry.close_code = close_code
         entry.close_reason = close_reason
+        if state_history is not None:
+            entry.state_history = orjson.dumps(state_history)
 
     def _lose(self, kind: str, count: int, reason: str) -> None:
         first = self._lost == 0
@@ -357,6 +364,7 @@ class ConnectionRecorder:
                 user_agent=p.user_agent, connected_at=_dt(p.connected_at),
                 disconnected_at=_dt(p.disconnected_at), last_activity=_dt(p.last_activity),
                 close_code=p.close_code, close_reason=p.close_reason,
+                state_history=p.state_history,
             )
             for cid, p in items
         ]

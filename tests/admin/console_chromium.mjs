@@ -7,8 +7,11 @@
 // Any console error, page error, failed request or HTTP error answer fails the run.
 //
 // env: CONSOLE_URL (http://127.0.0.1:PORT), OPERATOR_TOKEN, READONLY_TOKEN, ARTIFACTS (dir),
-//      SCENARIO ("single": panels and actions, "workers": a SIGKILLed worker turns stale and
-//      comes back respawned).
+//      SCENARIO ("single": panels and actions, the cluster panels from pushes, and the
+//      explicit polling while the WebSocket is down; "workers": publish accepted -> delivered
+//      latency of both workers, a SIGKILLed worker turns stale and comes back respawned;
+//      "link": the single-use link of `rtserver admin-url` in LINK_URL logs in once and is
+//      refused in a new page; the quote activity panel shows an edit).
 
 import { createRequire } from "node:module";
 import { mkdirSync } from "node:fs";
@@ -43,20 +46,34 @@ async function step(name, fields = {}) {
 }
 
 const problems = [];
+/** GET /admin/cluster requests made by any page (the console reads it only while its
+ * WebSocket is down). */
+const clusterReads = [];
 /** Every page opened, for the failure screenshots. */
 const pages = [];
 
-/** A page that records every console error, page error, failed request and HTTP error. */
-async function watchedPage(browser) {
+/**
+ * A page that records every console error, page error, failed request and HTTP error, except
+ * a 401 from a URL ending in one of `expected401` (and Chromium's console line about it).
+ */
+async function watchedPage(browser, expected401 = []) {
   const context = await browser.newContext({ viewport: { width: 1400, height: 1800 } });
   const page = await context.newPage();
   page.setDefaultTimeout(TIMEOUT);
   pages.push(page);
   page.on("console", (msg) => process.stderr.write(`[page ${msg.type()}] ${msg.text()}\n`));
-  page.on("console", (msg) => { if (msg.type() === "error") problems.push(`console error: ${msg.text()}`); });
+  const expected = (url, status) => status === 401 && expected401.some((end) => url.endsWith(end));
+  page.on("console", (msg) => {
+    if (msg.type() !== "error") return;
+    if (expected(msg.location()?.url ?? "", 401) && msg.text().includes("status of 401")) return;
+    problems.push(`console error: ${msg.text()}`);
+  });
   page.on("pageerror", (err) => problems.push(`page error: ${err.message}`));
   page.on("requestfailed", (req) => problems.push(`request failed: ${req.url()} ${req.failure()?.errorText}`));
-  page.on("response", (res) => { if (res.status() >= 400) problems.push(`HTTP ${res.status()}: ${res.url()}`); });
+  page.on("response", (res) => {
+    if (res.status() >= 400 && !expected(res.url(), res.status())) problems.push(`HTTP ${res.status()}: ${res.url()}`);
+  });
+  page.on("request", (req) => { if (new URL(req.url()).pathname === "/admin/cluster") clusterReads.push(req.url()); });
   return { context, page };
 }
 
@@ -73,8 +90,26 @@ async function waitPolls(page, n) {
   await page.waitForFunction((target) => Number(document.body.dataset.polls ?? "0") >= target, start + n);
 }
 
-async function login(browser, token) {
+async function clusterPushes(page) {
+  return Number(await page.evaluate(() => document.body.dataset.clusterPushes ?? "0"));
+}
+
+/**
+ * The console's WebSocket through a route the test can cut: while `wsRoute.blocked`, the
+ * open socket is closed (1012) and every reconnect attempt is closed at once.
+ */
+const wsRoute = { blocked: false, open: /** @type {any[]} */ ([]) };
+async function routeSockets(page) {
+  await page.routeWebSocket(/\/ws(\?|$)/, (ws) => {
+    if (wsRoute.blocked) { ws.close({ code: 1012, reason: "blocked by the test" }); return; }
+    ws.connectToServer();
+    wsRoute.open.push(ws);
+  });
+}
+
+async function login(browser, token, { route = false } = {}) {
   const { context, page } = await watchedPage(browser);
+  if (route) await routeSockets(page);
   await page.goto(`${BASE}/admin/#token=${token}`);
   await page.waitForFunction(() => document.body.dataset.screen === "console");
   check(!page.url().includes("token="), "the token left the address bar");
@@ -107,11 +142,14 @@ async function single(browser) {
     await page.screenshot({ path: path.join(ARTIFACTS, "read-only.png"), fullPage: true });
     await context.close();
   }
-  // Operator: live counters and latency while a client publishes.
-  const { context, page } = await login(browser, process.env.OPERATOR_TOKEN);
+  // Operator: live counters and latency while a client publishes, all from pushes.
+  const { context, page } = await login(browser, process.env.OPERATOR_TOKEN, { route: true });
   check((await page.textContent("#mode")) === "operator", "operator badge");
   await waitPolls(page, 1);
-  const latencyBefore = Number(await page.evaluate(() => document.body.dataset.latencyPoints ?? "0"));
+  const readsWhileUp = clusterReads.length;
+  // Read together: every chart point below comes from one applied document.
+  const [pushesBefore, latencyBefore] = await page.evaluate(() => [
+    Number(document.body.dataset.clusterPushes ?? "0"), Number(document.body.dataset.latencyPoints ?? "0")]);
   await step("publish_start");
   await page.waitForFunction(() => {
     const b = document.querySelector("[data-testid='counter-publications'] b");
@@ -119,14 +157,54 @@ async function single(browser) {
   });
   await page.waitForFunction((before) => Number(document.body.dataset.latencyPoints ?? "0") >= before + 4, latencyBefore);
   await page.waitForFunction(() => document.querySelector("[data-testid='worker-0-status']")?.textContent === "ok");
-  await step("publish_stop");
+  await page.waitForFunction(() => /\d/.test(document.querySelector("[data-testid='delivery-0-p99']")?.textContent ?? ""));
+  const { published, history_size: historySize, rate_window: rateWindow } = await step("publish_stop");
   await page.screenshot({ path: path.join(ARTIFACTS, "console.png"), fullPage: true });
+  // The panels changed from cluster_status pushes (a read still in flight from before the
+  // WebSocket was up may land too; none is made while it is up, checked below).
+  await page.waitForFunction((n) => Number(document.body.dataset.clusterPushes ?? "0") >= n, pushesBefore + 4);
+  check(clusterReads.length === readsWhileUp,
+        `no GET /admin/cluster while the WebSocket was up (${clusterReads.length - readsWhileUp} made)`);
+  check((await page.evaluate(() => document.body.dataset.ws)) === "connected", "the WebSocket stayed up");
+  check(await page.isHidden("#push-state"), "no 'pushes down' notice while the WebSocket is up");
+
+  // The WebSocket down: the page says so and reads /admin/cluster once per interval.
+  wsRoute.blocked = true;
+  for (const ws of wsRoute.open.splice(0)) await ws.close({ code: 1012, reason: "cut by the test" });
+  await page.waitForFunction(() => /Live pushes down.*polling \/admin\/cluster/.test(
+    document.querySelector("[data-testid='push-state']")?.textContent ?? ""));
+  const readsBefore = clusterReads.length;
+  const appliedBefore = await polls(page);
+  await page.waitForFunction((n) => Number(document.body.dataset.polls ?? "0") >= n, appliedBefore + 2);
+  check(clusterReads.length >= readsBefore + 2, "polling /admin/cluster while the WebSocket is down");
+  await page.screenshot({ path: path.join(ARTIFACTS, "pushes-down.png"), fullPage: true });
+  wsRoute.blocked = false;
+  await page.waitForFunction(() => document.body.dataset.ws === "connected", null, { timeout: 30000 });
+  await page.waitForFunction(() => document.querySelector("[data-testid='push-state']")?.hidden === true);
+  const pushesBack = await clusterPushes(page);
+  await page.waitForFunction((n) => Number(document.body.dataset.clusterPushes ?? "0") >= n, pushesBack + 1);
+
+  // Rooms: the publisher's room with its messages/s, last seq and history depth.
+  const roomLoads = Number(await page.evaluate(() => document.body.dataset.roomLoads ?? "0"));
+  await page.fill("#room-query", "bench:console");
+  await page.click("#room-form button[type=submit]");
+  await page.waitForFunction((n) => Number(document.body.dataset.roomLoads ?? "0") > n, roomLoads);
+  const rateCell = await page.waitForSelector("[data-testid='rate-bench:console']");
+  const rate = Number(await rateCell.getAttribute("data-rate"));
+  check(rate > 0 && rate <= published / rateWindow + 1e-9, `msgs/s ${rate} for ${published} publications`);
+  const held = Number(await page.getAttribute("[data-testid='history-bench:console']", "data-held"));
+  check(held === Math.min(published, historySize), `history depth ${held} (${published} published, size ${historySize})`);
+  const historyText = await page.textContent("[data-testid='history-bench:console']");
+  check(historyText.includes(`seq ${published - held + 1}..${published}`), `history seqs shown: ${historyText}`);
+  check((await page.textContent("[data-testid='rooms-table'] tbody")).includes(String(published)), "last seq shown");
+  check(/answered by worker\(s\) \S+ \(1 of 1\); every node \(Redis\)/.test(await page.textContent("[data-testid='rooms-coverage']")), "rooms coverage shown");
+  await page.screenshot({ path: path.join(ARTIFACTS, "rooms.png"), fullPage: true });
 
   // Rooms: search, then a room's presence list (the console itself is in admin:alerts).
   await page.fill("#room-query", "admin:");
   await page.click("#room-form button[type=submit]");
   await page.click("[data-testid='presence-admin:alerts']");
-  await page.waitForFunction(() => /admin:alerts: [1-9]\d* present/.test(
+  await page.waitForFunction(() => /admin:alerts: [1-9]\d* present.*answered by worker\(s\) \S+ \(1 of 1\)/.test(
     document.querySelector("[data-testid='presence']")?.textContent ?? ""));
 
   // Disconnect a user from the page: the Python side checks the close code.
@@ -134,6 +212,10 @@ async function single(browser) {
   await page.fill("#conn-query", user);
   await page.click("#conn-form button[type=submit]");
   await page.waitForSelector("[data-testid^='disconnect-']");
+  // Its state history: accepted, then authenticated by its token.
+  const states = await page.textContent("[data-testid^='state-history-']");
+  check(/^connecting .+ → authenticated .+$/.test(states), `state history shown: ${states}`);
+  await page.screenshot({ path: path.join(ARTIFACTS, "connection.png"), fullPage: true });
   await page.selectOption("#close-code", "4000");
   await page.fill("#close-reason", "closed from the console");
   await page.click("#disconnect-user");
@@ -161,7 +243,21 @@ async function workers(browser) {
   for (const w of ["0", "1"]) {
     await page.waitForFunction((id) => document.querySelector(`[data-testid='worker-${id}-status']`)?.textContent === "ok", w);
   }
+  // Published on both workers, delivered by both: accepted -> delivered of each worker.
+  await step("publish_across");
+  for (const w of ["0", "1"]) {
+    await page.waitForFunction((id) => /\d/.test(
+      document.querySelector(`[data-testid='delivery-${id}-p99']`)?.textContent ?? ""), w);
+  }
+  await step("publish_stop");
+  await page.screenshot({ path: path.join(ARTIFACTS, "delivery-latency.png"), fullPage: true });
   const { worker } = await step("kill_worker");
+  // The rooms answer names the worker that cannot answer (never a silently partial list).
+  const roomLoads = Number(await page.evaluate(() => document.body.dataset.roomLoads ?? "0"));
+  await page.click("#room-form button[type=submit]");
+  await page.waitForFunction((n) => Number(document.body.dataset.roomLoads ?? "0") > n, roomLoads);
+  const coverage = await page.textContent("[data-testid='rooms-coverage']");
+  check(coverage.includes(`NOT ANSWERING: ${worker}`), `the rooms panel names worker ${worker}: ${coverage}`);
   await page.waitForFunction((id) =>
     document.querySelector(`[data-testid='worker-${id}-status']`)?.textContent === "stale", String(worker));
   await page.screenshot({ path: path.join(ARTIFACTS, "worker-stale.png"), fullPage: true });
@@ -175,10 +271,52 @@ async function workers(browser) {
   return { worker };
 }
 
+async function link(browser) {
+  const url = process.env.LINK_URL;
+  check(url && url.includes("/admin/#token="), `LINK_URL is a login link (${url})`);
+  // First open: the link's token is exchanged once for a session token.
+  const { context, page } = await watchedPage(browser);
+  await page.goto(url);
+  await page.waitForFunction(() => document.body.dataset.screen === "console");
+  check(!page.url().includes("token="), "the link's token left the address bar");
+  const kept = await page.evaluate(() => sessionStorage.getItem("rtserver-admin-token"));
+  check(kept !== null && !url.endsWith(kept), "the session token is kept, not the link's");
+  await page.waitForFunction(() => document.body.dataset.ws === "connected");
+  // Quote activity: a test client edits a quote and the row appears.
+  await page.waitForFunction(() => document.body.dataset.quoteActivity === "live");
+  const { quote_id: quote, version, user } = await step("edit_quote");
+  const row = await page.waitForSelector(`[data-testid='quote-activity-${quote}-${version}']`);
+  const cells = await row.$$eval("td", (tds) => tds.map((td) => td.textContent));
+  check(cells[1] === quote && cells[2] === "edit of driver_name" && cells[3] === String(version) &&
+        cells[4] === user, `the quote activity row (${cells})`);
+  await page.screenshot({ path: path.join(ARTIFACTS, "quote-activity.png"), fullPage: true });
+  // A reload keeps the session (sessionStorage); the link is not used again.
+  await page.reload();
+  await page.waitForFunction(() => document.body.dataset.screen === "console");
+  // Opened again in a new page: refused, with the screen that says so.
+  const again = await watchedPage(browser, ["/admin/session/exchange"]);
+  await again.page.goto(url);
+  await again.page.waitForFunction(() => document.body.dataset.screen === "denied");
+  check(await again.page.evaluate(() => document.body.dataset.denied) === "link_already_used",
+        "refused as already used");
+  check((await again.page.textContent("#denied-title")) === "Login link already used", "the title");
+  const text = await again.page.textContent("#denied-text");
+  check(text.includes("already used at") && text.includes("rtserver admin-url"), `the text (${text})`);
+  check(!again.page.url().includes("token="), "the refused link's token left the address bar too");
+  await again.page.screenshot({ path: path.join(ARTIFACTS, "link-already-used.png"), fullPage: true });
+  await again.context.close();
+  await context.close();
+  return {};
+}
+
+const SCENARIOS = { single, workers, link };
+
 const browser = await chromium.launch({ executablePath: "/usr/bin/chromium", args: ["--no-sandbox"] });
 let result;
 try {
-  result = SCENARIO === "workers" ? await workers(browser) : await single(browser);
+  const scenario = SCENARIOS[SCENARIO];
+  if (scenario === undefined) throw new Error(`unknown SCENARIO ${SCENARIO}`);
+  result = await scenario(browser);
 } catch (err) {
   for (const [i, page] of pages.entries()) {
     if (page.isClosed()) continue;

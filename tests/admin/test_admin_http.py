@@ -14,7 +14,7 @@ import pytest
 from conftest import token
 from rtserver.admin_http import CONSOLE_CSP
 from rtserver.metrics import REGISTRY
-from tests.admin.conftest import get
+from tests.admin.conftest import get, new_prefix, redis_bus
 from tests.domains.insurance.helpers import insurance, recv_until
 
 ROUTES = ["/admin/session", "/admin/cluster", "/admin/connections", "/admin/rooms",
@@ -171,6 +171,52 @@ async def test_connection_history(domain_server: Any, db_dsn: str) -> None:
         "closed by an operator"]
     status, _, body = await get(server.port, "/admin/connection_history", tok)
     assert status == 400 and orjson.loads(body)["action"].startswith("Required action:")
+
+
+async def test_connection_state_history_live_and_stored(domain_server: Any, ws: Any,
+                                                        db_dsn: str) -> None:
+    # With database.dsn the server runs its own connection recorder.
+    server = await domain_server(store=False, config={"database": {
+        "dsn": db_dsn, "record_flush_interval": 0.2}})
+    user = "5d6e7f80-91a2-4b3c-8d4e-5f6a7b8c9d0e"
+    client = await ws(server, token(user))
+    tok = token(perms=["admin:monitor"])
+    _, _, body = await get(server.port, f"/admin/connections?user={user}", tok)
+    [live] = orjson.loads(body)["connections"]
+    assert [h["state"] for h in live["state_history"]] == ["connecting", "authenticated"]
+    conn = server.node.connection(live["connection_id"])
+    assert conn is not None
+    server.node.close_connection(conn, 4321, "closed by the test")
+    with pytest.raises(Exception):  # noqa: B017 - any close ends recv
+        await client.recv(5)
+    path = f"/admin/connection_history?connection_id={live['connection_id']}"
+    async with asyncio.timeout(15):  # written every database.record_flush_interval
+        while True:
+            _, _, body = await get(server.port, path, tok)
+            records = orjson.loads(body)["records"]
+            if records and records[0]["state_history"] is not None:
+                break
+            await asyncio.sleep(0.1)
+    history = records[0]["state_history"]
+    assert [(h["state"], h["close_code"]) for h in history] == [
+        ("connecting", None), ("authenticated", None), ("closing", 4321), ("closed", 4321)]
+    assert history[2]["reason"] == "closed by the test"
+    assert [h["at"] for h in history] == sorted(h["at"] for h in history)
+    assert history[0]["at"] == live["state_history"][0]["at"]
+
+
+async def test_rooms_and_connections_503_when_the_workers_cannot_be_asked(
+        domain_server: Any, redis_proc: Any) -> None:
+    server = await domain_server(bus=redis_bus(redis_proc.port, new_prefix(), 0))
+    tok = token(perms=["admin:monitor"])
+    status, _, body = await get(server.port, "/admin/rooms", tok)
+    assert status == 200 and orjson.loads(body)["scope"] == "cluster"
+    redis_proc.stop()
+    for path in ("/admin/rooms", "/admin/connections"):
+        status, _, body = await get(server.port, path, tok)
+        doc = orjson.loads(body)
+        assert status == 503 and doc["error"] == "bus_unavailable", doc
+        assert doc["action"].startswith("Required action:")
 
 
 @pytest.mark.parametrize(("path", "ctype"), [

@@ -1,4 +1,4 @@
-"""``rtserver admin-url``: a login link whose token opens /admin/session."""
+"""``rtserver admin-url``: a single-use login link, exchanged once for a session token."""
 
 from __future__ import annotations
 
@@ -29,10 +29,18 @@ async def test_admin_url_logs_in(domain_server: Any) -> None:
     url = done.stdout.strip()
     prefix = f"http://127.0.0.1:{server.port}/admin/#token="
     assert url.startswith(prefix)
-    status, _, body = await get(server.port, "/admin/session", url[len(prefix):])
+    link = url[len(prefix):]
+    # Single-use: the link's token is exchanged for a session token, not used as one.
+    status, _, body = await get(server.port, "/admin/session", link)
+    assert status == 401 and orjson.loads(body)["error"] == "token_invalid"
+    status, _, body = await get(server.port, "/admin/session/exchange", link)
+    assert status == 200, body
+    status, _, body = await get(server.port, "/admin/session", orjson.loads(body)["token"])
     session = orjson.loads(body)
     assert status == 200 and session["user"] == OPERATOR and session["can_operate"] is True
     assert session["expires_at"] > 0
+    status, _, body = await get(server.port, "/admin/session/exchange", link)
+    assert status == 401 and orjson.loads(body)["error"] == "link_already_used"
 
 
 async def test_admin_url_read_only_and_limits() -> None:

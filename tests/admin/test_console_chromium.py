@@ -3,8 +3,11 @@ clients/js/node_modules, Debian's /usr/bin/chromium): login, read-only mode with
 live counters and the latency chart while a client publishes, a user disconnected from the
 page with the chosen close code, a Redis outage alert shown live and resolved from the page
 (audited in PostgreSQL), and with two worker processes a SIGKILLed worker shown stale then
-respawned. Screenshots go to admin-artifacts/ (gitignored); any console error, page error,
-failed request or HTTP error fails the run."""
+respawned. The Cluster and Traffic panels change from cluster_status pushes (no
+GET /admin/cluster while the WebSocket is up; with the WebSocket cut, the page says so and
+polls), and the publish accepted -> delivered latency of both workers appears. Screenshots go
+to admin-artifacts/ (gitignored); any console error, page error, failed request or HTTP error
+fails the run."""
 
 from __future__ import annotations
 
@@ -20,8 +23,9 @@ from typing import Any
 import asyncpg
 import orjson
 import pytest
+from websockets.asyncio.client import connect
 
-from conftest import ServerProcess, token
+from conftest import Client, ServerProcess, token
 from tests.admin.conftest import new_prefix, redis_bus
 from tests.domains.insurance.helpers import insurance
 from tests.store.pgutil import free_port
@@ -96,13 +100,16 @@ async def test_console_panels_and_actions(domain_server: Any, ws: Any, redis_pro
     await member.recv_type("subscribed")
     publisher = await ws(server, token(perms=["publish"], rooms=["bench:*"]))
     tasks: list[asyncio.Task[None]] = []
+    acked = [0]
+    stopping = asyncio.Event()
 
     async def publish() -> None:
         i = 0
-        while True:
+        while not stopping.is_set():
             i += 1
             await publisher.request({"type": "publish", "room": "bench:console",
                                      "data": {"i": i}, "id": i}, "ack")
+            acked[0] = i
             await asyncio.sleep(0.02)
 
     async def drain() -> None:
@@ -122,9 +129,13 @@ async def test_console_panels_and_actions(domain_server: Any, ws: Any, redis_pro
                 tasks.extend([asyncio.create_task(publish()), asyncio.create_task(drain())])
                 return {}
             case "publish_stop":
-                for task in tasks:
-                    task.cancel()
-                return {}
+                stopping.set()  # after its current ack: every publication is acked
+                await tasks[0]
+                tasks[1].cancel()
+                # The page checks the room's last seq, messages/s and history depth.
+                return {"published": acked[0],
+                        "history_size": server.node.bus.settings.history_size,
+                        "rate_window": server.config.admin.room_rate_window}
             case "victim_closed":
                 async with asyncio.timeout(10):
                     await victim.ws.wait_closed()
@@ -159,7 +170,7 @@ async def test_console_panels_and_actions(domain_server: Any, ws: Any, redis_pro
     assert [(r["admin_user_id"], r["status"]) for r in audit] == [(OPERATOR, "resolved")]
     assert "redis restarted by the test" in audit[0]["details"]
     assert [r["status"] for r in disconnect] == ["sent"]
-    for name in ("login", "read-only", "console", "alert", "audit"):
+    for name in ("login", "read-only", "console", "rooms", "connection", "alert", "audit"):
         assert (ARTIFACTS / f"{name}.png").stat().st_size > 0
 
 
@@ -196,11 +207,53 @@ async def test_killed_worker_turns_stale_then_respawns(fresh_dsn: str, tmp_path:
         assert await asyncio.to_thread(proc.wait_listening, 60.0) == port
         threading.Thread(target=_drain, args=(proc, stop), daemon=True).start()
 
+        clients: list[Client] = []
+        publishing: list[asyncio.Task[None]] = []
+
+        async def publish_across() -> None:
+            """Members and publishers on both workers (SO_REUSEPORT spreads them)."""
+            tok = token(perms=["publish"], rooms=["bench:*"])
+            by_worker: dict[int, list[Client]] = {0: [], 1: []}
+            for _ in range(200):
+                if min(len(v) for v in by_worker.values()) >= 2:
+                    break
+                c = Client(await connect(f"ws://127.0.0.1:{port}/ws?token={tok}"))
+                clients.append(c)
+                by_worker[(await c.recv())["worker"]].append(c)
+                await c.recv_type("authenticated")
+            assert min(len(v) for v in by_worker.values()) >= 2, "both workers got clients"
+            for w in (0, 1):
+                await by_worker[w][0].request({"type": "subscribe", "room": "bench:across"},
+                                              "subscribed")
+
+            async def run(member: Client, publisher: Client) -> None:
+                i = 0
+                while True:
+                    i += 1
+                    await publisher.send({"type": "publish", "room": "bench:across",
+                                          "data": {"i": i}})
+                    await member.recv_type("message")
+                    await asyncio.sleep(0.02)
+
+            publishing.extend(asyncio.create_task(run(by_worker[w][0], by_worker[w][1]))
+                              for w in (0, 1))
+
         async def handle(message: dict[str, Any]) -> dict[str, Any]:
-            assert message["step"] == "kill_worker", message
-            started = {r["worker_id"]: r["pid"] for r in proc.events("worker_started")}
-            os.kill(started[1], signal.SIGKILL)
-            return {"worker": 1}
+            match message["step"]:
+                case "publish_across":
+                    await publish_across()
+                    return {}
+                case "publish_stop":
+                    for task in publishing:
+                        task.cancel()
+                    for c in clients:
+                        await c.ws.close()
+                    return {}
+                case "kill_worker":
+                    started = {r["worker_id"]: r["pid"] for r in proc.events("worker_started")}
+                    os.kill(started[1], signal.SIGKILL)
+                    return {"worker": 1}
+            raise AssertionError(f"unknown step {message}")
 
         await _drive({"CONSOLE_URL": f"http://127.0.0.1:{port}", "ARTIFACTS": str(ARTIFACTS),
                       "OPERATOR_TOKEN": token(OPERATOR, ["admin:monitor", "admin:operate"]),

@@ -11,7 +11,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from rtserver.auth import TokenError, TokenVerifier, mint_token
+from rtserver.auth import Principal, TokenError, TokenVerifier, mint_token
 from rtserver.config import ConfigError, load_config
 
 SECRET = "auth-test-secret-0123456789abcdef-0123456789abcdef-0123456789abcdef"
@@ -28,6 +28,23 @@ def test_valid_token() -> None:
     assert p.user == user and p.permissions == {"quote:read"} and p.grants == ("quote:*",)
     assert not p.anonymous
 
+
+
+def test_equal_permissions_and_grants_share_objects() -> None:
+    """Consecutive principals with equal permissions/grants share them (memory per
+    connection); different values are kept apart."""
+    v = verifier()
+
+    def principal(perms: list[str], rooms: list[str]) -> Principal:
+        return v.verify(mint_token(SECRET, str(uuid.uuid4()), perms, rooms, 60))
+
+    a = principal(["publish"], ["bench:*"])
+    b = principal(["publish"], ["bench:*"])
+    assert a.permissions is b.permissions and a.grants is b.grants
+    c = principal(["publish", "presence"], ["quote:*"])
+    assert c.permissions == {"publish", "presence"} and c.grants == ("quote:*",)
+    d = principal(["publish"], ["bench:*"])
+    assert d.permissions == {"publish"} and d.grants == ("bench:*",)
 
 @pytest.mark.parametrize(("make", "code"), [
     (lambda: "", "token_missing"),

@@ -255,6 +255,27 @@ export class Admin {
     });
   }
 
+  /**
+   * The cluster document (every worker's status, counters and latency histograms, the
+   * /admin/cluster document) pushed every admin.refresh_seconds; restarted after each
+   * reconnect. A push with `error` (the hub did not answer) carries this worker's view
+   * in `worker`.
+   * @param {{onStatus?: (f: any) => void, onError?: (e: RtError) => void}} [options]
+   */
+  startCluster({ onStatus, onError } = {}) {
+    return new Stream(this._client, {
+      start: { type: "start_cluster" },
+      startedType: "cluster_started",
+      stop: { type: "stop_cluster" },
+      stoppedType: "cluster_stopped",
+      onError,
+      accept: (f) => {
+        if (f.type === "cluster_status") { onStatus?.(f); return true; }
+        return false;
+      },
+    });
+  }
+
   alertsList() { return this._client.request({ type: "alerts_list" }, "alerts"); }
 
   /** @param {string|number} alertId */

@@ -236,6 +236,8 @@ export declare class RtClient {
     startMonitoring(options: { interval: number; onMetrics?: (f: Record<string, any>) => void;
       onAlert?: (f: Record<string, any>) => void; onAlertResolved?: (f: Record<string, any>) => void;
       onError?: (error: RtError) => void }): Stream;
+    startCluster(options?: { onStatus?: (f: Record<string, any>) => void;
+      onError?: (error: RtError) => void }): Stream;
     alertsList(): Promise<Record<string, any>>;
     resolveAlert(alertId: string | number): Promise<Record<string, any>>;
   };

@@ -95,6 +95,22 @@ describe("domain helpers (real server, real PostgreSQL)", () => {
     await assert.rejects(s.ready, (e) => e.code === "forbidden");
   });
 
+  test("admin cluster: cluster_started, cluster_status pushes of both workers, stop", async () => {
+    const c = client(["admin:monitor"]);
+    await c.connect();
+    const docs = [];
+    const feed = c.admin.startCluster({ onStatus: (d) => docs.push(d) });
+    const started = await feed.ready;
+    assert.equal(typeof started.interval, "number");
+    await until(() => docs.some((d) => Object.keys(d.workers ?? {}).length === 2), "a push with both workers");
+    const doc = docs.at(-1);
+    assert.ok(doc.workers["0"].delivery_latency && doc.workers["1"].latency);
+    assert.equal((await feed.stop()).was_running, true);
+    const denied = client([]);
+    await denied.connect();
+    await assert.rejects(denied.admin.startCluster().ready, (e) => e.code === "forbidden");
+  });
+
   test("notifications: pending pushed at connect, live, list and ack", async () => {
     const user = randomUUID();
     rtserverCli("notify", "--database", db.dsn, "--user", user, "--title", "first", "--body", "while away");

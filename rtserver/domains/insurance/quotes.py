@@ -53,6 +53,7 @@ from .messages import (
     QuoteSubscribe,
     QuoteUpdateOut,
 )
+from .quote_activity import announce
 
 __all__ = ["Quotes", "check_value", "quote_room"]
 
@@ -229,6 +230,8 @@ class Quotes:
                     return
                 d.reply(conn, EditAck(room=room, quote_id=msg.quote_id, field=msg.field,
                                       version=version, seq=seq, id=msg.id))
+                await announce(d, "field_update", msg.quote_id, version, field=msg.field,
+                               user=conn.user)
             case UpdateConflict(current_value=current, current_version=current_version):
                 EDITS.inc("conflict")
                 d.ctx.error_frame(conn, ConflictError(
@@ -293,7 +296,8 @@ class Quotes:
     # ------------------------------------------------------------ ingress
 
     async def backend_update(self, message: QuoteUpdate | CalculationProgress) -> None:
-        """Publish a backend quote update or calculation progress to the quote's room."""
+        """Publish a backend quote update or calculation progress to the quote's room (an
+        update also to the admins' quote activity)."""
         out: QuoteUpdateOut | CalculationProgressOut
         if isinstance(message, QuoteUpdate):
             out = QuoteUpdateOut(quote_id=message.quote_id, update_type=message.update_type,
@@ -302,3 +306,6 @@ class Quotes:
             out = CalculationProgressOut(quote_id=message.quote_id, progress=message.progress,
                                          stage=message.stage)
         await self.domain.publish(quote_room(message.quote_id), out)
+        if isinstance(message, QuoteUpdate):
+            await announce(self.domain, "quote_update", message.quote_id, message.version,
+                           update_type=message.update_type)

@@ -1,0 +1,33 @@
+"""The memory-per-connection script runs a real server and client and attributes what
+it measures (a small run)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import orjson
+
+from rtserver.bench.conn_memory import categorize
+
+
+def test_conn_memory_small_run() -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "rtserver.bench.conn_memory", "--connections", "60",
+         "--top", "5", "--json"], capture_output=True, text=True, timeout=180)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "Python heap per connection" in out.stdout
+    report = orjson.loads(out.stdout.strip().splitlines()[-1])
+    assert report["connections"] == 60
+    # A connection costs at least its websockets objects and its handler task.
+    assert report["heap_per_connection"] > 2000
+    cats = report["categories"]
+    assert cats["websockets asyncio server (handler task, coroutine)"] > 500
+    assert sum(v for k, v in cats.items() if k.startswith("rtserver")) > 100
+
+
+def test_categories() -> None:
+    assert categorize("/x/site-packages/websockets/asyncio/messages.py").startswith(
+        "websockets incoming")
+    assert categorize("/x/rtserver/hub.py") == "rtserver hub tables"
+    assert categorize("/usr/lib/python3.11/json/decoder.py") == "other (decoder.py)"
