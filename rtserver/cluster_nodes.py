@@ -67,8 +67,9 @@ def group_by_node(answered: dict[str, str], missing: list[str], failed: list[str
 async def collect_nodes(view: ClusterView,
                         health: Callable[[], dict[str, Any]]) -> tuple[bool, dict[str, Any]]:
     """``(True, the cluster document of every node)``, or ``(False, the 503 document)``
-    when the workers cannot be asked (``error``, ``message``, ``action`` and this
-    worker's own view in ``worker``)."""
+    when the workers cannot be asked (``error``, ``message``, ``action``, this worker's
+    own view in ``worker`` and its key among the ``workers`` of a full document in
+    ``worker_key``)."""
     identity = view.identity
     if view.redis is None:
         ok, doc = await collect_cluster(view.cluster_bus, view.worker_id, health)
@@ -81,19 +82,24 @@ async def collect_nodes(view: ClusterView,
             doc.update(nodes=nodes, missing_nodes=missing_nodes,
                        scope="node" if view.cluster_bus is not None else "process",
                        answered_by_node=identity.node)
+        else:
+            doc["worker"].update(node=identity.node, worker=view.worker_id)
+            doc.update(worker_key=str(view.worker_id), answered_by_node=identity.node)
         return ok, doc
     try:
         status = await view.ask("status", {})
     except BusUnavailable as exc:
         log.error("admin_cluster_unavailable", error=str(exc), bus="redis")
+        own = worker_document(REGISTRY.render({"worker": str(view.worker_id)}), health())
+        own.update(node=identity.node, worker=view.worker_id,
+                   restarts=float(identity.restarts))
         return False, {
             "error": "bus_unavailable",
             "message": f"the workers of the cluster cannot be asked through Redis: {exc}",
             "action": "Required action: check Redis; this worker's own view is in 'worker'",
             "answered_by": view.worker_id, "answered_by_node": identity.node,
-            "server_time": time.time(),
-            "worker": worker_document(REGISTRY.render({"worker": str(view.worker_id)}),
-                                      health())}
+            "server_time": time.time(), "worker": own,
+            "worker_key": view.redis.settings.node_id}
     workers: dict[str, Any] = {}
     for wid, answer in status["workers"].items():
         doc = worker_document(answer["metrics"], answer["health"])
