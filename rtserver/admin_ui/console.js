@@ -63,8 +63,11 @@ const fmt = {
 /** @param {Record<string, number>|null|undefined} m */
 const sum = (m) => Object.values(m ?? {}).reduce((a, b) => a + b, 0);
 
+/** A worker's label: "w0" for a worker number, a Redis node id as it is. @param {string} w */
+const workerLabel = (w) => `${/^\d+$/.test(w) ? "w" : ""}${w}`;
+
 /** Members by worker ("w0: 2, w1: 1"; Redis node ids as they are). @param {Record<string, number>} m */
-const byWorker = (m) => Object.entries(m).map(([w, n]) => `${/^\d+$/.test(w) ? "w" : ""}${w}: ${n}`).join(", ");
+const byWorker = (m) => Object.entries(m).map(([w, n]) => `${workerLabel(w)}: ${n}`).join(", ");
 
 /**
  * Which workers an admin answer covers: the ones that answered, and by name the ones that
@@ -466,10 +469,10 @@ class Console {
       for (const [code, n] of Object.entries(w.errors)) errors[code] = (errors[code] ?? 0) + d(n, p.errors[code] ?? 0);
       const fan = intervalQuantiles(w.latency, p.latency);
       const del = intervalQuantiles(w.delivery_latency, p.delivery_latency);
-      latency[`w${wid} p50`] = fan.p50;
-      latency[`w${wid} p99`] = fan.p99;
-      delivery[`w${wid} p50`] = del.p50;
-      delivery[`w${wid} p99`] = del.p99;
+      latency[`${workerLabel(wid)} p50`] = fan.p50;
+      latency[`${workerLabel(wid)} p99`] = fan.p99;
+      delivery[`${workerLabel(wid)} p50`] = del.p50;
+      delivery[`${workerLabel(wid)} p99`] = del.p99;
       latencyRows.push([wid, ms(fan.p50), ms(fan.p99), ms(del.p50), ms(del.p99)]);
     }
     const rate = (/** @type {number} */ n) => n / dt;
