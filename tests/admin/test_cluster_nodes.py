@@ -219,3 +219,24 @@ async def test_hub_disconnect_by_id_on_the_other_worker(
     assert status == 200 and doc["scope"] == "node", doc
     assert {w["node"] for w in doc["workers"].values()} == {node_of(cluster)}
     assert doc["nodes"][node_of(cluster)]["workers"] == ["0", "1"]
+
+
+async def test_redis_a_respawned_worker_counts_its_restart(
+        nodes: tuple[ServerProcess, ServerProcess]) -> None:
+    """Last of the Redis tests: node b's worker is replaced (a new node id)."""
+    a, b = nodes
+    old = node_id(b)
+    [started] = b.events("worker_started")
+    os.kill(started["pid"], signal.SIGKILL)
+    async with asyncio.timeout(90):
+        while len([e for e in b.events("bus_connected") if "node" in e]) < 2:
+            await asyncio.sleep(0.2)  # the log lines are read by the drain thread
+    [new] = [e["node"] for e in b.events("bus_connected") if "node" in e and e["node"] != old]
+    status, doc = await http_get(a.port, "/admin/cluster", MONITOR)
+    assert status == 200, doc
+    assert doc["workers"][new]["node"] == node_of(b) and doc["workers"][new]["restarts"] == 1
+    assert doc["workers"][node_id(a)]["restarts"] == 0
+    # The killed worker never unregistered: named missing under its node until its entry
+    # expires (bus.presence_ttl).
+    assert doc["nodes"][node_of(b)] == {"workers": [new], "missing": [old], "failed": []}
+    assert doc["missing"] == [old] and doc["missing_nodes"] == []
