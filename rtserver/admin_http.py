@@ -13,7 +13,8 @@
 of a login link instead (rtserver/admin_session.py) and answers a session token.
 
 Core routes: ``/admin/session`` (who the token is, what the console may show),
-``/admin/cluster`` (every worker through the bus hub), ``/admin/connections``
+``/admin/cluster`` (every worker of every node through Redis, or of this machine
+through the bus hub; :mod:`rtserver.cluster_nodes`), ``/admin/connections``
 (every worker's table, ``?user=``, ``?connection_id=``, ``?state=``,
 ``?limit=``), ``/admin/rooms`` (every worker's largest rooms with messages/s
 and the bus's history depth, ``?q=``, ``?limit=``), ``/admin/presence``
@@ -40,13 +41,13 @@ from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 
 from rtserver import jsonlog
-from rtserver.admin_cluster import ClusterView, merge_connections, merge_rooms
+from rtserver.admin_cluster import ClusterView, WorkerIdentity, merge_connections, merge_rooms
 from rtserver.admin_queries import connection_history
 from rtserver.admin_session import EXCHANGE_PATH, LinkRefused, LoginLinks
 from rtserver.auth import AccessDenied, Principal, TokenError
 from rtserver.bus.base import BusUnavailable
 from rtserver.bus.embedded_client import EmbeddedBus
-from rtserver.cluster_feed import collect_cluster
+from rtserver.cluster_nodes import collect_nodes
 from rtserver.config import Config
 from rtserver.metrics import REGISTRY
 from rtserver.node import Node
@@ -115,12 +116,13 @@ class AdminHttp:
     def __init__(self, config: Config, node: Node, worker_id: int,
                  cluster_bus: EmbeddedBus | None, domain_routes: dict[str, Route],
                  origin_allowed: Callable[[str, str | None], bool],
-                 ui_root: Path = ADMIN_UI_ROOT, *, jwt_secret: str) -> None:
+                 ui_root: Path = ADMIN_UI_ROOT, *, jwt_secret: str,
+                 identity: WorkerIdentity) -> None:
         self.config = config
         self.node = node
         self.worker_id = worker_id
         self.cluster_bus = cluster_bus
-        self.view = ClusterView(node, worker_id, cluster_bus)
+        self.view = ClusterView(node, worker_id, cluster_bus, identity)
         self.origin_allowed = origin_allowed
         self.ui = StaticDirectory("/admin/", ui_root)
         self.login_links = LoginLinks(config, node.verifier, jwt_secret, lambda: node.store)
@@ -236,8 +238,12 @@ class AdminHttp:
             "ws_path": self.config.server.ws_path, "worker": self.worker_id,
             "database": self.node.store is not None})
 
+    async def collect_cluster(self) -> tuple[bool, dict[str, Any]]:
+        """One collection of the cluster document (``/admin/cluster``, ``start_cluster``)."""
+        return await collect_nodes(self.view, self.node.health)
+
     async def _cluster(self, request: Request) -> Response:
-        ok, doc = await collect_cluster(self.cluster_bus, self.worker_id, self.node.health)
+        ok, doc = await self.collect_cluster()
         return json_response(http.HTTPStatus.OK if ok else http.HTTPStatus.SERVICE_UNAVAILABLE,
                              doc)
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import abc
 import asyncio
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
 import msgspec
@@ -41,6 +41,7 @@ __all__ = [
     "Connection",
     "HandlerContext",
     "NodeStats",
+    "RemoteClose",
     "StoreUnavailable",
     "TaskFailure",
 ]
@@ -66,11 +67,38 @@ class NodeStats(msgspec.Struct, frozen=True):
     bus: BusHealth
 
 
+class RemoteClose(msgspec.Struct, frozen=True):
+    """The outcome of :meth:`HandlerContext.close_connection_anywhere`."""
+
+    #: The worker that closed the connection (its key in admin answers: a worker number,
+    #: or a Redis node id), None when no worker that answered holds it.
+    closed_by: str | None
+    #: That worker's node (``host:supervisor pid``), None when not closed.
+    node: str | None
+    #: The closed connection's user (None: anonymous, or not closed).
+    user: str | None
+    #: Workers expected to answer that did not within ``workers.collect_timeout``.
+    missing: list[str]
+    #: Workers that answered with an error.
+    failed: list[str]
+    expected_workers: int
+    #: ``cluster`` (every node, Redis), ``node`` (this machine's workers) or ``process``.
+    scope: str
+
+
+#: Asks every worker an admin query: ``(name, args) -> answers`` (the shape of
+#: :meth:`rtserver.admin_cluster.ClusterView.ask`).
+WorkerQuery = Callable[[str, dict[str, Any]], Awaitable[dict[str, Any]]]
+
+
 class HandlerContext(abc.ABC):
     """What a domain may do on one node (implemented by :class:`rtserver.node.Node`)."""
 
     worker_id: int
     config: Config
+    #: Installed by the server layer (``rtserver.admin_cluster.ClusterView``); None until
+    #: then, and :meth:`close_connection_anywhere` raises :class:`BusUnavailable`.
+    worker_query: WorkerQuery | None = None
 
     # ------------------------------------------------------------ store
 
@@ -105,6 +133,27 @@ class HandlerContext(abc.ABC):
     @abc.abstractmethod
     def close_connection(self, conn: Connection, code: int, reason: str) -> None:
         """Close one local connection with ``code`` and ``reason`` (logged as ``closing``)."""
+
+    async def close_connection_anywhere(self, connection_id: str, code: int, reason: str, *,
+                                        user: str | None, by: str) -> RemoteClose:
+        """Close the connection ``connection_id`` (of ``user``, when given) on whichever
+        worker of the node (embedded hub) or cluster (Redis) holds it. Every worker is
+        asked and answers within ``workers.collect_timeout``; the outcome says who closed
+        it, or that nobody did and which workers did not answer. Raises
+        :class:`BusUnavailable` when the workers cannot be asked."""
+        if self.worker_query is None:
+            raise BusUnavailable("no worker query is installed on this node (it runs "
+                                 "outside rtserver.server.RtServer)")
+        doc = await self.worker_query("disconnect", {
+            "connection_id": connection_id, "user": user, "code": code, "reason": reason,
+            "by": by})
+        closed = sorted(wid for wid, answer in doc["workers"].items() if answer["closed"])
+        wid = closed[0] if closed else None
+        return RemoteClose(
+            closed_by=wid, node=doc["workers"][wid]["node"] if wid is not None else None,
+            user=doc["workers"][wid]["user"] if wid is not None else None,
+            missing=list(doc["missing"]), failed=sorted(doc["failed"]),
+            expected_workers=int(doc["expected_workers"]), scope=str(doc["scope"]))
 
     @abc.abstractmethod
     async def send_to_user(self, user: str, message: ServerMessage | bytes) -> None:

@@ -29,13 +29,14 @@ from websockets.exceptions import ConnectionClosed, ConnectionClosedOK
 from websockets.http11 import Request, Response
 
 from rtserver import jsonlog
+from rtserver.admin_cluster import WorkerIdentity
 from rtserver.admin_http import AdminHttp
 from rtserver.admin_status import register_process_metrics
 from rtserver.admission import Admission
 from rtserver.bus.base import Bus, BusHealth, BusUnavailable, InterestSnapshot
 from rtserver.bus.embedded_client import EmbeddedBus
 from rtserver.bus.local import LocalBus
-from rtserver.cluster_feed import ClusterFeed, collect_cluster
+from rtserver.cluster_feed import ClusterFeed
 from rtserver.config import Config, log_writer_settings, masked
 from rtserver.connection import ConnState
 from rtserver.fanout import load_fanout
@@ -163,13 +164,15 @@ class RtServer:
                  store: Any = None,
                  http_routes: dict[str, HttpRoute] | None = None,
                  cluster_bus: EmbeddedBus | None = None,
-                 previous_exit: str | None = None) -> None:
+                 previous_exit: str | None = None,
+                 identity: WorkerIdentity | None = None) -> None:
         """One worker. Under the supervisor, ``cluster_bus`` is the connection to the embedded
         bus server
         (the message bus itself, or only the cluster status channel when ``bus`` is
         Redis): ``/healthz`` and ``/metrics`` then answer for every worker
         (``?scope=worker`` for this one), and ``previous_exit`` (how this worker id's
-        previous process ended) raises a ``worker_respawned`` alert at start.
+        previous process ended) raises a ``worker_respawned`` alert at start; ``identity``
+        (its node and restarts, from the supervisor; None: a process of its own).
 
         ``domains``: the domain plugin classes to run (default: the ones named in
         ``[domains] enabled``; ``[]`` runs the real-time core alone)."""
@@ -204,10 +207,11 @@ class RtServer:
         self.trusted_proxies = TrustedProxies(config.server.trusted_proxies)
         self.ssl_context = server_ssl_context(config.server.certfile, config.server.keyfile)
         self.admin = AdminHttp(config, self.node, worker_id, cluster_bus, self.http_routes,
-                               self._origin_admitted, jwt_secret=secret)
+                               self._origin_admitted, jwt_secret=secret,
+                               identity=identity or WorkerIdentity.own_process())
         #: The console's cluster pushes (start_cluster): one collection per interval.
-        self.cluster_feed = ClusterFeed(self.node, config.admin.refresh_seconds, lambda: (
-            collect_cluster(cluster_bus, worker_id, self.node.health)))
+        self.cluster_feed = ClusterFeed(self.node, config.admin.refresh_seconds,
+                                        self.admin.collect_cluster)
         self.cluster_feed.install(self.node.router)
         self._refusals = jsonlog.SummaryLog(log, "handshakes_refused")
         for warning in self.admission.origins.warnings:

@@ -54,7 +54,7 @@ from rtserver.bus.embedded_client import EmbeddedBus
 from rtserver.bus.embedded_server import EmbeddedBusServer
 from rtserver.bus.embedded_settings import EmbeddedBusServerSettings, EmbeddedBusSettings
 from rtserver.bus.redis_bus import RedisBus
-from rtserver.bus.redis_settings import RedisBusSettings, default_node_id
+from rtserver.bus.redis_settings import RedisBusSettings, default_node_id, node_name
 from rtserver.bus.room_streams import HistorySettings
 from rtserver.config import Config, log_writer_settings, masked
 from rtserver.jsonlog import get_logger
@@ -153,6 +153,9 @@ class WorkerContext:
     #: How this worker id's previous process ended ("exit code 1", "signal SIGKILL"),
     #: None on the first start: a respawned worker raises a worker_respawned alert.
     previous_exit: str | None = None
+    #: How many times the supervisor restarted this worker id before this process (the
+    #: cluster document's ``restarts`` of this worker, also when asked through Redis).
+    restarts: int = 0
 
 
 _PR_SET_PDEATHSIG = 1
@@ -214,6 +217,7 @@ class _Supervisor:
         self.procs: dict[int, BaseProcess] = {}
         self.restarts: deque[float] = deque()
         self.last_exit: dict[int, str] = {}
+        self.restart_counts: dict[int, int] = {}
         self.stopping = False
         self.exit_code = EXIT_OK
         self.done: asyncio.Event
@@ -279,7 +283,8 @@ class _Supervisor:
             return
         ctx = WorkerContext(worker_id=wid, workers=self.s.workers, host=self.s.host,
                             port=self.port, backlog=self.s.backlog, hub_socket=self.hub_socket,
-                            supervisor_pid=os.getpid(), previous_exit=self.last_exit.get(wid))
+                            supervisor_pid=os.getpid(), previous_exit=self.last_exit.get(wid),
+                            restarts=self.restart_counts.get(wid, 0))
         proc = self.mp.Process(target=_child_entry, args=(self.worker_main, ctx),
                                name=f"rtserver-worker-{wid}", daemon=False)
         proc.start()
@@ -336,6 +341,7 @@ class _Supervisor:
             self.begin_shutdown("crash_loop")
             return
         _M_RESTARTS.inc(str(wid))
+        self.restart_counts[wid] = self.restart_counts.get(wid, 0) + 1
         _log.warning("worker_restarting", worker_id=wid, delay=self.s.restart_delay,
                      restarts_in_window=len(self.restarts))
         self.restart_handles[wid] = self.loop.call_later(self.s.restart_delay, self.spawn, wid)
@@ -446,7 +452,8 @@ def build_worker_bus(ctx: WorkerContext, plan: WorkerBusPlan) -> tuple[Bus, Embe
         reconnect=plan.reconnect))
     if plan.redis is None:
         return hub, hub
-    settings = dataclasses.replace(plan.redis, node_id=default_node_id(ctx.worker_id))
+    settings = dataclasses.replace(plan.redis, node_id=default_node_id(ctx.worker_id),
+                                   node_name=node_name(ctx.supervisor_pid))
     return RedisBus(settings), hub
 
 
@@ -469,10 +476,12 @@ def run_worker_server(config: Config, plan: WorkerBusPlan, jwt_secret: str,
     # storm). The server calls listen() (server.backlog) when it starts accepting.
     sock = make_reuseport_socket(ctx.host, ctx.port)
     sock.setblocking(False)
+    from rtserver.admin_cluster import WorkerIdentity
     from rtserver.server import RtServer
 
     server = RtServer(config, worker_id=ctx.worker_id, bus=bus, sock=sock,
-                      jwt_secret=jwt_secret, cluster_bus=hub, previous_exit=ctx.previous_exit)
+                      jwt_secret=jwt_secret, cluster_bus=hub, previous_exit=ctx.previous_exit,
+                      identity=WorkerIdentity(node_name(ctx.supervisor_pid), ctx.restarts))
     uvloop.run(server.serve_until_signal())
     jsonlog.flush()  # the lines the loop buffered last (atexit would too; this is the normal path)
 

@@ -63,8 +63,11 @@ const fmt = {
 /** @param {Record<string, number>|null|undefined} m */
 const sum = (m) => Object.values(m ?? {}).reduce((a, b) => a + b, 0);
 
+/** A worker's label: "w0" for a worker number, a Redis node id as it is. @param {string} w */
+const workerLabel = (w) => `${/^\d+$/.test(w) ? "w" : ""}${w}`;
+
 /** Members by worker ("w0: 2, w1: 1"; Redis node ids as they are). @param {Record<string, number>} m */
-const byWorker = (m) => Object.entries(m).map(([w, n]) => `${/^\d+$/.test(w) ? "w" : ""}${w}: ${n}`).join(", ");
+const byWorker = (m) => Object.entries(m).map(([w, n]) => `${workerLabel(w)}: ${n}`).join(", ");
 
 /**
  * Which workers an admin answer covers: the ones that answered, and by name the ones that
@@ -127,6 +130,8 @@ class Console {
     this.previous = null;
     /** @type {Map<string, number>} worker id -> time (ms) of its last answer */
     this.lastSeen = new Map();
+    /** @type {Map<string, string>} worker id -> its node (host:supervisor pid), as last named */
+    this.nodeOf = new Map();
     /** @type {Map<number, any>} open alerts by id */
     this.openAlerts = new Map();
     /** @type {number[]} */
@@ -359,19 +364,26 @@ class Console {
   }
 
   /**
-   * A cluster document (pushed or read). One with `error` (the hub did not answer) has the
-   * answering worker's own view only: the others show as not answering, then stale.
+   * A cluster document (pushed or read). One with `error` (the hub or Redis did not answer)
+   * has the answering worker's own view only (under its key, worker_key): the others show
+   * as not answering, then stale.
    * @param {any} doc
    */
   apply(doc) {
     if (doc.error) {
       $("cluster-error").textContent = `${doc.message} ${doc.action}`;
-      doc = { ...doc, workers: { [String(doc.answered_by)]: doc.worker }, missing: [] };
+      doc = { ...doc, workers: { [String(doc.worker_key ?? doc.answered_by)]: doc.worker }, missing: [] };
     } else {
       $("cluster-error").textContent = "";
     }
     const now = Date.now();
     for (const wid of Object.keys(doc.workers)) this.lastSeen.set(wid, now);
+    // Every worker of every node (Redis) is grouped by node; one that did not answer is
+    // listed under its node too (doc.nodes).
+    for (const [node, group] of Object.entries(doc.nodes ?? {})) {
+      for (const wid of [...group.workers, ...group.missing, ...group.failed]) this.nodeOf.set(wid, node);
+    }
+    for (const [wid, w] of Object.entries(doc.workers)) if (w.node) this.nodeOf.set(wid, w.node);
     this.renderCluster(doc);
     this.renderTraffic(doc, now);
     this.previous = { doc, at: now };
@@ -398,7 +410,11 @@ class Console {
     const stale = this.session.stale_after * 1000;
     const ids = new Set([...this.lastSeen.keys(), ...(doc ? Object.keys(doc.workers) : []),
                          ...(doc ? doc.missing : [])]);
-    const rows = [...ids].sort((a, b) => Number(a) - Number(b)).map((wid) => {
+    const nodeOf = (/** @type {string} */ wid) => this.nodeOf.get(wid) ?? "–";
+    const order = (/** @type {string} */ a, /** @type {string} */ b) =>
+      nodeOf(a).localeCompare(nodeOf(b)) || (Number(a) - Number(b)) || a.localeCompare(b);
+    const rows = [...ids].sort(order).map((wid) => {
+      const node = el("span", { "data-testid": `worker-${wid}-node` }, nodeOf(wid));
       const w = doc?.workers[wid];
       const seen = this.lastSeen.get(wid);
       const age = seen === undefined ? null : (now - seen) / 1000;
@@ -406,17 +422,19 @@ class Console {
       const status = el("span", { class: isStale ? "stale" : w?.health.status === "ok" ? "ok" : "degraded",
                                   "data-testid": `worker-${wid}-status` },
                         isStale ? "stale" : w === undefined ? "not answering" : w.health.status);
-      if (w === undefined) return [String(wid), status, "–", "–", "–", "–", "–", fmt.duration(age), "–"];
+      if (w === undefined) return [node, String(wid), status, "–", "–", "–", "–", "–", fmt.duration(age), "–"];
       const prev = this.previous?.doc.workers[wid];
       const dt = doc ? this.elapsed(doc, now) : 0;
       const cpu = prev && dt > 0 ? `${(((w.cpu_seconds - prev.cpu_seconds) / dt) * 100).toFixed(0)} %` : "–";
       const conns = Object.entries(w.connections).map(([k, v]) => `${k} ${v}`).join(", ") || "0";
       const bus = w.health.bus ? `${w.health.bus.kind} ${w.health.bus.ok ? "ok" : "down"}` : "–";
-      return [String(wid), status, fmt.duration(w.uptime), conns, cpu, fmt.bytes(w.rss_bytes), bus,
+      return [node, String(wid), status, fmt.duration(w.uptime), conns, cpu, fmt.bytes(w.rss_bytes), bus,
               "now", String(w.restarts ?? 0)];
     });
     fillRows($("cluster-rows"), rows);
-    $("cluster-updated").textContent = doc ? `answered by worker ${doc.answered_by} at ${new Date().toLocaleTimeString()}` : "";
+    const missingNodes = doc?.missing_nodes?.length ? `; NODES NOT ANSWERING: ${doc.missing_nodes.join(", ")}` : "";
+    $("cluster-updated").textContent = doc ? `answered by worker ${doc.answered_by}` +
+      `${doc.answered_by_node ? ` of node ${doc.answered_by_node}` : ""} at ${new Date().toLocaleTimeString()}${missingNodes}` : "";
   }
 
   /** @param {any} doc @param {number} now */
@@ -451,10 +469,10 @@ class Console {
       for (const [code, n] of Object.entries(w.errors)) errors[code] = (errors[code] ?? 0) + d(n, p.errors[code] ?? 0);
       const fan = intervalQuantiles(w.latency, p.latency);
       const del = intervalQuantiles(w.delivery_latency, p.delivery_latency);
-      latency[`w${wid} p50`] = fan.p50;
-      latency[`w${wid} p99`] = fan.p99;
-      delivery[`w${wid} p50`] = del.p50;
-      delivery[`w${wid} p99`] = del.p99;
+      latency[`${workerLabel(wid)} p50`] = fan.p50;
+      latency[`${workerLabel(wid)} p99`] = fan.p99;
+      delivery[`${workerLabel(wid)} p50`] = del.p50;
+      delivery[`${workerLabel(wid)} p99`] = del.p99;
       latencyRows.push([wid, ms(fan.p50), ms(fan.p99), ms(del.p50), ms(del.p99)]);
     }
     const rate = (/** @type {number} */ n) => n / dt;

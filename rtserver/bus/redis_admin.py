@@ -6,6 +6,9 @@ Keys and channels (``P`` = ``key_prefix``)::
     P:workers   zset     node id -> wall-clock expiry (``presence_ttl`` ahead), written at
                          every (re)connect and presence refresh, removed at close: the
                          workers an admin query expects an answer from
+    P:wnode:<n> string   the node (``rtserver serve``) worker n belongs to, with the same
+                         lifetime (``presence_ttl``, renewed with the zset entry): an answer
+                         names the node of a worker that did not answer
     P:admin     channel  admin queries, ``b"Q" + msgpack [id, reply node, name, args]``
     P:node:<n>  channel  the requester's own channel: answers,
                          ``b"A" + msgpack [id, node, answer]``
@@ -13,9 +16,9 @@ Keys and channels (``P`` = ``key_prefix``)::
 :meth:`RedisAdminQueries.cluster_query` reads the live members of ``P:workers``,
 publishes the query and waits until each of them answered or ``timeout``
 passed (``workers.collect_timeout``): the ones that did not answer are named
-in ``missing``. A worker answers from its query provider
-(:func:`rtserver.admin_cluster.local_answer`); a failed answer is logged and
-counted (``rtserver_bus_admin_answer_failures_total``).
+in ``missing``, and ``nodes`` gives the node of every expected worker. A worker
+answers from its query provider (:func:`rtserver.admin_cluster.local_answer`); a
+failed answer is logged and counted (``rtserver_bus_admin_answer_failures_total``).
 """
 
 from __future__ import annotations
@@ -102,24 +105,36 @@ class RedisAdminQueries:
         pipe = client.pipeline(transaction=False)
         pipe.zadd(key, {self.settings.node_id: now + self.settings.presence_ttl})
         pipe.zremrangebyscore(key, "-inf", now)
+        pipe.set(self._node_key(self.settings.node_id), self.settings.node_name,
+                 px=int(self.settings.presence_ttl * 1000))
         await pipe.execute()
 
     async def _admin_unregister(self, client: aioredis.Redis) -> None:
-        await client.zrem(f"{self.settings.key_prefix}:workers", self.settings.node_id)
+        pipe = client.pipeline(transaction=False)
+        pipe.zrem(f"{self.settings.key_prefix}:workers", self.settings.node_id)
+        pipe.delete(self._node_key(self.settings.node_id))
+        await pipe.execute()
+
+    def _node_key(self, node_id: str) -> str:
+        return f"{self.settings.key_prefix}:wnode:{node_id}"
 
     # --- asking
 
     async def cluster_query(self, name: str, args: dict[str, Any],
                             timeout: float) -> dict[str, Any]:
         """Every registered worker's answer to ``name``: ``{"workers": {node id: answer},
-        "missing": [node ids without an answer within timeout], "expected_workers": n}``.
-        Raises :class:`BusUnavailable` when Redis cannot be asked."""
+        "missing": [node ids without an answer within timeout], "expected_workers": n,
+        "nodes": {node id: node name, or None when its entry expired}}`` (``nodes``: every
+        expected worker). Raises :class:`BusUnavailable` when Redis cannot be asked."""
         client = self._client
         if not self._up or client is None:
             raise self._unavailable("admin query")
         members = await self._command("admin query", client.zrangebyscore(
             f"{self.settings.key_prefix}:workers", time.time(), "+inf"))
         wait = _Wait({m.decode() if isinstance(m, bytes) else str(m) for m in members})
+        expected = sorted(wait.expected)
+        names = await self._command("admin query", client.mget(
+            [self._node_key(n) for n in expected])) if expected else []
         qid = uuid.uuid4().hex
         self._admin_waits[qid] = wait
         try:
@@ -136,7 +151,10 @@ class RedisAdminQueries:
         if missing:
             _log.warning("admin_query_timeout", query=name, missing=missing, timeout=timeout)
         return {"workers": dict(wait.answers), "missing": missing,
-                "expected_workers": len(wait.expected | wait.answers.keys())}
+                "expected_workers": len(wait.expected | wait.answers.keys()),
+                "nodes": {n: None if v is None else (v.decode() if isinstance(v, bytes)
+                                                     else str(v))
+                          for n, v in zip(expected, names, strict=True)}}
 
     # --- answering (called from RedisBus.on_message)
 

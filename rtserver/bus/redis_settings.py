@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 from rtserver.backoff import BackoffPolicy
 
-__all__ = ["RedisBusSettings", "default_node_id", "machine_clock_id", "safe_url"]
+__all__ = ["RedisBusSettings", "default_node_id", "machine_clock_id", "node_name", "safe_url"]
 
 _BOOT_ID = "/proc/sys/kernel/random/boot_id"
 
@@ -24,6 +24,12 @@ def machine_clock_id() -> str:
             return "boot:" + f.read().strip()
     except OSError:
         return f"pid:{os.getpid()}"
+
+
+def node_name(pid: int) -> str:
+    """The name of a node (one ``rtserver serve``: its supervisor, or a process of its own):
+    ``host:pid`` of that process. Every worker of the node carries it."""
+    return f"{socket.gethostname()}:{pid}"
 
 
 def default_node_id(worker_id: int) -> str:
@@ -68,6 +74,10 @@ class RedisBusSettings:
     #: publication carries its accepted time with this id and only a worker of the same
     #: clock observes publish -> delivered (rtserver/fanout_latency.py).
     clock_id: str = field(default_factory=machine_clock_id)
+    #: The node this worker belongs to (:func:`node_name`: the supervisor sets its own;
+    #: a bus made elsewhere is a node of its own process), registered next to the node id
+    #: so that an admin answer names the node of a worker that did not answer.
+    node_name: str = field(default_factory=lambda: node_name(os.getpid()))
 
     def __post_init__(self) -> None:
         if not 0 < self.presence_refresh_interval < self.presence_ttl:

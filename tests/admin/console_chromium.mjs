@@ -156,8 +156,15 @@ async function single(browser) {
     return b !== null && Number(b.textContent) > 0;
   });
   await page.waitForFunction((before) => Number(document.body.dataset.latencyPoints ?? "0") >= before + 4, latencyBefore);
-  await page.waitForFunction(() => document.querySelector("[data-testid='worker-0-status']")?.textContent === "ok");
-  await page.waitForFunction(() => /\d/.test(document.querySelector("[data-testid='delivery-0-p99']")?.textContent ?? ""));
+  // With the Redis bus every worker of every node is listed, keyed by its Redis node id.
+  const statusCell = "#cluster-rows [data-testid^='worker-'][data-testid$='-status']";
+  await page.waitForSelector(statusCell);
+  const wid = await page.evaluate((sel) => document.querySelector(sel)?.getAttribute("data-testid")?.slice(7, -7), statusCell);
+  await page.waitForFunction((id) => document.querySelector(`[data-testid='worker-${id}-status']`)?.textContent === "ok", wid);
+  // Each worker's row names its node (host:supervisor pid, or host:pid of a process of its own).
+  const workerNode = await page.textContent(`[data-testid='worker-${wid}-node']`);
+  check(/^\S+:\d+$/.test(workerNode ?? ""), `worker ${wid}'s row names its node: ${workerNode}`);
+  await page.waitForFunction((id) => /\d/.test(document.querySelector(`[data-testid='delivery-${id}-p99']`)?.textContent ?? ""), wid);
   const { published, history_size: historySize, rate_window: rateWindow } = await step("publish_stop");
   await page.screenshot({ path: path.join(ARTIFACTS, "console.png"), fullPage: true });
   // The panels changed from cluster_status pushes (a read still in flight from before the
@@ -264,7 +271,7 @@ async function workers(browser) {
   // Respawned by the supervisor: answering again, with one restart counted.
   await page.waitForFunction((id) => {
     const row = document.querySelector(`[data-testid='worker-${id}-status']`)?.closest("tr");
-    return row?.querySelector("td:nth-child(2)")?.textContent === "ok" && row.lastElementChild?.textContent === "1";
+    return row?.querySelector("td:nth-child(3)")?.textContent === "ok" && row.lastElementChild?.textContent === "1";
   }, String(worker), { timeout: 60000 });
   await page.screenshot({ path: path.join(ARTIFACTS, "worker-respawned.png"), fullPage: true });
   await context.close();

@@ -1,11 +1,16 @@
 """Admin actions of the console (permission ``admin:operate``) and its alerts view.
 
 * ``admin_disconnect {user?, connection_id?, code, reason}``: close one
-  connection, or every connection of a user on every worker and node. A local
-  connection is closed at once; otherwise an ``admin_close`` user message goes
-  through the bus to the user's connections, and the user-message filter
-  installed here (first, before any other) closes the matching ones with the
-  code and reason and never delivers the control frame itself.
+  connection, or every connection of a user on every worker and node. A
+  connection id on this worker is closed at once; any other is looked for on
+  every worker of the node (embedded hub) or of the cluster (Redis)
+  (``HandlerContext.close_connection_anywhere``): ``closed`` names the worker
+  and node, ``not_found`` says every worker answered without it,
+  ``workers_not_answering`` names the workers that did not answer in time. For a
+  user, an ``admin_close`` user message goes through the bus to the user's
+  connections, and the user-message filter installed here (first, before any
+  other) closes the matching ones with the code and reason and never delivers
+  the control frame itself.
 * ``admin_resolve_alert {alert_id, comment}``: resolve a stored alert; the
   other admins get ``alert_resolved``.
 * ``GET /admin/alerts?state=open|resolved|all&limit=N`` (the core's admin gate
@@ -45,6 +50,8 @@ log = get_logger("rtserver.domains.insurance.admin_actions")
 
 #: The permission of every admin action.
 OPERATE = "admin:operate"
+#: Error code: the connection was not found and some workers did not answer.
+NOT_ANSWERING = "workers_not_answering"
 #: Close codes an operator may choose (RFC 6455 codes a server sends, and the 4000s).
 _SERVER_CODES = frozenset({1000, 1001, 1008, 1011, 1012, 1013})
 #: A close reason travels in the close frame: at most 123 bytes of UTF-8.
@@ -179,14 +186,10 @@ class AdminActions:
             self._done(conn, "admin_disconnect", target, "closed",
                        f"closed on worker {d.ctx.worker_id} with {msg.code}", msg.id)
             return
-        if msg.user is None:
-            await self._audit(conn, "admin_disconnect", resource_type, target, "not_found",
-                              details)
-            d.error(conn, NOT_FOUND, f"connection {msg.connection_id} is not on worker "
-                    f"{d.ctx.worker_id}",
-                    "Required action: give the connection's user too (the console does), so "
-                    "that the close reaches the worker holding it", msg.id)
+        if msg.connection_id is not None:
+            await self._disconnect_anywhere(conn, msg, msg.connection_id, details)
             return
+        assert msg.user is not None
         try:
             await d.ctx.send_to_user(msg.user, AdminClose(
                 code=msg.code, reason=msg.reason, connection_id=msg.connection_id,
@@ -199,6 +202,47 @@ class AdminActions:
         self._done(conn, "admin_disconnect", target, "sent",
                    f"close {msg.code} sent to every worker holding connections of {msg.user}",
                    msg.id)
+
+    async def _disconnect_anywhere(self, conn: Connection, msg: AdminDisconnect,
+                                   connection_id: str, details: dict[str, Any]) -> None:
+        """A connection id not on this worker: every worker is asked to close it."""
+        d = self.domain
+        try:
+            found = await d.ctx.close_connection_anywhere(
+                connection_id, msg.code, msg.reason, user=msg.user, by=conn.user or "")
+        except BusUnavailable:
+            await self._audit(conn, "admin_disconnect", "connection", connection_id,
+                              "bus_unavailable", details)
+            raise
+        details = {**details, "closed_by": found.closed_by, "node": found.node,
+                   "missing": found.missing, "failed": found.failed, "scope": found.scope,
+                   "expected_workers": found.expected_workers}
+        if found.closed_by is not None:
+            CLOSED.inc()
+            await self._audit(conn, "admin_disconnect", "connection", connection_id, "closed",
+                              details)
+            self._done(conn, "admin_disconnect", connection_id, "closed",
+                       f"closed on worker {found.closed_by} of node {found.node} with "
+                       f"{msg.code}", msg.id)
+            return
+        silent = [*found.missing, *found.failed]
+        where = {"cluster": "any node", "node": "any worker of this node"}.get(
+            found.scope, f"worker {d.ctx.worker_id}")
+        if silent:
+            await self._audit(conn, "admin_disconnect", "connection", connection_id,
+                              NOT_ANSWERING, details)
+            d.error(conn, NOT_ANSWERING, f"connection {connection_id} was not found on the "
+                    f"workers that answered; {len(silent)} of {found.expected_workers} did "
+                    f"not answer: {', '.join(silent)}",
+                    "Required action: retry when those workers answer (the connection may be "
+                    "on one of them; the cluster panel shows them)", msg.id)
+            return
+        await self._audit(conn, "admin_disconnect", "connection", connection_id, "not_found",
+                          details)
+        owner = f" of user {msg.user}" if msg.user is not None else ""
+        d.error(conn, NOT_FOUND, f"connection {connection_id}{owner} is not on {where} "
+                f"({found.expected_workers} worker(s) answered)",
+                "Required action: look the connection up again; it may have closed", msg.id)
 
     def close_filter(self, conn: Connection, payload: bytes) -> bool:
         """User-message filter: carry out ``admin_close`` (never delivered); pass the rest."""
