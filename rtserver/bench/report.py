@@ -129,6 +129,11 @@ def evaluate_checks(s: dict[str, Any], th: Thresholds, enabled: bool) -> list[Ch
     for key in ("lost", "duplicates", "out_of_order", "lost_connections"):
         v = s.get(key, 0)
         out.append(Check(t, key, v == 0, f"{v} (must be 0)"))
+    failed = s.get("connect_failed", 0)
+    reasons = s.get("connect_errors") or {}
+    out.append(Check(t, "connect_failed", failed == 0,
+                     f"{failed} of {s.get('connections', 0)} (must be 0)"
+                     + (f": {reasons}" if reasons else "")))
     pe = s.get("publish_errors") or {}
     out.append(Check(t, "publish_errors", not pe, f"{pe or 0} (must be none)"))
     se = s.get("server_error_frames") or {}
