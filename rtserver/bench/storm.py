@@ -438,6 +438,14 @@ class StormRun:
         finally:
             stop.set()
             await scraper
+        # One read after the storm: a storm shorter than the scrape interval still
+        # reports each worker's exact maximum (the _max gauge counts since its start).
+        try:
+            scrape["worker_max"] = (await asyncio.to_thread(_scrape, cur.port, 5.0))[1]
+            scrape["scrapes"] += 1
+        except OSError as exc:
+            key = type(exc).__name__
+            scrape["scrape_failures"][key] = scrape["scrape_failures"].get(key, 0) + 1
         res["server_cpu_s"] = old_cpu + new_cpu if fault == "drain" else new_cpu - cpu0
         res["server_cpu_pct"] = 100.0 * res["server_cpu_s"] / ((t_end - t_f) / 1e9)
         res["handshakes"] = {**scrape, "worker_max_before": before_max}
