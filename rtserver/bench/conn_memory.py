@@ -83,6 +83,7 @@ async def _client(port: int, room_size: int, secret: str, in_flight: int) -> Non
     """For each line ``START COUNT`` on stdin: open and subscribe COUNT connections, say
     ``ready``, hold them until stdin says ``close``, close them and say ``closed``."""
     from websockets.asyncio.client import connect
+    from websockets.exceptions import WebSocketException
 
     from rtserver.bench.tokens import mint, user_id
 
@@ -108,7 +109,12 @@ async def _client(port: int, room_size: int, secret: str, in_flight: int) -> Non
                         raise SystemExit(f"subscribe refused: {reply}")
 
         sem = asyncio.Semaphore(in_flight)
-        sockets = await asyncio.gather(*(one(start + i, sem) for i in range(count)))
+        try:
+            sockets = await asyncio.gather(*(one(start + i, sem) for i in range(count)))
+        except (OSError, TimeoutError, WebSocketException, SystemExit) as exc:
+            # Said on stdout, so the measuring process names the cause in its error.
+            print(f"failed {type(exc).__name__}: {exc}", flush=True)
+            raise
         print("ready", flush=True)
         if (await reader.readline()).decode().strip() != "close":
             return

@@ -15,7 +15,7 @@ def test_conn_memory_small_run() -> None:
     out = subprocess.run(
         [sys.executable, "-m", "rtserver.bench.conn_memory", "--connections", "60",
          "--top", "5", "--json"], capture_output=True, text=True, timeout=180)
-    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.returncode == 0, (out.stdout[-1000:], out.stderr[:3000], out.stderr[-1500:])
     assert "Python heap per connection" in out.stdout
     report = orjson.loads(out.stdout.strip().splitlines()[-1])
     assert report["connections"] == 60
