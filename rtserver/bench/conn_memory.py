@@ -27,7 +27,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["CATEGORIES", "categorize", "main"]
+__all__ = ["CATEGORIES", "categorize", "client_argv", "main"]
 
 #: (path fragment, category): the first fragment found in an allocation's innermost
 #: frame names its category; anything else is "other".
@@ -144,6 +144,14 @@ async def _close(proc: asyncio.subprocess.Process, server: Any) -> None:
         await asyncio.sleep(0.05)
 
 
+def client_argv(port: int, args: argparse.Namespace, secret: str) -> list[str]:
+    """The client half's command line. The secret goes as ``--secret=VALUE``: a urlsafe
+    secret starts with ``-`` once in 64, which argparse would take for an option."""
+    return [sys.executable, "-m", "rtserver.bench.conn_memory", "--client", str(port),
+            "--connections", str(args.connections), "--room-size", str(args.room_size),
+            "--in-flight", str(args.in_flight), f"--secret={secret}"]
+
+
 async def _run(args: argparse.Namespace) -> dict[str, Any]:
     from rtserver.config import load_config
     from rtserver.server import RtServer
@@ -162,12 +170,11 @@ async def _run(args: argparse.Namespace) -> dict[str, Any]:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).resolve().parents[2]),
                                          env.get("PYTHONPATH", "")])
+    if server.port is None:
+        raise SystemExit("the in-process server reports no port after start()")
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "rtserver.bench.conn_memory", "--client", str(server.port),
-        "--connections", str(args.connections), "--room-size", str(args.room_size),
-        "--in-flight", str(args.in_flight),
-        "--secret", secret, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-        env=env)
+        *client_argv(server.port, args, secret), stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE, env=env)
     n = args.connections
     try:
         await _phase(proc, 0, min(n, 1000))  # warm-up: tables, interned names, free lists

@@ -3,12 +3,13 @@ it measures (a small run)."""
 
 from __future__ import annotations
 
+import argparse
 import subprocess
 import sys
 
 import orjson
 
-from rtserver.bench.conn_memory import categorize
+from rtserver.bench.conn_memory import categorize, client_argv
 
 
 def test_conn_memory_small_run() -> None:
@@ -31,3 +32,13 @@ def test_categories() -> None:
         "websockets incoming")
     assert categorize("/x/rtserver/hub.py") == "rtserver hub tables"
     assert categorize("/usr/lib/python3.11/json/decoder.py") == "other (decoder.py)"
+
+
+def test_client_argv_keeps_a_secret_that_starts_with_a_dash() -> None:
+    args = argparse.Namespace(connections=5, room_size=2, in_flight=3)
+    argv = client_argv(1234, args, "-Ab_c")
+    parser = argparse.ArgumentParser()
+    for flag in ("--client", "--connections", "--room-size", "--in-flight", "--secret"):
+        parser.add_argument(flag)
+    parsed = parser.parse_args(argv[3:])
+    assert parsed.secret == "-Ab_c" and parsed.client == "1234"
