@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import re
 import time
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -52,13 +53,10 @@ class Publishing:
         self._pub_start = 0.0
         self._pub_done = 0
 
-    def emit(self, event: dict[str, Any]) -> None:
-        """One JSON event line to the controller (the process implements it)."""
-        raise NotImplementedError
-
-    def count_error(self, code: str) -> None:
-        """An error code (the process implements it)."""
-        raise NotImplementedError
+    #: One JSON event line to the controller (the process class implements it).
+    emit: Callable[[dict[str, Any]], None]
+    #: Count an error code (the process class implements it).
+    count_error: Callable[[str], None]
 
     def _is_ready(self, cl: SClient) -> bool:
         return cl.conn is not None and cl.conn.state == READY

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import msgspec
@@ -42,11 +42,9 @@ class ClusterStatusClient:
     _health_provider: Callable[[], dict[str, Any]] | None
     _query_provider: Callable[[str, dict[str, Any]], Any] | None
 
-    def _flush(self) -> None:
-        raise NotImplementedError
-
-    async def _request(self, kind: int, key: str, payload: bytes = b"") -> tuple[int, bytes]:
-        raise NotImplementedError
+    #: Provided by the bus class this is mixed into (EmbeddedBus).
+    _flush: Callable[[], None]
+    _request: Callable[..., Awaitable[tuple[int, bytes]]]
 
     # --- status providers
 

@@ -26,7 +26,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import msgspec
@@ -69,11 +69,9 @@ class RedisAdminQueries:
     _admin_provider: Callable[[str, dict[str, Any]], Any] | None
     _admin_waits: dict[str, _Wait]
 
-    def _unavailable(self, what: str) -> BusUnavailable:
-        raise NotImplementedError
-
-    async def _command(self, what: str, coro: Any) -> Any:
-        raise NotImplementedError
+    #: Provided by the bus class this is mixed into (RedisBus).
+    _unavailable: Callable[[str], BusUnavailable]
+    _command: Callable[[str, Any], Awaitable[Any]]
 
     def _admin_init(self) -> None:
         self._admin_provider = None

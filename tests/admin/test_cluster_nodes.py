@@ -14,7 +14,6 @@ import contextlib
 import os
 import signal
 import socket
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -24,8 +23,13 @@ import pytest
 import redis.asyncio as aioredis
 
 from conftest import Client, ServerProcess, token
-from tests.admin.test_cluster_rooms import REDIS_URL, client_on, http_get, node_id
-from tests.admin.test_console_chromium import _drain
+from tests.admin.test_cluster_rooms import (
+    REDIS_URL,
+    client_on,
+    http_get,
+    node_id,
+    serve_drained,
+)
 from tests.store.pgutil import TempDatabase
 
 pytestmark = pytest.mark.timeout(180)
@@ -46,20 +50,10 @@ refresh_seconds = 1.0
 
 @contextlib.contextmanager
 def serving(args: list[str], config: Path, dsn: str, listening: int) -> Iterator[ServerProcess]:
-    """``rtserver serve ARGS`` with the insurance domain and ``dsn``, stopped with SIGTERM."""
-    proc = ServerProcess([*args, "--database", dsn, "--config", str(config)],
-                         env={"PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "tests")])},
-                         listening_lines=listening)
-    stop = threading.Event()
-    try:
-        proc.wait_listening(90.0)
-        threading.Thread(target=_drain, args=(proc, stop), daemon=True).start()
+    """``rtserver serve ARGS`` with the insurance domain and ``dsn`` (see serve_drained)."""
+    with serve_drained([*args, "--database", dsn, "--config", str(config)], listening,
+                       90.0) as proc:
         yield proc
-    finally:
-        stop.set()
-        with contextlib.suppress(ProcessLookupError):
-            proc.proc.send_signal(signal.SIGTERM)
-        proc.proc.wait(30.0)
 
 
 @pytest.fixture(scope="module")

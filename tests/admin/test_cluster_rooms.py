@@ -48,13 +48,22 @@ REDIS_URL = "redis://127.0.0.1:6379/0"
 
 @contextlib.contextmanager
 def running(args: list[str], config: Path, listening: int) -> Iterator[ServerProcess]:
-    """``rtserver serve ARGS --config CONFIG``, its log drained, stopped with SIGTERM."""
-    proc = ServerProcess([*args, "--domains", "", "--config", str(config)],
+    """``rtserver serve ARGS --config CONFIG`` with no domain (see :func:`serve_drained`)."""
+    with serve_drained([*args, "--domains", "", "--config", str(config)], listening,
+                       60.0) as proc:
+        yield proc
+
+
+@contextlib.contextmanager
+def serve_drained(argv: list[str], listening: int, ready: float) -> Iterator[ServerProcess]:
+    """``rtserver serve ARGV``, ``listening`` listening lines within ``ready`` seconds, its
+    log drained, stopped with SIGTERM."""
+    proc = ServerProcess(argv,
                          env={"PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "tests")])},
                          listening_lines=listening)
     stop = threading.Event()
     try:
-        proc.wait_listening(60.0)
+        proc.wait_listening(ready)
         threading.Thread(target=_drain, args=(proc, stop), daemon=True).start()
         yield proc
     finally:
