@@ -17,15 +17,12 @@ import http
 import signal
 import socket
 import time
-import traceback
-from collections.abc import Callable, Mapping, Sequence
-from typing import Any, ClassVar
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import orjson
-from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.datastructures import Headers
-from websockets.exceptions import ConnectionClosed, ConnectionClosedOK
 from websockets.http11 import Request, Response
 
 from rtserver import jsonlog
@@ -45,13 +42,13 @@ from rtserver.gc_tuning import tune_gc
 from rtserver.metrics import REGISTRY
 from rtserver.node import Node
 from rtserver.plugin import DomainPlugin, load_domain_classes
-from rtserver.protocol.close_codes import CloseCode
-from rtserver.protocol.codec import ErrorCode
 from rtserver.router import HttpRoute
+from rtserver.rt_connection import RtConnection
 from rtserver.startup import bind_failure, resolve_secret
 from rtserver.static_files import StaticFiles
 from rtserver.tls import server_ssl_context, server_tls_options
-from rtserver.ws_slim import ConnectionLogger, open_connection, slim_connection, slim_frames
+from rtserver.ws_server import WsServer, WsSettings
+from rtserver.ws_slim import ConnectionLogger
 
 __all__ = ["RtServer", "run_server"]
 
@@ -95,63 +92,8 @@ class _HubStateHandler:
         return InterestSnapshot(rooms=[], users=[], presence=[])
 
 
-# The logger of every websockets connection (rtserver/ws_slim.py).
+# The logger of every connection's Sans-I/O protocol (rtserver/ws_slim.py).
 _WS_LOGGER = ConnectionLogger()
-
-
-class RtConnection(ServerConnection):
-    """A websockets server connection that records when it last received a pong, gives
-    its admission slot back when the TCP connection ends, and knows the client address."""
-
-    # Per-connection values live in slots: a new attribute set after websockets built the
-    # connection would turn its key-sharing ``__dict__`` into a private one (~1.8 KiB each,
-    # measured with tracemalloc at 2,000 connections).
-    __slots__ = ("forwarded_client", "handshaking", "last_pong")
-    #: Set on the subclass each RtServer makes: admitted connection -> the address its
-    #: admission slot is counted under.
-    admitted: ClassVar[dict[RtConnection, str]] = {}
-    admission: ClassVar[Admission | None] = None
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        slim_connection(self, _WS_LOGGER)
-        #: Monotonic time of the last pong (0: none yet).
-        self.last_pong = 0.0
-        #: The client's IP address when a trusted proxy forwarded it (set before the upgrade).
-        self.forwarded_client: str | None = None
-        #: Admitted and not authenticated yet (counted in ``admission.handshakes``).
-        self.handshaking = False
-
-    @property
-    def remote_address(self) -> Any:
-        """The TCP peer, or ``(client IP, 0)`` when a trusted proxy forwarded it."""
-        if self.forwarded_client is not None:
-            return (self.forwarded_client, 0)
-        return super().remote_address
-
-    def connection_made(self, transport: Any) -> None:
-        """Let websockets set up the connection, then slim its frame queue (ws_slim.py)."""
-        super().connection_made(transport)
-        slim_frames(self)
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        """Release the admission slot, then let websockets finish."""
-        self.end_handshake()
-        address = self.admitted.pop(self, None)
-        if address is not None and self.admission is not None:
-            self.admission.release(address)
-        super().connection_lost(exc)
-
-    def end_handshake(self) -> None:
-        """The client authenticated, or the connection ended before it did."""
-        if self.handshaking and self.admission is not None:
-            self.handshaking = False
-            self.admission.handshake_ended()
-
-    def acknowledge_pings(self, data: bytes) -> None:
-        """Record the pong (ours are unsolicited for websockets, which ignores them)."""
-        self.last_pong = time.monotonic()
-        super().acknowledge_pings(data)
 
 
 class RtServer:
@@ -202,7 +144,9 @@ class RtServer:
         self.admission = Admission(config.server, time.monotonic())
         # This server's connection class: its admission and admitted table (class-level).
         self._connection_class = type("RtConnection", (RtConnection,), {
-            "admission": self.admission, "admitted": {}})
+            "__slots__": (), "admission": self.admission, "admitted": {}, "rt": self})
+        #: The tasks handling connections' frames now (awaited by :meth:`stop`).
+        self.connection_tasks: set[asyncio.Task[None]] = set()
         self.admission.register_metrics()
         self.trusted_proxies = TrustedProxies(config.server.trusted_proxies)
         self.ssl_context = server_ssl_context(config.server.certfile, config.server.keyfile)
@@ -216,17 +160,23 @@ class RtServer:
         self._refusals = jsonlog.SummaryLog(log, "handshakes_refused")
         for warning in self.admission.origins.warnings:
             log.warning("allowed_origins_any", note=warning)
-        self.server: Server | None = None
+        self.server: WsServer | None = None
         self.port: int | None = None
         self._stopping: asyncio.Event | None = None
 
     # ------------------------------------------------------------ HTTP
 
-    async def _process_request(self, connection: ServerConnection,
-                               request: Request) -> Response | None:
+    def process_request(self, connection: RtConnection,
+                        request: Request) -> Response | Awaitable[Response | None] | None:
+        """The opening handshake's request: admission (at once) for the WebSocket path,
+        an HTTP endpoint (awaited) for any other."""
         path = urlsplit(request.path).path
         if path == self.config.server.ws_path:
             return self._admit(connection, request)
+        return self._http_request(connection, request, path)
+
+    async def _http_request(self, connection: RtConnection, request: Request,
+                            path: str) -> Response | None:
         remote = connection.remote_address
         address: str | None = None
         if remote:
@@ -264,9 +214,8 @@ class RtServer:
         return not self.admission.page_origins([origin], host) or (
             self.admission.origins.allows(origin))
 
-    def _admit(self, connection: ServerConnection, request: Request) -> Response | None:
+    def _admit(self, connection: RtConnection, request: Request) -> Response | None:
         """Admission before the upgrade (rtserver/admission.py): None admits."""
-        assert isinstance(connection, RtConnection)
         remote = connection.remote_address
         peer = str(remote[0]) if remote else "unknown"
         address, outcome = self.trusted_proxies.client_address(
@@ -319,77 +268,6 @@ class RtServer:
                 "# TYPE rtserver_cluster_metrics_unavailable gauge\n"
                 "rtserver_cluster_metrics_unavailable 1\n")
         return _response(http.HTTPStatus.OK, text.encode(), "text/plain; version=0.0.4")
-
-    # ------------------------------------------------------------ connections
-
-    async def _handler(self, ws: ServerConnection) -> None:
-        node = self.node
-        conn, tok = open_connection(node, ws)
-        code: int | None = None
-        reason = "closed"
-        try:
-            if tok is not None:
-                await node.authenticate_token(conn, tok)
-                tok = None  # not kept in this frame for the connection's lifetime
-            elif self.config.auth.allow_anonymous:
-                await node.authenticate_anonymous(conn)
-            else:
-                await self._await_auth(ws, conn)
-            assert isinstance(ws, RtConnection)
-            ws.end_handshake()
-            # ws.recv() directly: ``async for`` would keep an async generator frame
-            # per connection (about 250 B) for nothing.
-            recv = ws.recv
-            while True:
-                frame = await recv()
-                await node.handle_frame(conn, frame)
-                del frame  # not kept while waiting for the next one
-        except ConnectionClosed as exc:
-            # Every close ends the loop here; the close code and reason are logged by
-            # connection_closed() below, for every way of closing.
-            if not isinstance(exc, ConnectionClosedOK):
-                log.debug("connection_closed_error", connection_id=conn.id, error=str(exc))
-        except Exception as exc:  # noqa: BLE001 - a server bug: logged, counted, closed 1011
-            log.error("connection_handler_failed", connection_id=conn.id, user=conn.user,
-                      error=repr(exc), traceback=traceback.format_exc())
-            node.count_error(ErrorCode.INTERNAL_ERROR, conn)
-            await ws.close(1011, "internal error")
-        finally:
-            code, reason = self._close_info(ws)
-            if code == 1009:
-                node.count_error(ErrorCode.MESSAGE_TOO_LARGE, conn)
-            await node.connection_closed(conn, code, reason)
-
-    async def _await_auth(self, ws: ServerConnection, conn: Any) -> None:
-        timeout = self.config.auth.auth_timeout
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        while conn.state is ConnState.CONNECTING:
-            remaining = deadline - loop.time()
-            if remaining <= 0:
-                self.node.error(conn, ErrorCode.AUTH_TIMEOUT,
-                                f"no auth message within {timeout:g} s",
-                                'Required action: send {"type":"auth","token":JWT} right after '
-                                "connecting, or pass ?token=JWT")
-                self.node.close_connection(conn, CloseCode.AUTH_FAILED, "auth timeout")
-                return
-            try:
-                frame = await asyncio.wait_for(ws.recv(), remaining)
-            except TimeoutError:
-                continue
-            await self.node.handle_frame(conn, frame)
-
-    @staticmethod
-    def _close_info(ws: ServerConnection) -> tuple[int | None, str]:
-        sent = ws.protocol.close_sent
-        rcvd = ws.protocol.close_rcvd
-        if rcvd is not None and (sent is None or ws.protocol.close_rcvd_then_sent):
-            return int(rcvd.code), f"client closed: {rcvd.reason}" if rcvd.reason else (
-                "client closed")
-        if sent is not None:
-            return int(sent.code), f"server closed: {sent.reason}" if sent.reason else (
-                "server closed")
-        return 1006, "connection lost without a close frame"
 
     # ------------------------------------------------------------ lifecycle
 
@@ -487,30 +365,17 @@ class RtServer:
         await self.node.start()
         await self._start_database()
         await self.node.start_domains()
-        kwargs: dict[str, Any] = dict(
-            process_request=self._process_request,
-            compression="deflate" if cfg.server.compression else None,
-            open_timeout=cfg.server.open_timeout,
-            close_timeout=cfg.server.close_timeout,
-            # WebSocket pings are sent by the node's heartbeat sweep, not by a
-            # keepalive task per connection (about 1.8 KiB and a task each).
-            ping_interval=None,
-            ping_timeout=None,
-            create_connection=self._connection_class,
-            logger=_WS_LOGGER,
-            max_size=cfg.server.max_message_bytes,
-            max_queue=cfg.server.max_incoming_queue,
-            server_header="rtserver",
-            # also with a given socket: asyncio calls listen() again (default 100)
-            backlog=cfg.server.backlog,
-            **server_tls_options(self.ssl_context, cfg.server),
-        )
+        self.server = WsServer(self._connection_class, WsSettings(
+            max_size=cfg.server.max_message_bytes, max_queue=cfg.server.max_incoming_queue,
+            open_timeout=cfg.server.open_timeout, close_timeout=cfg.server.close_timeout,
+            compression=cfg.server.compression, server_header="rtserver", logger=_WS_LOGGER))
+        # WebSocket pings are sent by the node's heartbeat sweep, not by a timer per
+        # connection; the backlog is passed again with a given socket (asyncio calls
+        # listen() again, default 100).
         try:
-            if self.sock is not None:
-                self.server = await serve(self._handler, sock=self.sock, **kwargs)
-            else:
-                self.server = await serve(self._handler, cfg.server.host, cfg.server.port,
-                                          **kwargs)
+            await self.server.listen(cfg.server.host, cfg.server.port, sock=self.sock,
+                                     backlog=cfg.server.backlog,
+                                     ssl_options=server_tls_options(self.ssl_context, cfg.server))
         except OSError as exc:
             raise bind_failure(cfg.server.host, cfg.server.port, exc) from exc
         sockets = list(self.server.sockets)
@@ -538,17 +403,18 @@ class RtServer:
         for conn in list(self.node.hub.connections.values()):
             if conn.state not in (ConnState.CLOSING, ConnState.CLOSED):
                 self.node.hub.set_state(conn, ConnState.CLOSING, reason, code)
-        self.server.close(close_connections=True, code=code, reason=reason)
+        self.server.close(code, reason)
         try:
-            await asyncio.wait_for(self.server.wait_closed(), self.config.server.shutdown_grace)
+            await asyncio.wait_for(self._drained(), self.config.server.shutdown_grace)
         except TimeoutError:
             left = len(self.node.hub.connections)
             log.error("drain_timeout", connections_left=left,
                       grace=self.config.server.shutdown_grace,
                       action="Required action: raise server.shutdown_grace if clients need "
                       "longer to close")
-            for conn in list(self.node.hub.connections.values()):
-                conn.ws.transport.abort()
+            for ws in list(self.server.connections):
+                ws.transport.abort()
+            await self._drained()
         await self.cluster_feed.close()
         await self.node.stop_domains()
         await self.node.close()
@@ -557,6 +423,13 @@ class RtServer:
             await self.cluster_bus.close()
         self.server = None
         log.lifecycle("stopped")
+
+    async def _drained(self) -> None:
+        """Every TCP connection ended and every connection's handling finished."""
+        assert self.server is not None
+        await self.server.wait_closed()
+        while self.connection_tasks:
+            await asyncio.gather(*self.connection_tasks, return_exceptions=True)
 
     async def serve_until_signal(self) -> None:
         """Run until SIGTERM or SIGINT, then drain with 1012."""

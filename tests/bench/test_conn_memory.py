@@ -20,10 +20,13 @@ def test_conn_memory_small_run() -> None:
     assert "Python heap per connection" in out.stdout
     report = orjson.loads(out.stdout.strip().splitlines()[-1])
     assert report["connections"] == 60
-    # A connection costs at least its websockets objects and its handler task.
+    # A connection costs at least its Sans-I/O protocol and its connection objects.
     assert report["heap_per_connection"] > 2000
     cats = report["categories"]
-    assert cats["websockets asyncio server (handler task, coroutine)"] > 500
+    assert cats["websockets Sans-I/O protocol"] > 300
+    assert cats["rtserver connection layer (WsConnection)"] > 100
+    # No handler task per connection: websockets' asyncio layer allocates nothing.
+    assert not any(k.startswith("websockets asyncio") for k in cats)
     assert sum(v for k, v in cats.items() if k.startswith("rtserver")) > 100
 
 

@@ -1,0 +1,462 @@
+"""The WebSocket server layer: websockets' Sans-I/O protocol under one ``asyncio.Protocol``.
+
+websockets implements the protocol twice over: a Sans-I/O core
+(:class:`websockets.server.ServerProtocol`: bytes in, events and bytes out: the
+opening handshake, framing, masking, size limits, the closing handshake,
+permessage-deflate) and an asyncio layer on top of it (a handler task per
+connection, an incoming-message assembler, futures for the handshake and for
+the connection's end, a timeout context per handshake). rtserver keeps the core
+and replaces the asyncio layer with this module: every connection is one
+:class:`WsConnection` (an ``asyncio.Protocol``) that feeds the Sans-I/O protocol
+in ``data_received`` and calls its application back synchronously. Measured on
+this 2-core machine (docs/benchmarks.md, "Connection layer"): 10,000 clients
+connecting at once cost the bare Sans-I/O core 1.18 s and websockets' asyncio
+layer 2.33 s; an idle connection no longer holds a task, a chain of suspended
+coroutines, an assembler and its futures.
+
+The application subclasses :class:`WsConnection` and implements its hooks:
+
+- :meth:`WsConnection.on_request` for the opening handshake (the HTTP
+  request: admit, refuse, or answer plain HTTP);
+- :meth:`WsConnection.on_open` once the ``101`` response is written;
+- :meth:`WsConnection.on_message` for every complete text (``str``) or binary
+  (``bytes``) message, in order;
+- :meth:`WsConnection.on_close` once the TCP connection has ended (every way a
+  connection ends goes through it exactly once, after ``on_open``).
+
+Bounds (each a documented configuration value of ``[server]``):
+``open_timeout`` for the request to arrive and be answered, ``close_timeout``
+for the peer to end the TCP connection after the closing handshake,
+``max_message_bytes`` per message and ``max_incoming_queue`` messages buffered
+before reading pauses (the application calls :meth:`WsConnection.pause_reading`
+/ :meth:`WsConnection.resume_reading`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import http
+import socket
+import time
+from collections.abc import Awaitable, Sequence
+from typing import Any, ClassVar
+
+from websockets.datastructures import Headers
+from websockets.extensions.base import ServerExtensionFactory
+from websockets.extensions.permessage_deflate import enable_server_permessage_deflate
+from websockets.frames import Frame, Opcode
+from websockets.http11 import Request, Response
+from websockets.protocol import CONNECTING, OPEN, State
+from websockets.server import ServerProtocol
+
+from rtserver import jsonlog
+from rtserver.metrics import REGISTRY
+
+__all__ = ["WsConnection", "WsServer", "WsSettings"]
+
+log = jsonlog.get_logger("rtserver.ws_server")
+HANDSHAKE_TIMEOUTS = REGISTRY.counter(
+    "rtserver_handshake_timeouts_total",
+    "TCP connections dropped because the opening handshake did not finish within "
+    "server.open_timeout")
+CLOSE_TIMEOUTS = REGISTRY.counter(
+    "rtserver_close_timeouts_total",
+    "TCP connections dropped because the peer did not end them within server.close_timeout "
+    "of the closing handshake")
+INVALID_UTF8 = REGISTRY.counter(
+    "rtserver_invalid_utf8_total", "Text messages refused with 1007: not valid UTF-8")
+
+_TEXT = Opcode.TEXT
+_BINARY = Opcode.BINARY
+_CONT = Opcode.CONT
+_PONG = Opcode.PONG
+# The headers a handled handshake request is left with (shared, empty): the Sans-I/O
+# parser's generator frame keeps the request object for the connection's life.
+_NO_HEADERS = Headers()
+
+
+class WsSettings:
+    """What every connection of one server shares: its bounds and protocol options."""
+
+    __slots__ = ("close_timeout", "extensions", "logger", "max_queue", "max_size",
+                 "open_timeout", "server_header")
+
+    def __init__(self, *, max_size: int | None, max_queue: int, open_timeout: float,
+                 close_timeout: float, compression: bool, server_header: str | None,
+                 logger: Any) -> None:
+        self.max_size = max_size
+        self.max_queue = max_queue
+        self.open_timeout = open_timeout
+        self.close_timeout = close_timeout
+        self.extensions: Sequence[ServerExtensionFactory] | None = (
+            enable_server_permessage_deflate(None) if compression else None)
+        self.server_header = server_header
+        self.logger = logger
+
+
+class WsServer:
+    """The listening socket and the set of live :class:`WsConnection` of one worker."""
+
+    def __init__(self, connection_class: type[WsConnection], settings: WsSettings) -> None:
+        self.connection_class = connection_class
+        self.settings = settings
+        #: Every connection from ``connection_made`` to ``connection_lost``.
+        self.connections: set[WsConnection] = set()
+        self.server: asyncio.Server | None = None
+        self._serving = False
+        self._all_closed: asyncio.Future[None] | None = None
+
+    async def listen(self, host: str | None, port: int | None, *,
+                     sock: socket.socket | None = None, backlog: int,
+                     ssl_options: dict[str, Any] | None = None) -> None:
+        """Bind (or take ``sock``) and start accepting."""
+        loop = asyncio.get_running_loop()
+        factory = self._factory
+        opts: dict[str, Any] = dict(ssl_options or {})
+        if sock is not None:
+            self.server = await loop.create_server(factory, sock=sock, backlog=backlog, **opts)
+        else:
+            self.server = await loop.create_server(factory, host, port, backlog=backlog, **opts)
+        self._serving = True
+
+    def _factory(self) -> WsConnection:
+        return self.connection_class(self)
+
+    @property
+    def sockets(self) -> tuple[socket.socket, ...]:
+        """The listening sockets."""
+        if self.server is None:
+            return ()
+        return tuple(self.server.sockets)
+
+    def is_serving(self) -> bool:
+        """Accepting and upgrading (False once :meth:`close` was called)."""
+        return self._serving
+
+    def close(self, code: int, reason: str) -> None:
+        """Stop accepting; close every open connection with ``code``. A connection whose
+        request has not arrived yet is ended at once; an upgrade answered after this is
+        refused with 503 (``is_serving``)."""
+        self._serving = False
+        if self.server is not None:
+            self.server.close()
+        for connection in list(self.connections):
+            state = connection.protocol.state
+            if state is OPEN:
+                connection.start_close(code, reason)
+            elif state is CONNECTING and not connection.request_pending:
+                connection.transport.close()
+
+    async def wait_closed(self) -> None:
+        """Until every connection has ended (after :meth:`close`)."""
+        if self.connections:
+            if self._all_closed is None:
+                self._all_closed = asyncio.get_running_loop().create_future()
+            await asyncio.shield(self._all_closed)
+        if self.server is not None:
+            await self.server.wait_closed()
+
+    def forget(self, connection: WsConnection) -> None:
+        """``connection`` ended (called once, from its ``connection_lost``)."""
+        self.connections.discard(connection)
+        if not self.connections and self._all_closed is not None and (
+                not self._all_closed.done()):
+            self._all_closed.set_result(None)
+
+
+class WsConnection(asyncio.Protocol):
+    """One WebSocket connection: the Sans-I/O protocol fed from the transport.
+
+    Exposes what the fan-out core and the heartbeat use of a websockets connection:
+    ``protocol``, ``transport``, ``send_in_progress`` (always None: messages are sent
+    whole), :meth:`send_data`, ``remote_address`` and :meth:`close`.
+    """
+
+    __slots__ = ("_close_timer", "_frag", "_lost", "_open_timer", "last_pong", "lost",
+                 "opened", "protocol", "request_pending", "server", "transport")
+
+    #: Never a fragmented send in progress (checked by the fan-out core).
+    send_in_progress: ClassVar[None] = None
+
+    def __init__(self, server: WsServer) -> None:
+        settings = server.settings
+        self.server = server
+        self.protocol = ServerProtocol(extensions=settings.extensions,
+                                       max_size=settings.max_size, logger=settings.logger)
+        self.transport: Any = None
+        #: Monotonic time of the last pong received (0: none yet).
+        self.last_pong = 0.0
+        #: The opening handshake's request arrived and its answer is being prepared.
+        self.request_pending = False
+        #: The upgrade was accepted (``on_open`` ran; ``on_close`` will).
+        self.opened = False
+        #: The TCP connection has ended (``connection_lost`` ran).
+        self.lost = False
+        self._frag: list[bytes] | None = None
+        self._lost: asyncio.Future[None] | None = None
+        self._open_timer: asyncio.TimerHandle | None = None
+        self._close_timer: asyncio.TimerHandle | None = None
+
+    # ------------------------------------------------------------ application hooks
+
+    def on_request(self, request: Request) -> Response | Awaitable[Response | None] | None:
+        """The opening handshake's request: None accepts the upgrade, a Response answers
+        (and ends the connection), an awaitable is awaited for one of those."""
+        return None
+
+    def on_open(self, request: Request) -> None:
+        """The upgrade was accepted and the 101 response written (``request``: the
+        handshake's, emptied of its headers once this returns)."""
+
+    def on_message(self, data: str | bytes) -> None:
+        """One complete message (``str`` for text, ``bytes`` for binary)."""
+
+    def on_close(self) -> None:
+        """The TCP connection ended (after :meth:`on_open`; exactly once)."""
+
+    # ------------------------------------------------------------ asyncio callbacks
+
+    def connection_made(self, transport: Any) -> None:
+        """Register with the server and bound the opening handshake."""
+        self.transport = transport
+        self.server.connections.add(self)
+        self._open_timer = asyncio.get_running_loop().call_later(
+            self.server.settings.open_timeout, self._open_expired)
+
+    def data_received(self, data: bytes) -> None:
+        """Feed the protocol; answer the handshake or pass on the messages."""
+        protocol = self.protocol
+        protocol.receive_data(data)
+        events = protocol.events_received()
+        self.send_data()
+        if events:
+            if protocol.state is CONNECTING or self.request_pending:
+                for event in events:
+                    if isinstance(event, Request):
+                        self._on_request_event(event)
+                    else:
+                        self._on_frame(event)
+            else:
+                for event in events:
+                    self._on_frame(event)
+        if protocol.close_expected():
+            self._arm_close_timer()
+
+    def eof_received(self) -> None:
+        """The peer ended its side: the protocol answers (or notes the abrupt end)."""
+        self.protocol.receive_eof()
+        for event in self.protocol.events_received():
+            if isinstance(event, Frame):
+                self._on_frame(event)
+        self.send_data()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        """The TCP connection ended: cancel the timers, tell the application."""
+        self.lost = True
+        self.protocol.receive_eof()  # idempotent; the state becomes CLOSED
+        if self._open_timer is not None:
+            self._open_timer.cancel()
+            self._open_timer = None
+        if self._close_timer is not None:
+            self._close_timer.cancel()
+            self._close_timer = None
+        try:
+            if self.opened:
+                self.on_close()
+        finally:
+            self.server.forget(self)
+            if self._lost is not None and not self._lost.done():
+                self._lost.set_result(None)
+
+    # ------------------------------------------------------------ handshake
+
+    def _on_request_event(self, request: Request) -> None:
+        self.request_pending = True
+        try:
+            answer = self.on_request(request)
+        except Exception as exc:  # noqa: BLE001 - a server bug: logged, answered 500
+            self._request_failed(exc)
+            return
+        if isinstance(answer, Awaitable):
+            asyncio.get_running_loop().create_task(self._await_answer(request, answer))
+            return
+        self._respond(request, answer)
+
+    async def _await_answer(self, request: Request,
+                            answer: Awaitable[Response | None]) -> None:
+        try:
+            response = await answer
+        except Exception as exc:  # noqa: BLE001 - a server bug: logged, answered 500
+            self._request_failed(exc)
+            return
+        self._respond(request, response)
+
+    def _request_failed(self, exc: Exception) -> None:
+        log.error("process_request_failed", error=repr(exc))
+        self.protocol.handshake_exc = exc
+        self._respond(None, self.protocol.reject(
+            http.HTTPStatus.INTERNAL_SERVER_ERROR,
+            "Failed to open a WebSocket connection.\nSee server log for more information.\n"))
+
+    def _respond(self, request: Request | None, response: Response | None) -> None:
+        self.request_pending = False
+        protocol = self.protocol
+        if protocol.state is not CONNECTING:
+            return  # the connection ended while the answer was prepared
+        if response is None:
+            assert request is not None
+            response = protocol.accept(request)
+        settings = self.server.settings
+        if settings.server_header is not None:
+            response.headers["Server"] = settings.server_header
+        if response.status_code == 101 and not self.server.is_serving():
+            response = protocol.reject(http.HTTPStatus.SERVICE_UNAVAILABLE,
+                                       "Server is shutting down.\n")
+            if settings.server_header is not None:
+                response.headers["Server"] = settings.server_header
+        protocol.send_response(response)
+        self.send_data()
+        if self._open_timer is not None:
+            self._open_timer.cancel()
+            self._open_timer = None
+        if protocol.state is OPEN:
+            assert request is not None
+            self.opened = True
+            try:
+                self.on_open(request)
+            finally:
+                # Kept by the parser's generator frame for the connection's life: empty it.
+                request.headers = _NO_HEADERS
+                request.path = "/"
+        elif protocol.close_expected():
+            self._arm_close_timer()
+
+    def _open_expired(self) -> None:
+        self._open_timer = None
+        if self.protocol.state is CONNECTING:
+            HANDSHAKE_TIMEOUTS.inc()
+            log.debug("handshake_timeout", timeout=self.server.settings.open_timeout,
+                      request_arrived=self.request_pending)
+            self.transport.abort()
+
+    # ------------------------------------------------------------ frames
+
+    def _on_frame(self, frame: Any) -> None:
+        opcode = frame.opcode
+        if opcode is _TEXT or opcode is _BINARY:
+            if frame.fin:
+                data = frame.data
+                if opcode is _TEXT:
+                    try:
+                        self.on_message(bytes(data).decode())
+                    except UnicodeDecodeError:
+                        self._invalid_utf8()
+                    return
+                self.on_message(bytes(data))
+                return
+            self._frag = [bytes(frame.data), b"\x01" if opcode is _TEXT else b"\x02"]
+            return
+        if opcode is _CONT:
+            frag = self._frag
+            if frag is None:
+                return  # the protocol refuses a stray continuation before it gets here
+            kind = frag.pop()
+            frag.append(bytes(frame.data))
+            if not frame.fin:
+                frag.append(kind)
+                return
+            self._frag = None
+            whole = b"".join(frag)
+            if kind == b"\x01":
+                try:
+                    self.on_message(whole.decode())
+                except UnicodeDecodeError:
+                    self._invalid_utf8()
+                return
+            self.on_message(whole)
+            return
+        if opcode is _PONG:
+            self.on_pong(bytes(frame.data))
+        # PING is answered and CLOSE handled by the protocol itself.
+
+    def on_pong(self, data: bytes) -> None:
+        """A pong arrived (recorded in ``last_pong``)."""
+        self.last_pong = time.monotonic()
+
+    def _invalid_utf8(self) -> None:
+        INVALID_UTF8.inc()
+        self.protocol.fail(1007, "invalid UTF-8 in a text message")
+        self.send_data()
+        self._arm_close_timer()
+
+    # ------------------------------------------------------------ sending and closing
+
+    def send_data(self) -> None:
+        """Write what the protocol has to send (an empty chunk: end the TCP stream)."""
+        transport = self.transport
+        for data in self.protocol.data_to_send():
+            if data:
+                transport.write(data)
+            elif transport.can_write_eof():
+                try:
+                    transport.write_eof()
+                except (OSError, RuntimeError) as exc:
+                    # The peer is gone already; connection_lost follows.
+                    log.debug("write_eof_failed", error=repr(exc))
+            else:
+                transport.close()
+
+    def start_close(self, code: int, reason: str) -> None:
+        """Send a close frame with ``code`` (once) and bound the peer's answer."""
+        protocol = self.protocol
+        if protocol.state is OPEN:
+            protocol.send_close(code, reason)
+            self.send_data()
+            self._arm_close_timer()
+        elif protocol.state is CONNECTING:
+            self.transport.abort()
+
+    async def close(self, code: int = 1000, reason: str = "") -> None:
+        """The closing handshake with ``code``; returns once the TCP connection ended
+        (at most ``server.close_timeout`` after the close frame)."""
+        self.start_close(code, reason)
+        await self.wait_closed()
+
+    async def wait_closed(self) -> None:
+        """Until the TCP connection has ended."""
+        if self.lost:
+            return
+        if self._lost is None:
+            self._lost = asyncio.get_running_loop().create_future()
+        await asyncio.shield(self._lost)
+
+    def _arm_close_timer(self) -> None:
+        if self._close_timer is None and self.transport is not None:
+            self._close_timer = asyncio.get_running_loop().call_later(
+                self.server.settings.close_timeout, self._close_expired)
+
+    def _close_expired(self) -> None:
+        self._close_timer = None
+        if self in self.server.connections:
+            CLOSE_TIMEOUTS.inc()
+            log.debug("close_timeout", timeout=self.server.settings.close_timeout)
+            self.transport.abort()
+
+    # ------------------------------------------------------------ properties
+
+    @property
+    def state(self) -> State:
+        """The protocol state (CONNECTING, OPEN, CLOSING, CLOSED)."""
+        return self.protocol.state
+
+    @property
+    def remote_address(self) -> Any:
+        """The TCP peer ``(host, port)`` (None once the transport is gone)."""
+        transport = self.transport
+        return transport.get_extra_info("peername") if transport is not None else None
+
+    @property
+    def local_address(self) -> Any:
+        """The local end ``(host, port)``."""
+        transport = self.transport
+        return transport.get_extra_info("sockname") if transport is not None else None

@@ -1,0 +1,165 @@
+"""The connection layer (rtserver/ws_server.py) over a real server and real clients:
+no task per idle connection, frames in order through the inbox with back-pressure,
+fragmented and invalid text messages, handshake and close bounds, the shared logger."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import logging
+import sys
+
+import orjson
+import pytest
+from websockets.exceptions import ConnectionClosed
+from websockets.frames import Frame, Opcode
+
+from conftest import Client, ServerFactory, make_config, token
+from rtserver import jsonlog
+from rtserver import server as server_module
+from rtserver.rt_connection import RtConnection
+from rtserver.server import RtServer
+from rtserver.ws_server import CLOSE_TIMEOUTS, HANDSHAKE_TIMEOUTS, INVALID_UTF8
+from rtserver.ws_slim import ConnectionLogger
+
+
+async def test_idle_connections_hold_no_task_and_share_one_logger(
+        server: RtServer, connect_client: object) -> None:
+    client: Client = await connect_client(token())  # type: ignore[operator]
+    await client.request({"type": "ping", "id": 1}, "pong")
+    (conn,) = server.node.hub.connections.values()
+    ws = conn.ws
+    assert isinstance(ws, RtConnection)
+    assert ws.protocol.logger is server_module._WS_LOGGER  # type: ignore[comparison-overlap]
+    # Authenticated and idle: no task handles it, nothing is queued.
+    assert ws.busy is None and not ws.inbox
+    assert not server.connection_tasks
+
+
+async def test_many_frames_at_once_are_handled_in_order_with_back_pressure(
+        server: RtServer, connect_client: object) -> None:
+    """More frames at once than server.max_incoming_queue: reading pauses and resumes,
+    every frame is answered, in order."""
+    client: Client = await connect_client(token())  # type: ignore[operator]
+    count = 3 * server.config.server.max_incoming_queue
+    paused: list[bool] = []
+    (conn,) = server.node.hub.connections.values()
+    ws = conn.ws
+    original = ws.transport.pause_reading
+
+    def pause() -> None:
+        paused.append(True)
+        original()
+
+    ws.transport.pause_reading = pause
+    # One write holding every frame: they arrive together and queue behind the first.
+    frames = b"".join(Frame(Opcode.TEXT, orjson.dumps({"type": "ping", "id": i})).serialize(
+        mask=True, extensions=[]) for i in range(count))
+    client.ws.transport.write(frames)
+    ids = [(await client.recv_type("pong"))["id"] for _ in range(count)]
+    assert ids == list(range(count))
+    assert paused, "reading never paused"
+    assert not ws.reading_paused
+
+
+async def test_fragmented_text_message_is_assembled(
+        server: RtServer, connect_client: object) -> None:
+    client: Client = await connect_client(token())  # type: ignore[operator]
+    await client.ws.send(['{"type":"ping",', '"id":"frag', 'mented"}'])
+    assert (await client.recv_type("pong"))["id"] == "fragmented"
+
+
+async def test_invalid_utf8_text_closes_1007(server: RtServer, connect_client: object) -> None:
+    client: Client = await connect_client(token())  # type: ignore[operator]
+    before = INVALID_UTF8.get()
+    bad = b'{"type":"ping","id":"' + bytes([0xFF, 0xFE]) + b'"}'
+    client.ws.transport.write(Frame(Opcode.TEXT, bad).serialize(mask=True, extensions=[]))
+    with pytest.raises(ConnectionClosed):
+        while True:
+            await client.ws.recv()
+    assert client.ws.close_code == 1007
+    assert INVALID_UTF8.get() == before + 1
+
+
+async def test_handshake_not_sent_in_time_is_dropped(make_server: ServerFactory) -> None:
+    server = await make_server(make_config(server={"open_timeout": 0.2}))
+    before = HANDSHAKE_TIMEOUTS.get()
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    writer.write(b"GET /ws HTTP/1.1\r\nHost: x\r\n")  # never finished
+    assert await asyncio.wait_for(reader.read(), 5) == b""  # the server ended it
+    writer.close()
+    assert HANDSHAKE_TIMEOUTS.get() == before + 1
+
+
+async def test_close_not_answered_in_time_is_dropped(make_server: ServerFactory) -> None:
+    """A client that ignores the server's close frame is dropped after close_timeout, and
+    the connection is still forgotten by the node (one closed record)."""
+    server = await make_server(make_config(server={"close_timeout": 0.2}))
+    before = CLOSE_TIMEOUTS.get()
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    writer.write(f"GET /ws?token={token()} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
+                 "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                 "Sec-WebSocket-Version: 13\r\n\r\n".encode())
+    assert b" 101 " in await reader.readuntil(b"\r\n\r\n")
+    deadline = asyncio.get_running_loop().time() + 5
+    while not server.node.hub.connections:
+        assert asyncio.get_running_loop().time() < deadline
+        await asyncio.sleep(0.01)
+    (conn,) = server.node.hub.connections.values()
+    server.node.close_connection(conn, 4000, "test")
+    while await asyncio.wait_for(reader.read(65536), 5):
+        pass  # frames, then the end of the stream once the server drops it
+    writer.close()
+    while server.node.hub.connections:
+        assert asyncio.get_running_loop().time() < deadline
+        await asyncio.sleep(0.01)
+    assert CLOSE_TIMEOUTS.get() == before + 1
+
+
+class _Records(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+def test_connection_logger_skips_chatter_below_debug_only() -> None:
+    target = logging.getLogger("rtserver.test.slim")
+    records = _Records()
+    target.addHandler(records)
+    target.setLevel(logging.DEBUG)
+    target.propagate = False
+    logger = ConnectionLogger("rtserver.test.slim")
+    try:
+        jsonlog.configure("info")
+        logger.info("connection open")
+        logger.info("HTTP response sent (%d %s)", 404, "Not Found")
+        logger.info("server listening on %s", "127.0.0.1:1")
+        logger.error("opening handshake failed")
+        assert records.messages == ["server listening on 127.0.0.1:1",
+                                    "opening handshake failed"]
+        jsonlog.configure("debug")
+        logger.info("connection open")
+        assert records.messages[-1] == "connection open"
+    finally:
+        jsonlog.configure("info")
+        target.removeHandler(records)
+
+
+async def test_debug_level_still_writes_connection_open(make_server: ServerFactory) -> None:
+    """At debug, websockets' "connection open" line is written as before (JSON, debug)."""
+    from websockets.asyncio.client import connect
+
+    server = await make_server(make_config())
+    out = io.StringIO()
+    jsonlog.configure("debug", stream=out)
+    try:
+        async with connect(f"ws://127.0.0.1:{server.port}/ws?token={token()}") as ws:
+            await ws.recv()
+    finally:
+        jsonlog.configure("info", stream=sys.stderr)
+    lines = [orjson.loads(line) for line in out.getvalue().splitlines()]
+    assert any(line["event"] == "library_log" and line.get("message") == "connection open"
+               and line["level"] == "debug" for line in lines)
