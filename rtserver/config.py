@@ -355,7 +355,7 @@ def _validate(c: Config) -> None:
         raise ConfigError(f"server.allowed_origins: {exc}. Required action: fix the pattern "
                           "(docs/security.md)") from exc
     for key in ("max_connections", "max_connections_per_address", "max_unauthenticated",
-                "connect_rate_burst"):
+                "connect_rate_burst", "max_concurrent_auth"):
         _require(getattr(s, key) >= 1, f"server.{key}", "must be >= 1", "set a positive number")
     _require(s.connect_rate_per_second > 0, "server.connect_rate_per_second", "must be > 0",
              "set the connection attempts per second a worker accepts")

@@ -64,6 +64,7 @@ class ServerConfig(Section, frozen=True):
     max_connections: int
     max_connections_per_address: int
     max_unauthenticated: int
+    max_concurrent_auth: int
     connect_rate_per_second: float
     connect_rate_burst: int
     admission_retry_after: float

@@ -5,6 +5,7 @@ is the layer below; docs/architecture.md, "One connection")."""
 from __future__ import annotations
 
 import asyncio
+import collections
 import traceback
 from collections.abc import Awaitable, Coroutine
 from typing import Any, ClassVar, Protocol
@@ -14,12 +15,62 @@ from websockets.http11 import Request, Response
 from rtserver import jsonlog
 from rtserver.admission import Admission
 from rtserver.connection import ConnState
+from rtserver.metrics import REGISTRY
 from rtserver.protocol.close_codes import CloseCode
 from rtserver.protocol.codec import ErrorCode
 from rtserver.ws_server import WsConnection, WsServer
 from rtserver.ws_slim import open_connection, url_token
 
-__all__ = ["Owner", "RtConnection", "close_info"]
+__all__ = ["AuthTurns", "Owner", "RtConnection", "close_info"]
+
+
+AUTH_WAITING = REGISTRY.gauge(
+    "rtserver_auth_waiting",
+    "Upgraded connections waiting for their turn to authenticate (server.max_concurrent_auth)")
+AUTH_WAITING_MAX = REGISTRY.gauge(
+    "rtserver_auth_waiting_max",
+    "Most connections waiting at once for their turn to authenticate since the worker started")
+
+
+class AuthTurns:
+    """At most ``server.max_concurrent_auth`` authentications of one worker at once; the
+    connections after them wait in arrival order (each with its frames queued)."""
+
+    __slots__ = ("limit", "running", "waiting", "waiting_max")
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.running = 0
+        self.waiting: collections.deque[tuple[RtConnection, str | None]] = collections.deque()
+        self.waiting_max = 0
+
+    def submit(self, ws: RtConnection, tok: str | None) -> None:
+        """Authenticate ``ws`` now (URL token ``tok``, None: anonymous), or once a turn
+        is free."""
+        if self.running < self.limit:
+            self.running += 1
+            ws.authenticate(tok)
+            return
+        ws.waiting_turn = True
+        waiting = self.waiting
+        waiting.append((ws, tok))
+        AUTH_WAITING.set(len(waiting))
+        if len(waiting) > self.waiting_max:
+            self.waiting_max = len(waiting)
+            AUTH_WAITING_MAX.set(self.waiting_max)
+
+    def done(self) -> None:
+        """One authentication finished (either way): start the next waiting ones."""
+        self.running -= 1
+        waiting = self.waiting
+        while waiting and self.running < self.limit:
+            ws, tok = waiting.popleft()
+            ws.waiting_turn = False
+            if ws.lost:
+                continue  # ended while waiting: on_close forgot it in the node already
+            self.running += 1
+            ws.authenticate(tok)
+        AUTH_WAITING.set(len(waiting))
 
 
 class Owner(Protocol):
@@ -28,6 +79,7 @@ class Owner(Protocol):
     node: Any
     config: Any
     connection_tasks: set[asyncio.Task[None]]
+    auth_turns: AuthTurns
 
     def process_request(self, connection: RtConnection, request: Request
                         ) -> Response | Awaitable[Response | None] | None:
@@ -45,8 +97,8 @@ class RtConnection(WsConnection):
     frames (``busy``); frames arriving meanwhile wait in ``inbox`` (reading pauses at
     ``server.max_incoming_queue``, resumes at a quarter of it)."""
 
-    __slots__ = ("auth_overdue", "auth_timer", "busy", "conn", "forwarded_client",
-                 "handshaking", "inbox", "reading_paused")
+    __slots__ = ("auth_overdue", "auth_slot", "auth_timer", "busy", "conn", "forwarded_client",
+                 "handshaking", "inbox", "reading_paused", "waiting_turn")
     #: Set on the subclass each RtServer makes: admitted connection -> the address its
     #: admission slot is counted under.
     admitted: ClassVar[dict[RtConnection, str]] = {}
@@ -67,6 +119,10 @@ class RtConnection(WsConnection):
         #: ``auth.auth_timeout`` passed while a frame was being handled.
         self.auth_overdue = False
         self.reading_paused = False
+        #: Waiting in ``AuthTurns`` for a turn to authenticate.
+        self.waiting_turn = False
+        #: The running task holds one of ``AuthTurns``' turns.
+        self.auth_slot = False
 
     @property
     def remote_address(self) -> Any:
@@ -101,19 +157,24 @@ class RtConnection(WsConnection):
         ``auth.auth_timeout`` for an auth message."""
         rt = self.rt
         node = rt.node
-        self.conn = conn = open_connection(node, self, request)
+        self.conn = open_connection(node, self, request)
         tok = url_token(request)
-        if tok is not None:
-            self._start(node.authenticate_token(conn, tok))
-        elif rt.config.auth.allow_anonymous:
-            self._start(node.authenticate_anonymous(conn))
+        if tok is not None or rt.config.auth.allow_anonymous:
+            rt.auth_turns.submit(self, tok)
         else:
             self.auth_timer = asyncio.get_running_loop().call_later(
                 rt.config.auth.auth_timeout, self._auth_expired)
 
+    def authenticate(self, tok: str | None) -> None:
+        """This connection's turn (AuthTurns): the URL token, or anonymous."""
+        node = self.rt.node
+        self.auth_slot = True
+        self._start(node.authenticate_token(self.conn, tok) if tok is not None
+                    else node.authenticate_anonymous(self.conn))
+
     def on_message(self, data: str | bytes) -> None:
         """Handle ``data`` now, or after the frames before it."""
-        if self.busy is None:
+        if self.busy is None and not self.waiting_turn:
             self._start(self.rt.node.handle_frame(self.conn, data))
             return
         inbox = self.inbox
@@ -145,7 +206,12 @@ class RtConnection(WsConnection):
         conn = self.conn
         try:
             while coro is not None:
-                await coro
+                try:
+                    await coro
+                finally:
+                    if self.auth_slot:
+                        self.auth_slot = False
+                        self.rt.auth_turns.done()
                 coro = None
                 if self.handshaking or self.auth_timer is not None or self.auth_overdue:
                     self._auth_step()

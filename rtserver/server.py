@@ -43,7 +43,7 @@ from rtserver.metrics import REGISTRY
 from rtserver.node import Node
 from rtserver.plugin import DomainPlugin, load_domain_classes
 from rtserver.router import HttpRoute
-from rtserver.rt_connection import RtConnection
+from rtserver.rt_connection import AuthTurns, RtConnection
 from rtserver.startup import bind_failure, resolve_secret
 from rtserver.static_files import StaticFiles
 from rtserver.tls import server_ssl_context, server_tls_options
@@ -145,6 +145,8 @@ class RtServer:
         # This server's connection class: its admission and admitted table (class-level).
         self._connection_class = type("RtConnection", (RtConnection,), {
             "__slots__": (), "admission": self.admission, "admitted": {}, "rt": self})
+        #: Authentications at once (server.max_concurrent_auth).
+        self.auth_turns = AuthTurns(config.server.max_concurrent_auth)
         #: The tasks handling connections' frames now (awaited by :meth:`stop`).
         self.connection_tasks: set[asyncio.Task[None]] = set()
         self.admission.register_metrics()

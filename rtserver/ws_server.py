@@ -38,6 +38,7 @@ import asyncio
 import http
 import socket
 import time
+import traceback
 from collections.abc import Awaitable, Sequence
 from typing import Any, ClassVar
 
@@ -324,6 +325,10 @@ class WsConnection(asyncio.Protocol):
             self.opened = True
             try:
                 self.on_open(request)
+            except Exception as exc:  # noqa: BLE001 - a server bug: logged, closed 1011
+                log.error("connection_open_failed", error=repr(exc),
+                          traceback=traceback.format_exc())
+                self.start_close(1011, "internal error")
             finally:
                 # Kept by the parser's generator frame for the connection's life: empty it.
                 request.headers = _NO_HEADERS

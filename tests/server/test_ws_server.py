@@ -17,7 +17,7 @@ from websockets.frames import Frame, Opcode
 from conftest import Client, ServerFactory, make_config, token
 from rtserver import jsonlog
 from rtserver import server as server_module
-from rtserver.rt_connection import RtConnection
+from rtserver.rt_connection import AUTH_WAITING, AuthTurns, RtConnection
 from rtserver.server import RtServer
 from rtserver.ws_server import CLOSE_TIMEOUTS, HANDSHAKE_TIMEOUTS, INVALID_UTF8
 from rtserver.ws_slim import ConnectionLogger
@@ -163,3 +163,57 @@ async def test_debug_level_still_writes_connection_open(make_server: ServerFacto
     lines = [orjson.loads(line) for line in out.getvalue().splitlines()]
     assert any(line["event"] == "library_log" and line.get("message") == "connection open"
                and line["level"] == "debug" for line in lines)
+
+
+class _FakeConnection:
+    """What AuthTurns uses of a connection."""
+
+    def __init__(self) -> None:
+        self.waiting_turn = False
+        self.lost = False
+        self.started: list[str | None] = []
+
+    def authenticate(self, tok: str | None) -> None:
+        self.started.append(tok)
+
+
+def test_auth_turns_bound_and_order() -> None:
+    turns = AuthTurns(2)
+    a, b, c, d, e = (_FakeConnection() for _ in range(5))
+    for ws, tok in ((a, "ta"), (b, None), (c, "tc"), (d, "td"), (e, "te")):
+        turns.submit(ws, tok)  # type: ignore[arg-type]
+    assert (a.started, b.started) == (["ta"], [None])
+    assert c.waiting_turn and d.waiting_turn and not c.started and not d.started
+    assert turns.waiting_max == 3 and AUTH_WAITING.get() == 3
+    d.lost = True  # ended while waiting: skipped, its turn goes to the next one
+    turns.done()
+    assert c.started == ["tc"] and not c.waiting_turn
+    turns.done()
+    assert d.started == [] and e.started == ["te"] and not d.waiting_turn
+    assert turns.running == 2 and not turns.waiting and AUTH_WAITING.get() == 0
+    turns.done()
+    turns.done()
+    assert turns.running == 0
+
+
+async def test_connections_beyond_max_concurrent_auth_wait_their_turn(
+        make_server: ServerFactory) -> None:
+    """One authentication at a time: 40 clients connecting at once all authenticate, and a
+    frame each sends before its turn is answered after its ``authenticated``."""
+    server = await make_server(make_config(server={"max_concurrent_auth": 1}))
+    from websockets.asyncio.client import connect
+
+    async def one(i: int) -> list[str]:
+        async with connect(f"ws://127.0.0.1:{server.port}/ws?token={token()}") as ws:
+            await ws.send(orjson.dumps({"type": "ping", "id": i}).decode())
+            kinds = []
+            while len(kinds) < 3:
+                msg = orjson.loads(await asyncio.wait_for(ws.recv(), 10))
+                if msg["type"] != "heartbeat":
+                    kinds.append(msg["type"])
+            return kinds
+
+    results = await asyncio.gather(*(one(i) for i in range(40)))
+    assert results == [["connection", "authenticated", "pong"]] * 40
+    turns = server.auth_turns
+    assert turns.running == 0 and not turns.waiting
