@@ -35,6 +35,10 @@ before reading pauses (the application calls :meth:`WsConnection.pause_reading`
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
+import email.utils
+import hashlib
 import http
 import socket
 import time
@@ -74,6 +78,74 @@ _PONG = Opcode.PONG
 # The headers a handled handshake request is left with (shared, empty): the Sans-I/O
 # parser's generator frame keeps the request object for the connection's life.
 _NO_HEADERS = Headers()
+
+
+class _HttpDate:
+    """The HTTP ``Date`` header value, formatted once per second."""
+
+    __slots__ = ("second", "text")
+
+    def __init__(self) -> None:
+        self.second = -1
+        self.text = ""
+
+    def now(self) -> str:
+        """RFC 9110 IMF-fixdate of the current second."""
+        second = int(time.time())
+        if second != self.second:
+            self.second = second
+            self.text = email.utils.formatdate(second, usegmt=True)
+        return self.text
+
+
+_DATE = _HttpDate()
+_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+
+
+def _one(headers: Headers, name: str) -> str | None:
+    values = headers.get_all(name)
+    return values[0] if len(values) == 1 else None
+
+
+class _ServerProtocol(ServerProtocol):
+    """websockets' Sans-I/O server protocol with a quick acceptance of the common request.
+
+    A request that a browser or client library sends (``GET``, HTTP/1.1, exactly one
+    ``Upgrade: websocket``, a ``Connection`` listing ``upgrade``, exactly one valid
+    ``Sec-WebSocket-Key`` and ``Sec-WebSocket-Version: 13``) is answered here, without
+    websockets' general header parsers and with the ``Date`` formatted once per second;
+    anything else, and every request when extensions (compression) are configured, goes
+    to websockets' own :meth:`ServerProtocol.accept`, which answers it exactly as before
+    (including every refusal and its message)."""
+
+    def accept(self, request: Request) -> Response:
+        """The 101 response for ``request``, or websockets' answer to an unusual one."""
+        if (self.available_extensions or self.available_subprotocols
+                or self.origins is not None
+                # websockets 17 parses any method and protocol and refuses them in
+                # accept(); before 17 its parser refused them (no such attributes).
+                or getattr(request, "method", "GET") != "GET"
+                or getattr(request, "protocol", "HTTP/1.1") != "HTTP/1.1"):
+            return super().accept(request)
+        headers = request.headers
+        upgrade = _one(headers, "Upgrade")
+        connection = _one(headers, "Connection")
+        key = _one(headers, "Sec-WebSocket-Key")
+        if (upgrade is None or upgrade.lower() != "websocket" or connection is None
+                or key is None or _one(headers, "Sec-WebSocket-Version") != "13"
+                or "upgrade" not in [t.strip().lower() for t in connection.split(",")]):
+            return super().accept(request)
+        try:
+            raw = base64.b64decode(key.encode(), validate=True)
+        except (binascii.Error, UnicodeEncodeError):
+            return super().accept(request)
+        if len(raw) != 16:
+            return super().accept(request)
+        self.accept_called = True
+        accept = base64.b64encode(hashlib.sha1(key.encode() + _GUID).digest()).decode()
+        return Response(101, "Switching Protocols", Headers([
+            ("Date", _DATE.now()), ("Upgrade", "websocket"), ("Connection", "Upgrade"),
+            ("Sec-WebSocket-Accept", accept)]))
 
 
 class WsSettings:
@@ -182,7 +254,7 @@ class WsConnection(asyncio.Protocol):
     def __init__(self, server: WsServer) -> None:
         settings = server.settings
         self.server = server
-        self.protocol = ServerProtocol(extensions=settings.extensions,
+        self.protocol = _ServerProtocol(extensions=settings.extensions,
                                        max_size=settings.max_size, logger=settings.logger)
         self.transport: Any = None
         #: Monotonic time of the last pong received (0: none yet).

@@ -13,13 +13,15 @@ import orjson
 import pytest
 from websockets.exceptions import ConnectionClosed
 from websockets.frames import Frame, Opcode
+from websockets.http11 import Request, Response
+from websockets.server import ServerProtocol
 
 from conftest import Client, ServerFactory, make_config, token
 from rtserver import jsonlog
 from rtserver import server as server_module
 from rtserver.rt_connection import AUTH_WAITING, AuthTurns, RtConnection
 from rtserver.server import RtServer
-from rtserver.ws_server import CLOSE_TIMEOUTS, HANDSHAKE_TIMEOUTS, INVALID_UTF8
+from rtserver.ws_server import CLOSE_TIMEOUTS, HANDSHAKE_TIMEOUTS, INVALID_UTF8, _ServerProtocol
 from rtserver.ws_slim import ConnectionLogger
 
 
@@ -217,3 +219,47 @@ async def test_connections_beyond_max_concurrent_auth_wait_their_turn(
     assert results == [["connection", "authenticated", "pong"]] * 40
     turns = server.auth_turns
     assert turns.running == 0 and not turns.waiting
+
+
+def _request(extra: str = "", key: str = "dGhlIHNhbXBsZSBub25jZQ==", version: str = "13",
+             upgrade: str = "websocket", connection: str = "keep-alive, Upgrade") -> bytes:
+    return (f"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: {upgrade}\r\nConnection: {connection}\r\n"
+            f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: {version}\r\n{extra}\r\n"
+            ).encode()
+
+
+def _answer(protocol: ServerProtocol, data: bytes) -> Response:
+    protocol.receive_data(data)
+    (request,) = protocol.events_received()
+    assert isinstance(request, Request)
+    return protocol.accept(request)
+
+
+def test_quick_accept_answers_like_websockets() -> None:
+    """Bytes only: the common request gets the same 101 as websockets' own accept()."""
+    ours = _answer(_ServerProtocol(), _request())
+    theirs = _answer(ServerProtocol(), _request())
+    assert (ours.status_code, ours.reason_phrase) == (theirs.status_code, theirs.reason_phrase)
+    assert ours.status_code == 101
+    for name in ("Upgrade", "Connection", "Sec-WebSocket-Accept"):
+        assert ours.headers.get_all(name) == theirs.headers.get_all(name), name
+    assert ours.headers["Sec-WebSocket-Accept"] == "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="  # RFC 6455
+    assert ours.headers["Date"].endswith(" GMT")
+
+
+@pytest.mark.parametrize("data", [
+    _request(key="c2hvcnQ="),                               # 5 bytes, not 16
+    _request(key="not base64!"),
+    _request(version="12"),
+    _request(upgrade="h2c"),
+    _request(connection="keep-alive"),
+    _request(extra="Upgrade: websocket\r\n"),               # two Upgrade headers
+    _request(extra="Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"),
+    _request(connection="upgrade", extra="Connection: close\r\n"),  # two Connection headers
+])
+def test_unusual_requests_get_websockets_own_answer(data: bytes) -> None:
+    ours = _answer(_ServerProtocol(), data)
+    theirs = _answer(ServerProtocol(), data)
+    assert (ours.status_code, ours.body) == (theirs.status_code, theirs.body)
+    assert sorted(k for k in ours.headers if k != "Date") == sorted(
+        k for k in theirs.headers if k != "Date")
