@@ -17,7 +17,6 @@ Measured with ``python -m rtserver.bench.conn_memory`` (docs/benchmarks.md,
 from __future__ import annotations
 
 import logging
-import uuid
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -99,9 +98,10 @@ def url_token(request: Any) -> str | None:
 
 
 def open_connection(node: Node, ws: Any, request: Any) -> Connection:
-    """Register a just-upgraded connection with the node (a random UUID as its id)."""
+    """Register a just-upgraded connection with the node; its id is the random UUID
+    (uuid4) websockets' protocol gave the connection, not a second one."""
     remote = ws.remote_address
     remote_text = f"{remote[0]}:{remote[1]}" if remote else "unknown"
     # None: the client sent no User-Agent
-    return node.open_connection(ws, str(uuid.uuid4()), remote_text,
+    return node.open_connection(ws, str(ws.protocol.id), remote_text,
                                 request.headers.get("User-Agent"))
