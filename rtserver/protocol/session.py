@@ -11,13 +11,13 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Mapping, Sized
 from collections.abc import Set as AbstractSet
-from datetime import UTC, datetime
 
 import msgspec
 
 from rtserver.admission import user_limit_refusal
 from rtserver.auth import AccessDenied, AccessPolicy, Principal, TokenError, TokenVerifier
 from rtserver.config import LimitsConfig, NamespaceConfig
+from rtserver.jsonlog import utc_timestamp
 from rtserver.protocol.close_codes import CloseCode
 from rtserver.protocol.codec import Codec, DecodeFailure, ErrorCode
 from rtserver.protocol.messages import (
@@ -55,9 +55,9 @@ __all__ = [
 PUBLISH_DECISIONS_KEPT = 16
 
 
-def utc_now() -> str:
-    """ISO-8601 UTC timestamp with milliseconds and a Z suffix."""
-    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+#: ISO-8601 UTC timestamp with milliseconds and a Z suffix (the log lines' ``ts``, formatted
+#: once per millisecond).
+utc_now = utc_timestamp
 
 
 class Reply(msgspec.Struct, frozen=True):
