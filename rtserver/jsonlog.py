@@ -230,15 +230,21 @@ _heads: dict[tuple[str, str, int], bytes] = {}
 #: (millisecond since the epoch, its ISO-8601 text, the same as bytes): formatted once per
 #: millisecond, replaced as one tuple (a reader in another thread sees a matching pair).
 _ts_cache: tuple[int, str, bytes] = (-1, "", b"")
+#: (second since the epoch, its ``YYYY-MM-DDTHH:MM:SS`` text), formatted once per second.
+_second_cache: tuple[int, str] = (-1, "")
 
 
 def _ts_now() -> tuple[int, str, bytes]:
-    global _ts_cache
+    global _ts_cache, _second_cache
     ms = time.time_ns() // 1_000_000
     cached = _ts_cache
     if cached[0] != ms:
         secs, milli = divmod(ms, 1000)
-        text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(secs)) + f".{milli:03d}Z"
+        second = _second_cache
+        if second[0] != secs:
+            second = _second_cache = (secs, time.strftime("%Y-%m-%dT%H:%M:%S",
+                                                          time.gmtime(secs)))
+        text = f"{second[1]}.{milli:03d}Z"
         cached = _ts_cache = (ms, text, text.encode())
     return cached
 
