@@ -410,6 +410,8 @@ def mint_token(
 
 
 _NAMESPACE_RE = re.compile(r"[a-z][a-z0-9_]*")
+#: Valid room names an :class:`AccessPolicy` remembers split (then it starts again).
+_VALID_ROOMS_KEPT = 1024
 _KEY_RE = re.compile(r"[A-Za-z0-9_.:@=-]+")
 
 
@@ -419,9 +421,21 @@ class AccessPolicy:
     def __init__(self, namespaces: dict[str, NamespaceConfig], max_room_length: int) -> None:
         self.namespaces = namespaces
         self.max_room_length = max_room_length
+        #: Valid room names already split (bounded; the rules are fixed for the process).
+        self._valid: dict[str, tuple[str, str, NamespaceConfig]] = {}
 
     def namespace(self, room: str) -> tuple[str, str, NamespaceConfig]:
         """Split and validate ``room``; return (namespace, key, rules)."""
+        known = self._valid.get(room)
+        if known is not None:
+            return known
+        known = self._split(room)
+        if len(self._valid) >= _VALID_ROOMS_KEPT:
+            self._valid.clear()
+        self._valid[room] = known
+        return known
+
+    def _split(self, room: str) -> tuple[str, str, NamespaceConfig]:
         if len(room) > self.max_room_length:
             raise AccessDenied(
                 "invalid_room",
