@@ -53,20 +53,23 @@ from typing import Any
 
 import orjson
 
-__all__ = ["STAGES", "main"]
+__all__ = ["STAGES", "FakeTransport", "FakeWs", "main"]
 
 STAGES = ("open", "auth", "subscribe", "close", "tasks")
 
 
 # ------------------------------------------------------------------ stand-ins for websockets
 
-class _Transport:
-    """A transport that takes every write and says it is never behind."""
+class FakeTransport:
+    """A transport that takes every write and says it is never behind (``keep``: the
+    bytes written are kept in ``data``, for tests)."""
 
-    __slots__ = ("written",)
+    __slots__ = ("data", "keep", "written")
 
-    def __init__(self) -> None:
+    def __init__(self, keep: bool = False) -> None:
         self.written = 0
+        self.keep = keep
+        self.data = bytearray()
 
     def get_extra_info(self, name: str, default: Any = None) -> Any:
         return default  # no socket: the fan-out core writes through write()
@@ -79,6 +82,21 @@ class _Transport:
 
     def write(self, data: bytes) -> None:
         self.written += 1
+        if self.keep:
+            self.data += data
+
+    def texts(self) -> list[bytes]:
+        """The payloads of the (unmasked text) frames written so far."""
+        out: list[bytes] = []
+        data, i = bytes(self.data), 0
+        while i < len(data):
+            n, i = data[i + 1] & 0x7F, i + 2
+            if n >= 126:
+                width = 2 if n == 126 else 8
+                n, i = int.from_bytes(data[i:i + width], "big"), i + width
+            out.append(data[i:i + n])
+            i += n
+        return out
 
 
 class _Protocol:
@@ -92,13 +110,13 @@ class _Protocol:
         self.extensions: list[Any] = []
 
 
-class _Ws:
+class FakeWs:
     """What the node and the fan-out core read of a websockets connection."""
 
     __slots__ = ("closed_with", "protocol", "remote_address", "send_in_progress",
                  "transport")
 
-    def __init__(self, transport: _Transport, port: int) -> None:
+    def __init__(self, transport: FakeTransport, port: int = 40000) -> None:
         self.transport = transport
         self.protocol = _Protocol()
         self.remote_address = ("127.0.0.1", port)
@@ -152,7 +170,7 @@ async def _noop(i: int) -> None:
 
 
 async def _round(node: Any, secret: str, args: argparse.Namespace, r: int,
-                 transport: _Transport) -> dict[str, float]:
+                 transport: FakeTransport) -> dict[str, float]:
     """One round of fresh connections: CPU µs per connection of each stage."""
     from rtserver.bench.tokens import mint, user_id
     from rtserver.connection import ConnState
@@ -163,7 +181,7 @@ async def _round(node: Any, secret: str, args: argparse.Namespace, r: int,
     tokens = [mint(secret, user_id(base + i), 3600) for i in range(n)]
     frames = [f'{{"type":"subscribe","room":"bench:storm-{i // args.room_size}","id":1}}'
               for i in range(n)]
-    sockets = [_Ws(transport, 10_000 + i % 50_000) for i in range(n)]
+    sockets = [FakeWs(transport, 10_000 + i % 50_000) for i in range(n)]
     conns: list[Any] = [None] * n
     gc.collect()
     cpu: dict[str, float] = {}
@@ -245,7 +263,7 @@ async def _measure(args: argparse.Namespace) -> dict[str, Any]:
     await node.start()
     await node.start_domains()
     tune_gc(config.server.gc_young_threshold)
-    transport = _Transport()
+    transport = FakeTransport()
     rounds = [await _round(node, secret, args, r, transport) for r in range(args.repeat)]
     await node.stop_domains()
     await node.close()
