@@ -421,19 +421,21 @@ class AccessPolicy:
     def __init__(self, namespaces: dict[str, NamespaceConfig], max_room_length: int) -> None:
         self.namespaces = namespaces
         self.max_room_length = max_room_length
-        #: Valid room names already split (bounded; the rules are fixed for the process).
-        self._valid: dict[str, tuple[str, str, NamespaceConfig]] = {}
+        #: Valid room names -> their namespace's rules (bounded; the rules are fixed for the
+        #: process): a known name is split again (one C call) without the two regexes.
+        self._valid: dict[str, NamespaceConfig] = {}
 
     def namespace(self, room: str) -> tuple[str, str, NamespaceConfig]:
         """Split and validate ``room``; return (namespace, key, rules)."""
-        known = self._valid.get(room)
-        if known is not None:
-            return known
-        known = self._split(room)
+        rules = self._valid.get(room)
+        if rules is not None:
+            ns, _, key = room.partition(":")
+            return ns, key, rules
+        split = self._split(room)
         if len(self._valid) >= _VALID_ROOMS_KEPT:
             self._valid.clear()
-        self._valid[room] = known
-        return known
+        self._valid[room] = split[2]
+        return split
 
     def _split(self, room: str) -> tuple[str, str, NamespaceConfig]:
         if len(room) > self.max_room_length:
