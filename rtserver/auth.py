@@ -15,7 +15,6 @@
 
 from __future__ import annotations
 
-import base64
 import binascii
 import hashlib
 import hmac
@@ -25,7 +24,7 @@ import time
 import uuid
 from fnmatch import fnmatchcase
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import jwt
 import msgspec
@@ -130,6 +129,18 @@ class _Claims(msgspec.Struct):
 _header_decoder = msgspec.json.Decoder(_Header)
 _claims_decoder = msgspec.json.Decoder(_Claims)
 _B64URL = re.compile(r"[A-Za-z0-9_-]*")
+_CANONICAL_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+#: Distinct accepted header segments a verifier remembers (then it starts again).
+_ACCEPTED_HEADERS_KEPT = 64
+
+
+_TO_STANDARD = bytes.maketrans(b"-_", b"+/")
+_PADDING = ("", "", "==", "=")
+_B64_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+#: By ``len(segment) % 4``: the last characters whose unused low bits are all clear (2
+#: leaves 4 bits of the last character unused, 3 leaves 2), None when every one is.
+_CANONICAL_LAST: tuple[frozenset[str] | None, ...] = (
+    None, None, frozenset(_B64_ALPHABET[::16]), frozenset(_B64_ALPHABET[::4]))
 
 
 def b64url_decode_strict(segment: str) -> bytes:
@@ -143,30 +154,51 @@ def b64url_decode_strict(segment: str) -> bytes:
     if not _B64URL.fullmatch(segment):
         raise ValueError("a segment has a character outside the base64url alphabet "
                          "(or padding)")
-    if len(segment) % 4 == 1:
+    rem = len(segment) % 4
+    if rem == 1:
         raise ValueError("a segment has an impossible base64url length")
     try:
-        raw = base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
+        raw = binascii.a2b_base64(
+            (segment + _PADDING[rem]).encode("ascii").translate(_TO_STANDARD))
     except binascii.Error as exc:
         raise ValueError(f"a segment is not base64url: {exc}") from exc
-    if base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii") != segment:
+    # Only the last character can spell its bytes another way (its unused bits set);
+    # the same test as encoding the bytes again and comparing.
+    allowed = _CANONICAL_LAST[rem]
+    if allowed is not None and segment[-1] not in allowed:
         raise ValueError("a segment is not in canonical base64url (unused bits are set)")
     return raw
 
 
 class _Hs256:
-    """HMAC-SHA256 with key schedules prepared once (current and previous secret)."""
+    """HMAC-SHA256 (RFC 2104) with the keyed inner and outer hash states prepared once for
+    the current and the previous secret: a token costs two state copies per secret."""
 
     def __init__(self, secrets: list[str]) -> None:
-        self._macs = [hmac.new(s.encode(), digestmod=hashlib.sha256) for s in secrets if s]
+        self._pads: list[tuple[Any, Any]] = []
+        for secret in secrets:
+            if not secret:
+                continue
+            key = secret.encode()
+            if len(key) > 64:  # longer than SHA-256's block: its digest is the key
+                key = hashlib.sha256(key).digest()
+            key = key.ljust(64, b"\0")
+            self._pads.append((hashlib.sha256(key.translate(_IPAD)),
+                               hashlib.sha256(key.translate(_OPAD))))
 
     def verify(self, signing_input: bytes, signature: bytes) -> bool:
         ok = False
-        for base in self._macs:
-            mac = base.copy()
-            mac.update(signing_input)
-            ok |= hmac.compare_digest(mac.digest(), signature)
+        for inner, outer in self._pads:
+            i = inner.copy()
+            i.update(signing_input)
+            o = outer.copy()
+            o.update(i.digest())
+            ok |= hmac.compare_digest(o.digest(), signature)
         return ok
+
+
+_IPAD = bytes(x ^ 0x36 for x in range(256))
+_OPAD = bytes(x ^ 0x5C for x in range(256))
 
 
 class _Rs256:
@@ -211,6 +243,8 @@ class TokenVerifier:
         self._max_lifetime = config.max_token_lifetime
         self._last_permissions: frozenset[str] = frozenset()
         self._last_grants: tuple[str, ...] = ()
+        #: Header segments that passed the header checks (a bounded set).
+        self._accepted_headers: set[str] = set()
         self._signer: _Hs256 | _Rs256
         if self._algorithm == "HS256":
             self._signer = _Hs256([secret, config.jwt_previous_secret])
@@ -232,20 +266,23 @@ class TokenVerifier:
         if len(parts) != 3:
             raise _invalid("the token is malformed: not three segments")
         head, body, sig = parts
+        # A header segment accepted before is accepted again without decoding (its checks
+        # depend on nothing else); tokens of one issuer share a handful of headers.
+        header_known = head in self._accepted_headers
         try:
-            header = _header_decoder.decode(b64url_decode_strict(head))
+            header = None if header_known else _header_decoder.decode(
+                b64url_decode_strict(head))
             signature = b64url_decode_strict(sig)
             payload = b64url_decode_strict(body)
         except (ValueError, msgspec.MsgspecError) as exc:
             raise _invalid(f"the token is malformed: {exc}") from exc
-        if header.alg != self._algorithm:
-            raise _invalid(f"the token's algorithm {header.alg!r} is not accepted "
-                           f"(this server accepts only {self._algorithm})")
-        if header.crit is not None:
-            raise _invalid(f"unsupported critical header {header.crit}")
-        if header.typ is not None and header.typ.upper() != "JWT":
-            raise _invalid(f"the token's typ {header.typ!r} is not JWT")
-        if not self._signer.verify(f"{head}.{body}".encode("ascii"), signature):
+        if header is not None:
+            self._check_header(header)
+            if len(self._accepted_headers) >= _ACCEPTED_HEADERS_KEPT:
+                self._accepted_headers.clear()
+            self._accepted_headers.add(head)
+        if not self._signer.verify(token[:len(head) + 1 + len(body)].encode("ascii"),
+                                   signature):
             raise _invalid("the token's signature does not verify")
         try:
             claims = _claims_decoder.decode(payload)
@@ -253,6 +290,15 @@ class TokenVerifier:
             raise _invalid(f"the token's claims are invalid: {exc}") from exc
         _check_purpose(claims, purpose)
         return self._check_claims(claims, time.time() if now is None else now)
+
+    def _check_header(self, header: _Header) -> None:
+        if header.alg != self._algorithm:
+            raise _invalid(f"the token's algorithm {header.alg!r} is not accepted "
+                           f"(this server accepts only {self._algorithm})")
+        if header.crit is not None:
+            raise _invalid(f"unsupported critical header {header.crit}")
+        if header.typ is not None and header.typ.upper() != "JWT":
+            raise _invalid(f"the token's typ {header.typ!r} is not JWT")
 
     def _check_claims(self, claims: _Claims, now: float) -> Principal:
         leeway = self._leeway
@@ -279,10 +325,14 @@ class TokenVerifier:
                            "another service")
         if self._issuer and claims.iss != self._issuer:
             raise _invalid(f"the token's issuer is not {self._issuer!r}")
-        try:
-            user = str(uuid.UUID(str(claims.sub)))
-        except ValueError as exc:
-            raise _invalid(f"the token's sub {str(claims.sub)[:64]!r} is not a UUID") from exc
+        sub = claims.sub
+        if isinstance(sub, str) and _CANONICAL_UUID.fullmatch(sub):
+            user = sub  # already what str(uuid.UUID(sub)) gives
+        else:
+            try:
+                user = str(uuid.UUID(str(sub)))
+            except ValueError as exc:
+                raise _invalid(f"the token's sub {str(sub)[:64]!r} is not a UUID") from exc
         # Connections of one storm carry the same permissions and grants: equal values
         # share the previous principal's objects (a one-entry memo: about 300 B per
         # connection less, measured with rtserver.bench.conn_memory).
@@ -360,6 +410,8 @@ def mint_token(
 
 
 _NAMESPACE_RE = re.compile(r"[a-z][a-z0-9_]*")
+#: Valid room names an :class:`AccessPolicy` remembers split (then it starts again).
+_VALID_ROOMS_KEPT = 1024
 _KEY_RE = re.compile(r"[A-Za-z0-9_.:@=-]+")
 
 
@@ -369,9 +421,23 @@ class AccessPolicy:
     def __init__(self, namespaces: dict[str, NamespaceConfig], max_room_length: int) -> None:
         self.namespaces = namespaces
         self.max_room_length = max_room_length
+        #: Valid room names -> their namespace's rules (bounded; the rules are fixed for the
+        #: process): a known name is split again (one C call) without the two regexes.
+        self._valid: dict[str, NamespaceConfig] = {}
 
     def namespace(self, room: str) -> tuple[str, str, NamespaceConfig]:
         """Split and validate ``room``; return (namespace, key, rules)."""
+        rules = self._valid.get(room)
+        if rules is not None:
+            ns, _, key = room.partition(":")
+            return ns, key, rules
+        split = self._split(room)
+        if len(self._valid) >= _VALID_ROOMS_KEPT:
+            self._valid.clear()
+        self._valid[room] = split[2]
+        return split
+
+    def _split(self, room: str) -> tuple[str, str, NamespaceConfig]:
         if len(room) > self.max_room_length:
             raise AccessDenied(
                 "invalid_room",

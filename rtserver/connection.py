@@ -31,6 +31,10 @@ class ConnState(enum.Enum):
     CLOSING = "closing"
     CLOSED = "closed"
 
+    # Members are singletons, equal only to themselves: hashed by identity in C
+    # (Enum.__hash__ is Python code, run at every update of the per-state counts).
+    __hash__ = object.__hash__
+
 
 class Connection:
     """One client connection: identity, state, rooms (via its session), write side."""
@@ -66,7 +70,7 @@ class Connection:
                      bound: int) -> None:
         """Append one transition; over ``bound`` the second-oldest one is dropped (the first
         state and the latest ``bound - 1`` stay) and counted in ``transitions_dropped``."""
-        items = (*self.transitions, state.value, at, reason, close_code)
+        items = (*self.transitions, state._value_, at, reason, close_code)
         if len(items) > 4 * bound:
             items = items[:4] + items[8:]
             self.transitions_dropped += 1

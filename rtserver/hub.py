@@ -56,11 +56,13 @@ class Hub:
         conn.slot = self._next_slot
         self.sweep_slots[conn.slot].add(conn)
         self._next_slot = (self._next_slot + 1) % len(self.sweep_slots)
-        self.state_counts[conn.state] += 1
-        _TRANSITIONS_TOTAL.inc(conn.state.value)
-        conn.record_state(conn.state, time.time(), "accepted", None, self.state_history)
+        state = conn.state
+        self.state_counts[state] += 1
+        # ``_value_``: the member's value without the Enum ``value`` property's Python call.
+        _TRANSITIONS_TOTAL.inc(state._value_)
+        conn.record_state(state, time.time(), "accepted", None, self.state_history)
         log.info("connection_state", connection_id=conn.id, user=None,
-                 state=conn.state.value, reason="accepted", remote=conn.remote,
+                 state=state._value_, reason="accepted", remote=conn.remote,
                  user_agent=conn.user_agent)
 
     def set_state(self, conn: Connection, state: ConnState, reason: str,
@@ -71,15 +73,15 @@ class Hub:
         self.state_counts[conn.state] -= 1
         self.state_counts[state] += 1
         conn.state = state
-        _TRANSITIONS_TOTAL.inc(state.value)
+        _TRANSITIONS_TOTAL.inc(state._value_)
         conn.record_state(state, time.time(), reason, close_code, self.state_history)
-        if state in (ConnState.AUTHENTICATED, ConnState.ANONYMOUS):
+        user = conn.user
+        if state is ConnState.AUTHENTICATED or state is ConnState.ANONYMOUS:
             self.all_sinks.add(conn.sink)
-            user = conn.user
             if user is not None:
                 self.by_user.setdefault(user, set()).add(conn)
-        log.info("connection_state", connection_id=conn.id, user=conn.user,
-                 state=state.value, reason=reason, close_code=close_code)
+        log.info("connection_state", connection_id=conn.id, user=user,
+                 state=state._value_, reason=reason, close_code=close_code)
 
     def remove(self, conn: Connection) -> tuple[list[str], bool]:
         """Drop ``conn`` from every table.

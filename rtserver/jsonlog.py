@@ -34,7 +34,7 @@ import logging
 import queue
 import sys
 import threading
-from datetime import UTC, datetime
+import time
 from typing import Any, Literal, TextIO
 
 import orjson
@@ -43,7 +43,7 @@ from rtserver.log_writer import LoopWriter, LoopWriterSettings, open_sink
 from rtserver.redact import MASK, redact_text
 
 __all__ = ["JsonLogger", "LogWriter", "SummaryLog", "configure", "flush", "get_logger",
-           "set_worker"]
+           "set_worker", "utc_timestamp", "utc_timestamp_bytes"]
 
 _worker_id = 0
 #: Lines written by this process so far: each line's ``log_seq`` (a gap shows a lost line).
@@ -152,16 +152,6 @@ class _StdlibBridge(logging.Handler):
         JsonLogger(record.name)._write(levelno, levelname, "library_log", fields)
 
 
-def _clean(key: str, value: Any) -> Any:
-    """A field value as it may be written: secrets by name masked, credentials in text hidden."""
-    if key in _SECRET_FIELDS:
-        return MASK
-    if isinstance(value, str) and ("@" in value or "eyJ" in value or "token=" in value
-                                   or "uthorization" in value):
-        return redact_text(value)
-    return value
-
-
 LogWriter = Literal["direct", "loop", "background"]
 
 
@@ -232,6 +222,45 @@ def _default(obj: Any) -> Any:
     return repr(obj)
 
 
+#: The keys every line starts with, in this order.
+_HEADER_KEYS = frozenset({"ts", "level", "logger", "event", "worker", "log_seq"})
+_LINE_OPTIONS = orjson.OPT_NON_STR_KEYS | orjson.OPT_APPEND_NEWLINE
+#: (level, event, worker) -> the bytes of a line between ``ts`` and ``log_seq``'s value.
+_heads: dict[tuple[str, str, int], bytes] = {}
+#: (millisecond since the epoch, its ISO-8601 text, the same as bytes): formatted once per
+#: millisecond, replaced as one tuple (a reader in another thread sees a matching pair).
+_ts_cache: tuple[int, str, bytes] = (-1, "", b"")
+#: (second since the epoch, its ``YYYY-MM-DDTHH:MM:SS`` text), formatted once per second.
+_second_cache: tuple[int, str] = (-1, "")
+
+
+def _ts_now() -> tuple[int, str, bytes]:
+    global _ts_cache, _second_cache
+    ms = time.time_ns() // 1_000_000
+    cached = _ts_cache
+    if cached[0] != ms:
+        secs, milli = divmod(ms, 1000)
+        second = _second_cache
+        if second[0] != secs:
+            second = _second_cache = (secs, time.strftime("%Y-%m-%dT%H:%M:%S",
+                                                          time.gmtime(secs)))
+        text = f"{second[1]}.{milli:03d}Z"
+        cached = _ts_cache = (ms, text, text.encode())
+    return cached
+
+
+def utc_timestamp() -> str:
+    """Now as ISO-8601 UTC with milliseconds and a Z suffix (``2026-01-31T12:00:00.123Z``,
+    the wall clock truncated to the millisecond, as ``datetime.now(UTC).isoformat(
+    timespec="milliseconds")`` gives); formatted once per millisecond."""
+    return _ts_now()[1]
+
+
+def utc_timestamp_bytes() -> bytes:
+    """:func:`utc_timestamp` as ASCII bytes."""
+    return _ts_now()[2]
+
+
 class JsonLogger:
     """A named logger writing one JSON object per event."""
 
@@ -245,38 +274,77 @@ class JsonLogger:
         return level >= _level
 
     def _write(self, level: int, levelname: str, event: str, fields: dict[str, Any]) -> None:
+        # ``fields`` is the caller's own keyword dict (never kept): cleaned in place and
+        # serialized once; the fixed head of the line is cached per (level, event, worker).
         global _seq
         if level < _level:
             return
         _seq += 1
+        for key, value in fields.items():
+            if key in _SECRET_FIELDS:
+                fields[key] = MASK
+            elif isinstance(value, str) and ("@" in value or "eyJ" in value
+                                             or "token=" in value or "uthorization" in value):
+                fields[key] = redact_text(value)
+        ts = utc_timestamp_bytes()
+        line: bytes | None = None
+        if not _HEADER_KEYS.isdisjoint(fields):
+            pass  # a field named like a header key replaces it: the general path below
+        elif not fields:
+            line = b'{"ts":"%b%b%d}\n' % (ts, self._head(levelname, event), _seq)
+        else:
+            try:
+                body = orjson.dumps(fields, default=_default, option=_LINE_OPTIONS)
+            except (TypeError, orjson.JSONEncodeError):
+                pass  # the general path says which value could not be encoded
+            else:
+                line = b'{"ts":"%b%b%d,%b' % (ts, self._head(levelname, event), _seq,
+                                              body[1:])
+        if line is None:
+            line = self._record_line(ts.decode(), levelname, event, fields)
+        if _loop_writer is not None:
+            _loop_writer.write(line)
+            return
+        text = line.decode()
+        if _writer is not None:
+            _writer.write(text)
+        else:
+            _emit(text)
+
+    def _head(self, levelname: str, event: str) -> bytes:
+        """The line's bytes between ``ts`` and the value of ``log_seq``."""
+        key = (levelname, event, _worker_id)
+        head = _heads.get(key)
+        if head is None:
+            if len(_heads) >= 1024:  # events are code constants: a bound, never reached
+                _heads.clear()
+            head = _heads[key] = b'","level":%b,"logger":%b,"event":%b,"worker":%d,"log_seq":' % (
+                orjson.dumps(levelname), orjson.dumps(self.name), orjson.dumps(event),
+                _worker_id)
+        return head
+
+    def _record_line(self, ts: str, levelname: str, event: str,
+                     fields: dict[str, Any]) -> bytes:
+        """The line built as one dict (a field named like a header key replaces it in
+        place), or, for a value orjson cannot carry, every field as its ASCII repr."""
         record: dict[str, Any] = {
-            "ts": datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+            "ts": ts,
             "level": levelname,
             "logger": self.name,
             "event": event,
             "worker": _worker_id,
             "log_seq": _seq,
         }
-        for key, value in fields.items():
-            record[key] = _clean(key, value)
+        record.update(fields)
         try:
-            line = orjson.dumps(record, default=_default, option=orjson.OPT_NON_STR_KEYS)
+            return orjson.dumps(record, default=_default, option=_LINE_OPTIONS)
         except (TypeError, orjson.JSONEncodeError) as exc:
             # A value orjson cannot carry (an integer beyond 64 bits, a string with
             # a lone surrogate): the line is still written, with every field as
             # its ASCII repr, and says so.
-            safe = {str(k): v if k in ("ts", "level", "logger", "event", "worker", "log_seq")
-                    else ascii(v) for k, v in record.items()}
+            safe = {str(k): v if k in _HEADER_KEYS else ascii(v) for k, v in record.items()}
             safe["log_encoding_error"] = str(exc)
-            line = orjson.dumps(safe)
-        if _loop_writer is not None:
-            _loop_writer.write(line + b"\n")
-            return
-        text = line.decode() + "\n"
-        if _writer is not None:
-            _writer.write(text)
-        else:
-            _emit(text)
+            return orjson.dumps(safe, option=orjson.OPT_APPEND_NEWLINE)
 
     def lifecycle(self, event: str, **fields: Any) -> None:
         """Write an info line whatever the level: start, listening, signals, stop.

@@ -19,12 +19,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from rtserver.auth import ANONYMOUS, AccessPolicy, Principal, TokenVerifier
 from rtserver.backoff import BackoffPolicy
-from rtserver.bus.base import (
-    Bus,
-    BusHealth,
-    BusUnavailable,
-    InterestSnapshot,
-)
+from rtserver.bus.base import Bus, BusHealth, BusUnavailable, InterestSnapshot
 from rtserver.config import Config, NamespaceConfig
 from rtserver.connection import Connection, ConnState
 from rtserver.context import HandlerContext, NodeStats
@@ -83,7 +78,6 @@ if TYPE_CHECKING:
 __all__ = ["BROADCAST_ROOM", "Node"]
 
 log = get_logger("rtserver.node")
-
 
 
 class Node(HandlerContext):
@@ -363,20 +357,23 @@ class Node(HandlerContext):
         """
         try:
             await coro
-        except StoreUnavailable as exc:
+        except Exception as exc:  # noqa: BLE001 - mapped, answered, logged and counted
+            self._failed(conn, what, exc, msg_id)
+
+    def _failed(self, conn: Connection, what: str, exc: Exception, msg_id: MessageId) -> None:
+        """What :meth:`guarded` does with the failure ``exc`` of ``what``."""
+        if isinstance(exc, StoreUnavailable):
             HANDLER_FAILURES.inc(what, "store")
-            log.error("handler_store_unavailable", what=what, connection_id=conn.id,
-                      error=str(exc))
+            log.error("handler_store_unavailable", what=what, connection_id=conn.id, error=str(exc))
             self.error(conn, ErrorCode.STORE_UNAVAILABLE,
                        f"{what}: the database is unavailable ({exc})",
                        "Required action: retry later with backoff; the server reports the "
                        "outage on /healthz", msg_id)
-        except BusUnavailable as exc:
+        elif isinstance(exc, BusUnavailable):
             HANDLER_FAILURES.inc(what, "bus")
-            log.error("handler_bus_unavailable", what=what, connection_id=conn.id,
-                      error=str(exc))
+            log.error("handler_bus_unavailable", what=what, connection_id=conn.id, error=str(exc))
             self.rooms.bus_error(conn, exc, msg_id)
-        except Exception as exc:  # noqa: BLE001 - reported to the client, logged and counted
+        else:
             HANDLER_FAILURES.inc(what, "bug")
             log.error("handler_failed", connection_id=conn.id, user=conn.user, what=what,
                       error=repr(exc))
@@ -386,9 +383,12 @@ class Node(HandlerContext):
 
     async def run_hooks(self, conn: Connection, what: str,
                         coros: list[Awaitable[None]]) -> None:
-        """Run domain hooks for ``conn``, each through :meth:`guarded`."""
+        """Run domain hooks for ``conn``, each as :meth:`guarded` (inline: no coroutine more)."""
         for coro in coros:
-            await self.guarded(conn, what, coro)
+            try:
+                await coro
+            except Exception as exc:  # noqa: BLE001 - mapped, answered, logged and counted
+                self._failed(conn, what, exc, None)
 
     # ------------------------------------------------------------ rooms
 

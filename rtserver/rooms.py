@@ -150,8 +150,35 @@ class Rooms:
 
     async def join(self, conn: Connection, room: str, rules: NamespaceConfig,
                    msg_id: MessageId = None, since: Since | None = None) -> bool:
-        """Join one room (access already checked): :meth:`join_many` with one target."""
-        return await self.join_many(conn, [(room, rules, since)], msg_id)
+        """Join one room (access already checked): :meth:`join_many` with one target, in
+        the same steps without the many-room bookkeeping when there is no ``since``."""
+        if since is not None:
+            return await self.join_many(conn, [(room, rules, since)], msg_id)
+        sink = conn.sink
+        self.hub.join(conn, room)
+        self._held.setdefault(room, {})[sink] = _Held()
+        try:
+            await self._ensure_interest(room)
+            pos = await self.bus.position(room)
+        except BusUnavailable as exc:
+            self._release(room, sink)
+            if self.hub.leave(conn, room):
+                self._interest.pop(room, None)
+                await self.bus_call(self.bus.remove_interest(room), "remove_interest")
+            self.bus_error(conn, exc, msg_id)
+            return False
+        held = self._release(room, sink)
+        if conn.state is ConnState.CLOSING or conn.state is ConnState.CLOSED:
+            return False  # connection_closed() leaves the room (it is in conn.rooms)
+        self.hub.positions.setdefault(room, (pos.epoch, pos.seq))
+        self.out.reply(conn, Subscribed(room=room, seq=pos.seq, epoch=pos.epoch, id=msg_id))
+        if held.items:
+            fanout = self.out.fanout
+            for epoch, seq, payload in held.items:
+                if epoch != pos.epoch or seq > pos.seq:
+                    fanout.send(sink, payload)
+        await self._joined(conn, room, rules)
+        return True
 
     async def join_many(self, conn: Connection,
                         targets: Sequence[tuple[str, NamespaceConfig, Since | None]],
@@ -255,8 +282,8 @@ class Rooms:
             self._interest.pop(room, None)
             await self.bus_call(self.bus.remove_interest(room), "remove_interest")
         rules = self.policy.namespace(room)[2]
-        member = PresenceMember(user=conn.user or "", connection_id=conn.id)
         if rules.presence:
+            member = PresenceMember(user=conn.user or "", connection_id=conn.id)
             await self.bus_call(self.bus.presence_leave(room, member), "presence_leave")
         if rules.room_events:
             event = RoomEvent(event="member_left", room=room, user=conn.user,

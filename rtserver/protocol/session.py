@@ -11,13 +11,13 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Mapping, Sized
 from collections.abc import Set as AbstractSet
-from datetime import UTC, datetime
 
 import msgspec
 
 from rtserver.admission import user_limit_refusal
 from rtserver.auth import AccessDenied, AccessPolicy, Principal, TokenError, TokenVerifier
 from rtserver.config import LimitsConfig, NamespaceConfig
+from rtserver.jsonlog import utc_timestamp
 from rtserver.protocol.close_codes import CloseCode
 from rtserver.protocol.codec import Codec, DecodeFailure, ErrorCode
 from rtserver.protocol.messages import (
@@ -55,9 +55,9 @@ __all__ = [
 PUBLISH_DECISIONS_KEPT = 16
 
 
-def utc_now() -> str:
-    """ISO-8601 UTC timestamp with milliseconds and a Z suffix."""
-    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+#: ISO-8601 UTC timestamp with milliseconds and a Z suffix (the log lines' ``ts``, formatted
+#: once per millisecond).
+utc_now = utc_timestamp
 
 
 class Reply(msgspec.Struct, frozen=True):
@@ -222,8 +222,10 @@ class Session:
                 ErrorCode.INVALID_FIELD, "subscribe takes either `room` (and `since`) or `rooms`",
                 'Required action: send {"type":"subscribe","room":R} or '
                 '{"type":"subscribe","rooms":[{"room":R,"since":{...}}, ...]}', msg_id, now)
-        many = items is not None
-        wanted = [(room, since)] if items is None else [(i.room, i.since) for i in items]
+        if items is None:
+            assert room is not None
+            return self._subscribe_one(principal, room, since, msg_id, now)
+        wanted = [(i.room, i.since) for i in items]
         out: list[Action] = []
         targets: list[DoSubscribe] = []
         seen: set[str] = set()
@@ -244,22 +246,43 @@ class Session:
                         problem = (ErrorCode.ALREADY_SUBSCRIBED, f"already subscribed to {name!r}",
                                    "Required action: none; do not subscribe twice")
             if problem is not None:
-                out += self.error(*problem, msg_id, now, name if many else None)
+                out += self.error(*problem, msg_id, now, name)
                 if self._closed:
                     return out
                 continue
             targets.append(DoSubscribe(name, rules, msg_id, position))
         if len(self.rooms) + len(targets) > self.limits.max_subscriptions:
-            return out + self.error(
-                ErrorCode.TOO_MANY_SUBSCRIPTIONS,
-                f"{len(targets)} more rooms would pass the limit of "
-                f"{self.limits.max_subscriptions} subscriptions",
-                "Required action: unsubscribe from rooms you no longer need", msg_id, now)
-        if not many:
-            return out + targets
+            return self._too_many_subscriptions(out, len(targets), msg_id, now)
         if targets:
             out.append(DoSubscribeMany(targets, msg_id))
         return out
+
+    def _subscribe_one(self, principal: Principal, room: str, since: Since | None,
+                       msg_id: MessageId, now: float) -> list[Action]:
+        """``subscribe`` of one ``room``: the checks of :meth:`_subscribe` for one target."""
+        try:
+            rules = self.policy.check(principal, "subscribe", room)
+        except AccessDenied as exc:
+            problem = (exc.code, exc.message, exc.action)
+        else:
+            if room not in self.rooms:
+                if len(self.rooms) + 1 > self.limits.max_subscriptions:
+                    return self._too_many_subscriptions([], 1, msg_id, now)
+                return [DoSubscribe(room, rules, msg_id, since)]
+            problem = (ErrorCode.ALREADY_SUBSCRIBED, f"already subscribed to {room!r}",
+                       "Required action: none; do not subscribe twice")
+        out = self.error(*problem, msg_id, now)
+        if self._closed or len(self.rooms) <= self.limits.max_subscriptions:
+            return out
+        return self._too_many_subscriptions(out, 0, msg_id, now)
+
+    def _too_many_subscriptions(self, out: list[Action], more: int, msg_id: MessageId,
+                                now: float) -> list[Action]:
+        return out + self.error(
+            ErrorCode.TOO_MANY_SUBSCRIPTIONS,
+            f"{more} more rooms would pass the limit of "
+            f"{self.limits.max_subscriptions} subscriptions",
+            "Required action: unsubscribe from rooms you no longer need", msg_id, now)
 
     def _take_token(self, now: float) -> bool:
         rate = self.limits.rate_limit_per_second

@@ -156,3 +156,22 @@ def test_hs256_fast_path_accepts_extra_claims() -> None:
                       "iss": "quote-service", "perms": ["quote:read"]}, SECRET, algorithm="HS256")
     p = verifier().verify(tok)
     assert p.user == user and p.permissions == {"quote:read"} and p.grants == ()
+
+
+def test_policy_answers_the_same_for_a_room_seen_before() -> None:
+    """Valid room names are remembered split (bounded); refusals are never remembered."""
+    from rtserver.auth import _VALID_ROOMS_KEPT, AccessDenied, AccessPolicy
+
+    config = load_config(env={}, flags={"jwt_secret": SECRET})
+    policy = AccessPolicy(config.namespaces, config.limits.max_room_name_length)
+    first = policy.namespace("bench:room-1")
+    assert policy.namespace("bench:room-1") == first == ("bench", "room-1", first[2])
+    for bad, code in (("bench:bad key", "invalid_room"), ("nope:x", "unknown_namespace"),
+                      ("bench:" + "x" * config.limits.max_room_name_length, "invalid_room")):
+        for _ in range(2):
+            with pytest.raises(AccessDenied) as info:
+                policy.namespace(bad)
+            assert info.value.code == code
+    for i in range(_VALID_ROOMS_KEPT * 2 + 1):  # past the bound: it starts again
+        assert policy.namespace(f"bench:r-{i}")[1] == f"r-{i}"
+    assert policy.namespace("bench:room-1") == first

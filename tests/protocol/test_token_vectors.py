@@ -101,6 +101,10 @@ VECTORS = [
     Vector("padding_on_header", respell=_pad(0), expect="token_invalid"),
     Vector("padding_on_payload", respell=_pad(1), expect="token_invalid"),
     Vector("unused_bits_in_signature", respell=_unused_bits(2), expect="token_invalid"),
+    Vector("unused_bits_in_header", header={"x": "ab"}, respell=_unused_bits(0),
+           expect="token_invalid"),
+    Vector("unused_bits_in_payload", claims={"x": "a"}, respell=_unused_bits(1),
+           expect="token_invalid"),
     Vector("plus_inserted", respell=_insert(2, "+"), expect="token_invalid"),
     Vector("slash_inserted", respell=_insert(1, "/"), expect="token_invalid"),
     Vector("space_inserted", respell=_insert(0, " "), expect="token_invalid"),
@@ -217,6 +221,110 @@ def test_vector(keys: Keys, v: Vector) -> None:
             verifier.verify(token, now=NOW)
         assert info.value.code == v.expect
         assert info.value.action.startswith("Required action")
+
+
+_MALFORMED = "the token is malformed: "
+_ALPHABET = _MALFORMED + "a segment has a character outside the base64url alphabet (or padding)"
+_UNUSED = _MALFORMED + "a segment is not in canonical base64url (unused bits are set)"
+_LIFETIME = ("the token's lifetime exceeds the accepted maximum of 86400 s "
+             "(auth.max_token_lifetime)")
+_CLAIMS = "the token's claims are invalid: "  # then msgspec's words (they vary by release)
+#: The exact message of every refused vector ({alg}: the verifier's algorithm).
+MESSAGES = {
+    "padding_on_signature": _ALPHABET, "padding_on_header": _ALPHABET,
+    "padding_on_payload": _ALPHABET, "unused_bits_in_signature": _UNUSED,
+    "unused_bits_in_header": _UNUSED, "unused_bits_in_payload": _UNUSED,
+    "plus_inserted": _ALPHABET, "slash_inserted": _ALPHABET, "space_inserted": _ALPHABET,
+    "non_ascii_inserted": _ALPHABET,
+    "four_segments": _MALFORMED + "not three segments",
+    "alg_none": "the token's algorithm 'none' is not accepted (this server accepts only {alg})",
+    "alg_other": "the token's algorithm 'HS512' is not accepted (this server accepts only {alg})",
+    "crit_header": "unsupported critical header ['b64']",
+    "typ_other": "the token's typ 'at+jwt+x' is not JWT",
+    "forged_key": "the token's signature does not verify",
+    "no_sub": _CLAIMS, "no_exp": _CLAIMS, "perms_not_list": _CLAIMS, "exp_string": _CLAIMS,
+    "sub_not_uuid": "the token's sub 'alice' is not a UUID",
+    "expired": "the token has expired",
+    "exp_huge": _LIFETIME, "lifetime_too_long": _LIFETIME,
+    "iat_future": "the token was issued in the future (iat)",
+    "nbf_future": "the token is not valid yet (nbf)",
+    "aud_without_configured_audience": "the token carries an aud claim and this server has no "
+    "audience configured (auth.jwt_audience): it was minted for another service",
+    "aud_wrong": "the token's audience is not 'rtserver'",
+    "aud_missing": "the token's audience is not 'rtserver'",
+    "iss_wrong": "the token's issuer is not 'auth.example'",
+    "iss_missing": "the token's issuer is not 'auth.example'",
+}
+
+
+@pytest.mark.parametrize("v", [v for v in VECTORS if v.expect is not None],
+                         ids=[v.name for v in VECTORS if v.expect is not None])
+def test_refusal_message_is_the_same_every_time(keys: Keys, v: Vector) -> None:
+    """Each refusal has its own message, the same on a repeat (the verifier remembers
+    accepted headers: a repeat must not take another path to another answer)."""
+    token = build(keys, v)
+    verifier = keys.verifier(jwt_audience=v.audience, jwt_issuer=v.issuer)
+    usual = {**({"aud": v.audience} if v.audience else {}),
+             **({"iss": v.issuer} if v.issuer else {})}
+    verifier.verify(build(keys, Vector("valid", claims=usual)), now=NOW)  # header known
+    expected = MESSAGES[v.name].format(alg=keys.alg)
+    for _ in range(2):
+        with pytest.raises(TokenError) as info:
+            verifier.verify(token, now=NOW)
+        assert info.value.code == v.expect
+        if expected.endswith(": "):
+            assert info.value.message.startswith(expected) and len(info.value.message) > len(
+                expected)
+        else:
+            assert info.value.message == expected
+
+
+def test_a_known_header_does_not_skip_the_signature_or_the_claims(keys: Keys) -> None:
+    verifier = keys.verifier()
+    assert verifier.verify(build(keys, Vector("valid")), now=NOW).user == USER
+    for v in (Vector("forged_key", other_key=True), Vector("expired", claims={"exp": NOW - 5}),
+              Vector("sub_not_uuid", claims={"sub": "alice"})):
+        with pytest.raises(TokenError):
+            verifier.verify(build(keys, v), now=NOW)
+    # a refused header stays refused, also after many accepted distinct headers
+    alg_none = build(keys, Vector("alg_none", header={"alg": "none"}))
+    for i in range(200):
+        assert verifier.verify(build(keys, Vector("h", header={"kid": str(i)})),
+                               now=NOW).user == USER
+        if i % 50 == 0:
+            with pytest.raises(TokenError, match="algorithm 'none'"):
+                verifier.verify(alg_none, now=NOW)
+
+
+@pytest.mark.parametrize("sub", [
+    USER.upper(), "{" + USER + "}", USER.replace("-", ""), "urn:uuid:" + USER, USER])
+def test_sub_spellings_of_a_uuid_give_its_canonical_form(sub: str) -> None:
+    keys = _hs256()
+    principal = keys.verifier().verify(build(keys, Vector("sub", claims={"sub": sub})), now=NOW)
+    assert principal.user == USER
+
+
+@pytest.mark.parametrize("sub", [7, "", USER[:-1], USER + "0", "g" + USER[1:]])
+def test_sub_that_is_not_a_uuid_is_refused(sub: object) -> None:
+    keys = _hs256()
+    with pytest.raises(TokenError, match="is not a UUID") as info:
+        keys.verifier().verify(build(keys, Vector("sub", claims={"sub": sub})), now=NOW)
+    assert info.value.code == "token_invalid"
+
+
+@pytest.mark.parametrize("length", [1, 31, 32, 63, 64, 65, 130])
+def test_hs256_matches_hmac_for_every_secret_length(length: int) -> None:
+    """The prepared inner and outer states give RFC 2104 HMAC-SHA256 whatever the length
+    (a secret over the 64-byte block is hashed first)."""
+    secret = ("k" * length)[:length]
+    from rtserver.auth import _Hs256
+
+    for data in (b"", b"a.b", b"x" * 1000):
+        mac = _hmac_sha256(data, secret.encode())
+        assert _Hs256([secret]).verify(data, mac)
+        assert _Hs256(["another-secret", secret]).verify(data, mac)
+        assert not _Hs256([secret]).verify(data, mac[:-1] + bytes([mac[-1] ^ 1]))
+        assert not _Hs256([secret + "x"]).verify(data, mac)
 
 
 def test_previous_secret_accepted_during_rotation() -> None:
