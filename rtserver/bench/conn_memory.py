@@ -42,6 +42,9 @@ CATEGORIES: tuple[tuple[str, str], ...] = (
     ("websockets/http11.py", "websockets handshake request/response"),
     ("websockets/datastructures.py", "websockets headers"),
     ("websockets/", "websockets (other)"),
+    # Allocated with no Python frame of its own while the loop runs: uvloop's C code
+    # (the transport and its handles of each connection).
+    ("asyncio/runners.py", "uvloop transport (C, under the loop's run)"),
     ("asyncio/", "asyncio (tasks, futures, timeouts)"),
     ("uvloop", "uvloop"),
     ("logging/", "logging adapters"),
