@@ -245,7 +245,7 @@ class WsConnection(asyncio.Protocol):
     whole), :meth:`send_data`, ``remote_address`` and :meth:`close`.
     """
 
-    __slots__ = ("_close_timer", "_frag", "_lost", "_open_timer", "last_pong", "lost",
+    __slots__ = ("_close_timer", "_frag", "_frag_text", "_lost", "_open_timer", "last_pong", "lost",
                  "opened", "protocol", "request_pending", "server", "transport")
 
     #: Never a fragmented send in progress (checked by the fan-out core).
@@ -265,7 +265,9 @@ class WsConnection(asyncio.Protocol):
         self.opened = False
         #: The TCP connection has ended (``connection_lost`` ran).
         self.lost = False
+        #: The fragments of a message being received, and whether it is text.
         self._frag: list[bytes] | None = None
+        self._frag_text = False
         self._lost: asyncio.Future[None] | None = None
         self._open_timer: asyncio.TimerHandle | None = None
         self._close_timer: asyncio.TimerHandle | None = None
@@ -422,39 +424,36 @@ class WsConnection(asyncio.Protocol):
         opcode = frame.opcode
         if opcode is _TEXT or opcode is _BINARY:
             if frame.fin:
-                data = frame.data
-                if opcode is _TEXT:
-                    try:
-                        self.on_message(bytes(data).decode())
-                    except UnicodeDecodeError:
-                        self._invalid_utf8()
-                    return
-                self.on_message(bytes(data))
+                self._deliver(bytes(frame.data), opcode is _TEXT)
                 return
-            self._frag = [bytes(frame.data), b"\x01" if opcode is _TEXT else b"\x02"]
+            # The first fragment of a message (websockets bounds the whole message
+            # by max_size and refuses interleaved data frames).
+            self._frag = [bytes(frame.data)]
+            self._frag_text = opcode is _TEXT
             return
         if opcode is _CONT:
             frag = self._frag
             if frag is None:
                 return  # the protocol refuses a stray continuation before it gets here
-            kind = frag.pop()
             frag.append(bytes(frame.data))
-            if not frame.fin:
-                frag.append(kind)
-                return
-            self._frag = None
-            whole = b"".join(frag)
-            if kind == b"\x01":
-                try:
-                    self.on_message(whole.decode())
-                except UnicodeDecodeError:
-                    self._invalid_utf8()
-                return
-            self.on_message(whole)
+            if frame.fin:
+                self._frag = None
+                self._deliver(b"".join(frag), self._frag_text)
             return
         if opcode is _PONG:
             self.on_pong(bytes(frame.data))
         # PING is answered and CLOSE handled by the protocol itself.
+
+    def _deliver(self, data: bytes, text: bool) -> None:
+        if not text:
+            self.on_message(data)
+            return
+        try:
+            message = data.decode()
+        except UnicodeDecodeError:
+            self._invalid_utf8()
+            return
+        self.on_message(message)
 
     def on_pong(self, data: bytes) -> None:
         """A pong arrived (recorded in ``last_pong``)."""

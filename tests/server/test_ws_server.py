@@ -83,6 +83,32 @@ async def test_invalid_utf8_text_closes_1007(server: RtServer, connect_client: o
     assert INVALID_UTF8.get() == before + 1
 
 
+async def test_character_split_across_fragments_is_assembled(
+        server: RtServer, connect_client: object) -> None:
+    client: Client = await connect_client(token())  # type: ignore[operator]
+    euro = "€".encode()
+    first = Frame(Opcode.TEXT, b'{"type":"ping","id":"' + euro[:1], fin=False)
+    last = Frame(Opcode.CONT, euro[1:] + b'"}')
+    client.ws.transport.write(first.serialize(mask=True, extensions=[])
+                              + last.serialize(mask=True, extensions=[]))
+    assert (await client.recv_type("pong"))["id"] == "€"
+
+
+async def test_invalid_utf8_across_fragments_closes_1007(
+        server: RtServer, connect_client: object) -> None:
+    """Each fragment alone may be valid; the assembled message is what is checked."""
+    client: Client = await connect_client(token())  # type: ignore[operator]
+    euro = "€".encode()  # three bytes: split after the first one, then a bad byte
+    first = Frame(Opcode.TEXT, b'{"type":"ping","id":"' + euro[:1], fin=False)
+    last = Frame(Opcode.CONT, b"\xff" + euro[1:] + b'"}')
+    client.ws.transport.write(first.serialize(mask=True, extensions=[])
+                              + last.serialize(mask=True, extensions=[]))
+    with pytest.raises(ConnectionClosed):
+        while True:
+            await client.ws.recv()
+    assert client.ws.close_code == 1007
+
+
 async def test_handshake_not_sent_in_time_is_dropped(make_server: ServerFactory) -> None:
     server = await make_server(make_config(server={"open_timeout": 0.2}))
     before = HANDSHAKE_TIMEOUTS.get()
