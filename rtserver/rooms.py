@@ -161,10 +161,7 @@ class Rooms:
             await self._ensure_interest(room)
             pos = await self.bus.position(room)
         except BusUnavailable as exc:
-            self._release(room, sink)
-            if self.hub.leave(conn, room):
-                self._interest.pop(room, None)
-                await self.bus_call(self.bus.remove_interest(room), "remove_interest")
+            await self._undo_join(conn, [room], sink)
             self.bus_error(conn, exc, msg_id)
             return False
         held = self._release(room, sink)
@@ -179,6 +176,15 @@ class Rooms:
                     fanout.send(sink, payload)
         await self._joined(conn, room, rules)
         return True
+
+    async def _undo_join(self, conn: Connection, rooms: Sequence[str], sink: Any) -> None:
+        """A join the bus could not complete: the held publications go, and a room this
+        connection was the last local member of gives its bus interest back."""
+        for room in rooms:
+            self._release(room, sink)
+            if self.hub.leave(conn, room):
+                self._interest.pop(room, None)
+                await self.bus_call(self.bus.remove_interest(room), "remove_interest")
 
     async def join_many(self, conn: Connection,
                         targets: Sequence[tuple[str, NamespaceConfig, Since | None]],
@@ -207,11 +213,7 @@ class Rooms:
             recoveries = await self.bus.recover_many(recover) if recover else []
             positions: list[StreamPosition] = await _all([self.bus.position(r) for r in plain])
         except BusUnavailable as exc:
-            for room in rooms:
-                self._release(room, sink)
-                if self.hub.leave(conn, room):
-                    self._interest.pop(room, None)
-                    await self.bus_call(self.bus.remove_interest(room), "remove_interest")
+            await self._undo_join(conn, rooms, sink)
             self.bus_error(conn, exc, msg_id)
             return False
         if conn.state in (ConnState.CLOSING, ConnState.CLOSED):

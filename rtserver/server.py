@@ -416,7 +416,15 @@ class RtServer:
                       "longer to close")
             for ws in list(self.server.connections):
                 ws.transport.abort()
-            await self._drained()
+            try:
+                # The aborted connections end at once; their handling (each one's
+                # connection_closed) gets server.close_timeout more.
+                await asyncio.wait_for(self._drained(), self.config.server.close_timeout)
+            except TimeoutError:
+                log.error("drain_tasks_timeout", tasks_left=len(self.connection_tasks),
+                          timeout=self.config.server.close_timeout,
+                          action="Required action: report it; a connection's handling did "
+                          "not finish (the bus or the database hung)")
         await self.cluster_feed.close()
         await self.node.stop_domains()
         await self.node.close()
