@@ -245,8 +245,9 @@ class WsConnection(asyncio.Protocol):
     whole), :meth:`send_data`, ``remote_address`` and :meth:`close`.
     """
 
-    __slots__ = ("_close_timer", "_frag", "_frag_text", "_lost", "_open_timer", "last_pong", "lost",
-                 "opened", "protocol", "request_pending", "server", "transport")
+    __slots__ = ("_close_timer", "_frag", "_frag_text", "_lost_waiter", "_open_timer",
+                 "last_pong", "lost", "opened", "protocol", "request_pending", "server",
+                 "transport")
 
     #: Never a fragmented send in progress (checked by the fan-out core).
     send_in_progress: ClassVar[None] = None
@@ -268,7 +269,7 @@ class WsConnection(asyncio.Protocol):
         #: The fragments of a message being received, and whether it is text.
         self._frag: list[bytes] | None = None
         self._frag_text = False
-        self._lost: asyncio.Future[None] | None = None
+        self._lost_waiter: asyncio.Future[None] | None = None
         self._open_timer: asyncio.TimerHandle | None = None
         self._close_timer: asyncio.TimerHandle | None = None
 
@@ -340,8 +341,8 @@ class WsConnection(asyncio.Protocol):
                 self.on_close()
         finally:
             self.server.forget(self)
-            if self._lost is not None and not self._lost.done():
-                self._lost.set_result(None)
+            if self._lost_waiter is not None and not self._lost_waiter.done():
+                self._lost_waiter.set_result(None)
 
     # ------------------------------------------------------------ handshake
 
@@ -502,9 +503,9 @@ class WsConnection(asyncio.Protocol):
         """Until the TCP connection has ended."""
         if self.lost:
             return
-        if self._lost is None:
-            self._lost = asyncio.get_running_loop().create_future()
-        await asyncio.shield(self._lost)
+        if self._lost_waiter is None:
+            self._lost_waiter = asyncio.get_running_loop().create_future()
+        await asyncio.shield(self._lost_waiter)
 
     def _arm_close_timer(self) -> None:
         if self._close_timer is None and self.transport is not None:
