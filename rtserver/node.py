@@ -250,7 +250,7 @@ class Node(HandlerContext):
         self.hub.set_state(conn, ConnState.CLOSING, reason, code)
         ERRORS.inc(f"close_{code}")
         self.fanout.flush()
-        self.tasks.run(conn.ws.close(code, reason), f"close-{conn.id}")
+        conn.ws.start_close(code, reason)
 
     def slow_consumer(self, sink: Any, buffered: int) -> None:
         """Close the connection of ``sink`` with 1013: it cannot keep up (logged, counted)."""
@@ -263,8 +263,7 @@ class Node(HandlerContext):
         code = CloseCode.TRY_AGAIN_LATER
         self.hub.set_state(conn, ConnState.CLOSING, "slow consumer", code)
         ERRORS.inc(f"close_{code}")
-        self.tasks.run(conn.ws.close(code, "slow consumer: outbound buffer over limit"),
-                       f"close-{conn.id}")
+        conn.ws.start_close(code, "slow consumer: outbound buffer over limit")
 
     # ------------------------------------------------------------ inbound
 

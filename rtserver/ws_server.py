@@ -51,7 +51,7 @@ from websockets.extensions.base import ServerExtensionFactory
 from websockets.extensions.permessage_deflate import enable_server_permessage_deflate
 from websockets.frames import Frame, Opcode
 from websockets.http11 import Request, Response
-from websockets.protocol import CONNECTING, OPEN, State
+from websockets.protocol import CONNECTING, OPEN
 from websockets.server import ServerProtocol
 
 from rtserver import jsonlog
@@ -305,16 +305,11 @@ class WsConnection(asyncio.Protocol):
         protocol.receive_data(data)
         events = protocol.events_received()
         self.send_data()
-        if events:
-            if protocol.state is CONNECTING or self.request_pending:
-                for event in events:
-                    if isinstance(event, Request):
-                        self._on_request_event(event)
-                    else:
-                        self._on_frame(event)
+        for event in events:
+            if isinstance(event, Request):
+                self._on_request_event(event)
             else:
-                for event in events:
-                    self._on_frame(event)
+                self._on_frame(event)
         if protocol.close_expected():
             self._arm_close_timer()
 
@@ -522,18 +517,7 @@ class WsConnection(asyncio.Protocol):
     # ------------------------------------------------------------ properties
 
     @property
-    def state(self) -> State:
-        """The protocol state (CONNECTING, OPEN, CLOSING, CLOSED)."""
-        return self.protocol.state
-
-    @property
     def remote_address(self) -> Any:
         """The TCP peer ``(host, port)`` (None once the transport is gone)."""
         transport = self.transport
         return transport.get_extra_info("peername") if transport is not None else None
-
-    @property
-    def local_address(self) -> Any:
-        """The local end ``(host, port)``."""
-        transport = self.transport
-        return transport.get_extra_info("sockname") if transport is not None else None

@@ -123,7 +123,7 @@ class FakeWs:
         self.send_in_progress = None
         self.closed_with: tuple[int, str] | None = None
 
-    async def close(self, code: int = 1000, reason: str = "") -> None:
+    def start_close(self, code: int = 1000, reason: str = "") -> None:
         self.closed_with = (code, reason)
 
 
