@@ -136,6 +136,11 @@ def evaluate_checks(s: dict[str, Any], th: Thresholds, enabled: bool) -> list[Ch
                      + (f": {reasons}" if reasons else "")))
     pe = s.get("publish_errors") or {}
     out.append(Check(t, "publish_errors", not pe, f"{pe or 0} (must be none)"))
+    if "acks_complete" in s:
+        sent, acked = s.get("published", 0), s.get("acked", 0)
+        out.append(Check(t, "acks", bool(s["acks_complete"]) and acked == sent,
+                         f"{acked} of {sent} publishes acknowledged within --ack-timeout "
+                         "(must be all)"))
     se = s.get("server_error_frames") or {}
     if se:
         out.append(Check(t, "server_error_frames", False, f"{se} on subscribed connections"))

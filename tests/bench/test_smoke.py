@@ -107,6 +107,23 @@ def test_injected_fault_is_detected_and_fails_the_run(
 
 
 @pytest.mark.timeout(90)
+def test_unacknowledged_publishes_fail_the_run(tmp_path: Path) -> None:
+    # every 5th publish is delivered but never acknowledged: nothing is lost at the
+    # receivers, and the run still fails (a publisher was not answered)
+    code, out, summary = run_bench(
+        tmp_path, "broadcast", "--peer", "naive", "--inject-peer-fault", "no-ack-every=5",
+        *SMALL,
+    )
+    assert code == 1, out
+    report = json.loads(Path(summary["report"]).read_text())["targets"][0]
+    assert report["published"] == 20
+    assert report["acked"] == 16
+    assert summary["targets"]["naive"]["lost"] == 0
+    failed = [c for c in summary["failed_checks"] if c["check"] == "acks"]
+    assert failed and failed[0]["detail"].startswith("16 of 20 publishes acknowledged"), failed
+
+
+@pytest.mark.timeout(90)
 def test_check_fails_with_an_impossibly_low_threshold(tmp_path: Path) -> None:
     code, out, summary = run_bench(
         tmp_path,

@@ -19,9 +19,12 @@ Fan-out modes:
 
 Fault injection (test-only; intentionally absent from ``docs/bench.md`` and from
 ``--help``): ``--inject drop-every=N`` silently skips every N-th delivery and
-``--inject duplicate-every=N`` sends every N-th delivery twice, in ``naive`` mode only.
+``--inject duplicate-every=N`` sends every N-th delivery twice and
+``--inject no-ack-every=N`` leaves every N-th publish unacknowledged (still delivered),
+in ``naive`` mode only.
 The harness's smoke tests use it (through the harness's equally hidden
-``--inject-peer-fault`` option) to prove that loss and duplicates are detected.
+``--inject-peer-fault`` option) to prove that loss, duplicates and unanswered
+publishes are detected.
 
 Run: ``python -m rtserver.bench.peers.pyserver --mode naive --port 0``; the listening port is
 printed on stderr as a JSON line ``{"event": "listening", "port": N, ...}``.
@@ -64,34 +67,43 @@ class Injector:
 
     drop_every: int = 0
     duplicate_every: int = 0
+    no_ack_every: int = 0
     count: int = 0
+    publishes: int = 0
 
     @classmethod
     def parse(cls, specs: Iterable[str]) -> Injector:
-        """Parse ``drop-every=N`` / ``duplicate-every=N`` specs."""
+        """Parse ``drop-every=N`` / ``duplicate-every=N`` / ``no-ack-every=N`` specs."""
         inj = cls()
         for spec in specs:
             name, sep, value = spec.partition("=")
             if not sep or not value.isdigit() or int(value) < 1:
                 raise SystemExit(
-                    f"invalid --inject {spec!r}. Required action: use drop-every=N or "
-                    "duplicate-every=N with N >= 1"
+                    f"invalid --inject {spec!r}. Required action: use drop-every=N, "
+                    "duplicate-every=N or no-ack-every=N with N >= 1"
                 )
             if name == "drop-every":
                 inj.drop_every = int(value)
             elif name == "duplicate-every":
                 inj.duplicate_every = int(value)
+            elif name == "no-ack-every":
+                inj.no_ack_every = int(value)
             else:
                 raise SystemExit(
-                    f"unknown --inject fault {name!r}. Required action: use drop-every or "
-                    "duplicate-every"
+                    f"unknown --inject fault {name!r}. Required action: use drop-every, "
+                    "duplicate-every or no-ack-every"
                 )
         return inj
 
     @property
     def active(self) -> bool:
         """True when any fault is configured."""
-        return bool(self.drop_every or self.duplicate_every)
+        return bool(self.drop_every or self.duplicate_every or self.no_ack_every)
+
+    def ack(self) -> bool:
+        """Whether to acknowledge the next publish."""
+        self.publishes += 1
+        return not (self.no_ack_every and self.publishes % self.no_ack_every == 0)
 
     def copies(self) -> int:
         """How many times to send the next delivery (0 = drop, 2 = duplicate)."""
@@ -267,9 +279,9 @@ class PeerServer:
                 + str(seq).encode()
                 + b"}"
             ).decode()
-            await ws.send(
-                orjson.dumps({"type": "ack", "room": room_name, "seq": seq, "id": mid}).decode()
-            )
+            if self.mode != "naive" or self.injector.ack():
+                await ws.send(orjson.dumps(
+                    {"type": "ack", "room": room_name, "seq": seq, "id": mid}).decode())
             members = list(room.members)
             if self.mode == "broadcast":
                 broadcast(members, frame)
