@@ -177,6 +177,14 @@ def build_parser() -> argparse.ArgumentParser:
         "the ephemeral port range)",
     )
     g.add_argument(
+        "--recv-batch-ms",
+        type=float,
+        default=2.0,
+        help="open-loop scenarios: a receiver generator reads its sockets at most once per "
+        "this many ms (0: on every wakeup); latency is the kernel's receive timestamp, so "
+        "only the generators' wakeups change (docs/bench.md)",
+    )
+    g.add_argument(
         "--gen-cpu-warn",
         type=float,
         default=90.0,

@@ -58,6 +58,9 @@ class RunConfig:
     max_messages: int = 10_000_000
     #: Seconds between plain progress lines when stderr is not a terminal.
     progress_interval: float = PLAIN_INTERVAL
+    #: Open-loop receivers read their sockets at most once per this many ms (0: on every
+    #: wakeup); see Generator._pace.
+    recv_batch_ms: float = 0.0
 
 
 @dataclass
@@ -320,6 +323,7 @@ async def _run_started(
                     if cfg.scenario != "connect-storm"
                     else max(1, len(spec)),
                     "connect_timeout": cfg.connect_timeout,
+                    "recv_batch_ms": cfg.recv_batch_ms if lay.open_loop and i < n_recv else 0.0,
                     "source": plan.sources[i],
                     "rooms": [[r, lay.rooms[r]] for r in room_ids],
                     "conns": [[r, u, p] for r, u, p in spec],

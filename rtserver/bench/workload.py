@@ -18,6 +18,8 @@ DEFAULTS: dict[str, dict[str, float]] = {
     "connect-storm": {"connections": 10000, "rate": 0, "duration": 0, "room_size": 10},
 }
 MAX_DURATION = 600.0
+#: The longest read batching of a receiver generator (--recv-batch-ms).
+MAX_RECV_BATCH_MS = 50.0
 MAX_RATE = 200000.0
 
 
@@ -39,6 +41,11 @@ def run_config(args: argparse.Namespace, scenario: str) -> RunConfig:
     if args.progress_interval <= 0:
         raise ValueError(
             f"--progress-interval {args.progress_interval} must be > 0. Required action: fix it"
+        )
+    if not 0 <= args.recv_batch_ms <= MAX_RECV_BATCH_MS:
+        raise ValueError(
+            f"--recv-batch-ms {args.recv_batch_ms} outside 0..{MAX_RECV_BATCH_MS}. "
+            "Required action: fix it"
         )
     if duration > MAX_DURATION or duration < 0:
         raise ValueError(
@@ -70,6 +77,7 @@ def run_config(args: argparse.Namespace, scenario: str) -> RunConfig:
         progress_interval=args.progress_interval,
         max_messages=args.max_messages,
         gen_cpu_warn=args.gen_cpu_warn,
+        recv_batch_ms=args.recv_batch_ms,
     )
 
 
