@@ -6,7 +6,15 @@ error codes, close codes folded by :func:`rtserver.protocol.close_codes.close_la
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
 from rtserver.metrics import REGISTRY, Counter
+
+if TYPE_CHECKING:
+    from rtserver.bus.base import BusHealth
+    from rtserver.hub import Hub
 
 __all__ = [
     "ALERTS",
@@ -20,6 +28,7 @@ __all__ = [
     "RECOVERIES",
     "SLOW_CONSUMERS",
     "STREAM_GAPS",
+    "register_node_gauges",
     "total",
 ]
 
@@ -50,3 +59,27 @@ STREAM_GAPS = REGISTRY.counter(
 def total(counter: Counter) -> float:
     """Sum of every series of ``counter``."""
     return sum(counter.values.values())
+
+
+def register_node_gauges(hub: Hub, fanout: Callable[[], Any], bus_health: Callable[[], BusHealth],
+                         started_at: float) -> None:
+    """The gauges of one worker's node, read at scrape time: connections by state, rooms,
+    subscriptions, the fan-out core's counters (``fanout()``: None before it started),
+    the bus's health and the uptime."""
+    REGISTRY.gauge("rtserver_connections", "Connections by state", ("state",),
+                   collect=lambda: {(s.value,): float(n) for s, n in hub.state_counts.items()})
+    REGISTRY.gauge("rtserver_rooms", "Rooms with local members",
+                   collect=lambda: {(): float(len(hub.rooms))})
+    REGISTRY.gauge("rtserver_subscriptions", "Local subscriptions (connection x room)",
+                   collect=lambda: {(): float(hub.subscription_count())})
+
+    def fanout_counters() -> dict[tuple[str, ...], float]:
+        core = fanout()
+        return {(k,): float(v) for k, v in (core.stats().items() if core is not None else ())}
+
+    REGISTRY.gauge("rtserver_fanout", "Fan-out core counters", ("counter",),
+                   collect=fanout_counters)
+    REGISTRY.gauge("rtserver_bus_up", "1 when the bus is healthy",
+                   collect=lambda: {(): 1.0 if bus_health().ok else 0.0})
+    REGISTRY.gauge("rtserver_uptime_seconds", "Seconds since this worker started",
+                   collect=lambda: {(): time.time() - started_at})

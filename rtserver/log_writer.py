@@ -49,6 +49,7 @@ from asyncio.events import _get_running_loop
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from threading import get_ident as _get_ident
 
 from rtserver.metrics import REGISTRY
 
@@ -191,7 +192,11 @@ class LoopWriter:
 
     def write(self, data: bytes) -> None:
         """Queue ``data`` (whole lines) in the loop, or write it now outside the loop."""
-        loop = _get_running_loop()
+        loop = self._loop
+        # The bound loop running in this thread is the running loop; asked this way the
+        # common case makes no getpid() call (asyncio's _get_running_loop makes one).
+        if loop is None or self._thread != _get_ident() or not loop.is_running():
+            loop = _get_running_loop()
         if loop is not None and loop is self._loop:
             self._lines.append(data)
             self.buffered += len(data)

@@ -32,6 +32,7 @@ from rtserver.core_metrics import (
     MESSAGES_OUT,
     PUBLICATIONS,
     SLOW_CONSUMERS,
+    register_node_gauges,
     total,
 )
 from rtserver.heartbeat import HeartbeatSweep
@@ -123,7 +124,8 @@ class Node(HandlerContext):
             self.close_connection, lambda n: MESSAGES_OUT.inc("heartbeat", amount=n))
         self.rooms = Rooms(config, self.hub, bus, self.codec, self.policy, self.router, self)
         self.heartbeat.on_step = self.rooms.drop_stale_excludes
-        self._register_metrics()
+        register_node_gauges(self.hub, lambda: self.fanout, lambda: self.bus.health(),
+                             self.started_at)
 
     @property
     def store(self) -> Store | None:
@@ -191,8 +193,9 @@ class Node(HandlerContext):
     # ------------------------------------------------------------ connections
 
     def open_connection(self, ws: Any, connection_id: str, remote: str,
-                        user_agent: str | None) -> Connection:
-        """Register a new websockets connection and send the welcome frame."""
+                        user_agent: str | None, *, welcome: bool = True) -> Connection:
+        """Register a new websockets connection and send the welcome frame (the caller
+        sends :meth:`welcome_frame` itself when ``welcome`` is False)."""
         now = time.monotonic()
         rooms: set[str] = set()
         session = Session(connection_id, self.codec, self.verifier, self.policy,
@@ -206,9 +209,23 @@ class Node(HandlerContext):
             self.recorder.record_connect(connection_id, user_id=None, admin_user_id=None,
                                          ip_address=remote_addr[0] if remote_addr else None,
                                          user_agent=user_agent)
-        self.reply(conn, ConnectionWelcome(status="connected", connection_id=connection_id,
-                                           worker=self.worker_id, server_time=utc_now()))
+        if welcome:
+            self.reply(conn, self._welcome(conn))
         return conn
+
+    def _welcome(self, conn: Connection) -> ConnectionWelcome:
+        return ConnectionWelcome(status="connected", connection_id=conn.id,
+                                 worker=self.worker_id, server_time=utc_now())
+
+    def welcome_frame(self, conn: Connection) -> bytes | None:
+        """The welcome frame, framed to go out with the 101 response in one write (None:
+        queued through the fan-out core instead, for a compressed connection)."""
+        message = self._welcome(conn)
+        if conn.sink.compressed:
+            self.reply(conn, message)
+            return None
+        MESSAGES_OUT.inc(message_tag(message))
+        return bytes(self.fanout_module.frame_text(self.codec.encode(message)))
 
     def connection(self, connection_id: str) -> Connection | None:
         """The local connection with that id, if it is on this worker."""
@@ -552,22 +569,6 @@ class Node(HandlerContext):
             "bus": {"kind": bus.kind, "ok": bus.ok, "reason": bus.reason},
             "fanout": self.fanout_module.__name__,
         }
-
-    def _register_metrics(self) -> None:
-        hub = self.hub
-        REGISTRY.gauge("rtserver_connections", "Connections by state", ("state",),
-                       collect=lambda: {(s.value,): float(n) for s, n in hub.state_counts.items()})
-        REGISTRY.gauge("rtserver_rooms", "Rooms with local members",
-                       collect=lambda: {(): float(len(hub.rooms))})
-        REGISTRY.gauge("rtserver_subscriptions", "Local subscriptions (connection x room)",
-                       collect=lambda: {(): float(hub.subscription_count())})
-        REGISTRY.gauge("rtserver_fanout", "Fan-out core counters", ("counter",),
-                       collect=lambda: {(k,): float(v) for k, v in (
-                           self.fanout.stats().items() if self.fanout is not None else ())})
-        REGISTRY.gauge("rtserver_bus_up", "1 when the bus is healthy",
-                       collect=lambda: {(): 1.0 if self.bus.health().ok else 0.0})
-        REGISTRY.gauge("rtserver_uptime_seconds", "Seconds since this worker started",
-                       collect=lambda: {(): time.time() - self.started_at})
 
     # ------------------------------------------------------------ context: metrics, stats
 

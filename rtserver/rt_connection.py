@@ -152,18 +152,21 @@ class RtConnection(WsConnection):
         """Admission for the WebSocket path, the HTTP endpoints for any other."""
         return self.rt.process_request(self, request)
 
-    def on_open(self, request: Request) -> None:
+    def on_open(self, request: Request) -> bytes | None:
         """Register with the node; authenticate with the URL token, anonymously, or wait
-        ``auth.auth_timeout`` for an auth message."""
+        ``auth.auth_timeout`` for an auth message. The welcome frame goes out with the
+        101 response."""
         rt = self.rt
         node = rt.node
-        self.conn = open_connection(node, self, request)
+        self.conn = conn = open_connection(node, self, request, welcome=False)
+        first: bytes | None = node.welcome_frame(conn)
         tok = url_token(request)
         if tok is not None or rt.config.auth.allow_anonymous:
             rt.auth_turns.submit(self, tok)
         else:
-            self.auth_timer = asyncio.get_running_loop().call_later(
+            self.auth_timer = self.server.loop.call_later(
                 rt.config.auth.auth_timeout, self._auth_expired)
+        return first
 
     def authenticate(self, tok: str | None) -> None:
         """This connection's turn (AuthTurns): the URL token, or anonymous."""
@@ -196,7 +199,7 @@ class RtConnection(WsConnection):
     # ------------------------------------------------------------ frame handling
 
     def _start(self, first: Coroutine[Any, Any, None] | None) -> None:
-        task = asyncio.get_running_loop().create_task(self._run(first))
+        task = self.server.loop.create_task(self._run(first))
         self.busy = task
         self.rt.connection_tasks.add(task)
         task.add_done_callback(self.rt.connection_tasks.discard)

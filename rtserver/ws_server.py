@@ -18,7 +18,8 @@ The application subclasses :class:`WsConnection` and implements its hooks:
 
 - :meth:`WsConnection.on_request` for the opening handshake (the HTTP
   request: admit, refuse, or answer plain HTTP);
-- :meth:`WsConnection.on_open` once the ``101`` response is written;
+- :meth:`WsConnection.on_open` once the upgrade is accepted (the first frame it
+  returns, the welcome, goes out with the ``101`` response in one write);
 - :meth:`WsConnection.on_message` for every complete text (``str``) or binary
   (``bytes``) message, in order;
 - :meth:`WsConnection.on_close` once the TCP connection has ended (every way a
@@ -176,6 +177,9 @@ class WsServer:
         #: Every connection from ``connection_made`` to ``connection_lost``.
         self.connections: set[WsConnection] = set()
         self.server: asyncio.Server | None = None
+        #: The event loop it listens on (set by :meth:`listen`); its connections use it
+        #: directly (``asyncio.get_running_loop()`` makes a getpid() call each time).
+        self.loop: Any = None
         self._serving = False
         self._all_closed: asyncio.Future[None] | None = None
 
@@ -183,7 +187,7 @@ class WsServer:
                      sock: socket.socket | None = None, backlog: int,
                      ssl_options: dict[str, Any] | None = None) -> None:
         """Bind (or take ``sock``) and start accepting."""
-        loop = asyncio.get_running_loop()
+        loop = self.loop = asyncio.get_running_loop()
         factory = self._factory
         opts: dict[str, Any] = dict(ssl_options or {})
         if sock is not None:
@@ -245,7 +249,7 @@ class WsConnection(asyncio.Protocol):
     whole), :meth:`send_data`, ``remote_address`` and :meth:`close`.
     """
 
-    __slots__ = ("_close_timer", "_frag", "_frag_text", "_lost_waiter", "_open_timer",
+    __slots__ = ("_close_timer", "_frag", "_frag_text", "_head", "_lost_waiter", "_open_timer",
                  "last_pong", "lost", "opened", "protocol", "request_pending", "server",
                  "transport")
 
@@ -269,6 +273,8 @@ class WsConnection(asyncio.Protocol):
         #: The fragments of a message being received, and whether it is text.
         self._frag: list[bytes] | None = None
         self._frag_text = False
+        #: The 101 response while ``on_open`` runs (written with its first frame).
+        self._head: list[bytes] | None = None
         self._lost_waiter: asyncio.Future[None] | None = None
         self._open_timer: asyncio.TimerHandle | None = None
         self._close_timer: asyncio.TimerHandle | None = None
@@ -280,9 +286,12 @@ class WsConnection(asyncio.Protocol):
         (and ends the connection), an awaitable is awaited for one of those."""
         return None
 
-    def on_open(self, request: Request) -> None:
-        """The upgrade was accepted and the 101 response written (``request``: the
-        handshake's, emptied of its headers once this returns)."""
+    def on_open(self, request: Request) -> bytes | None:
+        """The upgrade was accepted (``request``: the handshake's, emptied of its headers
+        once this returns). Returns a first frame (framed, unmasked) to write with the
+        101 response in one write, or None; the 101 goes out before anything written
+        meanwhile (:meth:`send_data`)."""
+        return None
 
     def on_message(self, data: str | bytes) -> None:
         """One complete message (``str`` for text, ``bytes`` for binary)."""
@@ -296,7 +305,7 @@ class WsConnection(asyncio.Protocol):
         """Register with the server and bound the opening handshake."""
         self.transport = transport
         self.server.connections.add(self)
-        self._open_timer = asyncio.get_running_loop().call_later(
+        self._open_timer = self.server.loop.call_later(
             self.server.settings.open_timeout, self._open_expired)
 
     def data_received(self, data: bytes) -> None:
@@ -349,7 +358,7 @@ class WsConnection(asyncio.Protocol):
             self._request_failed(exc)
             return
         if isinstance(answer, Awaitable):
-            asyncio.get_running_loop().create_task(self._await_answer(request, answer))
+            self.server.loop.create_task(self._await_answer(request, answer))
             return
         self._respond(request, answer)
 
@@ -386,25 +395,35 @@ class WsConnection(asyncio.Protocol):
             if settings.server_header is not None:
                 response.headers["Server"] = settings.server_header
         protocol.send_response(response)
-        self.send_data()
         if self._open_timer is not None:
             self._open_timer.cancel()
             self._open_timer = None
-        if protocol.state is OPEN:
-            assert request is not None
-            self.opened = True
-            try:
-                self.on_open(request)
-            except Exception as exc:  # noqa: BLE001 - a server bug: logged, closed 1011
-                log.error("connection_open_failed", error=repr(exc),
-                          traceback=traceback.format_exc())
-                self.start_close(1011, "internal error")
-            finally:
-                # Kept by the parser's generator frame for the connection's life: empty it.
-                request.headers = _NO_HEADERS
-                request.path = "/"
-        elif protocol.close_expected():
-            self._arm_close_timer()
+        if protocol.state is not OPEN:
+            self.send_data()
+            if protocol.close_expected():
+                self._arm_close_timer()
+            return
+        assert request is not None
+        self.opened = True
+        # The 101 waits for on_open's first frame: one write, one segment for both.
+        self._head = protocol.data_to_send()
+        try:
+            first = self.on_open(request)
+        except Exception as exc:  # noqa: BLE001 - a server bug: logged, closed 1011
+            log.error("connection_open_failed", error=repr(exc),
+                      traceback=traceback.format_exc())
+            self.start_close(1011, "internal error")
+            return
+        finally:
+            # Kept by the parser's generator frame for the connection's life: empty it.
+            request.headers = _NO_HEADERS
+            request.path = "/"
+        head = self._head
+        if head is not None:
+            self._head = None
+            if first is not None:
+                head.append(first)
+            self.transport.write(b"".join(head))
 
     def _open_expired(self) -> None:
         self._open_timer = None
@@ -466,6 +485,9 @@ class WsConnection(asyncio.Protocol):
     def send_data(self) -> None:
         """Write what the protocol has to send (an empty chunk: end the TCP stream)."""
         transport = self.transport
+        if self._head is not None:  # the 101 first (on_open is running)
+            transport.write(b"".join(self._head))
+            self._head = None
         for data in self.protocol.data_to_send():
             if data:
                 transport.write(data)
@@ -499,12 +521,12 @@ class WsConnection(asyncio.Protocol):
         if self.lost:
             return
         if self._lost_waiter is None:
-            self._lost_waiter = asyncio.get_running_loop().create_future()
+            self._lost_waiter = self.server.loop.create_future()
         await asyncio.shield(self._lost_waiter)
 
     def _arm_close_timer(self) -> None:
         if self._close_timer is None and self.transport is not None:
-            self._close_timer = asyncio.get_running_loop().call_later(
+            self._close_timer = self.server.loop.call_later(
                 self.server.settings.close_timeout, self._close_expired)
 
     def _close_expired(self) -> None:

@@ -97,11 +97,12 @@ def url_token(request: Any) -> str | None:
     return tokens[0] if tokens else None
 
 
-def open_connection(node: Node, ws: Any, request: Any) -> Connection:
+def open_connection(node: Node, ws: Any, request: Any, *, welcome: bool = True) -> Connection:
     """Register a just-upgraded connection with the node; its id is the random UUID
-    (uuid4) websockets' protocol gave the connection, not a second one."""
+    (uuid4) websockets' protocol gave the connection, not a second one (``welcome``:
+    as in :meth:`Node.open_connection`)."""
     remote = ws.remote_address
     remote_text = f"{remote[0]}:{remote[1]}" if remote else "unknown"
     # None: the client sent no User-Agent
     return node.open_connection(ws, str(ws.protocol.id), remote_text,
-                                request.headers.get("User-Agent"))
+                                request.headers.get("User-Agent"), welcome=welcome)

@@ -109,6 +109,44 @@ async def test_invalid_utf8_across_fragments_closes_1007(
     assert client.ws.close_code == 1007
 
 
+class _WriteSpy:
+    """The connection's transport, recording what the connection layer writes through it
+    (the fan-out core's direct sends bypass it)."""
+
+    def __init__(self, transport: object) -> None:
+        self.transport = transport
+        self.writes: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        self.writes.append(bytes(data))
+        self.transport.write(data)  # type: ignore[attr-defined]
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.transport, name)
+
+
+async def test_welcome_goes_out_with_the_101_in_one_write(
+        server: RtServer, connect_client: object, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The 101 response and the welcome frame are one write (one segment), and the
+    client reads them as usual."""
+    spies: list[_WriteSpy] = []
+    original = RtConnection.connection_made
+
+    def connection_made(self: RtConnection, transport: object) -> None:
+        spy = _WriteSpy(transport)
+        spies.append(spy)
+        original(self, spy)
+
+    monkeypatch.setattr(RtConnection, "connection_made", connection_made)
+    client: Client = await connect_client(token())  # type: ignore[operator]
+    await client.request({"type": "ping", "id": 1}, "pong")
+    (spy,) = spies
+    first = spy.writes[0]
+    head, sep, frame = first.partition(b"\r\n\r\n")
+    assert sep and head.startswith(b"HTTP/1.1 101 "), first
+    assert frame[:1] == b"\x81" and b'"type":"connection"' in frame, first
+
+
 async def test_handshake_not_sent_in_time_is_dropped(make_server: ServerFactory) -> None:
     server = await make_server(make_config(server={"open_timeout": 0.2}))
     before = HANDSHAKE_TIMEOUTS.get()
