@@ -44,6 +44,10 @@ class Fanout:
         """Queue ``payload`` as one text frame for ``sink``."""
     def send_many(self, sinks: Iterable[Sink], payload: bytes, exclude: Sink | None = None) -> int:
         """Queue ``payload`` framed once for every sink but ``exclude``; return the count."""
+    def ping_and_send_many(self, sinks: list[Sink], payload: bytes) -> int:
+        """Queue an empty ping followed by ``payload`` as one text frame (both framed once)
+        for every sink; return the count. Only for uncompressed sinks: ValueError
+        otherwise."""
     def flush(self) -> None:
         """Write every pending frame now, one write per connection."""
     def stats(self) -> dict[str, int]:

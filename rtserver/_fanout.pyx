@@ -90,6 +90,8 @@ STATS_KEYS = (
 )
 
 cdef object _OPEN = State.OPEN
+# An empty ping, as the server sends it (unmasked, FIN): the heartbeat's keepalive.
+cdef bytes _PING = b"\x89\x00"
 cdef int _SEND_FLAGS = MSG_DONTWAIT | MSG_NOSIGNAL
 
 
@@ -293,6 +295,26 @@ cdef class Fanout:
                 n += 1
         self._schedule()
         return n
+
+    @cython.boundscheck(False)
+    @cython.wraparound(False)
+    def ping_and_send_many(self, list sinks not None, payload):
+        """Queue an empty ping followed by ``payload`` as one text frame (both framed once)
+        for every sink; return the count. Only for uncompressed sinks (a compressed
+        sink's frames go through its protocol): ValueError otherwise."""
+        cdef bytes frame = _PING + _frame(payload)
+        self.n_frames_encoded += 1
+        cdef Py_ssize_t i
+        cdef Sink sink
+        for i in range(PyList_GET_SIZE(sinks)):
+            sink = <Sink?>PyList_GET_ITEM(sinks, i)
+            if sink.compressed:
+                raise ValueError(
+                    "ping_and_send_many got a compressed sink. Required action: ping it "
+                    "through its protocol and send the payload with send_many")
+            self._queue(sink, frame, payload)
+        self._schedule()
+        return PyList_GET_SIZE(sinks)
 
     @cython.boundscheck(False)
     @cython.wraparound(False)

@@ -77,6 +77,8 @@ STATS_KEYS: tuple[str, ...] = (
 )
 
 _OPEN = State.OPEN
+#: An empty ping, as the server sends it (unmasked, FIN): the heartbeat's keepalive.
+_PING = b"\x89\x00"
 
 
 def frame_text(payload: bytes) -> bytes:
@@ -200,6 +202,21 @@ class Fanout:
             n += 1
         self._schedule()
         return n
+
+    def ping_and_send_many(self, sinks: list[Sink], payload: bytes) -> int:
+        """Queue an empty ping followed by ``payload`` as one text frame (both framed once)
+        for every sink; return the count. Only for uncompressed sinks (a compressed
+        sink's frames go through its protocol): ValueError otherwise."""
+        frame = _PING + frame_text(payload)
+        self._stats["frames_encoded"] += 1
+        for sink in sinks:
+            if sink.compressed:
+                raise ValueError(
+                    "ping_and_send_many got a compressed sink. Required action: ping it "
+                    "through its protocol and send the payload with send_many")
+            self._queue(sink, frame, payload)
+        self._schedule()
+        return len(sinks)
 
     def flush(self) -> None:
         """Write every pending frame now, one write per connection."""

@@ -70,6 +70,8 @@ class HeartbeatSweep:
         if self.on_step is not None:
             self.on_step(now)
         sinks = []
+        # Pinged and sent the heartbeat in one write (uncompressed, authenticated ones).
+        pinged = []
         for conn in conns:
             state = conn.state
             if state is ConnState.CLOSING or state is ConnState.CLOSED:
@@ -93,12 +95,18 @@ class HeartbeatSweep:
                     self._close(conn, CloseCode.INTERNAL, "keepalive ping timeout")
                     continue
                 if ws.protocol.state is OPEN:
-                    ws.protocol.send_ping(b"")
-                    ws.send_data()
                     if not sent or getattr(ws, "last_pong", 0.0) >= sent:
                         conn.ping_sent_at = now
+                    if state is not ConnState.CONNECTING and not conn.sink.compressed:
+                        pinged.append(conn.sink)
+                        continue
+                    ws.protocol.send_ping(b"")
+                    ws.send_data()
             if state is not ConnState.CONNECTING:
                 sinks.append(conn.sink)
-        if sinks:
-            n = self.fanout.send_many(sinks, self.codec.encode(Heartbeat(server_time=utc_now())))
+        if sinks or pinged:
+            payload = self.codec.encode(Heartbeat(server_time=utc_now()))
+            n = self.fanout.send_many(sinks, payload) if sinks else 0
+            if pinged:
+                n += self.fanout.ping_and_send_many(pinged, payload)
             self._count_sent(n)

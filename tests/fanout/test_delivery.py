@@ -402,6 +402,31 @@ async def test_fragmented_send_is_never_interleaved(impl: ModuleType) -> None:
         check_invariants(h.fanout.stats())
 
 
+async def test_ping_and_send_many_is_one_write_of_a_ping_and_the_frame(
+        impl: ModuleType) -> None:
+    """The heartbeat's keepalive: an empty ping then the frame, framed once, one write per
+    connection, after what was queued before it; a compressed sink is refused."""
+    async with Harness(impl) as h:
+        (a, sa), (b, sb) = [await h.raw(f"/hb{i}") for i in range(2)]
+        h.fanout.send(sa, b"before")
+        assert h.fanout.ping_and_send_many([sa, sb], b"beat") == 2
+        h.fanout.flush()
+        ping = b"\x89\x00"
+        beat = fanout_reference.frame_text(b"beat")
+        first = fanout_reference.frame_text(b"before")
+        assert await read_exactly(a, len(first) + 2 + len(beat)) == first + ping + beat
+        assert await read_exactly(b, 2 + len(beat)) == ping + beat
+        stats = h.fanout.stats()
+        assert stats["writes"] == 2 and stats["frames_encoded"] == 2
+        check_invariants(stats)
+        a.close()
+        b.close()
+    async with Harness(impl, compression="deflate") as h:
+        _, zsink = await h.connect("/z", compression="deflate")
+        with pytest.raises(ValueError, match="compressed sink"):
+            h.fanout.ping_and_send_many([zsink], b"beat")
+
+
 async def test_compressed_connections_take_the_per_connection_path(impl: ModuleType) -> None:
     async with Harness(impl, compression="deflate") as h:
         zipped, zsink = await h.connect("/z", compression="deflate")
