@@ -36,10 +36,6 @@ before reading pauses (the application calls :meth:`WsConnection.pause_reading`
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
-import email.utils
-import hashlib
 import http
 import socket
 import time
@@ -53,10 +49,10 @@ from websockets.extensions.permessage_deflate import enable_server_permessage_de
 from websockets.frames import Frame, Opcode
 from websockets.http11 import Request, Response
 from websockets.protocol import CONNECTING, OPEN
-from websockets.server import ServerProtocol
 
 from rtserver import jsonlog
 from rtserver.metrics import REGISTRY
+from rtserver.ws_handshake import QuickServerProtocol, quick_request, switching_protocols
 
 __all__ = ["WsConnection", "WsServer", "WsSettings"]
 
@@ -79,74 +75,6 @@ _PONG = Opcode.PONG
 # The headers a handled handshake request is left with (shared, empty): the Sans-I/O
 # parser's generator frame keeps the request object for the connection's life.
 _NO_HEADERS = Headers()
-
-
-class _HttpDate:
-    """The HTTP ``Date`` header value, formatted once per second."""
-
-    __slots__ = ("second", "text")
-
-    def __init__(self) -> None:
-        self.second = -1
-        self.text = ""
-
-    def now(self) -> str:
-        """RFC 9110 IMF-fixdate of the current second."""
-        second = int(time.time())
-        if second != self.second:
-            self.second = second
-            self.text = email.utils.formatdate(second, usegmt=True)
-        return self.text
-
-
-_DATE = _HttpDate()
-_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
-
-
-def _one(headers: Headers, name: str) -> str | None:
-    values = headers.get_all(name)
-    return values[0] if len(values) == 1 else None
-
-
-class _ServerProtocol(ServerProtocol):
-    """websockets' Sans-I/O server protocol with a quick acceptance of the common request.
-
-    A request that a browser or client library sends (``GET``, HTTP/1.1, exactly one
-    ``Upgrade: websocket``, a ``Connection`` listing ``upgrade``, exactly one valid
-    ``Sec-WebSocket-Key`` and ``Sec-WebSocket-Version: 13``) is answered here, without
-    websockets' general header parsers and with the ``Date`` formatted once per second;
-    anything else, and every request when extensions (compression) are configured, goes
-    to websockets' own :meth:`ServerProtocol.accept`, which answers it exactly as before
-    (including every refusal and its message)."""
-
-    def accept(self, request: Request) -> Response:
-        """The 101 response for ``request``, or websockets' answer to an unusual one."""
-        if (self.available_extensions or self.available_subprotocols
-                or self.origins is not None
-                # websockets 17 parses any method and protocol and refuses them in
-                # accept(); before 17 its parser refused them (no such attributes).
-                or getattr(request, "method", "GET") != "GET"
-                or getattr(request, "protocol", "HTTP/1.1") != "HTTP/1.1"):
-            return super().accept(request)
-        headers = request.headers
-        upgrade = _one(headers, "Upgrade")
-        connection = _one(headers, "Connection")
-        key = _one(headers, "Sec-WebSocket-Key")
-        if (upgrade is None or upgrade.lower() != "websocket" or connection is None
-                or key is None or _one(headers, "Sec-WebSocket-Version") != "13"
-                or "upgrade" not in [t.strip().lower() for t in connection.split(",")]):
-            return super().accept(request)
-        try:
-            raw = base64.b64decode(key.encode(), validate=True)
-        except (binascii.Error, UnicodeEncodeError):
-            return super().accept(request)
-        if len(raw) != 16:
-            return super().accept(request)
-        self.accept_called = True
-        accept = base64.b64encode(hashlib.sha1(key.encode() + _GUID).digest()).decode()
-        return Response(101, "Switching Protocols", Headers([
-            ("Date", _DATE.now()), ("Upgrade", "websocket"), ("Connection", "Upgrade"),
-            ("Sec-WebSocket-Accept", accept)]))
 
 
 class WsSettings:
@@ -250,6 +178,7 @@ class WsConnection(asyncio.Protocol):
     """
 
     __slots__ = ("_close_timer", "_frag", "_frag_text", "_head", "_lost_waiter", "_open_timer",
+                 "_quick_key",
                  "last_pong", "lost", "opened", "protocol", "request_pending", "server",
                  "transport")
 
@@ -259,8 +188,9 @@ class WsConnection(asyncio.Protocol):
     def __init__(self, server: WsServer) -> None:
         settings = server.settings
         self.server = server
-        self.protocol = _ServerProtocol(extensions=settings.extensions,
-                                       max_size=settings.max_size, logger=settings.logger)
+        self.protocol = QuickServerProtocol(extensions=settings.extensions,
+                                            max_size=settings.max_size,
+                                            logger=settings.logger)
         self.transport: Any = None
         #: Monotonic time of the last pong received (0: none yet).
         self.last_pong = 0.0
@@ -275,6 +205,9 @@ class WsConnection(asyncio.Protocol):
         self._frag_text = False
         #: The 101 response while ``on_open`` runs (written with its first frame).
         self._head: list[bytes] | None = None
+        #: The key of a request read by :func:`quick_request` until it is answered
+        #: (b"": websockets' parser reads the request; None: answered).
+        self._quick_key: bytes | None = b"" if settings.extensions is None else None
         self._lost_waiter: asyncio.Future[None] | None = None
         self._open_timer: asyncio.TimerHandle | None = None
         self._close_timer: asyncio.TimerHandle | None = None
@@ -311,6 +244,13 @@ class WsConnection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         """Feed the protocol; answer the handshake or pass on the messages."""
         protocol = self.protocol
+        if self._quick_key == b"":  # the connection's first bytes
+            self._quick_key = None
+            quick = quick_request(data)
+            if quick is not None:
+                request, self._quick_key = quick
+                self._on_request_event(request)
+                return
         protocol.receive_data(data)
         events = protocol.events_received()
         self.send_data()
@@ -358,6 +298,9 @@ class WsConnection(asyncio.Protocol):
             self._request_failed(exc)
             return
         if isinstance(answer, Awaitable):
+            if self._quick_key:
+                # No parser has the request: nothing more is read until it is answered.
+                self.transport.pause_reading()
             self.server.loop.create_task(self._await_answer(request, answer))
             return
         self._respond(request, answer)
@@ -381,12 +324,21 @@ class WsConnection(asyncio.Protocol):
     def _respond(self, request: Request | None, response: Response | None) -> None:
         self.request_pending = False
         protocol = self.protocol
+        key, self._quick_key = self._quick_key, None
         if protocol.state is not CONNECTING:
             return  # the connection ended while the answer was prepared
+        if key and not self.transport.is_reading():
+            self.transport.resume_reading()
+        if self._open_timer is not None:
+            self._open_timer.cancel()
+            self._open_timer = None
+        settings = self.server.settings
         if response is None:
             assert request is not None
+            if key and self.server.is_serving():
+                self._open(request, [self._quick_101(key)])
+                return
             response = protocol.accept(request)
-        settings = self.server.settings
         if settings.server_header is not None:
             response.headers["Server"] = settings.server_header
         if response.status_code == 101 and not self.server.is_serving():
@@ -395,18 +347,29 @@ class WsConnection(asyncio.Protocol):
             if settings.server_header is not None:
                 response.headers["Server"] = settings.server_header
         protocol.send_response(response)
-        if self._open_timer is not None:
-            self._open_timer.cancel()
-            self._open_timer = None
         if protocol.state is not OPEN:
             self.send_data()
             if protocol.close_expected():
                 self._arm_close_timer()
             return
         assert request is not None
+        self._open(request, protocol.data_to_send())
+
+    def _quick_101(self, key: bytes) -> bytes:
+        """The 101 response to a quick request (the bytes websockets' accept() and
+        send_response() make for it), with the protocol switched to OPEN."""
+        protocol = self.protocol
+        protocol.state = OPEN
+        # Its request parser never ran: the new parser starts at the frames.
+        protocol.parser = protocol.parse()
+        next(protocol.parser)
+        protocol.logger.info("connection open")
+        return switching_protocols(key, self.server.settings.server_header)
+
+    def _open(self, request: Request, head: list[bytes]) -> None:
         self.opened = True
         # The 101 waits for on_open's first frame: one write, one segment for both.
-        self._head = protocol.data_to_send()
+        self._head = head
         try:
             first = self.on_open(request)
         except Exception as exc:  # noqa: BLE001 - a server bug: logged, closed 1011

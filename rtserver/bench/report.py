@@ -252,6 +252,7 @@ ROWS: list[tuple[str, Any]] = [
     ("connections ok / asked", lambda s: f"{s.get('connected', 0):,}/{s.get('connections', 0):,}"),
     ("connect failed", lambda s: s.get("connect_failed")),
     ("time to all subscribed s", lambda s: s.get("time_to_all_subscribed_s")),
+    ("server CPU s (connect)", lambda s: s.get("server_connect_cpu_s")),
     (
         "published / acked",
         lambda s: f"{s.get('published', '-')}/{s.get('acked', '-')}" if "published" in s else "-",
@@ -310,6 +311,7 @@ RATIO_ROWS: list[tuple[str, Any, str]] = [
     ("server CPU us/delivery", lambda s: s.get("server_cpu_us_per_delivery"), "lower"),
     ("server RSS/conn B", lambda s: s.get("server_rss_per_connection_bytes"), "lower"),
     ("time to all subscribed", lambda s: s.get("time_to_all_subscribed_s"), "lower"),
+    ("server CPU s (connect)", lambda s: s.get("server_connect_cpu_s"), "lower"),
 ]
 
 

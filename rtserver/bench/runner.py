@@ -352,6 +352,9 @@ async def _run_started(
         res["time_to_all_subscribed_s"] = (max(lasts) - min(firsts)) / 1e9 if firsts else None
         if base is not None:
             after = sample(target.server_pids())
+            # Every server process's CPU from before the first connect to all subscribed:
+            # on shared cores steadier than the wall time, which the generators share.
+            res["server_connect_cpu_s"] = after.cpu - base.cpu
             res["server_rss_baseline_bytes"] = base.rss
             res["server_rss_connected_bytes"] = after.rss
             res["server_rss_per_connection_bytes"] = (

@@ -21,7 +21,15 @@ from rtserver import jsonlog
 from rtserver import server as server_module
 from rtserver.rt_connection import AUTH_WAITING, AuthTurns, RtConnection
 from rtserver.server import RtServer
-from rtserver.ws_server import CLOSE_TIMEOUTS, HANDSHAKE_TIMEOUTS, INVALID_UTF8, _ServerProtocol
+from rtserver.ws_handshake import QuickServerProtocol, quick_request
+from rtserver.ws_server import (
+    CLOSE_TIMEOUTS,
+    HANDSHAKE_TIMEOUTS,
+    INVALID_UTF8,
+    WsConnection,
+    WsServer,
+    WsSettings,
+)
 from rtserver.ws_slim import ConnectionLogger
 
 
@@ -301,7 +309,7 @@ def _answer(protocol: ServerProtocol, data: bytes) -> Response:
 
 def test_quick_accept_answers_like_websockets() -> None:
     """Bytes only: the common request gets the same 101 as websockets' own accept()."""
-    ours = _answer(_ServerProtocol(), _request())
+    ours = _answer(QuickServerProtocol(), _request())
     theirs = _answer(ServerProtocol(), _request())
     assert (ours.status_code, ours.reason_phrase) == (theirs.status_code, theirs.reason_phrase)
     assert ours.status_code == 101
@@ -322,8 +330,76 @@ def test_quick_accept_answers_like_websockets() -> None:
     _request(connection="upgrade", extra="Connection: close\r\n"),  # two Connection headers
 ])
 def test_unusual_requests_get_websockets_own_answer(data: bytes) -> None:
-    ours = _answer(_ServerProtocol(), data)
+    ours = _answer(QuickServerProtocol(), data)
     theirs = _answer(ServerProtocol(), data)
     assert (ours.status_code, ours.body) == (theirs.status_code, theirs.body)
     assert sorted(k for k in ours.headers if k != "Date") == sorted(
         k for k in theirs.headers if k != "Date")
+
+
+def test_quick_request_reads_the_common_request_like_websockets() -> None:
+    """Bytes only: the same path and headers as websockets' parser, and the key."""
+    data = _request(extra="User-Agent: test/1\r\nX-Empty:\r\n").replace(
+        b"GET /ws ", b"GET /ws?token=abc&x=%20 ")
+    quick = quick_request(data)
+    assert quick is not None
+    ours, key = quick
+    protocol = ServerProtocol()
+    protocol.receive_data(data)
+    (theirs,) = protocol.events_received()
+    assert isinstance(theirs, Request)
+    assert ours.path == theirs.path == "/ws?token=abc&x=%20"
+    assert list(ours.headers.raw_items()) == list(theirs.headers.raw_items())
+    assert key == b"dGhlIHNhbXBsZSBub25jZQ=="
+
+
+@pytest.mark.parametrize("data", [
+    _request(key="c2hvcnQ="),
+    _request(key="not base64!"),
+    _request(version="12"),
+    _request(upgrade="h2c"),
+    _request(connection="keep-alive"),
+    _request(extra="Upgrade: websocket\r\n"),
+    _request(extra="Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"),
+    _request(connection="upgrade", extra="Connection: close\r\n"),
+    _request(extra="Transfer-Encoding: chunked\r\n"),
+    _request(extra="Content-Length: 0\r\n"),
+    _request(extra="Sec-WebSocket-Extensions: permessage-deflate\r\n"),
+    _request(extra="Sec-WebSocket-Protocol: chat\r\n"),
+    _request(extra="Bad Name: x\r\n"),
+    _request(extra="X-Long: " + "a" * 9000 + "\r\n"),
+    _request()[:-2],                                         # not finished yet
+    _request() + b"\x81\x80abcd",                          # a frame right behind it
+    _request().replace(b"GET ", b"POST "),
+    _request().replace(b"HTTP/1.1", b"HTTP/1.0"),
+])
+def test_quick_request_leaves_anything_else_to_websockets(data: bytes) -> None:
+    assert quick_request(data) is None
+
+
+def test_quick_101_is_websockets_answer_byte_for_byte() -> None:
+    """Bytes only: the quick 101 equals websockets' accept() + send_response() (Server
+    header included, Date aside), and the protocol then reads frames."""
+    settings = WsSettings(max_size=1 << 16, max_queue=16, open_timeout=1.0, close_timeout=1.0,
+                          compression=False, server_header="rtserver-test", logger=None)
+    conn = WsConnection(WsServer(WsConnection, settings))
+    ours = conn._quick_101(b"dGhlIHNhbXBsZSBub25jZQ==")
+    protocol = ServerProtocol()
+    protocol.receive_data(_request())
+    (request,) = protocol.events_received()
+    assert isinstance(request, Request)
+    response = protocol.accept(request)
+    response.headers["Server"] = "rtserver-test"
+    protocol.send_response(response)
+    (theirs,) = protocol.data_to_send()
+
+    def undated(head: bytes) -> list[bytes]:
+        return [ln for ln in head.split(b"\r\n") if not ln.startswith(b"Date: ")]
+
+    assert undated(ours) == undated(theirs)
+    assert b"\r\nDate: " in ours
+    assert conn.protocol.state is protocol.state
+    frame = Frame(Opcode.TEXT, b"hi").serialize(mask=True, extensions=[])
+    conn.protocol.receive_data(frame)
+    (event,) = conn.protocol.events_received()
+    assert isinstance(event, Frame) and event.data == b"hi"
