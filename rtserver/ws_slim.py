@@ -89,12 +89,20 @@ _DEBUG_ENABLED = jsonlog.get_logger("websockets.server")
 
 
 def url_token(request: Any) -> str | None:
-    """The ``?token=`` of the handshake request (None: the URL carries none)."""
-    query = urlsplit(request.path).query
+    """The ``?token=`` of the handshake request (None: the URL carries none): the first
+    non-empty ``token`` parameter, as ``urllib.parse.parse_qs`` reads it."""
+    path = request.path
+    query = path.partition("?")[2]
     if not query:
         return None
-    tokens = parse_qs(query).get("token")
-    return tokens[0] if tokens else None
+    if "%" in query or "+" in query or "#" in query:  # escapes or a fragment: parse_qs
+        tokens = parse_qs(urlsplit(path).query).get("token")
+        return tokens[0] if tokens else None
+    for part in query.split("&"):
+        name, _, value = part.partition("=")
+        if name == "token" and value:
+            return value
+    return None
 
 
 def open_connection(node: Node, ws: Any, request: Any, *, welcome: bool = True) -> Connection:

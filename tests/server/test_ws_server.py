@@ -8,9 +8,11 @@ import asyncio
 import io
 import logging
 import sys
+from urllib.parse import parse_qs, urlsplit
 
 import orjson
 import pytest
+from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 from websockets.frames import Frame, Opcode
 from websockets.http11 import Request, Response
@@ -30,7 +32,7 @@ from rtserver.ws_server import (
     WsServer,
     WsSettings,
 )
-from rtserver.ws_slim import ConnectionLogger
+from rtserver.ws_slim import ConnectionLogger, url_token
 
 
 async def test_idle_connections_hold_no_task_and_share_one_logger(
@@ -403,3 +405,13 @@ def test_quick_101_is_websockets_answer_byte_for_byte() -> None:
     conn.protocol.receive_data(frame)
     (event,) = conn.protocol.events_received()
     assert isinstance(event, Frame) and event.data == b"hi"
+
+
+@pytest.mark.parametrize("path", [
+    "/ws", "/ws?", "/ws?token=abc", "/ws?x=1&token=abc&token=def", "/ws?token=&token=b",
+    "/ws?token", "/ws?tok=1", "/ws?token=a%2Eb", "/ws?token=a+b", "/ws?%74oken=x",
+    "/ws?token=abc#frag", "/ws?token=a=b", "/ws?a=1;token=2", "/ws?&&token=z&",
+])
+def test_url_token_reads_the_query_like_parse_qs(path: str) -> None:
+    tokens = parse_qs(urlsplit(path).query).get("token")
+    assert url_token(Request(path, Headers())) == (tokens[0] if tokens else None)
