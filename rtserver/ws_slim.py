@@ -91,7 +91,7 @@ _DEBUG_ENABLED = jsonlog.get_logger("websockets.server")
 def url_token(request: Any) -> str | None:
     """The ``?token=`` of the handshake request (None: the URL carries none): the first
     non-empty ``token`` parameter, as ``urllib.parse.parse_qs`` reads it."""
-    path = request.path
+    path: str = request.path
     query = path.partition("?")[2]
     if not query:
         return None
