@@ -361,6 +361,22 @@ class StormRun:
                 per[int(w)] = per.get(int(w), 0) + int(c)
         return per
 
+    async def spread_publishers(self, pub: list[GenProc], label: str) -> list[int]:
+        """Put the publisher's connections on more than one worker (when it has several),
+        so that a killed worker leaves rooms publishing: its clients then miss what the
+        others published. At most 10 reconnections of the publisher's clients (paced,
+        outside the storm); returns the workers they ended on."""
+        per = self.per_worker(pub)
+        workers = sorted(per)
+        want = min(self.workers, sum(per.values()))
+        for _ in range(10):
+            if len(workers) >= want:
+                break
+            self.send_all({"cmd": "rebalance", "workers": self.workers}, pub)
+            (ready,) = await self.gather(pub, "ready", self.a.connect_timeout, label)
+            workers = [int(w) for w in ready["workers"]]
+        return workers
+
     async def storm(self, fault: str, jitter: str) -> dict[str, Any]:
         """One fault with one jitter mode; its figures."""
         a = self.a
@@ -380,6 +396,8 @@ class StormRun:
             await self.gather(recv, "ready", a.connect_timeout, label)
             res["rebalanced_from"] = per
         await asyncio.sleep(a.settle)  # publishing, every client subscribed
+        if fault == "kill-worker":
+            res["publisher_workers"] = await self.spread_publishers(pub, label)
         res["workers_at_fault"] = per = self.per_worker(recv)
         try:
             before_max: dict[str, float] | str = (await asyncio.to_thread(_scrape, t.port,
