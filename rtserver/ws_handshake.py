@@ -5,7 +5,7 @@ A request that a browser or client library sends (``GET``, HTTP/1.1, exactly one
 ``Upgrade: websocket``, a ``Connection`` listing ``upgrade``, exactly one valid
 ``Sec-WebSocket-Key`` and ``Sec-WebSocket-Version: 13``, no extension or subprotocol
 offered) gets the same ``101`` websockets would answer; anything else goes to
-websockets' own parser and :meth:`ServerProtocol.accept`, which answer it exactly as
+websockets' own parser and ``ServerProtocol.accept()``, which answer it exactly as
 before (every refusal and its message). Measured per request on this machine:
 websockets' parser 15.8 µs and its accept and serialization 11.1 µs, against 4.4 µs for
 :func:`quick_request` (docs/benchmarks.md, "Connect path, again").
@@ -21,10 +21,9 @@ import re
 import time
 
 from websockets.datastructures import Headers
-from websockets.http11 import Request, Response
-from websockets.server import ServerProtocol
+from websockets.http11 import Request
 
-__all__ = ["QuickServerProtocol", "quick_request", "switching_protocols"]
+__all__ = ["quick_request", "switching_protocols"]
 
 
 class _HttpDate:
@@ -98,52 +97,6 @@ def quick_request(data: bytes) -> tuple[Request, bytes] | None:
     if len(raw) != 16:
         return None
     return Request(m.group(1).decode("ascii"), headers), key.encode()
-
-
-def _one(headers: Headers, name: str) -> str | None:
-    values = headers.get_all(name)
-    return values[0] if len(values) == 1 else None
-
-
-class QuickServerProtocol(ServerProtocol):
-    """websockets' Sans-I/O server protocol with a quick acceptance of the common request.
-
-    A request that a browser or client library sends (``GET``, HTTP/1.1, exactly one
-    ``Upgrade: websocket``, a ``Connection`` listing ``upgrade``, exactly one valid
-    ``Sec-WebSocket-Key`` and ``Sec-WebSocket-Version: 13``) is answered here, without
-    websockets' general header parsers and with the ``Date`` formatted once per second;
-    anything else, and every request when extensions (compression) are configured, goes
-    to websockets' own :meth:`ServerProtocol.accept`, which answers it exactly as before
-    (including every refusal and its message)."""
-
-    def accept(self, request: Request) -> Response:
-        """The 101 response for ``request``, or websockets' answer to an unusual one."""
-        if (self.available_extensions or self.available_subprotocols
-                or self.origins is not None
-                # websockets 17 parses any method and protocol and refuses them in
-                # accept(); before 17 its parser refused them (no such attributes).
-                or getattr(request, "method", "GET") != "GET"
-                or getattr(request, "protocol", "HTTP/1.1") != "HTTP/1.1"):
-            return super().accept(request)
-        headers = request.headers
-        upgrade = _one(headers, "Upgrade")
-        connection = _one(headers, "Connection")
-        key = _one(headers, "Sec-WebSocket-Key")
-        if (upgrade is None or upgrade.lower() != "websocket" or connection is None
-                or key is None or _one(headers, "Sec-WebSocket-Version") != "13"
-                or "upgrade" not in [t.strip().lower() for t in connection.split(",")]):
-            return super().accept(request)
-        try:
-            raw = base64.b64decode(key.encode(), validate=True)
-        except (binascii.Error, UnicodeEncodeError):
-            return super().accept(request)
-        if len(raw) != 16:
-            return super().accept(request)
-        self.accept_called = True
-        accept = base64.b64encode(hashlib.sha1(key.encode() + _GUID).digest()).decode()
-        return Response(101, "Switching Protocols", Headers([
-            ("Date", _DATE.now()), ("Upgrade", "websocket"), ("Connection", "Upgrade"),
-            ("Sec-WebSocket-Accept", accept)]))
 
 
 def switching_protocols(key: bytes, server_header: str | None) -> bytes:

@@ -49,10 +49,11 @@ from websockets.extensions.permessage_deflate import enable_server_permessage_de
 from websockets.frames import Frame, Opcode
 from websockets.http11 import Request, Response
 from websockets.protocol import CONNECTING, OPEN
+from websockets.server import ServerProtocol
 
 from rtserver import jsonlog
 from rtserver.metrics import REGISTRY
-from rtserver.ws_handshake import QuickServerProtocol, quick_request, switching_protocols
+from rtserver.ws_handshake import quick_request, switching_protocols
 
 __all__ = ["WsConnection", "WsServer", "WsSettings"]
 
@@ -188,9 +189,8 @@ class WsConnection(asyncio.Protocol):
     def __init__(self, server: WsServer) -> None:
         settings = server.settings
         self.server = server
-        self.protocol = QuickServerProtocol(extensions=settings.extensions,
-                                            max_size=settings.max_size,
-                                            logger=settings.logger)
+        self.protocol = ServerProtocol(extensions=settings.extensions,
+                                       max_size=settings.max_size, logger=settings.logger)
         self.transport: Any = None
         #: Monotonic time of the last pong received (0: none yet).
         self.last_pong = 0.0
