@@ -375,6 +375,12 @@ class StormRun:
             self.send_all({"cmd": "rebalance", "workers": self.workers}, pub)
             (ready,) = await self.gather(pub, "ready", self.a.connect_timeout, label)
             workers = [int(w) for w in ready["workers"]]
+        if len(workers) < want:
+            sys.stderr.write(
+                f"bench storm: {label}: WARNING: the publisher's connections stayed on worker(s) "
+                f"{workers} after 10 reconnections: the killed worker may take every "
+                "publisher with it, and its clients then miss nothing (publisher_workers "
+                "in the report)\n")
         return workers
 
     async def storm(self, fault: str, jitter: str) -> dict[str, Any]:
