@@ -339,13 +339,11 @@ class WsConnection(asyncio.Protocol):
                 self._open(request, [self._quick_101(key)])
                 return
             response = protocol.accept(request)
-        if settings.server_header is not None:
-            response.headers["Server"] = settings.server_header
         if response.status_code == 101 and not self.server.is_serving():
             response = protocol.reject(http.HTTPStatus.SERVICE_UNAVAILABLE,
                                        "Server is shutting down.\n")
-            if settings.server_header is not None:
-                response.headers["Server"] = settings.server_header
+        if settings.server_header is not None:
+            response.headers["Server"] = settings.server_header
         protocol.send_response(response)
         if protocol.state is not OPEN:
             self.send_data()
@@ -378,7 +376,8 @@ class WsConnection(asyncio.Protocol):
             self.start_close(1011, "internal error")
             return
         finally:
-            # Kept by the parser's generator frame for the connection's life: empty it.
+            # websockets' parser, when it read the request, keeps it in its generator frame
+            # for the connection's life: empty it.
             request.headers = _NO_HEADERS
             request.path = "/"
         head = self._head
