@@ -36,6 +36,7 @@ from rtserver.bench.report import (
     summarize,
     write_report,
 )
+from rtserver.bench.rounds import in_round, ratio_rounds, round_order, rounds_table
 from rtserver.bench.runner import SCENARIOS, GeneratorError, RunConfig, run_target
 from rtserver.bench.spawn import BENCH_CONFIG_OVERRIDES, peer_target, spawn_target
 from rtserver.bench.targets import Target, TargetError, parse_url
@@ -91,6 +92,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     t.add_argument(
         "--vs", action="store_true", help="print rtserver's figures as ratios to each peer"
+    )
+    t.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="with --vs: run every target this many times, in an order that rotates each "
+        "round, and print each ratio per round with its median (default 1)",
     )
     t.add_argument(
         "--sweep-scenario",
@@ -279,6 +287,10 @@ def main(argv: list[str]) -> int:
     argv = [x for i, a in enumerate(argv) for x in (
         ["--peer", a] if i and argv[i - 1] == "--vs" and a in PEER_NAMES else [a])]
     args = parser.parse_args(argv)
+    if args.rounds != 1 and args.scenario in ("chaos", "storm"):
+        sys.stderr.write(f"bench: {args.scenario} does not take --rounds. Required action: "
+                         "run it again for another sample\n")
+        return 2
     if args.scenario == "chaos":
         return chaos.run(args)
     if args.scenario == "storm":
@@ -316,6 +328,13 @@ def main(argv: list[str]) -> int:
         sys.stderr.write(
             "bench: --vs compares rtserver to peers. Required action: give --spawn or "
             "--url and at least one --peer\n"
+        )
+        return 2
+    if args.rounds < 1 or (args.rounds > 1 and (not args.vs or args.scenario == "sweep")):
+        sys.stderr.write(
+            "bench: --rounds needs a positive count, and more than one round compares "
+            "rtserver to peers. Required action: give --rounds N with --vs and --peer "
+            "(not with sweep)\n"
         )
         return 2
     if args.inject_peer_fault and "naive" not in args.peer:
@@ -396,20 +415,29 @@ def main(argv: list[str]) -> int:
         return 2
 
     started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    rounds: list[list[dict[str, Any]]] = []  # per round, the summaries in target order
+    series = {}
     try:
-        results = uvloop.run(_run_all(targets, cfg, plan, report_dir))
+        for k in range(args.rounds):
+            order = round_order(len(targets), k)
+            if args.rounds > 1:
+                sys.stderr.write(f"bench: round {k + 1} of {args.rounds}\n")
+            for i in order:
+                targets[i].round_tag = f"-r{k + 1}" if args.rounds > 1 else ""
+            ran = uvloop.run(_run_all([targets[i] for i in order], cfg, plan, report_dir))
+            results = [ran[order.index(i)] for i in range(len(targets))]
+            summaries = []
+            for t, r in zip(targets, results, strict=True):
+                s = summarize(r)
+                s["workers"] = t.workers if t.kind == "spawn" else None
+                summaries.append(s)
+                if k == 0:
+                    series[t.label] = plot_series(r)
+            rounds.append(summaries)
     except (TargetError, GeneratorError, RuntimeError) as exc:
         sys.stderr.write(f"\nbench: run aborted: {exc}\n")
         return 2
-
-    summaries = []
-    series = {}
-    for t, r in zip(targets, results, strict=True):
-        s = summarize(r)
-        s["workers"] = t.workers if t.kind == "spawn" else None
-        summaries.append(s)
-        series[t.label] = plot_series(r)
-    main_targets = [s for s in summaries if s["kind"] in ("spawn", "url")] or summaries
+    summaries = rounds[0]
     th = Thresholds(
         args.check_connected,
         args.check_p99_ms,
@@ -419,26 +447,43 @@ def main(argv: list[str]) -> int:
         args.check_min_deliveries,
     )
     checks: list[Check] = []
-    for s in main_targets:
-        checks.extend(evaluate_checks(s, th, args.check))
     peer_integrity: list[Check] = []
-    for s in summaries:
-        if s not in main_targets:
-            peer_integrity.extend(c for c in evaluate_checks(s, th, False) if not c.ok)
+    for k, round_summaries in enumerate(rounds):
+        for s in round_summaries:
+            if s["kind"] in ("spawn", "url") or not any(
+                    x["kind"] in ("spawn", "url") for x in round_summaries):
+                found = evaluate_checks(s, th, args.check)
+                checks.extend(in_round(found, k, len(rounds)))
+            else:
+                found = [c for c in evaluate_checks(s, th, False) if not c.ok]
+                peer_integrity.extend(in_round(found, k, len(rounds)))
 
     print(
         f"rtserver bench {__version__}  scenario={scenario}  connections={cfg.connections}  "
         f"rate={cfg.rate:g}/s  duration={cfg.duration:g}s  started={started}"
     )
     print(f"clock: {CLOCK_NOTE}")
+    if len(rounds) > 1:
+        print(f"round 1 of {len(rounds)} (every round's figures are in the report):")
     print(format_table(summaries))
     ratios: dict[str, Any] = {}
+    per_round: list[dict[str, Any]] = []
     if args.vs:
-        peers = [s for s in summaries if s["kind"] == "peer"]
-        for m in [s for s in summaries if s["kind"] != "peer"]:
-            text, ratios[m["target"]] = ratio_table(m, peers)
+        for k, round_summaries in enumerate(rounds):
+            peers = [s for s in round_summaries if s["kind"] == "peer"]
+            got: dict[str, Any] = {}
+            for m in [s for s in round_summaries if s["kind"] != "peer"]:
+                text, got[m["target"]] = ratio_table(m, peers)
+                if k == 0:
+                    print()
+                    print(text if len(rounds) == 1 else f"round 1 of {len(rounds)}:\n{text}")
+            per_round.append(got)
+        ratios = per_round[0]
+    folded = ratio_rounds(per_round) if len(rounds) > 1 else {}
+    for main_label, by_peer in folded.items():
+        for peer_label, metrics in by_peer.items():
             print()
-            print(text)
+            print(rounds_table(main_label, peer_label, metrics))
     advice = None
     if args.scenario == "sweep":
         advice = _sweep_advice(summaries)
@@ -452,7 +497,7 @@ def main(argv: list[str]) -> int:
             )
     for name, why in skipped.items():
         print(f"peer {name} skipped: {why}")
-    for s in summaries:
+    for s in [x for round_summaries in rounds for x in round_summaries]:
         if s.get("generator_bottleneck"):
             print(
                 f"WARNING: a generator process ran at {s['generator_cpu_max_pct']:.0f}% CPU "
@@ -503,6 +548,12 @@ def main(argv: list[str]) -> int:
         "targets": summaries,
         "skipped_peers": skipped,
         "ratios": ratios,
+        "rounds": [
+            {"order": [targets[i].label for i in round_order(len(targets), k)],
+             "targets": round_summaries, "ratios": per_round[k] if per_round else {}}
+            for k, round_summaries in enumerate(rounds)
+        ] if len(rounds) > 1 else None,
+        "ratio_rounds": folded or None,
         "sweep_advice": advice,
         "checks": [c.as_dict() for c in checks + peer_integrity],
         "ok": not failed,
@@ -535,6 +586,12 @@ def main(argv: list[str]) -> int:
         },
         "failed_checks": [c.as_dict() for c in failed],
     }
+    if folded:
+        one["ratio_medians"] = {
+            main_label: {peer_label: {m: e["median"] for m, e in metrics.items()}
+                         for peer_label, metrics in by_peer.items()}
+            for main_label, by_peer in folded.items()
+        }
     print(f"report: {report_path}")
     for pp in plot_paths:
         print(f"plot: {pp}")

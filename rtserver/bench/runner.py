@@ -305,8 +305,9 @@ async def _run_started(
         for i in range(len(specs)):
             gens.append(
                 await GenProc.start(
-                    i, report_dir / f"generator-{target.label}-{i}-{RUN_STAMP}.log", env,
-                    report_dir)
+                    i,
+                    report_dir / f"generator-{target.label}-{i}-{RUN_STAMP}{target.round_tag}.log",
+                    env, report_dir)
             )
         t_connect0 = time.monotonic()
         for i, (g, spec) in enumerate(zip(gens, specs, strict=True)):

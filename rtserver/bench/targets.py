@@ -117,6 +117,8 @@ class Target:
     log_dir: Path | None = None
     start_timeout: float = 30.0
     stop_timeout: float = 10.0
+    #: Appended to the run's stamp in this target's log names ("-r2": round 2 of --rounds).
+    round_tag: str = ""
     proc: asyncio.subprocess.Process | None = None
     _log: IO[bytes] | None = None
 
@@ -143,7 +145,7 @@ class Target:
                 f"{self.name}: log directory {self.log_dir} is not absolute. Required action: "
                 "resolve it before starting the target (rtserver.bench.cli does)"
             )
-        log_path = self.log_dir / f"server-{self.name}-{RUN_STAMP}.log"
+        log_path = self.log_dir / f"server-{self.name}-{RUN_STAMP}{self.round_tag}.log"
         # stdout and stderr go straight to the log file: the server never waits on a pipe
         # that the harness has to drain, and the log is complete even if the harness dies.
         self._log = open(log_path, "wb")  # noqa: SIM115 - closed in stop()
