@@ -105,12 +105,18 @@ class Rooms:
             fut = asyncio.get_running_loop().create_future()
             self._interest[room] = fut
             try:
-                await self.bus.add_interest(room)
+                pos = await self.bus.add_interest(room)
             except BusUnavailable as exc:
                 del self._interest[room]
                 fut.set_exception(exc)
                 fut.exception()  # retrieved: every waiter gets it below
                 raise
+            if pos is not None and self.hub.rooms.get(room):
+                # The position when the interest took effect; publications handled since
+                # the answer (behind it in the bus's stream) are newer and stay.
+                last = self.hub.positions.get(room)
+                if last is None or last[0] != pos.epoch or last[1] < pos.seq:
+                    self.hub.positions[room] = (pos.epoch, pos.seq)
             fut.set_result(None)
             return
         if fut.done():  # the common case: the room already has the bus's interest
@@ -159,7 +165,11 @@ class Rooms:
         self._held.setdefault(room, {})[sink] = _Held()
         try:
             await self._ensure_interest(room)
-            pos = await self.bus.position(room)
+            local = self.hub.positions.get(room) if self.bus.ordered_positions(room) else None
+            # With ordered positions the last publication handed out here is the room's
+            # position (Bus.ordered_positions): no round trip to the bus.
+            pos = (StreamPosition(epoch=local[0], seq=local[1]) if local is not None
+                   else await self.bus.position(room))
         except BusUnavailable as exc:
             await self._undo_join(conn, [room], sink)
             self.bus_error(conn, exc, msg_id)

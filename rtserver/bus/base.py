@@ -229,8 +229,23 @@ class Bus(abc.ABC):
         """Stop delivering and release every resource."""
 
     @abc.abstractmethod
-    async def add_interest(self, room: str) -> None:
-        """This worker has its first local member in ``room``: deliver its publications here."""
+    async def add_interest(self, room: str) -> StreamPosition | None:
+        """This worker has its first local member in ``room``: deliver its publications here.
+
+        Returns the room's position when the interest took effect if this bus keeps
+        :meth:`ordered_positions` (every later publication of the room reaches
+        :meth:`BusHandler.on_publication` after this answer, in order), else None.
+        """
+
+    def ordered_positions(self, room: str) -> bool:
+        """Whether the position of the last publication of ``room`` handed to
+        :meth:`BusHandler.on_publication` (or the one :meth:`add_interest` returned, when
+        none came after it) is the room's position now, for a room whose interest this
+        worker holds: true when the room's publications and the answers to this worker's
+        requests come in one ordered stream and nothing is being recovered. A joining
+        connection then gets that position without asking (rtserver/rooms.py). False by
+        default: the bus is asked (:meth:`position`)."""
+        return False
 
     @abc.abstractmethod
     async def remove_interest(self, room: str) -> None:

@@ -485,15 +485,28 @@ class EmbeddedBus(ClusterStatusClient, Bus):
                          recovered=ok, reason=why)
                 for e, q, pubs, ok, why in _dec.decode(payload)]
 
-    async def add_interest(self, room: str) -> None:
-        """Receive ``room``'s publications and events here.
+    async def add_interest(self, room: str) -> StreamPosition | None:
+        """Receive ``room``'s publications and events here; returns the room's position
+        when the hub registered the interest (its later publications come behind this
+        answer on the same connection: :meth:`ordered_positions`).
 
-        When the server is unreachable the call returns (logged): the node has
+        When the server is unreachable the call returns None (logged): the node has
         the room in its Hub already, so the reconnect re-declares it from
         :meth:`~rtserver.bus.base.BusHandler.interest_snapshot` (health is
         degraded meanwhile).
         """
-        await self._declare(wire.K_ADD_INTEREST, room, b"")
+        answer = await self._declare(wire.K_ADD_INTEREST, room, b"")
+        if answer is None:
+            return None
+        seq, payload = answer
+        (n,) = _ACK_POS.unpack(payload)
+        return StreamPosition(epoch=f"{self._instance}.{n}", seq=seq)
+
+    def ordered_positions(self, room: str) -> bool:
+        """True while connected to the hub and ``room`` is not being recovered: the hub
+        sends a room's publications and its answers to this worker in one stream, in
+        the order it sequenced them."""
+        return self._ready and room not in self._gaps.rooms
 
     async def remove_interest(self, room: str) -> None:
         """Stop receiving ``room`` (same unreachable-hub rule as :meth:`add_interest`)."""
@@ -507,13 +520,14 @@ class EmbeddedBus(ClusterStatusClient, Bus):
         """Stop receiving messages for ``user``."""
         await self._declare(wire.K_REMOVE_USER, user, b"")
 
-    async def _declare(self, kind: int, key: str, payload: bytes) -> None:
+    async def _declare(self, kind: int, key: str, payload: bytes) -> tuple[int, bytes] | None:
+        """The hub's answer to a declaration, or None when it is deferred to the reconnect."""
         if not self._ready:
             _log.info("bus_declaration_deferred", bus="embedded", what=wire.K_NAMES[kind],
                       key=key, reason=self._health.reason)
-            return
+            return None
         try:
-            await self._request(kind, key, payload)
+            return await self._request(kind, key, payload)
         except BusUnavailable:
             if self._ready:
                 raise
@@ -521,6 +535,7 @@ class EmbeddedBus(ClusterStatusClient, Bus):
             # reconnect declares the handler's snapshot, which includes it.
             _log.info("bus_declaration_deferred", bus="embedded", what=wire.K_NAMES[kind],
                       key=key, reason=self._health.reason)
+            return None
 
     async def emit_room_event(self, room: str, payload: bytes) -> None:
         """Deliver a room event to every interested worker (raises BusUnavailable when down)."""

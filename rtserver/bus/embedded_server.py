@@ -257,7 +257,9 @@ class EmbeddedBusServer:
         elif kind == wire.K_ADD_INTEREST:
             self._rooms.setdefault(f.key, set()).add(conn)
             conn.rooms.add(f.key)
-            self._reply(conn, f.req)
+            # The room's position now: its later publications go to conn behind this answer.
+            n, seq = self._streams.position_n(f.key, time.monotonic())
+            self._reply(conn, f.req, seq, _ACK_POS.pack(n))
         elif kind == wire.K_REMOVE_INTEREST:
             self._discard(self._rooms, f.key, conn)
             conn.rooms.discard(f.key)

@@ -66,7 +66,7 @@ class LocalBus(Bus):
         self._handler = None
 
     async def add_interest(self, room: str) -> None:
-        """Deliver ``room``'s publications here."""
+        """Deliver ``room``'s publications here (no position: :meth:`position` is asked)."""
         self._rooms.add(room)
 
     async def remove_interest(self, room: str) -> None:

@@ -5,7 +5,7 @@ Every frame is one fixed header followed by a key and a payload::
     length  u32   bytes after this field (header rest + key + payload)
     kind    u8    frame kind (the ``K_*`` constants)
     req     u32   request id; in PUB the room's epoch number (see below)
-    seq     u64   room seq (PUB, ACK of PUBLISH / POSITION), else 0
+    seq     u64   room seq (PUB, ACK of PUBLISH / POSITION / ADD_INTEREST), else 0
     keylen  u16   length of the UTF-8 key (room or user name)
     key     keylen bytes
     payload the rest: a JSON body passed through untouched, or msgpack for
@@ -14,7 +14,9 @@ Every frame is one fixed header followed by a key and a payload::
 Stream positions: the server names a room's epoch ``"<instance>.<n>"``; the
 instance is in the HELLO answer (msgpack ``{"instance": ...}``), ``n`` travels
 as the ``req`` of a ``PUB`` and as :data:`ACK_POSITION` (``u32 n``) in the
-answers to POSITION, or :data:`ACK_PUBLISH` (``u32 n, u8 status``) to PUBLISH.
+answers to POSITION and ADD_INTEREST (the room's position when the interest was
+registered: its later PUBs to that worker come behind the answer), or
+:data:`ACK_PUBLISH` (``u32 n, u8 status``) to PUBLISH.
 A PUBLISH payload is :data:`PUBLISH_HEAD` (``f64 deadline`` on the machine's
 monotonic clock, ``f64 accepted``: the publishing worker's ``time.monotonic()``
 when it handed the publication to the bus, ``u8 flags``

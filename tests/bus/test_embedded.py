@@ -76,6 +76,43 @@ async def test_interest_routing(pair: Pair) -> None:
     assert rb.publications == [("only-a", 3, b'{"n":3}')]
 
 
+async def test_add_interest_answers_the_position_and_later_publications_follow(
+        pair: Pair) -> None:
+    (a, ra), (b, rb) = pair
+    first = await a.publish("ordered", b'{"n":1}')
+    await a.publish("ordered", b'{"n":2}')
+    assert b.ordered_positions("ordered")
+    pos = await b.add_interest("ordered")
+    # the position when the interest took effect: the room's position, in its epoch
+    assert pos == await b.position("ordered") == StreamPosition(epoch=first.epoch, seq=2)
+    await a.publish("ordered", b'{"n":3}')
+    await rb.wait_for(lambda: len(rb.publications) == 1)
+    # nothing from before the interest, everything after it, in order
+    assert rb.publications == [("ordered", 3, b'{"n":3}')]
+    # a room nobody published into starts at 0 (in its own stream's epoch)
+    fresh = await a.add_interest("fresh")
+    assert fresh is not None and fresh.seq == 0 and fresh == await a.position("fresh")
+
+
+async def test_ordered_positions_only_while_connected(runtime_dir: str) -> None:
+    hub = EmbeddedBusServer(hub_settings(runtime_dir))
+    await hub.start()
+    rec = Recorder()
+    bus = EmbeddedBus(bus_settings(runtime_dir, 0))
+    await bus.start(rec)
+    try:
+        assert bus.ordered_positions("room")
+        await hub.close()
+        await rec.wait_for(lambda: any(not s.ok for s in rec.states))
+        assert not bus.ordered_positions("room")
+        # a declaration while the hub is gone is deferred: no position to answer
+        rec.rooms.add("room")
+        assert await bus.add_interest("room") is None
+    finally:
+        await bus.close()
+        await hub.close()
+
+
 async def test_user_routing(pair: Pair) -> None:
     (a, ra), (b, rb) = pair
     await b.add_user_interest("u1")
