@@ -75,14 +75,14 @@ async def test_later_joiners_take_the_local_position_and_miss_nothing(
             await publisher.publish(ROOM, b'{"type":"message","room":"%b","data":%d}'
                                     % (ROOM.encode(), i))
         positions_before = _hub_frames("position")
-        a, ta = await _member(node, secret)
+        _, ta = await _member(node, secret)
         [sub_a] = _frames(node, ta)
         assert sub_a["type"] == "subscribed" and sub_a["seq"] == 3
         for i in range(3, 6):
             await publisher.publish(ROOM, b'{"type":"message","room":"%b","data":%d}'
                                     % (ROOM.encode(), i))
         await _delivered(node, ta, 3)
-        b, tb = await _member(node, secret)
+        _, tb = await _member(node, secret)
         [sub_b] = _frames(node, tb)
         # the position of the last publication handed out here, in the same epoch
         assert (sub_b["seq"], sub_b["epoch"]) == (6, sub_a["epoch"])
@@ -103,7 +103,7 @@ async def test_without_the_hub_a_join_is_refused_not_answered_locally(
         hub: EmbeddedBusServer, runtime_dir: str) -> None:
     node, secret = await _node(runtime_dir)
     try:
-        a, ta = await _member(node, secret)
+        _, ta = await _member(node, secret)
         assert _frames(node, ta)[0]["type"] == "subscribed"
         await hub.close()
         for _ in range(200):
