@@ -455,9 +455,8 @@ class RedisBus(RedisAdminQueries, Bus):
                       reason=self._health.reason)
 
     async def add_interest(self, room: str) -> None:
-        """Subscribe ``room``'s channel (returns once Redis confirmed it). No position:
-        Redis delivers publications on another connection than the answers, so
-        :meth:`position` is asked."""
+        """Subscribe ``room``'s channel (returns once Redis confirmed it); no position
+        (publications come on another connection than the answers)."""
         await self._declare("add_interest", lambda: self._subscribe([self._ch_room + room]))
 
     async def remove_interest(self, room: str) -> None:
