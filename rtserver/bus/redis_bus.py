@@ -455,8 +455,7 @@ class RedisBus(RedisAdminQueries, Bus):
                       reason=self._health.reason)
 
     async def add_interest(self, room: str) -> None:
-        """Subscribe ``room``'s channel (returns once Redis confirmed it); no position
-        (publications come on another connection than the answers)."""
+        """Subscribe ``room``'s channel, once Redis confirmed it (no position: see Bus)."""
         await self._declare("add_interest", lambda: self._subscribe([self._ch_room + room]))
 
     async def remove_interest(self, room: str) -> None:
