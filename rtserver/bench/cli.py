@@ -36,7 +36,7 @@ from rtserver.bench.report import (
     summarize,
     write_report,
 )
-from rtserver.bench.rounds import in_round, ratio_rounds, round_order, rounds_table
+from rtserver.bench.rounds import in_round, ratio_rounds, round_order, round_summary, rounds_table
 from rtserver.bench.runner import SCENARIOS, GeneratorError, RunConfig, run_target
 from rtserver.bench.spawn import BENCH_CONFIG_OVERRIDES, peer_target, spawn_target
 from rtserver.bench.targets import Target, TargetError, parse_url
@@ -426,14 +426,10 @@ def main(argv: list[str]) -> int:
                 targets[i].round_tag = f"-r{k + 1}" if args.rounds > 1 else ""
             ran = uvloop.run(_run_all([targets[i] for i in order], cfg, plan, report_dir))
             results = [ran[order.index(i)] for i in range(len(targets))]
-            summaries = []
-            for t, r in zip(targets, results, strict=True):
-                s = summarize(r)
-                s["workers"] = t.workers if t.kind == "spawn" else None
-                summaries.append(s)
-                if k == 0:
-                    series[t.label] = plot_series(r)
-            rounds.append(summaries)
+            pairs = list(zip(targets, results, strict=True))
+            if k == 0:
+                series = {t.label: plot_series(r) for t, r in pairs}
+            rounds.append([round_summary(summarize(r), t, k) for t, r in pairs])
     except (TargetError, GeneratorError, RuntimeError) as exc:
         sys.stderr.write(f"\nbench: run aborted: {exc}\n")
         return 2
@@ -517,6 +513,8 @@ def main(argv: list[str]) -> int:
                 )
         if s.get("server_stats_missing"):
             print(f"NOTE: {s['target']}: server CPU/RSS not measured: {s['server_stats_missing']}")
+    if any(s.get("server_rss_note") for round_summaries in rounds for s in round_summaries):
+        print("NOTE: a --url server's RSS per connection is left out after round 1 (not restarted)")
     failed = [c for c in checks if not c.ok] + peer_integrity
     print()
     for c in checks:

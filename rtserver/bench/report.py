@@ -205,7 +205,8 @@ def evaluate_checks(s: dict[str, Any], th: Thresholds, enabled: bool) -> list[Ch
     if th.rss_per_conn_kb is not None:
         r = s.get("server_rss_per_connection_bytes")
         if r is None:
-            out.append(Check(t, "rss_per_connection", False, "not measured (no server pid)"))
+            out.append(Check(t, "rss_per_connection", False,
+                             s.get("server_rss_note") or "not measured (no server pid)"))
         else:
             kb = r / 1024
             good = kb <= th.rss_per_conn_kb

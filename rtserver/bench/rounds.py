@@ -18,8 +18,9 @@ import statistics
 from typing import Any
 
 from rtserver.bench.report import RATIO_ROWS, Check
+from rtserver.bench.targets import Target
 
-__all__ = ["in_round", "ratio_rounds", "round_order", "rounds_table"]
+__all__ = ["in_round", "ratio_rounds", "round_order", "round_summary", "rounds_table"]
 
 _BETTER = {label: better for label, _, better in RATIO_ROWS}
 
@@ -31,6 +32,22 @@ def round_order(n_targets: int, round_index: int) -> list[int]:
         return []
     k = round_index % n_targets
     return list(range(k, n_targets)) + list(range(k))
+
+
+def round_summary(summary: dict[str, Any], target: Target, round_index: int
+                  ) -> dict[str, Any]:
+    """``summary`` of ``target`` in round ``round_index`` (0-based), with its worker
+    count. A ``--url`` server is not restarted between rounds: from round 2 on its RSS
+    per connection is that of a server which held connections before (memory it kept
+    counts as free), so it is left out (None), the reason in ``server_rss_note``."""
+    summary["workers"] = target.workers if target.kind == "spawn" else None
+    if (round_index and target.kind == "url"
+            and summary.get("server_rss_per_connection_bytes") is not None):
+        summary["server_rss_per_connection_bytes"] = None
+        summary["server_rss_note"] = (
+            f"not comparable in round {round_index + 1}: the --url server was not restarted "
+            "after round 1 (compare --url rounds by time and CPU)")
+    return summary
 
 
 def ratio_rounds(

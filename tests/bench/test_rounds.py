@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from rtserver.bench.report import Check
-from rtserver.bench.rounds import in_round, ratio_rounds, round_order, rounds_table
+from rtserver.bench.report import Check, Thresholds, evaluate_checks
+from rtserver.bench.rounds import in_round, ratio_rounds, round_order, round_summary, rounds_table
+from rtserver.bench.targets import Target
 
 from .test_smoke import ROOT, SECRET, run_bench
 
@@ -46,6 +47,25 @@ def test_in_round_names_the_round_only_when_there_are_several() -> None:
     assert in_round([c], 0, 1) == [c]
     (named,) = in_round([c], 1, 3)
     assert named.target == "rtserver r2" and c.target == "rtserver"
+
+
+def test_a_url_servers_rss_is_left_out_after_round_one_and_its_check_says_why() -> None:
+    def summary(kind: str) -> dict[str, object]:
+        return {"target": "rtserver", "kind": kind, "server_rss_per_connection_bytes": 7000.0}
+
+    url = Target(name="rtserver", kind="url")
+    spawned = Target(name="rtserver", kind="spawn", workers=2)
+    assert round_summary(summary("url"), url, 0)["server_rss_per_connection_bytes"] == 7000.0
+    assert round_summary(summary("spawn"), spawned, 3)["server_rss_per_connection_bytes"] == (
+        7000.0)
+    warm = round_summary(summary("url"), url, 1)
+    assert warm["server_rss_per_connection_bytes"] is None and warm["workers"] is None
+    assert "not restarted" in str(warm["server_rss_note"])
+    th = Thresholds(1.0, 50.0, None, None, 10.0, None)
+    warm.update({"connected": 1, "connections": 1, "lost": 0, "duplicates": 0,
+                 "out_of_order": 0, "latency_ms": {}, "fanout_completion_ms": {}})
+    rss = [c for c in evaluate_checks(warm, th, True) if c.name == "rss_per_connection"]
+    assert rss and not rss[0].ok and rss[0].detail == warm["server_rss_note"]
 
 
 @pytest.mark.timeout(120)
