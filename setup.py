@@ -1,10 +1,12 @@
 """Build script for the compiled parts of rtserver.
 
-The hot path ``rtserver/_fanout.pyx`` is compiled with Cython. Compiler
+The hot paths ``rtserver/_fanout.pyx`` (fan-out) and ``rtserver/_wsframes.pyx`` (the
+frame protocol of an open connection) are compiled with Cython. Compiler
 directives are set per function in the ``.pyx`` (never globally here); only
 ``language_level`` is fixed for the module.
 
-Set ``RTSERVER_ANNOTATE=1`` to also write ``rtserver/_fanout.html``, Cython's
+Set ``RTSERVER_ANNOTATE=1`` to also write ``rtserver/_fanout.html`` and
+``rtserver/_wsframes.html``, Cython's
 annotated view that shows every line of the hot loop that still talks to the
 Python C-API::
 
@@ -24,6 +26,11 @@ extensions = [
     Extension(
         "rtserver._fanout",
         sources=["rtserver/_fanout.pyx"],
+        extra_compile_args=["-O2"],
+    ),
+    Extension(
+        "rtserver._wsframes",
+        sources=["rtserver/_wsframes.pyx"],
         extra_compile_args=["-O2"],
     ),
 ]

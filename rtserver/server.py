@@ -36,7 +36,7 @@ from rtserver.bus.local import LocalBus
 from rtserver.cluster_feed import ClusterFeed
 from rtserver.config import Config, log_writer_settings, masked
 from rtserver.connection import ConnState
-from rtserver.fanout import load_fanout
+from rtserver.fanout import load_fanout, load_frames
 from rtserver.forwarded import CLIENT_ADDRESS, TrustedProxies
 from rtserver.gc_tuning import tune_gc
 from rtserver.metrics import REGISTRY
@@ -122,6 +122,7 @@ class RtServer:
         self.worker_id = worker_id
         self.sock = sock
         fanout_module = load_fanout(config.fanout.implementation)
+        self.frames = load_frames(config.fanout.implementation)
         secret = jwt_secret if jwt_secret is not None else resolve_secret(config)
         if domains is None:
             domains = load_domain_classes(config.domains.enabled)
@@ -370,7 +371,8 @@ class RtServer:
         self.server = WsServer(self._connection_class, WsSettings(
             max_size=cfg.server.max_message_bytes, max_queue=cfg.server.max_incoming_queue,
             open_timeout=cfg.server.open_timeout, close_timeout=cfg.server.close_timeout,
-            compression=cfg.server.compression, server_header="rtserver", logger=_WS_LOGGER))
+            compression=cfg.server.compression, server_header="rtserver", logger=_WS_LOGGER,
+            frames=self.frames))
         # WebSocket pings are sent by the node's heartbeat sweep, not by a timer per
         # connection; the backlog is passed again with a given socket (asyncio calls
         # listen() again, default 100).

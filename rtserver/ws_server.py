@@ -12,7 +12,11 @@ in ``data_received`` and calls its application back synchronously. Measured on
 this 2-core machine (docs/benchmarks.md, "Connection layer"): 10,000 clients
 connecting at once cost the bare Sans-I/O core 1.18 s and websockets' asyncio
 layer 2.33 s; an idle connection no longer holds a task, a chain of suspended
-coroutines, an assembler and its futures.
+coroutines, an assembler and its futures. After a quick upgrade
+(rtserver/ws_handshake.py) the frames are read and written by the compiled
+``rtserver._wsframes.FrameProtocol`` (``WsSettings.frames``): websockets'
+behaviour for an open connection without its generators; a connection swaps in
+websockets' ``ServerProtocol`` for whatever only it does (:meth:`WsConnection._sansio`).
 
 The application subclasses :class:`WsConnection` and implements its hooks:
 
@@ -81,12 +85,12 @@ _NO_HEADERS = Headers()
 class WsSettings:
     """What every connection of one server shares: its bounds and protocol options."""
 
-    __slots__ = ("close_timeout", "extensions", "logger", "max_queue", "max_size",
+    __slots__ = ("close_timeout", "extensions", "frames", "logger", "max_queue", "max_size",
                  "open_timeout", "server_header")
 
     def __init__(self, *, max_size: int | None, max_queue: int, open_timeout: float,
                  close_timeout: float, compression: bool, server_header: str | None,
-                 logger: Any) -> None:
+                 logger: Any, frames: type[Any] | None) -> None:
         self.max_size = max_size
         self.max_queue = max_queue
         self.open_timeout = open_timeout
@@ -95,6 +99,10 @@ class WsSettings:
             enable_server_permessage_deflate(None) if compression else None)
         self.server_header = server_header
         self.logger = logger
+        #: The frame protocol of a connection whose upgrade :func:`quick_request` read
+        #: (``rtserver._wsframes.FrameProtocol``, without compression), or None:
+        #: websockets' ``ServerProtocol`` for every connection.
+        self.frames = frames if self.extensions is None else None
 
 
 class WsServer:
@@ -189,8 +197,13 @@ class WsConnection(asyncio.Protocol):
     def __init__(self, server: WsServer) -> None:
         settings = server.settings
         self.server = server
-        self.protocol = ServerProtocol(extensions=settings.extensions,
-                                       max_size=settings.max_size, logger=settings.logger)
+        #: The compiled frame protocol until a request needs websockets' (then a
+        #: ``ServerProtocol``: :meth:`_sansio`).
+        self.protocol: Any = (
+            settings.frames(max_size=settings.max_size, logger=settings.logger)
+            if settings.frames is not None else
+            ServerProtocol(extensions=settings.extensions, max_size=settings.max_size,
+                           logger=settings.logger))
         self.transport: Any = None
         #: Monotonic time of the last pong received (0: none yet).
         self.last_pong = 0.0
@@ -251,6 +264,7 @@ class WsConnection(asyncio.Protocol):
                 request, self._quick_key = quick
                 self._on_request_event(request)
                 return
+            protocol = self._sansio()
         protocol.receive_data(data)
         events = protocol.events_received()
         self.send_data()
@@ -316,8 +330,9 @@ class WsConnection(asyncio.Protocol):
 
     def _request_failed(self, exc: Exception) -> None:
         log.error("process_request_failed", error=repr(exc))
-        self.protocol.handshake_exc = exc
-        self._respond(None, self.protocol.reject(
+        protocol = self._sansio()
+        protocol.handshake_exc = exc
+        self._respond(None, protocol.reject(
             http.HTTPStatus.INTERNAL_SERVER_ERROR,
             "Failed to open a WebSocket connection.\nSee server log for more information.\n"))
 
@@ -338,6 +353,9 @@ class WsConnection(asyncio.Protocol):
             if key and self.server.is_serving():
                 self._open(request, [self._quick_101(key)])
                 return
+        protocol = self._sansio()
+        if response is None:
+            assert request is not None
             response = protocol.accept(request)
         if response.status_code == 101 and not self.server.is_serving():
             response = protocol.reject(http.HTTPStatus.SERVICE_UNAVAILABLE,
@@ -357,12 +375,27 @@ class WsConnection(asyncio.Protocol):
         """The 101 response to a quick request (the bytes websockets' accept() and
         send_response() make for it), with the protocol switched to OPEN."""
         protocol = self.protocol
-        protocol.state = OPEN
-        # Its request parser never ran: the new parser starts at the frames.
-        protocol.parser = protocol.parse()
-        next(protocol.parser)
+        if type(protocol) is ServerProtocol:
+            protocol.state = OPEN
+            # Its request parser never ran: the new parser starts at the frames.
+            protocol.parser = protocol.parse()
+            next(protocol.parser)
+        else:
+            protocol.start()
         protocol.logger.info("connection open")
         return switching_protocols(key, self.server.settings.server_header)
+
+    def _sansio(self) -> ServerProtocol:
+        """websockets' protocol, for what only it does (a request its parser must read,
+        an HTTP answer, ``accept``): swapped in for the frame protocol before any byte
+        went to it (the connection is still CONNECTING)."""
+        protocol = self.protocol
+        if type(protocol) is not ServerProtocol:
+            settings = self.server.settings
+            protocol = self.protocol = ServerProtocol(
+                extensions=settings.extensions, max_size=settings.max_size,
+                logger=settings.logger)
+        return protocol
 
     def _open(self, request: Request, head: list[bytes]) -> None:
         self.opened = True

@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[2]
 NOT_SOURCE = shutil.ignore_patterns(
     ".git", "build", "dist", "*.egg-info", "__pycache__", "*.so", "node_modules",
     ".mypy_cache", ".ruff_cache", ".pytest_cache", "bench-reports", "_fanout.c",
-    "_fanout.html",
+    "_fanout.html", "_wsframes.c", "_wsframes.html",
 )
 
 
@@ -59,7 +59,8 @@ def test_installed_harness_runs_from_another_directory(tmp_path: Path) -> None:
 
     work = tmp_path / "work"
     work.mkdir()
-    where = run([py, "-c", "import rtserver, rtserver._fanout, rtserver.bench.peers as p; "
+    where = run([py, "-c", "import rtserver, rtserver._fanout, rtserver._wsframes, "
+                 "rtserver.bench.peers as p; "
                  "print(rtserver.__file__); print(p.__file__)"], work, env, 60)
     site = venv / "lib"
     for line in where.stdout.split():

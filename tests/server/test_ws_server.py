@@ -9,6 +9,7 @@ import io
 import logging
 import re
 import sys
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import orjson
@@ -22,6 +23,7 @@ from websockets.server import ServerProtocol
 from conftest import Client, ServerFactory, make_config, token
 from rtserver import jsonlog
 from rtserver import server as server_module
+from rtserver._wsframes import FrameProtocol
 from rtserver.rt_connection import AUTH_WAITING, AuthTurns, RtConnection
 from rtserver.server import RtServer
 from rtserver.ws_handshake import quick_request
@@ -44,6 +46,8 @@ async def test_idle_connections_hold_no_task_and_share_one_logger(
     ws = conn.ws
     assert isinstance(ws, RtConnection)
     assert ws.protocol.logger is server_module._WS_LOGGER  # type: ignore[comparison-overlap]
+    # The quick upgrade left the connection on the compiled frame protocol.
+    assert type(ws.protocol) is FrameProtocol
     # Authenticated and idle: no task handles it, nothing is queued.
     assert ws.busy is None and not ws.inbox
     assert not server.connection_tasks
@@ -343,11 +347,14 @@ def test_quick_request_leaves_anything_else_to_websockets(data: bytes) -> None:
     assert quick_request(data) is None
 
 
-def test_quick_101_is_websockets_answer_byte_for_byte() -> None:
+@pytest.mark.parametrize("frames", [None, FrameProtocol])
+def test_quick_101_is_websockets_answer_byte_for_byte(frames: type[Any] | None) -> None:
     """Bytes only: the quick 101 equals websockets' accept() + send_response() (Server
-    header included, Date aside), and the protocol then reads frames."""
+    header included, Date aside), and the protocol (websockets' or the compiled frame
+    protocol) then reads frames."""
     settings = WsSettings(max_size=1 << 16, max_queue=16, open_timeout=1.0, close_timeout=1.0,
-                          compression=False, server_header="rtserver-test", logger=None)
+                          compression=False, server_header="rtserver-test", logger=None,
+                          frames=frames)
     conn = WsConnection(WsServer(WsConnection, settings))
     ours = conn._quick_101(b"dGhlIHNhbXBsZSBub25jZQ==")
     protocol = ServerProtocol()
