@@ -40,6 +40,7 @@ before reading pauses (the application calls :meth:`WsConnection.pause_reading`
 from __future__ import annotations
 
 import asyncio
+import collections
 import http
 import socket
 import time
@@ -117,6 +118,12 @@ class WsServer:
         #: The event loop it listens on (set by :meth:`listen`); its connections use it
         #: directly (``asyncio.get_running_loop()`` makes a getpid() call each time).
         self.loop: Any = None
+        #: Opening handshakes bounded by ``server.open_timeout``, ``[deadline,
+        #: connection]`` in arrival order (one timeout for all: sorted by deadline); the
+        #: connection is set to None once its request is answered or it ended. One timer
+        #: sweeps them (:meth:`watch_handshake`) instead of a timer per connection.
+        self._handshakes: collections.deque[list[Any]] = collections.deque()
+        self._handshake_sweep: asyncio.TimerHandle | None = None
         self._serving = False
         self._all_closed: asyncio.Future[None] | None = None
 
@@ -170,6 +177,30 @@ class WsServer:
         if self.server is not None:
             await self.server.wait_closed()
 
+    def watch_handshake(self, connection: WsConnection) -> list[Any]:
+        """Bound ``connection``'s opening handshake by ``server.open_timeout``: it is
+        dropped (``WsConnection._open_expired``) between that and an eighth of it more
+        unless the entry returned has its connection set to None first."""
+        loop = self.loop
+        entry = [loop.time() + self.settings.open_timeout, connection]
+        self._handshakes.append(entry)
+        if self._handshake_sweep is None:
+            self._handshake_sweep = loop.call_at(entry[0], self._sweep_handshakes)
+        return entry
+
+    def _sweep_handshakes(self) -> None:
+        self._handshake_sweep = None
+        now = self.loop.time()
+        pending = self._handshakes
+        while pending and (pending[0][1] is None or pending[0][0] <= now):
+            connection = pending.popleft()[1]
+            if connection is not None:
+                connection._open_expired()
+        if pending:
+            self._handshake_sweep = self.loop.call_at(
+                max(pending[0][0], now + self.settings.open_timeout / 8),
+                self._sweep_handshakes)
+
     def forget(self, connection: WsConnection) -> None:
         """``connection`` ended (called once, from its ``connection_lost``)."""
         self.connections.discard(connection)
@@ -186,7 +217,7 @@ class WsConnection(asyncio.Protocol):
     whole), :meth:`send_data`, ``remote_address`` and :meth:`close`.
     """
 
-    __slots__ = ("_close_timer", "_frag", "_frag_text", "_head", "_lost_waiter", "_open_timer",
+    __slots__ = ("_close_timer", "_frag", "_frag_text", "_head", "_lost_waiter", "_open_entry",
                  "_quick_key",
                  "last_pong", "lost", "opened", "protocol", "request_pending", "server",
                  "transport")
@@ -222,7 +253,8 @@ class WsConnection(asyncio.Protocol):
         #: (b"": websockets' parser reads the request; None: answered).
         self._quick_key: bytes | None = b"" if settings.extensions is None else None
         self._lost_waiter: asyncio.Future[None] | None = None
-        self._open_timer: asyncio.TimerHandle | None = None
+        #: This connection's entry in ``WsServer.watch_handshake`` until it is answered.
+        self._open_entry: list[Any] | None = None
         self._close_timer: asyncio.TimerHandle | None = None
 
     # ------------------------------------------------------------ application hooks
@@ -251,8 +283,7 @@ class WsConnection(asyncio.Protocol):
         """Register with the server and bound the opening handshake."""
         self.transport = transport
         self.server.connections.add(self)
-        self._open_timer = self.server.loop.call_later(
-            self.server.settings.open_timeout, self._open_expired)
+        self._open_entry = self.server.watch_handshake(self)
 
     def data_received(self, data: bytes) -> None:
         """Feed the protocol; answer the handshake or pass on the messages."""
@@ -288,9 +319,9 @@ class WsConnection(asyncio.Protocol):
         """The TCP connection ended: cancel the timers, tell the application."""
         self.lost = True
         self.protocol.receive_eof()  # idempotent; the state becomes CLOSED
-        if self._open_timer is not None:
-            self._open_timer.cancel()
-            self._open_timer = None
+        if self._open_entry is not None:
+            self._open_entry[1] = None
+            self._open_entry = None
         if self._close_timer is not None:
             self._close_timer.cancel()
             self._close_timer = None
@@ -344,9 +375,9 @@ class WsConnection(asyncio.Protocol):
             return  # the connection ended while the answer was prepared
         if key and not self.transport.is_reading():
             self.transport.resume_reading()
-        if self._open_timer is not None:
-            self._open_timer.cancel()
-            self._open_timer = None
+        if self._open_entry is not None:
+            self._open_entry[1] = None
+            self._open_entry = None
         settings = self.server.settings
         if response is None:
             assert request is not None
@@ -421,7 +452,7 @@ class WsConnection(asyncio.Protocol):
             self.transport.write(b"".join(head))
 
     def _open_expired(self) -> None:
-        self._open_timer = None
+        self._open_entry = None
         if self.protocol.state is CONNECTING:
             HANDSHAKE_TIMEOUTS.inc()
             log.debug("handshake_timeout", timeout=self.server.settings.open_timeout,

@@ -20,7 +20,7 @@ from websockets.frames import Frame, Opcode
 from websockets.http11 import Request
 from websockets.server import ServerProtocol
 
-from conftest import Client, ServerFactory, make_config, token
+from conftest import Client, ServerFactory, make_config, token, ws_url
 from rtserver import jsonlog
 from rtserver import server as server_module
 from rtserver._wsframes import FrameProtocol
@@ -170,6 +170,34 @@ async def test_handshake_not_sent_in_time_is_dropped(make_server: ServerFactory)
     assert await asyncio.wait_for(reader.read(), 5) == b""  # the server ended it
     writer.close()
     assert HANDSHAKE_TIMEOUTS.get() == before + 1
+
+
+async def test_one_sweep_drops_every_late_handshake_and_only_those(
+        make_server: ServerFactory) -> None:
+    """Handshakes arriving at different times share one sweep: each silent one is
+    dropped (and counted once), an answered one stays open past every deadline."""
+    from websockets.asyncio.client import connect
+
+    server = await make_server(make_config(server={"open_timeout": 0.3}))
+    before = HANDSHAKE_TIMEOUTS.get()
+    silent = []
+    for _ in range(3):
+        silent.append(await asyncio.open_connection("127.0.0.1", server.port))
+        await asyncio.sleep(0.1)  # staggered: later deadlines than the first sweep's
+    ws = await connect(ws_url(server, token()), compression=None)
+    client = Client(ws)
+    assert (await client.recv())["type"] == "connection"
+    assert (await client.recv())["type"] == "authenticated"
+    for _ in range(2):
+        silent.append(await asyncio.open_connection("127.0.0.1", server.port))
+    for reader, writer in silent:
+        assert await asyncio.wait_for(reader.read(), 5) == b""  # the server ended it
+        writer.close()
+    assert HANDSHAKE_TIMEOUTS.get() == before + 5
+    # Every deadline has passed: the answered connection was left alone.
+    await client.request({"type": "ping", "id": 1}, "pong")
+    assert not server.server._handshakes  # type: ignore[union-attr]
+    await ws.close()
 
 
 async def test_close_not_answered_in_time_is_dropped(make_server: ServerFactory) -> None:
