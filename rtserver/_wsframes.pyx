@@ -138,8 +138,10 @@ cdef class FrameProtocol:
         self._buf = b""
         self._eof = False
         self._mode = MODE_CONNECTING
-        self.events = []
-        self.writes = []
+        # Made on the first event or write (None: none pending): no two lists for the
+        # collector to walk per idle connection.
+        self.events = None
+        self.writes = None
         self.eof_sent = False
         self.expect_continuation_frame = False
 
@@ -354,7 +356,10 @@ cdef class FrameProtocol:
             self._send_eof()
             self._mode = MODE_DISCARD
             self._discard()
-        PyList_Append(self.events, frame)
+        if self.events is None:
+            self.events = [frame]
+        else:
+            PyList_Append(self.events, frame)
         return 0
 
     cdef int _discard(self) except -1:
@@ -373,7 +378,10 @@ cdef class FrameProtocol:
             raise ProtocolError("control frame too long")
         if self.debug:
             self.logger.debug("> %s", Frame(_OPCODES[opcode], data))
-        PyList_Append(self.writes, _server_frame(opcode, data))
+        if self.writes is None:
+            self.writes = [_server_frame(opcode, data)]
+        else:
+            PyList_Append(self.writes, _server_frame(opcode, data))
         return 0
 
     cdef int _send_eof(self) except -1:
@@ -381,7 +389,10 @@ cdef class FrameProtocol:
         self.eof_sent = True
         if self.debug:
             self.logger.debug("> EOF")
-        PyList_Append(self.writes, SEND_EOF)
+        if self.writes is None:
+            self.writes = [SEND_EOF]
+        else:
+            PyList_Append(self.writes, SEND_EOF)
         return 0
 
     def _check_open(self):
@@ -453,13 +464,17 @@ cdef class FrameProtocol:
     def events_received(self):
         """The events (``Frame``) of the data received since the last call."""
         events = self.events
-        self.events = []
+        if events is None:
+            return []
+        self.events = None
         return events
 
     def data_to_send(self):
         """The bytes to write since the last call (``b""``: end the TCP stream)."""
         writes = self.writes
-        self.writes = []
+        if writes is None:
+            return []
+        self.writes = None
         return writes
 
     def close_expected(self):
