@@ -17,6 +17,7 @@ import struct
 from typing import Any
 
 import pytest
+import websockets
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidState
 from websockets.frames import Close, Frame, Opcode
@@ -26,6 +27,11 @@ from websockets.server import ServerProtocol
 from conftest import ServerFactory, make_config, token
 from rtserver._wsframes import FrameProtocol
 from rtserver.server import RtServer
+
+#: FrameProtocol writes websockets 17's log lines; websockets 16 (the dependency floor)
+#: wrote "< EOF" instead of "connection closed" at the end of a closed stream, and
+#: nothing else differs: the lines are compared from 17 on.
+SAME_LOG_LINES = int(websockets.__version__.split(".")[0]) >= 17
 
 
 class _Lines(logging.Handler):
@@ -89,7 +95,8 @@ def _same(chunks: list[bytes], *, eof: bool, max_size: int | None, debug: bool =
     if then is not None:
         expected = _step(theirs, then)
         assert _step(ours, then) == expected, chunks
-    assert our_lines.lines == their_lines.lines
+    if SAME_LOG_LINES:
+        assert our_lines.lines == their_lines.lines
     return theirs, ours
 
 
@@ -192,6 +199,7 @@ def test_fragmented_messages_and_their_size_limit() -> None:
     assert ours.close_sent.code == 1009 and "after reading 5 bytes" in ours.close_sent.reason
 
 
+@pytest.mark.skipif(not SAME_LOG_LINES, reason="websockets 16 wrote other log lines")
 def test_debug_log_lines_are_websockets() -> None:
     stream = _frame(1, b"hi") + _frame(9, b"") + _frame(8, struct.pack("!H", 1000))
     _same([stream], eof=True, max_size=1000, debug=True, then=lambda p: p.receive_eof())
