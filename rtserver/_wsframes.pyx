@@ -399,35 +399,37 @@ cdef class FrameProtocol:
         if self._state is not _OPEN:
             raise InvalidState(f"connection is {self._state.name.lower()}")
 
-    def send_text(self, data, fin=True):
-        """A text frame (``fin`` False: the first of a fragmented message)."""
+    def _send_message(self, int opcode, data, fin):
+        """A whole text or binary message in one frame (the server never fragments one:
+        the fan-out core frames whole messages, compression stays on websockets')."""
         if self.expect_continuation_frame:
             raise ProtocolError("expected a continuation frame")
         self._check_open()
         if not fin:
             raise NotImplementedError("FrameProtocol sends whole messages only")
-        self._send_frame(OP_TEXT, bytes(data))
+        self._send_frame(opcode, bytes(data))
+
+    def _send_control(self, int opcode, data):
+        """A ping or pong (OPEN or CLOSING)."""
+        if self._state is not _OPEN and self._state is not _CLOSING:
+            raise InvalidState(f"connection is {self._state.name.lower()}")
+        self._send_frame(opcode, bytes(data))
+
+    def send_text(self, data, fin=True):
+        """A text frame (whole messages only)."""
+        self._send_message(OP_TEXT, data, fin)
 
     def send_binary(self, data, fin=True):
         """A binary frame (whole messages only)."""
-        if self.expect_continuation_frame:
-            raise ProtocolError("expected a continuation frame")
-        self._check_open()
-        if not fin:
-            raise NotImplementedError("FrameProtocol sends whole messages only")
-        self._send_frame(OP_BINARY, bytes(data))
+        self._send_message(OP_BINARY, data, fin)
 
     def send_ping(self, data):
         """A ping frame (OPEN or CLOSING)."""
-        if self._state is not _OPEN and self._state is not _CLOSING:
-            raise InvalidState(f"connection is {self._state.name.lower()}")
-        self._send_frame(OP_PING, bytes(data))
+        self._send_control(OP_PING, data)
 
     def send_pong(self, data):
         """A pong frame (OPEN or CLOSING)."""
-        if self._state is not _OPEN and self._state is not _CLOSING:
-            raise InvalidState(f"connection is {self._state.name.lower()}")
-        self._send_frame(OP_PONG, bytes(data))
+        self._send_control(OP_PONG, data)
 
     def send_close(self, code=None, reason=""):
         """Start the closing handshake with ``code`` and ``reason``."""
