@@ -3,6 +3,9 @@
 # websockets' ``ServerProtocol`` once the connection is open (the tests in
 # tests/server/test_wsframes.py feed both the same bytes and compare).
 
+cdef str _uuid4_text(bytes raw)
+
+
 cdef class FrameProtocol:
     cdef object _state
     cdef public object logger
@@ -16,6 +19,7 @@ cdef class FrameProtocol:
     cdef public bint expect_continuation_frame
     cdef readonly object max_message_size
     cdef object _id
+    cdef object _id_text
     # Largest payload of one message (-1: no limit), and the bytes received so far of a
     # fragmented message (-1: none in progress).
     cdef Py_ssize_t _max

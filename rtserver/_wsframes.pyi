@@ -5,7 +5,10 @@ from typing import Any
 from websockets.frames import Close, Frame
 from websockets.protocol import Side, State
 
-__all__ = ["FrameProtocol"]
+__all__ = ["FrameProtocol", "uuid4_text"]
+
+def uuid4_text() -> str:
+    """A random version-4 UUID as text, without a ``UUID`` object."""
 
 class FrameProtocol:
     """websockets' ``ServerProtocol`` once the upgrade is accepted, compiled."""
@@ -32,6 +35,9 @@ class FrameProtocol:
     def state(self, value: State) -> None: ...
     @property
     def id(self) -> Any: ...
+    @property
+    def id_text(self) -> str:
+        """``str(self.id)``, without the ``UUID`` object if it was not made yet."""
     @property
     def current_size(self) -> int | None: ...
     @property

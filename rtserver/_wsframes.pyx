@@ -27,17 +27,19 @@ Compiler directives are set per function (see ``setup.py``).
 cimport cython
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.list cimport PyList_Append
+from cpython.unicode cimport PyUnicode_DecodeASCII
 from libc.stdint cimport uint64_t
 from libc.string cimport memcpy
 
 import logging
+import os
 import uuid
 
 from websockets.exceptions import InvalidMessage, InvalidState, PayloadTooBig, ProtocolError
 from websockets.frames import Close, CloseCode, Frame, Opcode
 from websockets.protocol import SEND_EOF, Side, State
 
-__all__ = ["FrameProtocol"]
+__all__ = ["FrameProtocol", "uuid4_text"]
 
 cdef object _CONNECTING = State.CONNECTING
 cdef object _OPEN = State.OPEN
@@ -83,6 +85,41 @@ cdef bytes _unmask(const unsigned char* src, Py_ssize_t n, const unsigned char* 
         dst[i] = src[i] ^ key[i & 3]
         i += 1
     return out
+
+
+cdef const char* _HEX = b"0123456789abcdef"
+
+
+@cython.boundscheck(False)
+@cython.wraparound(False)
+cdef str _uuid4_text(bytes raw):
+    """The text of a version-4 UUID made of the 16 bytes ``raw`` (what
+    ``str(uuid.UUID(bytes=raw, version=4))`` gives), without the ``UUID`` object."""
+    if PyBytes_GET_SIZE(raw) != 16:
+        raise ValueError("a uuid4 is made of 16 random bytes")
+    cdef const unsigned char* r = <const unsigned char*>PyBytes_AS_STRING(raw)
+    cdef char out[36]
+    cdef int i, j = 0
+    cdef unsigned char b
+    for i in range(16):
+        b = r[i]
+        if i == 6:
+            b = (b & 0x0F) | 0x40  # version 4
+        elif i == 8:
+            b = (b & 0x3F) | 0x80  # RFC 4122 variant
+        if i == 4 or i == 6 or i == 8 or i == 10:
+            out[j] = 45  # "-"
+            j += 1
+        out[j] = _HEX[b >> 4]
+        out[j + 1] = _HEX[b & 15]
+        j += 2
+    return PyUnicode_DecodeASCII(out, 36, NULL)
+
+
+def uuid4_text():
+    """A random version-4 UUID as text (``str(uuid.uuid4())``, from ``os.urandom``
+    like it), made without a ``UUID`` object."""
+    return _uuid4_text(os.urandom(16))
 
 
 @cython.boundscheck(False)
@@ -164,10 +201,20 @@ cdef class FrameProtocol:
 
     @property
     def id(self):
-        """A unique identifier (a ``uuid4``, made on first use)."""
+        """A unique identifier (a ``uuid4``, made on first use of it or of
+        :attr:`id_text`)."""
         if self._id is None:
-            self._id = uuid.uuid4()
+            self._id = uuid.UUID(self._id_text) if self._id_text is not None else uuid.uuid4()
         return self._id
+
+    @property
+    def id_text(self):
+        """``str(self.id)``, without making the ``UUID`` object when it was not made yet
+        (the connection layer names the connection with it)."""
+        if self._id_text is None:
+            self._id_text = (str(self._id) if self._id is not None
+                             else _uuid4_text(os.urandom(16)))
+        return self._id_text
 
     @property
     def current_size(self):

@@ -45,7 +45,7 @@ import http
 import socket
 import time
 import traceback
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, ClassVar
 
 from websockets.datastructures import Headers
@@ -60,7 +60,7 @@ from rtserver import jsonlog
 from rtserver.metrics import REGISTRY
 from rtserver.ws_handshake import quick_request, switching_protocols
 
-__all__ = ["WsConnection", "WsServer", "WsSettings"]
+__all__ = ["DeadlineQueue", "WsConnection", "WsServer", "WsSettings"]
 
 log = jsonlog.get_logger("rtserver.ws_server")
 HANDSHAKE_TIMEOUTS = REGISTRY.counter(
@@ -106,6 +106,59 @@ class WsSettings:
         self.frames = frames if self.extensions is None else None
 
 
+class DeadlineQueue:
+    """Connections bounded by one timeout, swept by one timer instead of a timer each.
+
+    Entries are ``[deadline, connection]`` in the order they were added; with one
+    timeout for all, that is deadline order. An entry is cancelled by setting its
+    connection to None. The sweep calls ``expire(connection)`` for every entry whose
+    deadline passed, between the deadline and an eighth of ``timeout`` after it (each
+    sweep waits at least that long for the next): per connection, one list in place
+    of uvloop's ``TimerHandle``, its libuv timer, a ``Context`` and a bound method.
+    """
+
+    __slots__ = ("_entries", "_expire", "_loop", "_timer", "timeout")
+
+    def __init__(self, loop: Any, timeout: float,
+                 expire: Callable[[WsConnection], None]) -> None:
+        self._loop = loop
+        self.timeout = timeout
+        self._expire = expire
+        self._entries: collections.deque[list[Any]] = collections.deque()
+        self._timer: asyncio.TimerHandle | None = None
+
+    def __len__(self) -> int:
+        """Entries not swept yet (cancelled ones included until the sweep reaches them)."""
+        return len(self._entries)
+
+    def watch(self, connection: WsConnection) -> list[Any]:
+        """Expire ``connection`` once ``timeout`` has passed, unless the entry returned has
+        its connection set to None first."""
+        entry = [self._loop.time() + self.timeout, connection]
+        self._entries.append(entry)
+        if self._timer is None:
+            self._timer = self._loop.call_at(entry[0], self._sweep)
+        return entry
+
+    def _sweep(self) -> None:
+        self._timer = None
+        now = self._loop.time()
+        entries = self._entries
+        while entries and (entries[0][1] is None or entries[0][0] <= now):
+            connection = entries.popleft()[1]
+            if connection is not None:
+                self._expire(connection)
+        if entries:
+            self._timer = self._loop.call_at(max(entries[0][0], now + self.timeout / 8),
+                                             self._sweep)
+
+    def close(self) -> None:
+        """Stop the sweep (entries left are not expired)."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+
 class WsServer:
     """The listening socket and the set of live :class:`WsConnection` of one worker."""
 
@@ -118,12 +171,10 @@ class WsServer:
         #: The event loop it listens on (set by :meth:`listen`); its connections use it
         #: directly (``asyncio.get_running_loop()`` makes a getpid() call each time).
         self.loop: Any = None
-        #: Opening handshakes bounded by ``server.open_timeout``, ``[deadline,
-        #: connection]`` in arrival order (one timeout for all: sorted by deadline); the
-        #: connection is set to None once its request is answered or it ended. One timer
-        #: sweeps them (:meth:`watch_handshake`) instead of a timer per connection.
-        self._handshakes: collections.deque[list[Any]] = collections.deque()
-        self._handshake_sweep: asyncio.TimerHandle | None = None
+        #: Opening handshakes bounded by ``server.open_timeout`` and closing handshakes
+        #: by ``server.close_timeout`` (made by :meth:`listen`, on the loop).
+        self.handshakes: DeadlineQueue | None = None
+        self.closings: DeadlineQueue | None = None
         self._serving = False
         self._all_closed: asyncio.Future[None] | None = None
 
@@ -132,6 +183,9 @@ class WsServer:
                      ssl_options: dict[str, Any] | None = None) -> None:
         """Bind (or take ``sock``) and start accepting."""
         loop = self.loop = asyncio.get_running_loop()
+        settings = self.settings
+        self.handshakes = DeadlineQueue(loop, settings.open_timeout, WsConnection._open_expired)
+        self.closings = DeadlineQueue(loop, settings.close_timeout, WsConnection._close_expired)
         factory = self._factory
         opts: dict[str, Any] = dict(ssl_options or {})
         if sock is not None:
@@ -176,30 +230,9 @@ class WsServer:
             await asyncio.shield(self._all_closed)
         if self.server is not None:
             await self.server.wait_closed()
-
-    def watch_handshake(self, connection: WsConnection) -> list[Any]:
-        """Bound ``connection``'s opening handshake by ``server.open_timeout``: it is
-        dropped (``WsConnection._open_expired``) between that and an eighth of it more
-        unless the entry returned has its connection set to None first."""
-        loop = self.loop
-        entry = [loop.time() + self.settings.open_timeout, connection]
-        self._handshakes.append(entry)
-        if self._handshake_sweep is None:
-            self._handshake_sweep = loop.call_at(entry[0], self._sweep_handshakes)
-        return entry
-
-    def _sweep_handshakes(self) -> None:
-        self._handshake_sweep = None
-        now = self.loop.time()
-        pending = self._handshakes
-        while pending and (pending[0][1] is None or pending[0][0] <= now):
-            connection = pending.popleft()[1]
-            if connection is not None:
-                connection._open_expired()
-        if pending:
-            self._handshake_sweep = self.loop.call_at(
-                max(pending[0][0], now + self.settings.open_timeout / 8),
-                self._sweep_handshakes)
+        for queue in (self.handshakes, self.closings):
+            if queue is not None:
+                queue.close()  # every entry was cancelled as its connection ended
 
     def forget(self, connection: WsConnection) -> None:
         """``connection`` ended (called once, from its ``connection_lost``)."""
@@ -217,7 +250,7 @@ class WsConnection(asyncio.Protocol):
     whole), :meth:`send_data`, ``remote_address`` and :meth:`close`.
     """
 
-    __slots__ = ("_close_timer", "_frag", "_frag_text", "_head", "_lost_waiter", "_open_entry",
+    __slots__ = ("_close_entry", "_frag", "_frag_text", "_head", "_lost_waiter", "_open_entry",
                  "_quick_key",
                  "last_pong", "lost", "opened", "protocol", "request_pending", "server",
                  "transport")
@@ -253,9 +286,10 @@ class WsConnection(asyncio.Protocol):
         #: (b"": websockets' parser reads the request; None: answered).
         self._quick_key: bytes | None = b"" if settings.extensions is None else None
         self._lost_waiter: asyncio.Future[None] | None = None
-        #: This connection's entry in ``WsServer.watch_handshake`` until it is answered.
+        #: This connection's entries in ``WsServer.handshakes`` until its request is
+        #: answered, and in ``WsServer.closings`` once the closing handshake started.
         self._open_entry: list[Any] | None = None
-        self._close_timer: asyncio.TimerHandle | None = None
+        self._close_entry: list[Any] | None = None
 
     # ------------------------------------------------------------ application hooks
 
@@ -283,7 +317,7 @@ class WsConnection(asyncio.Protocol):
         """Register with the server and bound the opening handshake."""
         self.transport = transport
         self.server.connections.add(self)
-        self._open_entry = self.server.watch_handshake(self)
+        self._open_entry = self.server.handshakes.watch(self)  # type: ignore[union-attr]
 
     def data_received(self, data: bytes) -> None:
         """Feed the protocol; answer the handshake or pass on the messages."""
@@ -322,9 +356,9 @@ class WsConnection(asyncio.Protocol):
         if self._open_entry is not None:
             self._open_entry[1] = None
             self._open_entry = None
-        if self._close_timer is not None:
-            self._close_timer.cancel()
-            self._close_timer = None
+        if self._close_entry is not None:
+            self._close_entry[1] = None
+            self._close_entry = None
         try:
             if self.opened:
                 self.on_close()
@@ -551,12 +585,11 @@ class WsConnection(asyncio.Protocol):
         await asyncio.shield(self._lost_waiter)
 
     def _arm_close_timer(self) -> None:
-        if self._close_timer is None and self.transport is not None:
-            self._close_timer = self.server.loop.call_later(
-                self.server.settings.close_timeout, self._close_expired)
+        if self._close_entry is None and self.transport is not None and not self.lost:
+            self._close_entry = self.server.closings.watch(self)  # type: ignore[union-attr]
 
     def _close_expired(self) -> None:
-        self._close_timer = None
+        self._close_entry = None
         if self in self.server.connections:
             CLOSE_TIMEOUTS.inc()
             log.debug("close_timeout", timeout=self.server.settings.close_timeout)

@@ -6,7 +6,8 @@
   per-connection info chatter ("connection open", ...) unless debug is enabled
   (the JSON bridge writes those lines at debug only, so nothing that was written
   is lost);
-- :func:`open_connection` registers the connection with the node from the
+- :func:`open_connection` registers the connection with the node (under
+  :func:`connection_id`, made without a ``UUID`` object) from the
   handshake request without keeping the request's values (the peer address
   tuple, the User-Agent, the URL token) anywhere for the connection's life.
 
@@ -20,13 +21,15 @@ import logging
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, urlsplit
 
+from websockets.server import ServerProtocol
+
 from rtserver import jsonlog
 
 if TYPE_CHECKING:
     from rtserver.connection import Connection
     from rtserver.node import Node
 
-__all__ = ["ConnectionLogger", "open_connection", "url_token"]
+__all__ = ["ConnectionLogger", "connection_id", "open_connection", "url_token"]
 
 #: websockets' info lines of one connection's life, which the JSON bridge writes
 #: at debug (rtserver's own ``connection_state`` lines carry the same with context).
@@ -105,12 +108,21 @@ def url_token(request: Any) -> str | None:
     return None
 
 
+def connection_id(protocol: Any) -> str:
+    """The connection's id: the random UUID (uuid4) of its protocol as text, not a second
+    one. websockets' ``ServerProtocol`` made its ``UUID`` already; the compiled frame
+    protocol makes the text alone (``FrameProtocol.id_text``)."""
+    if isinstance(protocol, ServerProtocol):
+        return str(protocol.id)
+    text: str = protocol.id_text
+    return text
+
+
 def open_connection(node: Node, ws: Any, request: Any, *, welcome: bool = True) -> Connection:
-    """Register a just-upgraded connection with the node; its id is the random UUID
-    (uuid4) websockets' protocol gave the connection, not a second one (``welcome``:
-    as in :meth:`Node.open_connection`)."""
+    """Register a just-upgraded connection with the node under :func:`connection_id`
+    (``welcome``: as in :meth:`Node.open_connection`)."""
     remote = ws.remote_address
     remote_text = f"{remote[0]}:{remote[1]}" if remote else "unknown"
     # None: the client sent no User-Agent
-    return node.open_connection(ws, str(ws.protocol.id), remote_text,
+    return node.open_connection(ws, connection_id(ws.protocol), remote_text,
                                 request.headers.get("User-Agent"), welcome=welcome)

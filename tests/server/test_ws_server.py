@@ -31,6 +31,7 @@ from rtserver.ws_server import (
     CLOSE_TIMEOUTS,
     HANDSHAKE_TIMEOUTS,
     INVALID_UTF8,
+    DeadlineQueue,
     WsConnection,
     WsServer,
     WsSettings,
@@ -196,7 +197,7 @@ async def test_one_sweep_drops_every_late_handshake_and_only_those(
     assert HANDSHAKE_TIMEOUTS.get() == before + 5
     # Every deadline has passed: the answered connection was left alone.
     await client.request({"type": "ping", "id": 1}, "pong")
-    assert not server.server._handshakes  # type: ignore[union-attr]
+    assert len(server.server.handshakes) == 0  # type: ignore[union-attr, arg-type]
     await ws.close()
 
 
@@ -223,6 +224,112 @@ async def test_close_not_answered_in_time_is_dropped(make_server: ServerFactory)
         assert asyncio.get_running_loop().time() < deadline
         await asyncio.sleep(0.01)
     assert CLOSE_TIMEOUTS.get() == before + 1
+
+
+async def test_one_sweep_drops_every_unanswered_close_and_only_those(
+        make_server: ServerFactory) -> None:
+    """Closing handshakes started at different times share one sweep: each client that
+    ignores the close frame is dropped (counted once), one that answers it ends cleanly
+    with its code, and the queue is empty afterwards."""
+    from websockets.asyncio.client import connect
+
+    server = await make_server(make_config(server={"close_timeout": 0.3}))
+    before = CLOSE_TIMEOUTS.get()
+    hub = server.node.hub
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 10
+    known: set[str] = set()
+
+    async def new_connection() -> str:
+        while not set(hub.connections) - known:
+            assert loop.time() < deadline
+            await asyncio.sleep(0.01)
+        (conn_id,) = set(hub.connections) - known
+        known.add(conn_id)
+        return conn_id
+
+    silent = []
+    for _ in range(3):
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        writer.write(f"GET /ws?token={token()} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
+                     "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                     "Sec-WebSocket-Version: 13\r\n\r\n".encode())
+        assert b" 101 " in await reader.readuntil(b"\r\n\r\n")
+        silent.append((await new_connection(), (reader, writer)))
+    ws = await connect(ws_url(server, token()), compression=None)
+    client = Client(ws)
+    assert (await client.recv())["type"] == "connection"
+    answering = await new_connection()
+    for conn_id, _ in silent:
+        server.node.close_connection(hub.connections[conn_id], 4000, "test")
+        await asyncio.sleep(0.1)  # staggered: later deadlines than the first sweep's
+    server.node.close_connection(hub.connections[answering], 4001, "answered")
+    with pytest.raises(ConnectionClosed):
+        while True:
+            await ws.recv()
+    assert ws.close_code == 4001
+    for _, (reader, writer) in silent:
+        while await asyncio.wait_for(reader.read(65536), 5):
+            pass  # the close frame, then the end of the stream once the server drops it
+        writer.close()
+    while hub.connections:
+        assert loop.time() < deadline
+        await asyncio.sleep(0.01)
+    assert CLOSE_TIMEOUTS.get() == before + 3
+    assert len(server.server.closings) == 0  # type: ignore[union-attr, arg-type]
+
+
+async def test_deadline_queue_expires_in_order_and_skips_cancelled() -> None:
+    """The queue under both bounds: entries expire in the order added, once, no earlier
+    than their deadline and within an eighth of the timeout after it; a cancelled entry
+    is skipped; close() stops the sweep."""
+    loop = asyncio.get_running_loop()
+    expired: list[tuple[str, float]] = []
+    done = loop.create_future()
+
+    def expire(name: Any) -> None:
+        expired.append((name, loop.time()))
+        if len(expired) == 3:
+            done.set_result(None)
+
+    queue = DeadlineQueue(loop, 0.2, expire)
+    started = {}
+    entries = {}
+    for name in ("a", "b", "c", "d"):
+        started[name] = loop.time()
+        entries[name] = queue.watch(name)  # type: ignore[arg-type]
+        await asyncio.sleep(0.05)
+    entries["b"][1] = None  # cancelled (answered in time)
+    await asyncio.wait_for(done, 5)
+    assert [name for name, _ in expired] == ["a", "c", "d"]
+    for name, at in expired:
+        assert started[name] + 0.2 <= at + 0.001 <= started[name] + 0.2 + 0.2 / 8 + 0.15
+    assert len(queue) == 0
+    queue.watch("e")  # type: ignore[arg-type]
+    queue.close()
+    assert queue._timer is None
+
+
+def test_connection_ids_are_uuid4_text_without_a_uuid_object() -> None:
+    """The id of a connection on the frame protocol is a version-4 UUID's text, the one
+    its ``id`` gives too; websockets' protocol keeps its own."""
+    import uuid
+
+    from rtserver._wsframes import uuid4_text
+    from rtserver.ws_slim import connection_id
+
+    texts = {uuid4_text() for _ in range(2000)}
+    assert len(texts) == 2000
+    for text in list(texts)[:200]:
+        u = uuid.UUID(text)
+        assert str(u) == text and u.version == 4 and u.variant == uuid.RFC_4122
+    protocol = FrameProtocol()
+    text = connection_id(protocol)
+    assert protocol.id == uuid.UUID(text) and protocol.id_text is text
+    made_first = FrameProtocol()
+    assert connection_id(made_first) == str(made_first.id)
+    sansio = ServerProtocol()
+    assert connection_id(sansio) == str(sansio.id)
 
 
 class _Records(logging.Handler):
