@@ -40,12 +40,11 @@ before reading pauses (the application calls :meth:`WsConnection.pause_reading`
 from __future__ import annotations
 
 import asyncio
-import collections
 import http
 import socket
 import time
 import traceback
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Sequence
 from typing import Any, ClassVar
 
 from websockets.datastructures import Headers
@@ -57,10 +56,11 @@ from websockets.protocol import CONNECTING, OPEN
 from websockets.server import ServerProtocol
 
 from rtserver import jsonlog
+from rtserver.deadlines import DeadlineQueue
 from rtserver.metrics import REGISTRY
 from rtserver.ws_handshake import quick_request, switching_protocols
 
-__all__ = ["DeadlineQueue", "WsConnection", "WsServer", "WsSettings"]
+__all__ = ["WsConnection", "WsServer", "WsSettings"]
 
 log = jsonlog.get_logger("rtserver.ws_server")
 HANDSHAKE_TIMEOUTS = REGISTRY.counter(
@@ -106,59 +106,6 @@ class WsSettings:
         self.frames = frames if self.extensions is None else None
 
 
-class DeadlineQueue:
-    """Connections bounded by one timeout, swept by one timer instead of a timer each.
-
-    Entries are ``[deadline, connection]`` in the order they were added; with one
-    timeout for all, that is deadline order. An entry is cancelled by setting its
-    connection to None. The sweep calls ``expire(connection)`` for every entry whose
-    deadline passed, between the deadline and an eighth of ``timeout`` after it (each
-    sweep waits at least that long for the next): per connection, one list in place
-    of uvloop's ``TimerHandle``, its libuv timer, a ``Context`` and a bound method.
-    """
-
-    __slots__ = ("_entries", "_expire", "_loop", "_timer", "timeout")
-
-    def __init__(self, loop: Any, timeout: float,
-                 expire: Callable[[WsConnection], None]) -> None:
-        self._loop = loop
-        self.timeout = timeout
-        self._expire = expire
-        self._entries: collections.deque[list[Any]] = collections.deque()
-        self._timer: asyncio.TimerHandle | None = None
-
-    def __len__(self) -> int:
-        """Entries not swept yet (cancelled ones included until the sweep reaches them)."""
-        return len(self._entries)
-
-    def watch(self, connection: WsConnection) -> list[Any]:
-        """Expire ``connection`` once ``timeout`` has passed, unless the entry returned has
-        its connection set to None first."""
-        entry = [self._loop.time() + self.timeout, connection]
-        self._entries.append(entry)
-        if self._timer is None:
-            self._timer = self._loop.call_at(entry[0], self._sweep)
-        return entry
-
-    def _sweep(self) -> None:
-        self._timer = None
-        now = self._loop.time()
-        entries = self._entries
-        while entries and (entries[0][1] is None or entries[0][0] <= now):
-            connection = entries.popleft()[1]
-            if connection is not None:
-                self._expire(connection)
-        if entries:
-            self._timer = self._loop.call_at(max(entries[0][0], now + self.timeout / 8),
-                                             self._sweep)
-
-    def close(self) -> None:
-        """Stop the sweep (entries left are not expired)."""
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-
-
 class WsServer:
     """The listening socket and the set of live :class:`WsConnection` of one worker."""
 
@@ -173,8 +120,8 @@ class WsServer:
         self.loop: Any = None
         #: Opening handshakes bounded by ``server.open_timeout`` and closing handshakes
         #: by ``server.close_timeout`` (made by :meth:`listen`, on the loop).
-        self.handshakes: DeadlineQueue | None = None
-        self.closings: DeadlineQueue | None = None
+        self.handshakes: DeadlineQueue[WsConnection] | None = None
+        self.closings: DeadlineQueue[WsConnection] | None = None
         self._serving = False
         self._all_closed: asyncio.Future[None] | None = None
 

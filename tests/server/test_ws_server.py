@@ -31,7 +31,6 @@ from rtserver.ws_server import (
     CLOSE_TIMEOUTS,
     HANDSHAKE_TIMEOUTS,
     INVALID_UTF8,
-    DeadlineQueue,
     WsConnection,
     WsServer,
     WsSettings,
@@ -277,37 +276,6 @@ async def test_one_sweep_drops_every_unanswered_close_and_only_those(
         await asyncio.sleep(0.01)
     assert CLOSE_TIMEOUTS.get() == before + 3
     assert len(server.server.closings) == 0  # type: ignore[union-attr, arg-type]
-
-
-async def test_deadline_queue_expires_in_order_and_skips_cancelled() -> None:
-    """The queue under both bounds: entries expire in the order added, once, no earlier
-    than their deadline and within an eighth of the timeout after it; a cancelled entry
-    is skipped; close() stops the sweep."""
-    loop = asyncio.get_running_loop()
-    expired: list[tuple[str, float]] = []
-    done = loop.create_future()
-
-    def expire(name: Any) -> None:
-        expired.append((name, loop.time()))
-        if len(expired) == 3:
-            done.set_result(None)
-
-    queue = DeadlineQueue(loop, 0.2, expire)
-    started = {}
-    entries = {}
-    for name in ("a", "b", "c", "d"):
-        started[name] = loop.time()
-        entries[name] = queue.watch(name)  # type: ignore[arg-type]
-        await asyncio.sleep(0.05)
-    entries["b"][1] = None  # cancelled (answered in time)
-    await asyncio.wait_for(done, 5)
-    assert [name for name, _ in expired] == ["a", "c", "d"]
-    for name, at in expired:
-        assert started[name] + 0.2 <= at + 0.001 <= started[name] + 0.2 + 0.2 / 8 + 0.15
-    assert len(queue) == 0
-    queue.watch("e")  # type: ignore[arg-type]
-    queue.close()
-    assert queue._timer is None
 
 
 def test_connection_ids_are_uuid4_text_without_a_uuid_object() -> None:

@@ -1,0 +1,67 @@
+"""One timeout for many connections, swept by one timer (rtserver/ws_server.py bounds
+the opening and the closing handshakes with it; docs/architecture.md, "One
+connection")."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+from collections.abc import Callable
+from typing import Any, Generic, TypeVar
+
+__all__ = ["DeadlineQueue"]
+
+T = TypeVar("T")
+
+
+class DeadlineQueue(Generic[T]):
+    """Connections bounded by one timeout, swept by one timer instead of a timer each.
+
+    Entries are ``[deadline, connection]`` in the order they were added; with one
+    timeout for all, that is deadline order. An entry is cancelled by setting its
+    connection to None. The sweep calls ``expire(connection)`` for every entry whose
+    deadline passed, between the deadline and an eighth of ``timeout`` after it (each
+    sweep waits at least that long for the next): per connection, one list in place
+    of uvloop's ``TimerHandle``, its libuv timer, a ``Context`` and a bound method.
+    """
+
+    __slots__ = ("_entries", "_expire", "_loop", "_timer", "timeout")
+
+    def __init__(self, loop: Any, timeout: float,
+                 expire: Callable[[T], None]) -> None:
+        self._loop = loop
+        self.timeout = timeout
+        self._expire = expire
+        self._entries: collections.deque[list[Any]] = collections.deque()
+        self._timer: asyncio.TimerHandle | None = None
+
+    def __len__(self) -> int:
+        """Entries not swept yet (cancelled ones included until the sweep reaches them)."""
+        return len(self._entries)
+
+    def watch(self, connection: T) -> list[Any]:
+        """Expire ``connection`` once ``timeout`` has passed, unless the entry returned has
+        its connection set to None first."""
+        entry = [self._loop.time() + self.timeout, connection]
+        self._entries.append(entry)
+        if self._timer is None:
+            self._timer = self._loop.call_at(entry[0], self._sweep)
+        return entry
+
+    def _sweep(self) -> None:
+        self._timer = None
+        now = self._loop.time()
+        entries = self._entries
+        while entries and (entries[0][1] is None or entries[0][0] <= now):
+            connection = entries.popleft()[1]
+            if connection is not None:
+                self._expire(connection)
+        if entries:
+            self._timer = self._loop.call_at(max(entries[0][0], now + self.timeout / 8),
+                                             self._sweep)
+
+    def close(self) -> None:
+        """Stop the sweep (entries left are not expired)."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None

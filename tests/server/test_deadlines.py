@@ -1,0 +1,39 @@
+"""rtserver/deadlines.py: one timer sweeps the entries of one timeout, in order."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from rtserver.deadlines import DeadlineQueue
+
+
+async def test_deadline_queue_expires_in_order_and_skips_cancelled() -> None:
+    """The queue under both bounds: entries expire in the order added, once, no earlier
+    than their deadline and within an eighth of the timeout after it; a cancelled entry
+    is skipped; close() stops the sweep."""
+    loop = asyncio.get_running_loop()
+    expired: list[tuple[str, float]] = []
+    done = loop.create_future()
+
+    def expire(name: Any) -> None:
+        expired.append((name, loop.time()))
+        if len(expired) == 3:
+            done.set_result(None)
+
+    queue = DeadlineQueue(loop, 0.2, expire)
+    started = {}
+    entries = {}
+    for name in ("a", "b", "c", "d"):
+        started[name] = loop.time()
+        entries[name] = queue.watch(name)  # type: ignore[arg-type]
+        await asyncio.sleep(0.05)
+    entries["b"][1] = None  # cancelled (answered in time)
+    await asyncio.wait_for(done, 5)
+    assert [name for name, _ in expired] == ["a", "c", "d"]
+    for name, at in expired:
+        assert started[name] + 0.2 <= at + 0.001 <= started[name] + 0.2 + 0.2 / 8 + 0.15
+    assert len(queue) == 0
+    queue.watch("e")  # type: ignore[arg-type]
+    queue.close()
+    assert queue._timer is None
