@@ -5,10 +5,7 @@ from typing import Any
 from websockets.frames import Close, Frame
 from websockets.protocol import Side, State
 
-__all__ = ["FrameProtocol", "uuid4_text"]
-
-def uuid4_text() -> str:
-    """A random version-4 UUID as text, without a ``UUID`` object."""
+__all__ = ["FrameProtocol"]
 
 class FrameProtocol:
     """websockets' ``ServerProtocol`` once the upgrade is accepted, compiled."""

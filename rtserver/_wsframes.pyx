@@ -39,7 +39,7 @@ from websockets.exceptions import InvalidMessage, InvalidState, PayloadTooBig, P
 from websockets.frames import Close, CloseCode, Frame, Opcode
 from websockets.protocol import SEND_EOF, Side, State
 
-__all__ = ["FrameProtocol", "uuid4_text"]
+__all__ = ["FrameProtocol"]
 
 cdef object _CONNECTING = State.CONNECTING
 cdef object _OPEN = State.OPEN
@@ -114,12 +114,6 @@ cdef str _uuid4_text(bytes raw):
         out[j + 1] = _HEX[b & 15]
         j += 2
     return PyUnicode_DecodeASCII(out, 36, NULL)
-
-
-def uuid4_text():
-    """A random version-4 UUID as text (``str(uuid.uuid4())``, from ``os.urandom``
-    like it), made without a ``UUID`` object."""
-    return _uuid4_text(os.urandom(16))
 
 
 @cython.boundscheck(False)

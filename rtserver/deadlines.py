@@ -27,13 +27,17 @@ class DeadlineQueue(Generic[T]):
 
     __slots__ = ("_entries", "_expire", "_loop", "_timer", "timeout")
 
-    def __init__(self, loop: Any, timeout: float,
-                 expire: Callable[[T], None]) -> None:
-        self._loop = loop
+    def __init__(self, timeout: float, expire: Callable[[T], None]) -> None:
         self.timeout = timeout
         self._expire = expire
         self._entries: collections.deque[list[Any]] = collections.deque()
         self._timer: asyncio.TimerHandle | None = None
+        self._loop: Any = None
+
+    def bind(self, loop: Any) -> None:
+        """Sweep on ``loop`` (the one its connections run on), before the first
+        :meth:`watch`."""
+        self._loop = loop
 
     def __len__(self) -> int:
         """Entries not swept yet (cancelled ones included until the sweep reaches them)."""
@@ -42,10 +46,14 @@ class DeadlineQueue(Generic[T]):
     def watch(self, connection: T) -> list[Any]:
         """Expire ``connection`` once ``timeout`` has passed, unless the entry returned has
         its connection set to None first."""
-        entry = [self._loop.time() + self.timeout, connection]
+        loop = self._loop
+        if loop is None:
+            raise RuntimeError("DeadlineQueue.watch before bind(loop). Required action: bind "
+                               "the queue to the loop its connections run on first")
+        entry = [loop.time() + self.timeout, connection]
         self._entries.append(entry)
         if self._timer is None:
-            self._timer = self._loop.call_at(entry[0], self._sweep)
+            self._timer = loop.call_at(entry[0], self._sweep)
         return entry
 
     def _sweep(self) -> None:

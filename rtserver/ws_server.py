@@ -119,9 +119,11 @@ class WsServer:
         #: directly (``asyncio.get_running_loop()`` makes a getpid() call each time).
         self.loop: Any = None
         #: Opening handshakes bounded by ``server.open_timeout`` and closing handshakes
-        #: by ``server.close_timeout`` (made by :meth:`listen`, on the loop).
-        self.handshakes: DeadlineQueue[WsConnection] | None = None
-        self.closings: DeadlineQueue[WsConnection] | None = None
+        #: by ``server.close_timeout`` (swept on the loop of :meth:`listen`).
+        self.handshakes: DeadlineQueue[WsConnection] = DeadlineQueue(
+            settings.open_timeout, WsConnection._open_expired)
+        self.closings: DeadlineQueue[WsConnection] = DeadlineQueue(
+            settings.close_timeout, WsConnection._close_expired)
         self._serving = False
         self._all_closed: asyncio.Future[None] | None = None
 
@@ -130,9 +132,8 @@ class WsServer:
                      ssl_options: dict[str, Any] | None = None) -> None:
         """Bind (or take ``sock``) and start accepting."""
         loop = self.loop = asyncio.get_running_loop()
-        settings = self.settings
-        self.handshakes = DeadlineQueue(loop, settings.open_timeout, WsConnection._open_expired)
-        self.closings = DeadlineQueue(loop, settings.close_timeout, WsConnection._close_expired)
+        self.handshakes.bind(loop)
+        self.closings.bind(loop)
         factory = self._factory
         opts: dict[str, Any] = dict(ssl_options or {})
         if sock is not None:
@@ -177,9 +178,8 @@ class WsServer:
             await asyncio.shield(self._all_closed)
         if self.server is not None:
             await self.server.wait_closed()
-        for queue in (self.handshakes, self.closings):
-            if queue is not None:
-                queue.close()  # every entry was cancelled as its connection ended
+        self.handshakes.close()  # every entry was cancelled as its connection ended
+        self.closings.close()
 
     def forget(self, connection: WsConnection) -> None:
         """``connection`` ended (called once, from its ``connection_lost``)."""
@@ -264,7 +264,7 @@ class WsConnection(asyncio.Protocol):
         """Register with the server and bound the opening handshake."""
         self.transport = transport
         self.server.connections.add(self)
-        self._open_entry = self.server.handshakes.watch(self)  # type: ignore[union-attr]
+        self._open_entry = self.server.handshakes.watch(self)
 
     def data_received(self, data: bytes) -> None:
         """Feed the protocol; answer the handshake or pass on the messages."""
@@ -533,7 +533,7 @@ class WsConnection(asyncio.Protocol):
 
     def _arm_close_timer(self) -> None:
         if self._close_entry is None and self.transport is not None and not self.lost:
-            self._close_entry = self.server.closings.watch(self)  # type: ignore[union-attr]
+            self._close_entry = self.server.closings.watch(self)
 
     def _close_expired(self) -> None:
         self._close_entry = None

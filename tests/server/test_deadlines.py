@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import pytest
+
 from rtserver.deadlines import DeadlineQueue
 
 
@@ -21,7 +23,10 @@ async def test_deadline_queue_expires_in_order_and_skips_cancelled() -> None:
         if len(expired) == 3:
             done.set_result(None)
 
-    queue = DeadlineQueue(loop, 0.2, expire)
+    queue = DeadlineQueue(0.2, expire)
+    with pytest.raises(RuntimeError, match="before bind"):
+        queue.watch("z")
+    queue.bind(loop)
     started = {}
     entries = {}
     for name in ("a", "b", "c", "d"):
