@@ -18,8 +18,8 @@ class DeadlineQueue(Generic[T]):
     """Connections bounded by one timeout, swept by one timer instead of a timer each.
 
     Entries are ``[deadline, connection]`` in the order they were added; with one
-    timeout for all, that is deadline order. An entry is cancelled by setting its
-    connection to None. The sweep calls ``expire(connection)`` for every entry whose
+    timeout for all, that is deadline order. An entry is cancelled with :meth:`cancel`
+    (its connection set to None). The sweep calls ``expire(connection)`` for every entry whose
     deadline passed, between the deadline and an eighth of ``timeout`` after it (each
     sweep waits at least that long for the next): per connection, one list in place
     of uvloop's ``TimerHandle``, its libuv timer, a ``Context`` and a bound method.
@@ -40,12 +40,12 @@ class DeadlineQueue(Generic[T]):
         self._loop = loop
 
     def __len__(self) -> int:
-        """Entries not swept yet (cancelled ones included until the sweep reaches them)."""
+        """Entries kept: the pending ones, and cancelled ones behind a pending one."""
         return len(self._entries)
 
     def watch(self, connection: T) -> list[Any]:
-        """Expire ``connection`` once ``timeout`` has passed, unless the entry returned has
-        its connection set to None first."""
+        """Expire ``connection`` once ``timeout`` has passed, unless the entry returned is
+        given to :meth:`cancel` first."""
         loop = self._loop
         if loop is None:
             raise RuntimeError("DeadlineQueue.watch before bind(loop). Required action: bind "
@@ -55,6 +55,15 @@ class DeadlineQueue(Generic[T]):
         if self._timer is None:
             self._timer = loop.call_at(entry[0], self._sweep)
         return entry
+
+    def cancel(self, entry: list[Any]) -> None:
+        """Leave ``entry``'s connection alone (answered or ended in time). Cancelled
+        entries at the front are dropped at once: connections are mostly answered in
+        the order they came, so the queue holds little more than the pending ones."""
+        entry[1] = None
+        entries = self._entries
+        while entries and entries[0][1] is None:
+            entries.popleft()
 
     def _sweep(self) -> None:
         self._timer = None

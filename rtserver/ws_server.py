@@ -301,10 +301,10 @@ class WsConnection(asyncio.Protocol):
         self.lost = True
         self.protocol.receive_eof()  # idempotent; the state becomes CLOSED
         if self._open_entry is not None:
-            self._open_entry[1] = None
+            self.server.handshakes.cancel(self._open_entry)
             self._open_entry = None
         if self._close_entry is not None:
-            self._close_entry[1] = None
+            self.server.closings.cancel(self._close_entry)
             self._close_entry = None
         try:
             if self.opened:
@@ -357,7 +357,7 @@ class WsConnection(asyncio.Protocol):
         if key and not self.transport.is_reading():
             self.transport.resume_reading()
         if self._open_entry is not None:
-            self._open_entry[1] = None
+            self.server.handshakes.cancel(self._open_entry)
             self._open_entry = None
         settings = self.server.settings
         if response is None:

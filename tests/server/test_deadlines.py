@@ -32,8 +32,10 @@ async def test_deadline_queue_expires_in_order_and_skips_cancelled() -> None:
     for name in ("a", "b", "c", "d"):
         started[name] = loop.time()
         entries[name] = queue.watch(name)  # type: ignore[arg-type]
+        if name == "b":
+            queue.cancel(entries["b"])  # answered in time; behind "a", so still kept
+            assert len(queue) == 2
         await asyncio.sleep(0.05)
-    entries["b"][1] = None  # cancelled (answered in time)
     await asyncio.wait_for(done, 5)
     assert [name for name, _ in expired] == ["a", "c", "d"]
     for name, at in expired:
@@ -42,3 +44,24 @@ async def test_deadline_queue_expires_in_order_and_skips_cancelled() -> None:
     queue.watch("e")  # type: ignore[arg-type]
     queue.close()
     assert queue._timer is None
+
+
+async def test_cancelled_entries_at_the_front_are_dropped_at_once() -> None:
+    """Answered in the order they came (a storm's common case), the queue holds only
+    what is pending: cancelling the front entry drops it and every cancelled one behind
+    it, one cancelled in the middle waits for those before it."""
+    loop = asyncio.get_running_loop()
+    expired: list[Any] = []
+    queue: DeadlineQueue[str] = DeadlineQueue(60.0, expired.append)
+    queue.bind(loop)
+    entries = [queue.watch(str(i)) for i in range(5)]
+    queue.cancel(entries[2])
+    assert len(queue) == 5
+    queue.cancel(entries[0])
+    assert len(queue) == 4  # "1" still pending in front of the cancelled "2"
+    queue.cancel(entries[1])
+    assert len(queue) == 2  # "1" and "2" both gone
+    queue.cancel(entries[3])
+    queue.cancel(entries[4])
+    assert len(queue) == 0 and expired == []
+    queue.close()
