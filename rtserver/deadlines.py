@@ -19,10 +19,11 @@ class DeadlineQueue(Generic[T]):
 
     Entries are ``[deadline, connection]`` in the order they were added; with one
     timeout for all, that is deadline order. An entry is cancelled with :meth:`cancel`
-    (its connection set to None). The sweep calls ``expire(connection)`` for every entry whose
-    deadline passed, between the deadline and an eighth of ``timeout`` after it (each
-    sweep waits at least that long for the next): per connection, one list in place
-    of uvloop's ``TimerHandle``, its libuv timer, a ``Context`` and a bound method.
+    (its connection set to None). The sweep calls ``expire(connection)`` for every
+    entry whose deadline passed, between the deadline and an eighth of ``timeout``
+    after it (each sweep waits at least that long for the next): per connection, one
+    list in place of uvloop's ``TimerHandle``, its libuv timer, a ``Context`` and a
+    bound method.
     """
 
     __slots__ = ("_entries", "_expire", "_loop", "_timer", "timeout")

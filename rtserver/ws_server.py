@@ -286,7 +286,7 @@ class WsConnection(asyncio.Protocol):
             else:
                 self._on_frame(event)
         if protocol.close_expected():
-            self._arm_close_timer()
+            self._watch_close()
 
     def eof_received(self) -> None:
         """The peer ended its side: the protocol answers (or notes the abrupt end)."""
@@ -378,7 +378,7 @@ class WsConnection(asyncio.Protocol):
         if protocol.state is not OPEN:
             self.send_data()
             if protocol.close_expected():
-                self._arm_close_timer()
+                self._watch_close()
             return
         assert request is not None
         self._open(request, protocol.data_to_send())
@@ -485,7 +485,7 @@ class WsConnection(asyncio.Protocol):
         INVALID_UTF8.inc()
         self.protocol.fail(1007, "invalid UTF-8 in a text message")
         self.send_data()
-        self._arm_close_timer()
+        self._watch_close()
 
     # ------------------------------------------------------------ sending and closing
 
@@ -513,7 +513,7 @@ class WsConnection(asyncio.Protocol):
         if protocol.state is OPEN:
             protocol.send_close(code, reason)
             self.send_data()
-            self._arm_close_timer()
+            self._watch_close()
         elif protocol.state is CONNECTING:
             self.transport.abort()
 
@@ -531,7 +531,7 @@ class WsConnection(asyncio.Protocol):
             self._lost_waiter = self.server.loop.create_future()
         await asyncio.shield(self._lost_waiter)
 
-    def _arm_close_timer(self) -> None:
+    def _watch_close(self) -> None:
         if self._close_entry is None and self.transport is not None and not self.lost:
             self._close_entry = self.server.closings.watch(self)
 
